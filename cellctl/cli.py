@@ -1,0 +1,173 @@
+"""The `cellctl` command line.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage.
+No input makes it print a traceback: errors are one clear message each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cellctl import __version__
+from cellctl.config import Cell, load
+from cellctl.errors import CellError, ConfigError
+from cellctl.registry import Registry
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for line in exc.problems:
+        print(line, file=sys.stderr)
+    n = len(exc.problems)
+    print(f"config invalid: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+
+
+def summarize(cell: Cell) -> str:
+    lines = [
+        f"cell {cell.name!r} from {cell.source}",
+        f"state directory: {cell.state_dir}",
+        f"devices: {len(cell.devices)}",
+    ]
+    for dev in cell.devices.values():
+        flags: list[str] = [dev.common.backend]
+        if not dev.common.enabled:
+            flags.append("disabled")
+        procs = ", ".join(dev.common.processes) or "no processes"
+        lines.append(f"  {dev.id:<16} {dev.driver:<10} {' '.join(flags):<14} {procs}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cell = load(args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_USAGE
+    print(summarize(cell))
+    print("config OK")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cellctl.app import run_daemon
+
+    try:
+        return run_daemon(Path(args.config))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_USAGE
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    reg = Registry()
+    names = reg.driver_names()
+    if not names:
+        print("no drivers installed")
+    for name in names:
+        try:
+            cls = reg.driver(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            print(f"{name:<10} {reg.driver_target(name):<48} {doc[0] if doc else ''}")
+        except CellError as exc:
+            print(f"{name:<10} BROKEN: {exc}")
+    sims = reg.simulator_names()
+    print("simulators: " + (", ".join(sims) if sims else "none"))
+    return EXIT_OK
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    reg = Registry()
+    try:
+        cls = reg.simulator(args.name)
+        raw = _parse_sets(args.set)
+        if args.time_factor is not None:
+            raw["time_factor"] = args.time_factor
+        options = cls.Options.model_validate(raw)
+    except (CellError, ValueError) as exc:
+        print(f"cellctl sim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            print(f"cellctl sim {args.name}: {loc}: {err['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with cls(options) as sim:
+            print(sim.endpoint, flush=True)
+            await stop.wait()
+
+    asyncio.run(serve())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellctl", description="Run and inspect a microfactory cell.")
+    p.add_argument("--version", action="version", version=f"cellctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the cell daemon")
+    run.add_argument("config", help="the cell's TOML config")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config and print a summary")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+
+    drivers = sub.add_parser("drivers", help="list installed drivers and simulators")
+    drivers.set_defaults(func=cmd_drivers)
+
+    sim = sub.add_parser("sim", help="run a simulated device standalone; prints its endpoint")
+    sim.add_argument("name", help="simulator name (see `cellctl drivers`)")
+    sim.add_argument("--time-factor", type=float, default=None)
+    sim.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a simulator option (repeatable)",
+    )
+    sim.set_defaults(func=cmd_sim)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+    except CellError as exc:
+        print(f"cellctl: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

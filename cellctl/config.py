@@ -1,0 +1,335 @@
+"""The cell's configuration: one TOML file parsed once into frozen models.
+
+Every mistake is reported as `<file>: <key path>: <what was expected>`, all
+of them at once, and never as a traceback. Driver sections are validated by
+the driver's own `Options` model, looked up in the registry by `driver`.
+
+Later features add their own top-level sections to `CellConfig`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from cellctl.driver import DriverOptions, SimOptions
+from cellctl.errors import ConfigError, DriverNotFound
+from cellctl.registry import Registry
+
+ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Secret(Strict):
+    """A secret named by where it lives, never written in the config itself."""
+
+    env: str | None = None
+    file: Path | None = None
+    _value: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Secret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError('expected exactly one of env = "VAR" or file = "/path"')
+        if self.env is not None:
+            if self.env not in os.environ:
+                raise ValueError(f"environment variable {self.env} is not set")
+            self._value = os.environ[self.env]
+        else:
+            assert self.file is not None
+            try:
+                self._value = self.file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+        return self
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r}, file={self.file!r})"
+
+
+class CellSection(Strict):
+    name: str = Field(pattern=ID_PATTERN)
+    description: str = ""
+    # Where the store and job files live. Default: $STATE_DIRECTORY (systemd's
+    # StateDirectory=) or `state/` beside the config file.
+    state_dir: Path | None = None
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LoggingSection(Strict):
+    level: LogLevel = LogLevel.INFO
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class SupervisorSection(Strict):
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    connect_timeout_s: float = Field(default=15.0, gt=0)
+    disconnect_timeout_s: float = Field(default=5.0, gt=0)
+    # A device whose link stayed up this long resets its backoff.
+    stable_after_s: float = Field(default=30.0, ge=0)
+    # SIGTERM/SIGINT: the daemon exits within this bound.
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class DeviceCommon(Strict):
+    """Keys every device has; all other keys of its table belong to the driver."""
+
+    driver: str
+    backend: Literal["real", "sim"] = "real"
+    enabled: bool = True
+    description: str = ""
+    # What work the device can take (`print`, `mill`, `tend`, `plc-cycle` …).
+    processes: tuple[str, ...] = ()
+    # What is loaded at first start (material, nozzle, tool, fixture …).
+    setup: dict[str, str] = Field(default_factory=dict)
+
+
+COMMON_KEYS = frozenset(DeviceCommon.model_fields) | {"sim"}
+
+
+class DeviceConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str
+    common: DeviceCommon
+    options: DriverOptions
+    sim: SimOptions | None = None
+
+    @property
+    def driver(self) -> str:
+        return self.common.driver
+
+    @property
+    def raw_equal_key(self) -> str:
+        """A stable fingerprint: equal fingerprints mean a reload need not touch the device."""
+        return json.dumps(
+            [
+                self.common.model_dump(mode="json"),
+                self.options.model_dump(mode="json"),
+                self.sim.model_dump(mode="json") if self.sim else None,
+            ],
+            sort_keys=True,
+        )
+
+
+class CellConfig(Strict):
+    """The top level of the file. `devices` is validated in a second pass."""
+
+    cell: CellSection
+    devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    logging: LoggingSection = LoggingSection()
+    supervisor: SupervisorSection = SupervisorSection()
+
+
+class Cell(BaseModel):
+    """The parsed, validated cell: what every other part is given."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    source: Path
+    config: CellConfig
+    devices: Mapping[str, DeviceConfig]
+
+    @property
+    def name(self) -> str:
+        return self.config.cell.name
+
+    @property
+    def state_dir(self) -> Path:
+        if self.config.cell.state_dir is not None:
+            return self.source.parent / self.config.cell.state_dir
+        env = os.environ.get("STATE_DIRECTORY")
+        if env:
+            return Path(env.split(":")[0])
+        return self.source.parent / "state"
+
+
+# --- error messages -------------------------------------------------------
+
+_EXPECT = {
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "list_type": "expected an array",
+    "tuple_type": "expected an array",
+    "path_type": "expected a path string",
+}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    got = f", got {_show(err.get('input'))}"
+    if kind in _EXPECT:
+        return _EXPECT[kind] + got
+    msg = str(err.get("msg", "invalid value"))
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    msg = re.sub(r"^Input should be ", "expected ", msg)
+    msg = re.sub(r"^String should match pattern ", "expected a name matching ", msg)
+    if kind in ("value_error", "assertion_error"):
+        return msg
+    return msg[0].lower() + msg[1:] + got
+
+
+def _problems(source: Path, exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"]) if p not in ("function-after",))
+        out.append(f"{source}: {loc or '(top level)'}: {_describe(err)}")
+    return out
+
+
+def _load_toml(source: Path) -> dict[str, Any]:
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{source}: is a directory, expected a TOML file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{source}: permission denied"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    if not text.strip():
+        raise ConfigError([f"{source}: the file is empty; expected at least [cell] with a name"])
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        dup = re.match(r"Cannot declare \('devices', '([^']*)'\) twice(.*)", msg)
+        if dup:
+            msg = f"duplicate device id {dup.group(1)!r}{dup.group(2)}"
+        raise ConfigError([f"{source}: TOML syntax error: {msg}"]) from None
+
+
+def _device(
+    source: Path, dev_id: str, raw: Any, registry: Registry, problems: list[str]
+) -> DeviceConfig | None:
+    where = f"{source}: devices.{dev_id}"
+    if not re.match(ID_PATTERN, dev_id):
+        problems.append(
+            f"{where}: device id must start with a letter and hold only "
+            "letters, digits, '-' and '_' (at most 64)"
+        )
+        return None
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a table, got {_show(raw)}")
+        return None
+    common_raw = {k: v for k, v in raw.items() if k in COMMON_KEYS and k != "sim"}
+    try:
+        common = DeviceCommon.model_validate(common_raw)
+    except ValidationError as exc:
+        problems.extend(_problems(source, exc, ("devices", dev_id)))
+        return None
+    try:
+        driver_cls = registry.driver(common.driver)
+    except DriverNotFound as exc:
+        problems.append(f"{where}.driver: {exc}")
+        return None
+    before = len(problems)
+    option_raw = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
+    options: DriverOptions | None = None
+    try:
+        options = driver_cls.Options.model_validate(option_raw)
+    except ValidationError as exc:
+        problems.extend(_problems(source, exc, ("devices", dev_id)))
+    sim: SimOptions | None = None
+    sim_raw = raw.get("sim")
+    if common.backend == "sim" or sim_raw is not None:
+        if sim_raw is not None and not isinstance(sim_raw, dict):
+            problems.append(f"{where}.sim: expected a table, got {_show(sim_raw)}")
+        else:
+            try:
+                sim_cls = registry.simulator(driver_cls.simulator)
+                sim = sim_cls.Options.model_validate(sim_raw or {})
+            except DriverNotFound as exc:
+                problems.append(
+                    f"{where}.backend: no simulator for driver {common.driver!r}: {exc}"
+                )
+            except ValidationError as exc:
+                problems.extend(_problems(source, exc, ("devices", dev_id, "sim")))
+    if len(problems) > before or options is None:
+        return None
+    return DeviceConfig(id=dev_id, common=common, options=options, sim=sim)
+
+
+def parse(source: Path, data: Any, registry: Registry | None = None) -> Cell:
+    """Validate an already-decoded document. Raises ConfigError with every problem."""
+    registry = registry or Registry()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a table at the top level"])
+    problems: list[str] = []
+    try:
+        top = CellConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(source, exc))
+        top = None
+    devices: dict[str, DeviceConfig] = {}
+    raw_devices = data.get("devices", {})
+    if isinstance(raw_devices, dict):
+        seen: dict[str, str] = {}
+        for dev_id, raw in raw_devices.items():
+            folded = str(dev_id).lower()
+            if folded in seen:
+                problems.append(
+                    f"{source}: devices.{dev_id}: duplicate device id "
+                    f"(same as {seen[folded]!r} but for case)"
+                )
+                continue
+            seen[folded] = str(dev_id)
+            dev = _device(source, str(dev_id), raw, registry, problems)
+            if dev is not None:
+                devices[dev.id] = dev
+    if problems or top is None:
+        raise ConfigError(problems)
+    return Cell(source=source, config=top, devices=devices)
+
+
+def load(path: str | Path, registry: Registry | None = None) -> Cell:
+    source = Path(path)
+    return parse(source, _load_toml(source), registry)

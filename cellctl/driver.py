@@ -1,0 +1,167 @@
+"""The driver contract: the only cellctl module a driver builds on.
+
+A driver is an async context manager: entering it connects and handshakes,
+leaving it disconnects (idempotent, never raises). While connected, the
+supervisor runs `serve()`, which owns the driver's background I/O (readers,
+pollers, heartbeats) and returns or raises `LinkError` when the link is lost.
+Job steps run through `run()` concurrently with `serve()`.
+
+Every driver names a simulator: a simulated device that speaks the real
+protocol at the transport boundary. With `backend = "sim"` the supervisor
+starts that simulator and hands its endpoint to the driver in the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from cellctl.model import (
+    DeviceState,
+    DeviceStatus,
+    Event,
+    MetricSpec,
+    Progress,
+    Setup,
+    StateChanged,
+    Step,
+    StepResult,
+)
+
+EventSink = Callable[[Event], None]
+"""Non-blocking: puts an event on the app's bus. Never awaits, never raises."""
+
+ProgressSink = Callable[[Progress], None]
+"""Non-blocking: reports progress of the running step."""
+
+
+class DriverOptions(BaseModel):
+    """Base for a driver's config section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SimOptions(BaseModel):
+    """Base for a simulator's `[devices.<id>.sim]` table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    time_factor: float = 1.0
+
+
+def _discard(_: Event) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What the supervisor gives a driver besides its options."""
+
+    device_id: str
+    emit: EventSink = _discard
+    # Set for `backend = "sim"`: the simulator's endpoint (device path, URL or
+    # host:port), used instead of the address in the options.
+    endpoint: str | None = None
+    log: Any = field(default=None)
+
+    def logger(self) -> Any:
+        return (
+            self.log if self.log is not None else structlog.get_logger().bind(device=self.device_id)
+        )
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: ClassVar[str]
+    Options: ClassVar[type[DriverOptions]]
+    # Entry-point name (group `cellctl.simulators`) of this driver's simulator.
+    simulator: ClassVar[str]
+
+    def __init__(self, ctx: DriverContext, options: Any) -> None: ...
+
+    def metrics(self) -> Sequence[MetricSpec]:
+        """Every metric the device will ever report; complete after connect."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def serve(self) -> None:
+        """Run background I/O until the link is lost (raise LinkError) or cancelled."""
+        ...
+
+    def status(self) -> DeviceStatus: ...
+
+    async def run(self, step: Step, progress: ProgressSink) -> StepResult:
+        """Run one step to its end. Cancellation means: stop safely, then return or raise."""
+        ...
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Controlled stop of the running step (cancel job on the device)."""
+        ...
+
+    async def emergency_stop(self) -> None:
+        """Fast controlled stop, out of band, bounded in time. Not a safety function."""
+        ...
+
+    async def reset(self) -> None:
+        """Leave Aborted/Stopped after an emergency stop or alarm, as the device allows."""
+        ...
+
+    async def change_setup(self, to: Setup) -> None:
+        """Automatic changeover, or raise NotSupported (an operator does it)."""
+        ...
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """A simulated device; `endpoint` is valid between enter and exit."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[SimOptions]]
+
+    def __init__(self, options: Any) -> None: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class StateTracker:
+    """Holds a device's PackML state and emits StateChanged on every real change."""
+
+    def __init__(self, device_id: str, emit: EventSink, initial: DeviceState) -> None:
+        self._device_id = device_id
+        self._emit = emit
+        self.state = initial
+        self.reason = ""
+
+    def set(self, state: DeviceState, reason: str = "") -> None:
+        if state == self.state and reason == self.reason:
+            return
+        previous, self.state, self.reason = self.state, state, reason
+        if state != previous:
+            self._emit(StateChanged(self._device_id, state, previous, reason))

@@ -1,0 +1,323 @@
+"""Per-device lifecycle: start the simulator when asked, connect, serve, back off, repeat.
+
+Each device runs in its own task inside the supervisor's TaskGroup. Whatever a
+driver does (raise, hang on connect, lose its link) stays inside that task:
+the supervisor catches it at this boundary, marks the device unavailable,
+waits out a jittered exponential backoff and tries again. One bad device
+never takes another down, nor the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from cellctl.config import DeviceConfig, SupervisorSection
+from cellctl.driver import Driver, DriverContext, EventSink, ProgressSink, Simulator
+from cellctl.errors import CellError, LinkError, WrongDevice
+from cellctl.model import DeviceState, Event, StateChanged, Step, StepOutcome, StepResult
+from cellctl.registry import Registry
+
+log = structlog.get_logger("cellctl.supervisor")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class Backoff:
+    """Exponential backoff with multiplicative jitter, capped at `backoff_max_s`."""
+
+    def __init__(self, policy: SupervisorSection, rng: random.Random | None = None) -> None:
+        self._p = policy
+        self._rng = rng or random.Random()
+        self.attempt = 0
+
+    def base(self, attempt: int) -> float:
+        p = self._p
+        return min(p.backoff_max_s, p.backoff_initial_s * p.backoff_multiplier**attempt)
+
+    def next(self) -> float:
+        base = self.base(self.attempt)
+        self.attempt += 1
+        spread = base * self._p.jitter
+        return max(0.0, min(self._p.backoff_max_s, base + self._rng.uniform(-spread, spread)))
+
+    def exhaust(self) -> None:
+        """Jump to the cap: used when retrying soon cannot help (wrong machine on the port)."""
+        while self.base(self.attempt) < self._p.backoff_max_s:
+            self.attempt += 1
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class DeviceRunner:
+    """Owns one device: its simulator (for `backend = "sim"`), its driver, its state."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        registry: Registry,
+        emit: EventSink,
+        policy: SupervisorSection,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self._registry = registry
+        self._emit_outer = emit
+        self._policy = policy
+        self._clock = clock or RealClock()
+        self.backoff = Backoff(policy, rng)
+        self.log = log.bind(device=self.id)
+        self.driver: Driver | None = None
+        self.state = DeviceState.UNAVAILABLE
+        self.last_error = ""
+        self.connects = 0
+        self.failures = 0
+        self.delays: list[float] = []
+        self.step_lock = asyncio.Lock()
+        self.connected = asyncio.Event()
+
+    @property
+    def busy(self) -> bool:
+        return self.step_lock.locked()
+
+    def _emit(self, event: Event) -> None:
+        if isinstance(event, StateChanged) and event.device_id == self.id:
+            if self.driver is None and event.state != DeviceState.UNAVAILABLE:
+                return  # a late event from a driver being torn down
+            self.state = event.state
+        self._emit_outer(event)
+
+    def _set_unavailable(self, reason: str) -> None:
+        if self.state != DeviceState.UNAVAILABLE:
+            previous, self.state = self.state, DeviceState.UNAVAILABLE
+            self._emit_outer(StateChanged(self.id, DeviceState.UNAVAILABLE, previous, reason))
+
+    async def run(self) -> None:
+        """Run until cancelled. Never raises anything but CancelledError."""
+        self._set_unavailable("starting")
+        async with self._endpoint() as endpoint:
+            while True:
+                await self._one_connection(endpoint)
+
+    @contextlib.asynccontextmanager
+    async def _endpoint(self) -> AsyncIterator[str | None]:
+        if self.config.common.backend != "sim":
+            yield None
+            return
+        while True:
+            try:
+                driver_cls = self._registry.driver(self.config.driver)
+                sim_cls: type[Simulator] = self._registry.simulator(driver_cls.simulator)
+                sim = sim_cls(self.config.sim or sim_cls.Options())
+                await sim.__aenter__()
+            except Exception as exc:  # a broken simulator must not stop the cell
+                self._failed(f"simulator failed to start: {exc}", exc)
+                await self._clock.sleep(self.backoff.next())
+                continue
+            break
+        self.log.info("simulator started", endpoint=sim.endpoint)
+        try:
+            yield sim.endpoint
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    sim.__aexit__(None, None, None), self._policy.disconnect_timeout_s
+                )
+
+    def _failed(self, message: str, exc: BaseException) -> None:
+        self.failures += 1
+        repeated = message == self.last_error
+        self.last_error = message
+        if repeated:
+            self.log.debug("device still failing", error=message, failures=self.failures)
+        elif isinstance(exc, CellError | TimeoutError):
+            self.log.warning("device failed", error=message)
+        else:  # a bug in a driver: keep the traceback, once
+            self.log.error("device driver raised unexpectedly", error=message, exc_info=exc)
+
+    async def _one_connection(self, endpoint: str | None) -> None:
+        driver_cls = self._registry.driver(self.config.driver)
+        ctx = DriverContext(device_id=self.id, emit=self._emit, endpoint=endpoint, log=self.log)
+        driver = driver_cls(ctx, self.config.options)
+        try:
+            async with asyncio.timeout(self._policy.connect_timeout_s):
+                await driver.__aenter__()
+        except Exception as exc:
+            reason = "connect timed out" if isinstance(exc, TimeoutError) else str(exc)
+            self._failed(f"{type(exc).__name__}: {reason}", exc)
+            await self._close(driver)
+            if isinstance(exc, WrongDevice):
+                self.backoff.exhaust()
+            await self._wait_backoff()
+            return
+        connected_at = self._clock.monotonic()
+        self.connects += 1
+        if self.last_error:
+            self.log.info("device connected after failures", failures=self.failures)
+        else:
+            self.log.info("device connected")
+        self.last_error = ""
+        self.driver = driver
+        self.state = driver.status().state
+        self._emit_outer(StateChanged(self.id, self.state, DeviceState.UNAVAILABLE, "connected"))
+        self.connected.set()
+        try:
+            await driver.serve()
+            reason = "link closed"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self._failed(reason, exc)
+        finally:
+            self.connected.clear()
+            self.driver = None
+            self._set_unavailable("disconnected")
+            await self._close(driver)
+        if self._clock.monotonic() - connected_at >= self._policy.stable_after_s:
+            self.backoff.reset()
+        self.log.info("device disconnected", reason=reason)
+        await self._wait_backoff()
+
+    async def _wait_backoff(self) -> None:
+        delay = self.backoff.next()
+        self.delays.append(delay)
+        await self._clock.sleep(delay)
+
+    async def _close(self, driver: Driver) -> None:
+        try:
+            async with asyncio.timeout(self._policy.disconnect_timeout_s):
+                await driver.__aexit__(None, None, None)
+        except Exception as exc:  # the contract says never raises; survive drivers that do
+            self.log.warning("driver disconnect failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def run_step(self, step: Step, progress: ProgressSink) -> StepResult:
+        """Run a step on the connected driver, holding the device busy meanwhile."""
+        async with self.step_lock:
+            driver = self.driver
+            if driver is None:
+                raise LinkError(f"device {self.id} is not connected")
+            try:
+                return await driver.run(step, progress)
+            except LinkError as exc:
+                return StepResult(StepOutcome.INTERRUPTED, str(exc))
+
+
+class Supervisor:
+    """Runs every enabled device; `reload()` applies a new config device by device."""
+
+    def __init__(
+        self,
+        devices: Mapping[str, DeviceConfig],
+        registry: Registry,
+        emit: EventSink,
+        policy: SupervisorSection,
+        clock: Clock | None = None,
+        runner_factory: Callable[..., DeviceRunner] = DeviceRunner,
+    ) -> None:
+        self._registry = registry
+        self._emit = emit
+        self._policy = policy
+        self._clock = clock
+        self._factory = runner_factory
+        self._configs = dict(devices)
+        self.runners: dict[str, DeviceRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self.started = asyncio.Event()
+
+    def _start(self, cfg: DeviceConfig) -> None:
+        assert self._tg is not None
+        runner = self._factory(cfg, self._registry, self._emit, self._policy, self._clock)
+        self.runners[cfg.id] = runner
+        self._tasks[cfg.id] = self._tg.create_task(runner.run(), name=f"device:{cfg.id}")
+
+    async def _stop(self, dev_id: str) -> None:
+        task = self._tasks.pop(dev_id, None)
+        self.runners.pop(dev_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            for cfg in self._configs.values():
+                if cfg.common.enabled:
+                    self._start(cfg)
+            self.started.set()
+            await asyncio.Event().wait()
+
+    def all_tried(self) -> bool:
+        """Every device connected or failed at least once: the moment for READY=1."""
+        return all(r.connects or r.failures for r in self.runners.values())
+
+    async def reload(self, devices: Mapping[str, DeviceConfig]) -> dict[str, str]:
+        """Apply a new device set. Returns what happened to each device id."""
+        actions: dict[str, str] = {}
+        new = {k: v for k, v in devices.items() if v.common.enabled}
+        for dev_id in list(self.runners):
+            if dev_id not in new:
+                await self._stop_when_idle(dev_id)
+                actions[dev_id] = "removed"
+        for dev_id, cfg in new.items():
+            old = self.runners.get(dev_id)
+            if old is None:
+                self._start(cfg)
+                actions[dev_id] = "added"
+            elif old.config.raw_equal_key == cfg.raw_equal_key:
+                actions[dev_id] = "unchanged"
+            elif old.busy:
+                # A reload never interrupts a running step: restart once it ends.
+                assert self._tg is not None
+                old.log.info("config changed; restart waits for the running step to end")
+                self._tg.create_task(self._restart_when_idle(cfg), name=f"reload:{dev_id}")
+                actions[dev_id] = "restart pending"
+            else:
+                await self._stop_when_idle(dev_id)
+                self._start(cfg)
+                actions[dev_id] = "restarted"
+        self._configs = dict(devices)
+        return actions
+
+    async def _restart_when_idle(self, cfg: DeviceConfig) -> None:
+        await self._stop_when_idle(cfg.id)
+        self._start(cfg)
+
+    async def _stop_when_idle(self, dev_id: str) -> None:
+        runner = self.runners[dev_id]
+        async with runner.step_lock:
+            await self._stop(dev_id)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for r in self.runners.values():
+            counts[r.state.label] = counts.get(r.state.label, 0) + 1
+        parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+        return f"{len(self.runners)} devices: " + (", ".join(parts) if parts else "none")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            dev_id: {"state": r.state.label, "error": r.last_error}
+            for dev_id, r in self.runners.items()
+        }

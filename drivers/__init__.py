@@ -1,0 +1,1 @@
+"""Built-in cellctl drivers, installed as the package `cellctl_drivers`."""

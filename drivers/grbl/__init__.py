@@ -1,0 +1,1 @@
+"""grbl driver package (see the issue that builds it)."""

@@ -1,0 +1,1 @@
+"""marlin driver package (see the issue that builds it)."""

@@ -1,0 +1,1 @@
+"""modbus driver package (see the issue that builds it)."""

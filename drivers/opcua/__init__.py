@@ -1,0 +1,1 @@
+"""opcua driver package (see the issue that builds it)."""

@@ -1,0 +1,1 @@
+"""serial driver package (see the issue that builds it)."""
