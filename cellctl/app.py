@@ -103,7 +103,7 @@ class App:
 
     async def _announce_ready(self) -> None:
         await self.supervisor.started.wait()
-        while not self.supervisor.all_tried():  # noqa: ASYNC110 - polls runners' counters
+        while not self.supervisor.all_tried():
             await asyncio.sleep(0.05)
         self.notifier.ready(self.supervisor.summary())
         log.info("cell ready", summary=self.supervisor.summary())

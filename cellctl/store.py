@@ -57,8 +57,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     shipped = migrations()
     if version > len(shipped):
-        raise StoreError(f"the database has schema version {version}, newer than this "
-                         f"cellctl knows ({len(shipped)}); upgrade cellctl")
+        raise StoreError(
+            f"the database has schema version {version}, newer than this "
+            f"cellctl knows ({len(shipped)}); upgrade cellctl"
+        )
     for number, name, sql in shipped[version:]:
         try:
             conn.execute("BEGIN IMMEDIATE")
