@@ -129,6 +129,14 @@ class Driver(Protocol):
 
 
 @runtime_checkable
+class SupportsPreflight(Protocol):
+    """Optional: a driver that can check a program on the device before running it
+    (GRBL's `$C` check mode). Raises StepFailed naming the offending line."""
+
+    async def preflight(self, step: Step) -> None: ...
+
+
+@runtime_checkable
 class Simulator(Protocol):
     """A simulated device; `endpoint` is valid between enter and exit."""
 
