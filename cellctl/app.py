@@ -24,6 +24,7 @@ from cellctl.events import EventBus
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
 from cellctl.supervisor import Supervisor
+from cellctl.telemetry.service import MqttService
 
 log = structlog.get_logger("cellctl.app")
 
@@ -47,6 +48,10 @@ class App:
             cell.devices, self.registry, self.bus.publish, cell.config.supervisor
         )
         self.components: dict[str, Component] = {}
+        self.mqtt: MqttService | None = None
+        if cell.config.mqtt is not None:
+            self.mqtt = MqttService(cell, self.bus, self.supervisor)
+            self.components["mqtt"] = self.mqtt.run
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
@@ -62,6 +67,7 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        force: asyncio.TimerHandle | None = None
         log.info(
             "cell starting",
             cell=self.cell.name,
@@ -83,11 +89,15 @@ class App:
                 log.info("cell stopping")
                 self.notifier.stopping()
                 # Every teardown step is bounded on its own; this is the last resort.
-                loop.call_later(self.cell.config.supervisor.shutdown_timeout_s, self._force_exit)
+                force = loop.call_later(
+                    self.cell.config.supervisor.shutdown_timeout_s, self._force_exit
+                )
                 raise _Stop
         except* _Stop:
             pass
         finally:
+            if force is not None:
+                force.cancel()  # stopped in time (matters when the loop lives on, as in tests)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("cell stopped")

@@ -94,6 +94,64 @@ class SupervisorSection(Strict):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class MqttTls(Strict):
+    """TLS to the broker: a CA to trust it, and optionally a client certificate."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Only for test rigs: skip the broker host name check (never the chain).
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttSection(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    # Default: cellctl-<cell name>. Two daemons must never share one.
+    client_id: str = ""
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    topic_prefix: str = Field(default="cellctl/v1", pattern=r"^[^#+]+[^/#+]$")
+    username: str | None = None
+    password: Secret | None = None
+    tls: MqttTls | None = None
+    # Start an in-process broker (amqtt) on host:port when nothing listens there.
+    embedded: bool = False
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_jitter: float = Field(default=0.3, ge=0, le=1)
+    samples_qos: Literal[0, 1] = 0
+    # Spooled messages kept at most; past it samples go first, events never.
+    spool_max: int = Field(default=100_000, ge=100)
+    # Group commit: events arriving within this window share one transaction.
+    spool_commit_s: float = Field(default=0.02, ge=0)
+    max_inflight: int = Field(default=1000, ge=1, le=65535)
+
+
+class MetricPolicy(Strict):
+    """How one metric is published. `deadband` is absolute, in the metric's unit."""
+
+    min_interval_s: float = Field(default=0.0, ge=0)
+    deadband: float = Field(default=0.0, ge=0)
+
+
+class TelemetrySection(Strict):
+    # A device's samples are collected this long and sent as one message (0: at once).
+    batch_s: float = Field(default=0.0, ge=0)
+    # A samples message never holds more than this many samples.
+    batch_max: int = Field(default=500, ge=1)
+    default: MetricPolicy = MetricPolicy()
+    # Glob on "<device>/<metric>" → policy; the first matching pattern wins.
+    metrics: dict[str, MetricPolicy] = Field(default_factory=dict)
+
+
 class DeviceCommon(Strict):
     """Keys every device has; all other keys of its table belong to the driver."""
 
@@ -142,6 +200,9 @@ class CellConfig(Strict):
     devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     logging: LoggingSection = LoggingSection()
     supervisor: SupervisorSection = SupervisorSection()
+    # MQTT telemetry and commands (issue 8); absent: the cell runs without MQTT.
+    mqtt: MqttSection | None = None
+    telemetry: TelemetrySection = TelemetrySection()
 
 
 class Cell(BaseModel):

@@ -1,0 +1,545 @@
+"""Commands to the cell over MQTT: their schemas, their handlers, their audit trail.
+
+A command is a JSON object published on `<prefix>/<cell>/cmd/<name>`. Every one
+gets exactly one reply: to the MQTT 5 response topic with its correlation data,
+or on `<command topic>/reply` (MQTT 3.1.1; then the optional `"id"` field is the
+correlation). The reply says `accepted` only after the store committed what the
+command changed (and its audit row), or `rejected` with a reason: malformed
+JSON, unknown fields, an unknown device or job, a state that does not allow it.
+A rejection is one log line; nothing a client sends can crash the daemon.
+
+Emergency stop is the one command that acts before it commits: it calls every
+connected driver's `emergency_stop()` at once, from its own task, so that no
+other command and no fsync stands between its arrival and the devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, Literal, Protocol
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cellctl.errors import CellError, NotSupported
+from cellctl.model import DeviceState, RequestKind
+from cellctl.store import Store, transaction
+from cellctl.supervisor import DeviceRunner
+from cellctl.telemetry.encoding import PAYLOAD_VERSION, AuditRecord, Kind, Outgoing, dumps
+from cellctl.telemetry.link import Incoming
+from cellctl.telemetry.topics import Topics
+
+log = structlog.get_logger("cellctl.commands")
+
+DEVICE_TIMEOUT_S = 10.0
+AUDIT_PAYLOAD_MAX = 4096
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Rejected(CellError):
+    """A command that cannot be carried out; the message is the reply's reason."""
+
+
+# --- schemas ---------------------------------------------------------------
+
+
+class Command(BaseModel):
+    """Fields every command has. Unknown fields are rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    v: Literal[1] = 1
+    # Echoed in the reply: the correlation on MQTT 3.1.1.
+    id: Annotated[str, Field(max_length=128)] | None = None
+
+
+class DeviceCommand(Command):
+    device: Name
+
+
+class Pause(DeviceCommand):
+    """Pause the running step (PackML Hold / Suspend, as the device does it)."""
+
+
+class Resume(DeviceCommand):
+    """Resume a paused step."""
+
+
+class Stop(DeviceCommand):
+    """Controlled stop of the running step."""
+
+
+class Reset(DeviceCommand):
+    """Leave Stopped/Aborted after an emergency stop or alarm."""
+
+
+class EmergencyStop(Command):
+    """Fast controlled stop of every device. Not a safety function."""
+
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class OutOfService(DeviceCommand):
+    """The scheduler gives the device no more work until it is back in service."""
+
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class IntoService(DeviceCommand):
+    """Back into service."""
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    process: Name
+    # Exactly one of: G-code text, a reference to an uploaded file, a program name.
+    gcode: Annotated[str, Field(max_length=50_000_000)] | None = None
+    file: Name | None = None
+    program: Name | None = None
+    parameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    setup: dict[str, str] = Field(default_factory=dict)
+    device: Name | None = None
+    estimated_s: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_program(self) -> StepSpec:
+        given = [k for k in ("gcode", "file", "program") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"a step has at most one of gcode, file, program; got {given}")
+        return self
+
+
+class Submit(Command):
+    """Submit a job. Submitting a job id twice returns the existing job."""
+
+    job: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    steps: Annotated[list[StepSpec], Field(min_length=1, max_length=1000)]
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+
+
+class Cancel(Command):
+    job: Name
+
+
+class Answer(DeviceCommand):
+    """Answer an operator request: material loaded, bed cleared, tool changed …"""
+
+    kind: RequestKind
+    step: Name | None = None
+    note: Annotated[str, Field(max_length=500)] = ""
+
+
+class SetSetup(DeviceCommand):
+    """Tell the cell what is now loaded on a device (material, nozzle, tool …)."""
+
+    setup: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]]
+
+
+class ResumeFrom(Command):
+    """Resume a held step from a chosen G-code line."""
+
+    job: Name
+    step: Annotated[int, Field(ge=0)]
+    line: Annotated[int, Field(ge=0)]
+
+
+class ListJobs(Command):
+    """The job queue, for `cellctl jobs` and `cellctl status`."""
+
+
+COMMANDS: dict[str, type[Command]] = {
+    "pause": Pause,
+    "resume": Resume,
+    "stop": Stop,
+    "reset": Reset,
+    "estop": EmergencyStop,
+    "out_of_service": OutOfService,
+    "into_service": IntoService,
+    "submit": Submit,
+    "cancel": Cancel,
+    "answer": Answer,
+    "set_setup": SetSetup,
+    "resume_from": ResumeFrom,
+    "jobs": ListJobs,
+}
+
+
+# --- the job service this layer needs -----------------------------------------
+
+
+class JobService(Protocol):
+    """What the command layer needs from the job service.
+
+    Each method returns only after the store committed the change, and raises a
+    CellError whose message is a reason fit for an operator (unknown job, …).
+    """
+
+    async def submit(self, cmd: Submit) -> Mapping[str, Any]: ...
+    async def cancel(self, job_id: str) -> Mapping[str, Any]: ...
+    async def answer(self, cmd: Answer) -> Mapping[str, Any]: ...
+    async def set_setup(self, device_id: str, setup: Mapping[str, str]) -> Mapping[str, Any]: ...
+    async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]: ...
+    async def list_jobs(self) -> list[Mapping[str, Any]]: ...
+
+
+class NoJobService:
+    """Stands in until a job service is wired: every job command is rejected, honestly."""
+
+    REASON = "the job service is not available in this build yet"
+
+    async def submit(self, cmd: Submit) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def cancel(self, job_id: str) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def answer(self, cmd: Answer) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def set_setup(self, device_id: str, setup: Mapping[str, str]) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def list_jobs(self) -> list[Mapping[str, Any]]:
+        raise NotSupported(self.REASON)
+
+
+# --- handling ----------------------------------------------------------------
+
+PAUSABLE = frozenset({DeviceState.EXECUTE})
+RESUMABLE = frozenset({DeviceState.HELD, DeviceState.SUSPENDED})
+STOPPABLE = frozenset(
+    {
+        DeviceState.STARTING,
+        DeviceState.EXECUTE,
+        DeviceState.HOLDING,
+        DeviceState.HELD,
+        DeviceState.UNHOLDING,
+        DeviceState.SUSPENDING,
+        DeviceState.SUSPENDED,
+        DeviceState.UNSUSPENDING,
+        DeviceState.COMPLETING,
+    }
+)
+RESETTABLE = frozenset({DeviceState.STOPPED, DeviceState.ABORTED, DeviceState.COMPLETE})
+
+
+def _reject_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field {loc!r}")
+        elif err["type"] == "missing":
+            parts.append(f"missing field {loc!r}")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    more = len(exc.errors()) - 5
+    return "invalid command: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+class CommandHandler:
+    """Turns incoming command messages into actions, audit rows and replies."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        store: Store,
+        runners: Callable[[], Mapping[str, DeviceRunner]],
+        publish: Callable[[Outgoing, bytes | None], None],
+        audit: Callable[[AuditRecord], None],
+        jobs: JobService | None = None,
+        device_timeout_s: float = DEVICE_TIMEOUT_S,
+    ) -> None:
+        self.topics = topics
+        self.store = store
+        self.runners = runners
+        self.publish = publish
+        self.audit = audit
+        self.jobs: JobService = jobs or NoJobService()
+        self.device_timeout_s = device_timeout_s
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._estops: asyncio.Queue[Incoming] = asyncio.Queue()
+        self.handled = 0
+        self.out_of_service: set[str] = set()
+        # Emergency stop timing: command arrival → last device's emergency_stop() returned.
+        self.last_estop_s: float | None = None
+
+    async def load(self) -> None:
+        def read(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute("SELECT device_id FROM device_service WHERE in_service = 0")
+            return {r[0] for r in rows}
+
+        self.out_of_service = await self.store.call(read)
+
+    def on_message(self, msg: Incoming) -> None:
+        """Called by the link on the event loop; never waits."""
+        if self.topics.command_name(msg.topic) == "estop":
+            self._estops.put_nowait(msg)
+        else:
+            self._queue.put_nowait(msg)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._worker(self._queue), name="commands")
+            tg.create_task(self._worker(self._estops), name="estop")
+
+    async def _worker(self, queue: asyncio.Queue[Incoming]) -> None:
+        while True:
+            msg = await queue.get()
+            await self.handle(msg)
+
+    async def handle(self, msg: Incoming) -> None:
+        name = self.topics.command_name(msg.topic) or msg.topic
+        request_id: str | None = None
+        result: Mapping[str, Any] | list[Mapping[str, Any]] | None = None
+        payload_text = msg.payload[:AUDIT_PAYLOAD_MAX]
+        try:
+            data = self._parse(msg.payload)
+            rid = data.get("id")
+            request_id = rid if isinstance(rid, str) else None
+            model = COMMANDS.get(name)
+            if model is None:
+                raise Rejected(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
+            try:
+                cmd = model.model_validate_json(msg.payload)
+            except ValidationError as exc:
+                raise Rejected(_reject_validation(exc)) from None
+            result = await self._execute(name, cmd, msg)
+            outcome, reason = "accepted", ""
+        except CellError as exc:
+            outcome, reason = "rejected", str(exc) or type(exc).__name__
+        except Exception as exc:  # a bug: the daemon survives it and says so
+            log.error("command handler raised", command=name, exc_info=exc)
+            outcome, reason = "rejected", f"internal error: {type(exc).__name__}"
+        origin = self._origin(msg)
+        record = AuditRecord(name, request_id, origin, outcome, reason)
+        try:
+            await self._commit_audit(record, payload_text, name == "estop" or outcome != "accepted")
+        except Exception as exc:
+            log.error("audit write failed", command=name, exc_info=exc)
+            if outcome == "accepted":
+                outcome, reason = "rejected", "the store could not record the command"
+                record = AuditRecord(name, request_id, origin, outcome, reason)
+        if outcome == "rejected":
+            log.warning("command rejected", command=name, reason=reason, origin=origin)
+        else:
+            log.info("command accepted", command=name, origin=origin)
+        self.audit(record)
+        self._reply(msg, name, request_id, outcome, reason, result)
+        self.handled += 1
+
+    @staticmethod
+    def _parse(payload: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise Rejected(f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise Rejected("malformed JSON: nested too deeply") from None
+        if not isinstance(data, dict):
+            raise Rejected(f"expected a JSON object, got {type(data).__name__}")
+        return data
+
+    @staticmethod
+    def _origin(msg: Incoming) -> dict[str, Any]:
+        props = dict(msg.user_properties)
+        return {
+            "client_id": props.get("client_id"),
+            "user_properties": props,
+            "response_topic": msg.response_topic,
+        }
+
+    async def _commit_audit(self, rec: AuditRecord, payload: bytes, separate: bool) -> None:
+        # Accepted commands other than estop committed their own rows with the audit
+        # row already (see _execute); this writes the audit row for the rest.
+        if not separate:
+            return
+        await self.store.call(lambda conn: _insert_audit(conn, rec, payload))
+
+    def _reply(
+        self,
+        msg: Incoming,
+        name: str,
+        request_id: str | None,
+        outcome: str,
+        reason: str,
+        result: Any,
+    ) -> None:
+        body = {
+            "v": PAYLOAD_VERSION,
+            "ts": time.time(),
+            "command": name,
+            "id": request_id,
+            "outcome": outcome,
+            "reason": reason,
+            "result": result,
+        }
+        topic = msg.response_topic or f"{msg.topic}/reply"
+        self.publish(Outgoing(topic, dumps(body), Kind.REPLY, qos=1), msg.correlation)
+
+    # --- the commands --------------------------------------------------------
+
+    async def _execute(
+        self, name: str, cmd: Command, msg: Incoming
+    ) -> Mapping[str, Any] | list[Mapping[str, Any]] | None:
+        if isinstance(cmd, EmergencyStop):
+            return await self._estop(cmd, msg)
+        if isinstance(cmd, Pause):
+            return await self._device_action(name, cmd, msg, PAUSABLE, lambda d: d.pause())
+        if isinstance(cmd, Resume):
+            return await self._device_action(name, cmd, msg, RESUMABLE, lambda d: d.resume())
+        if isinstance(cmd, Stop):
+            return await self._device_action(name, cmd, msg, STOPPABLE, lambda d: d.stop())
+        if isinstance(cmd, Reset):
+            return await self._device_action(name, cmd, msg, RESETTABLE, lambda d: d.reset())
+        if isinstance(cmd, OutOfService | IntoService):
+            return await self._service(name, cmd, msg)
+        result: Mapping[str, Any] | list[Mapping[str, Any]]
+        if isinstance(cmd, Submit):
+            self._check_devices(s.device for s in cmd.steps if s.device is not None)
+            result = await self.jobs.submit(cmd)
+        elif isinstance(cmd, Cancel):
+            result = await self.jobs.cancel(cmd.job)
+        elif isinstance(cmd, Answer):
+            self._check_devices([cmd.device])
+            result = await self.jobs.answer(cmd)
+        elif isinstance(cmd, SetSetup):
+            self._check_devices([cmd.device])
+            result = await self.jobs.set_setup(cmd.device, cmd.setup)
+        elif isinstance(cmd, ResumeFrom):
+            result = await self.jobs.resume_from(cmd.job, cmd.step, cmd.line)
+        elif isinstance(cmd, ListJobs):
+            result = await self.jobs.list_jobs()
+        else:
+            raise Rejected(f"command {name!r} has no handler")
+        # The job service committed its change; the audit row follows.
+        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+        return result
+
+    def _check_devices(self, ids: Any) -> None:
+        runners = self.runners()
+        for dev in ids:
+            if dev not in runners:
+                raise Rejected(f"unknown device {dev!r}")
+
+    def _runner(self, device_id: str) -> DeviceRunner:
+        runner = self.runners().get(device_id)
+        if runner is None:
+            known = ", ".join(sorted(self.runners())) or "none"
+            raise Rejected(f"unknown device {device_id!r}; known: {known}")
+        return runner
+
+    async def _device_action(
+        self,
+        name: str,
+        cmd: DeviceCommand,
+        msg: Incoming,
+        allowed: frozenset[DeviceState],
+        action: Callable[[Any], Awaitable[None]],
+    ) -> Mapping[str, Any]:
+        runner = self._runner(cmd.device)
+        driver = runner.driver
+        if driver is None or runner.state == DeviceState.UNAVAILABLE:
+            raise Rejected(f"device {cmd.device!r} is not connected")
+        if runner.state not in allowed:
+            wanted = ", ".join(sorted(s.label for s in allowed))
+            raise Rejected(f"device {cmd.device!r} is {runner.state.label}; {name} needs {wanted}")
+        try:
+            async with asyncio.timeout(self.device_timeout_s):
+                await action(driver)
+        except TimeoutError:
+            raise Rejected(f"device {cmd.device!r} did not carry out {name} in time") from None
+        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+        return {"device": cmd.device, "state": runner.state.label}
+
+    async def _service(
+        self, name: str, cmd: OutOfService | IntoService, msg: Incoming
+    ) -> Mapping[str, Any]:
+        self._runner(cmd.device)
+        in_service = isinstance(cmd, IntoService)
+        reason = cmd.reason if isinstance(cmd, OutOfService) else ""
+        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+
+        def write(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO device_service (device_id, in_service, reason, ts)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET"
+                    " in_service = excluded.in_service, reason = excluded.reason, ts = excluded.ts",
+                    (cmd.device, int(in_service), reason, time.time()),
+                )
+                _insert_audit(conn, rec, msg.payload, in_transaction=True)
+
+        await self.store.call(write)
+        if in_service:
+            self.out_of_service.discard(cmd.device)
+        else:
+            self.out_of_service.add(cmd.device)
+        return {"device": cmd.device, "in_service": in_service}
+
+    async def _estop(self, cmd: EmergencyStop, msg: Incoming) -> Mapping[str, Any]:
+        loop = asyncio.get_running_loop()
+        targets = {
+            dev_id: r.driver for dev_id, r in self.runners().items() if r.driver is not None
+        }
+        skipped = sorted(set(self.runners()) - set(targets))
+        failed: dict[str, str] = {}
+
+        async def one(dev_id: str, driver: Any) -> None:
+            try:
+                async with asyncio.timeout(self.device_timeout_s):
+                    await driver.emergency_stop()
+            except Exception as exc:  # every device gets its stop, whatever one of them does
+                failed[dev_id] = f"{type(exc).__name__}: {exc}"
+
+        async with asyncio.TaskGroup() as tg:
+            for dev_id, driver in targets.items():
+                tg.create_task(one(dev_id, driver), name=f"estop:{dev_id}")
+        start = msg.received or loop.time()
+        self.last_estop_s = loop.time() - start
+        log.warning(
+            "emergency stop",
+            devices=len(targets),
+            failed=failed,
+            not_connected=skipped,
+            ms=round(self.last_estop_s * 1000, 2),
+        )
+        return {
+            "stopped": sorted(set(targets) - set(failed)),
+            "failed": failed,
+            "not_connected": skipped,
+            "elapsed_ms": round(self.last_estop_s * 1000, 3),
+        }
+
+
+def _insert_audit(
+    conn: sqlite3.Connection, rec: AuditRecord, payload: bytes, in_transaction: bool = False
+) -> None:
+    row = (
+        rec.timestamp,
+        rec.command,
+        rec.request_id,
+        json.dumps(rec.origin),
+        payload[:AUDIT_PAYLOAD_MAX],
+        rec.outcome,
+        rec.reason,
+    )
+    sql = (
+        "INSERT INTO command_audit (ts, command, request_id, origin, payload, outcome, reason)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
+    if in_transaction:
+        conn.execute(sql, row)
+        return
+    with transaction(conn):
+        conn.execute(sql, row)

@@ -1,0 +1,225 @@
+"""Store-and-forward spool for QoS 1 messages, in the SQLite store.
+
+Events (state changes, alarms, operator requests, job/step events, audit) are
+added here, given their per-source sequence number, and committed in groups:
+whatever arrives within `commit_s` of the first pending message shares one
+transaction (and one fsync). Only committed rows are sent; a row is deleted
+once the broker acknowledged it (PUBACK). After a reconnect or a restart the
+sender starts again from the oldest row, so everything goes out in order;
+a broker that had already taken a message before the link broke gets it
+again, which is why every event carries `seq`.
+
+The spool is bounded by `max_rows`: past it the oldest QoS 1 samples are
+deleted; events are never dropped (the spool then grows past its bound and
+says so in the log). Drops are counted here and published on the spool topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from cellctl.store import Store, transaction
+from cellctl.telemetry.encoding import Kind, Outgoing
+
+log = structlog.get_logger("cellctl.mqtt.spool")
+
+# Committed rows kept in memory for the sender; past this it reads from SQLite.
+FRESH_MAX = 20_000
+
+
+@dataclass(slots=True)
+class _Pending:
+    out: Outgoing
+    source: str | None
+    seq: int | None
+
+
+@dataclass
+class SpoolCounters:
+    depth: int = 0
+    dropped_samples: int = 0  # QoS 1 samples deleted because the spool was full
+    dropped_offline: int = 0  # QoS 0 samples not sent because the broker was unreachable
+    committed: int = 0
+    commits: int = 0
+
+
+@dataclass
+class _Batch:
+    rows: list[_Pending] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)
+    offline_drops: int = 0
+
+
+class Spool:
+    def __init__(self, store: Store, max_rows: int = 100_000, commit_s: float = 0.02) -> None:
+        self._store = store
+        self.max_rows = max_rows
+        self.commit_s = commit_s
+        self.counters = SpoolCounters()
+        self._seq: dict[str, int] = {}
+        self._batch = _Batch()
+        self._wake = asyncio.Event()
+        self._over_bound_logged = False
+        # Rows committed since the sender last read SQLite (ids ascending).
+        self.fresh: deque[tuple[int, Outgoing]] = deque()
+        self.fresh_generation = 0
+        # Called after each commit that added rows (the sender's wake-up).
+        self.on_commit: Callable[[], None] = lambda: None
+
+    async def load(self) -> None:
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int], int]:
+            seqs = {r[0]: r[1] for r in conn.execute("SELECT source, seq FROM telemetry_seq")}
+            counters = {
+                r[0]: r[1] for r in conn.execute("SELECT name, value FROM telemetry_counters")
+            }
+            depth = conn.execute("SELECT count(*) FROM telemetry_spool").fetchone()[0]
+            return seqs, counters, int(depth)
+
+        seqs, counters, depth = await self._store.call(read)
+        self._seq = seqs
+        self.counters.depth = depth
+        self.counters.dropped_samples = counters.get("dropped_samples", 0)
+        self.counters.dropped_offline = counters.get("dropped_offline", 0)
+        if depth:
+            log.info("spool holds messages from before; they go out first", depth=depth)
+
+    # --- called from the event loop, never blocks --------------------------
+
+    def next_seq(self, source: str) -> int:
+        seq = self._seq.get(source, 0) + 1
+        self._seq[source] = seq
+        return seq
+
+    def add(self, out: Outgoing, source: str | None = None, seq: int | None = None) -> None:
+        self._batch.rows.append(_Pending(out, source, seq))
+        self._wake.set()
+
+    def acked(self, row_id: int) -> None:
+        self._batch.acked.append(row_id)
+        self._wake.set()
+
+    def dropped_offline(self, n: int) -> None:
+        self.counters.dropped_offline += n
+        self._batch.offline_drops += n
+
+    @property
+    def pending(self) -> int:
+        return len(self._batch.rows)
+
+    # --- the writer --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Group-commit loop; runs until cancelled, then commits what is pending."""
+        try:
+            while True:
+                await self._wake.wait()
+                if self.commit_s:
+                    await asyncio.sleep(self.commit_s)  # the group-commit window
+                await self.flush()
+        finally:
+            if self._batch.rows or self._batch.acked:
+                await self.flush()
+
+    async def flush(self) -> None:
+        self._wake.clear()
+        batch, self._batch = self._batch, _Batch()
+        if not (batch.rows or batch.acked or batch.offline_drops):
+            return
+        seqs = {p.source: p.seq for p in batch.rows if p.source is not None and p.seq is not None}
+        counters = {
+            "dropped_offline": self.counters.dropped_offline,
+        }
+        max_rows = self.max_rows
+
+        def commit(conn: sqlite3.Connection) -> tuple[list[int], int, int]:
+            ids: list[int] = []
+            with transaction(conn):
+                if batch.acked:
+                    before = conn.total_changes
+                    conn.executemany(
+                        "DELETE FROM telemetry_spool WHERE id = ?", [(i,) for i in batch.acked]
+                    )
+                    deleted = conn.total_changes - before
+                else:
+                    deleted = 0
+                for p in batch.rows:
+                    o = p.out
+                    cur = conn.execute(
+                        "INSERT INTO telemetry_spool (topic, payload, qos, retain, kind, is_event)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (o.topic, o.payload, o.qos, int(o.retain), o.kind.value, o.kind.is_event),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                if seqs:
+                    conn.executemany(
+                        "INSERT INTO telemetry_seq (source, seq) VALUES (?, ?)"
+                        " ON CONFLICT(source) DO UPDATE SET seq = excluded.seq",
+                        list(seqs.items()),
+                    )
+                trimmed = 0
+                if ids:
+                    depth = conn.execute("SELECT count(*) FROM telemetry_spool").fetchone()[0]
+                    over = int(depth) - max_rows
+                    if over > 0:
+                        cur = conn.execute(
+                            "DELETE FROM telemetry_spool WHERE id IN (SELECT id FROM"
+                            " telemetry_spool WHERE is_event = 0 ORDER BY id LIMIT ?)",
+                            (over,),
+                        )
+                        trimmed = cur.rowcount
+                        conn.execute(
+                            "INSERT INTO telemetry_counters (name, value)"
+                            " VALUES ('dropped_samples', ?) ON CONFLICT(name)"
+                            " DO UPDATE SET value = value + excluded.value",
+                            (trimmed,),
+                        )
+                conn.executemany(
+                    "INSERT INTO telemetry_counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    list(counters.items()),
+                )
+            return ids, deleted, trimmed
+
+        ids, deleted, trimmed = await self._store.call(commit)
+        c = self.counters
+        c.depth += len(ids) - deleted - trimmed
+        c.dropped_samples += trimmed
+        c.committed += len(ids)
+        c.commits += 1
+        if trimmed:
+            log.warning("spool full: oldest samples dropped", dropped=trimmed, depth=c.depth)
+        if c.depth > self.max_rows and not self._over_bound_logged:
+            log.error(
+                "spool holds more events than its bound; events are never dropped",
+                depth=c.depth,
+                bound=self.max_rows,
+            )
+            self._over_bound_logged = True
+        elif c.depth <= self.max_rows:
+            self._over_bound_logged = False
+        if ids:
+            self.fresh.extend(zip(ids, (p.out for p in batch.rows), strict=True))
+            if len(self.fresh) > FRESH_MAX:
+                self.fresh.clear()
+                self.fresh_generation += 1
+            self.on_commit()
+
+    async def read_after(self, row_id: int, limit: int) -> list[tuple[int, Outgoing]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[int, Outgoing]]:
+            rows = conn.execute(
+                "SELECT id, topic, payload, qos, retain, kind FROM telemetry_spool"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (row_id, limit),
+            ).fetchall()
+            return [
+                (int(r[0]), Outgoing(r[1], bytes(r[2]), Kind(r[5]), int(r[3]), bool(r[4])))
+                for r in rows
+            ]
+
+        return await self._store.call(read)
