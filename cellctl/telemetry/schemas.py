@@ -1,0 +1,172 @@
+"""JSON Schemas of every payload and command, generated from the models below.
+
+`python -m cellctl.telemetry.schemas` rewrites cellctl/schemas/*.json; a test
+checks that the files in the repo match, and that what the cell publishes
+validates against them. The models here describe the wire format written by
+`JsonEncoding` (which builds plain dicts for speed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cellctl.commands import COMMANDS
+from cellctl.model import DeviceState, Quality, RequestKind
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+StateLabel = Literal[tuple(s.label for s in DeviceState)]  # type: ignore[valid-type]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1]
+    ts: float
+
+
+class _Event(_Payload):
+    src: str
+    seq: int
+
+
+class Status(_Payload):
+    """Retained cell liveness; the same payload (state offline) is the will."""
+
+    state: Literal["online", "offline"]
+    reason: str
+    boot: str
+
+
+class SpoolPayload(_Payload):
+    depth: int
+    dropped_samples: int
+    dropped_offline: int
+
+
+class State(_Event):
+    device: str
+    state: StateLabel
+    code: int
+    previous: StateLabel
+    reason: str
+
+
+class SampleItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    value: bool | int | float | str
+    ts: float
+    quality: Quality
+
+
+class SamplesPayload(_Payload):
+    device: str
+    samples: list[SampleItem]
+
+
+class ProgressPayload(_Payload):
+    device: str
+    step: str
+    fraction: float | None
+    lines_done: int | None
+    last_acked_line: int | None
+    bytes_done: int | None
+    bytes_total: int | None
+    remaining_s: float | None
+
+
+class AlarmPayload(_Event):
+    device: str
+    code: str
+    text: str
+    active: bool
+
+
+class RequestPayload(_Event):
+    device: str
+    kind: RequestKind
+    text: str
+    step: str | None
+    details: dict[str, Any]
+
+
+class JobEventPayload(_Event):
+    job: str
+    event: str
+    state: str
+    step: int | None
+    device: str | None
+    detail: str
+
+
+class Origin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    client_id: str | None
+    user_properties: dict[str, str]
+    response_topic: str | None
+
+
+class AuditPayload(_Event):
+    command: str
+    id: str | None
+    origin: Origin
+    outcome: Literal["accepted", "rejected"]
+    reason: str
+
+
+class Reply(_Payload):
+    command: str
+    id: str | None
+    outcome: Literal["accepted", "rejected"]
+    reason: str
+    result: Any
+
+
+PAYLOADS: dict[str, type[BaseModel]] = {
+    "status": Status,
+    "spool": SpoolPayload,
+    "state": State,
+    "samples": SamplesPayload,
+    "progress": ProgressPayload,
+    "alarm": AlarmPayload,
+    "request": RequestPayload,
+    "job": JobEventPayload,
+    "audit": AuditPayload,
+    "reply": Reply,
+}
+
+
+def generate() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in PAYLOADS.items():
+        out[f"payload.{name}.json"] = _schema(model, f"cellctl payload: {name}")
+    for name, cmd in COMMANDS.items():
+        out[f"command.{name}.json"] = _schema(cmd, f"cellctl command: {name}")
+    return out
+
+
+def _schema(model: type[BaseModel], title: str) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = title
+    return schema
+
+
+def dump(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def main() -> int:
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    for name, schema in generate().items():
+        (SCHEMA_DIR / name).write_text(dump(schema))
+    print(f"wrote {len(generate())} schemas to {SCHEMA_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
