@@ -55,6 +55,8 @@ class MqttService:
         self.topics = Topics(cell.name, self.cfg.topic_prefix)
         self.encoding: Encoding = encoding or JsonEncoding(self.topics)
         self.boot = uuid.uuid4().hex[:12]
+        # Subscribed now, before any device runs: the first state changes are not missed.
+        self._sub = bus.subscribe("mqtt", lossless=True)
         self.ready = asyncio.Event()
         self.embedded_started = False
         # Set once run() built them (tests and the benchmark look at them).
@@ -130,7 +132,7 @@ class MqttService:
         self.link, self.spool, self.publisher = link, spool, publisher
         self.sender, self.commands = sender, commands
 
-        sub = self.bus.subscribe("mqtt", lossless=True)
+        sub = self._sub
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(link.run(), name="mqtt-link")

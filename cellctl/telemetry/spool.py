@@ -96,6 +96,9 @@ class Spool:
         self._seq[source] = seq
         return seq
 
+    def last_seq(self, source: str) -> int:
+        return self._seq.get(source, 0)
+
     def add(self, out: Outgoing, source: str | None = None, seq: int | None = None) -> None:
         self._batch.rows.append(_Pending(out, source, seq))
         self._wake.set()

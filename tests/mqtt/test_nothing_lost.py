@@ -1,0 +1,162 @@
+"""Events survive a broker outage and a daemon SIGKILL: delivered in order, no sequence gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from mqtt_broker import Mosquitto, free_port
+from mqtt_rig import Message, Subscriber, load, running_app, service, sims, write_config
+
+from cellctl.telemetry.topics import Topics
+
+OUTAGE_S = float(os.environ.get("CELLCTL_MQTT_OUTAGE_S", "30"))
+LAUNCH = Path(__file__).parent / "mqtt_launch.py"
+
+
+def check_sequences(messages: list[Message]) -> tuple[dict[str, list[int]], int]:
+    """Per source: seqs in first-arrival order (duplicates dropped and counted)."""
+    firsts: dict[str, list[int]] = defaultdict(list)
+    seen: set[tuple[str, int]] = set()
+    dups = 0
+    for m in messages:
+        body = m.json()
+        if "seq" not in body:
+            continue
+        key = (body["src"], body["seq"])
+        if key in seen:
+            dups += 1
+            continue
+        seen.add(key)
+        firsts[body["src"]].append(body["seq"])
+    return firsts, dups
+
+
+async def test_broker_outage_loses_no_event(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", persistence=True)
+    broker.start()
+    cell = load(write_config(tmp_path / "cell.toml", broker.port, devices=2))
+    topics = Topics(cell.name)
+    # A persistent session: the broker keeps what arrives while this subscriber reconnects.
+    sub = Subscriber(broker.port, [f"{topics.base}/devices/#"], persistent=True)
+    sub.client.reconnect_delay_set(0.1, 0.5)
+    await sub.start()
+    try:
+        async with running_app(cell) as app:
+            link = service(app).link
+            assert link is not None
+            d1, d2 = sims(cell)
+            for _ in range(20):
+                d1.alarm()
+                d2.alarm()
+            await sub.wait_for(lambda: len(sub.on("/alarms")) >= 40, "alarms before the outage")
+            await asyncio.to_thread(broker.stop)
+            async with asyncio.timeout(10):
+                while link.is_connected:
+                    await asyncio.sleep(0.05)
+            # The outage: events keep coming; none can reach the broker.
+            loop = asyncio.get_running_loop()
+            end = loop.time() + OUTAGE_S
+            during = 0
+            while loop.time() < end:
+                d1.alarm()
+                d2.alarm()
+                d1.set_state("execute" if during % 2 == 0 else "held")
+                during += 1
+                await asyncio.sleep(0.1)
+            assert not link.is_connected
+            spool = service(app).spool
+            assert spool is not None and spool.counters.depth >= 3 * during
+            await asyncio.to_thread(broker.start)
+            # What the daemon numbered: 1 connected state + 20 alarms + the outage's events.
+            total = {d: spool.last_seq(d) for d in ("d1", "d2")}
+            assert total == {"d1": 1 + 20 + 2 * during, "d2": 1 + 20 + during}
+            try:
+                await sub.wait_for(
+                    lambda: all(
+                        max(check_sequences(sub.messages)[0].get(d, [0])) >= n
+                        for d, n in total.items()
+                    ),
+                    "every event after the outage",
+                    timeout=60,
+                )
+            except AssertionError:
+                firsts, dups = check_sequences(sub.messages)
+                got = {d: (len(v), v[:3], v[-3:]) for d, v in firsts.items()}
+                raise AssertionError(f"expected {total}, got {got}, {spool.counters}") from None
+        firsts, dups = check_sequences(sub.messages)
+        for dev, n in total.items():
+            assert firsts[dev] == list(range(1, n + 1)), f"{dev}: gap or disorder"
+        print(f"\noutage {OUTAGE_S:.0f} s: {sum(total.values())} events in order, {dups} duplicates")
+    finally:
+        sub.stop()
+        broker.stop()
+
+
+async def test_sigkilled_daemon_delivers_spooled_events_after_restart(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens yet: every event stays in the spool
+    config = write_config(tmp_path / "cell.toml", port, devices=2, burst=30, name="k1")
+    db = tmp_path / "state" / "cellctl.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(
+        [sys.executable, str(LAUNCH), str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "first.log", "wb"),  # noqa: SIM115
+    )
+
+    def spooled() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db, timeout=5) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM telemetry_spool").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0
+
+    try:
+        async with asyncio.timeout(30):
+            while await asyncio.to_thread(spooled) < 2 * 31:  # connected state + 30 alarms each
+                assert first.poll() is None, (tmp_path / "first.log").read_text()
+                await asyncio.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    with sqlite3.connect(db) as conn:
+        before = dict(conn.execute("SELECT source, seq FROM telemetry_seq").fetchall())
+    assert before["d1"] >= 31 and before["d2"] >= 31
+
+    broker = Mosquitto(tmp_path / "broker", port=port)
+    broker.start()
+    topics = Topics("k1")
+    sub = await Subscriber(port, [f"{topics.base}/devices/#"]).start()
+    second = subprocess.Popen(
+        [sys.executable, str(LAUNCH), str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "second.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        await sub.wait_for(
+            lambda: all(
+                set(range(1, n + 1)) <= set(check_sequences(sub.messages)[0].get(d, []))
+                for d, n in before.items()
+            ),
+            "the events spooled before the kill",
+            timeout=30,
+        )
+        firsts, _ = check_sequences(sub.messages)
+        for dev in before:
+            seqs = firsts[dev]
+            assert seqs == list(range(1, len(seqs) + 1)), f"{dev}: gap or disorder"
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=15)
+        sub.stop()
+        broker.stop()
