@@ -298,7 +298,10 @@ class MqttLink:
             except TimeoutError:
                 raise LinkError("the broker did not answer CONNECT in time") from None
             if rc.is_failure:
-                raise LinkError(f"the broker refused the connection: {rc.getName()}")
+                hint = ""
+                if rc.value in (0x86, 0x87, 4, 5):  # bad user/password, not authorized
+                    hint = f" (check the username and password for {self.settings.address})"
+                raise LinkError(f"the broker refused the connection: {rc.getName()}{hint}")
             for topic, qos in self.subscriptions:
                 client.subscribe(topic, qos)
             self.state = LinkState.CONNECTED
