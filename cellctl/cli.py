@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a simulator option (repeatable)",
     )
     sim.set_defaults(func=cmd_sim)
+
+    from cellctl.cli_remote import add_commands
+
+    add_commands(sub)  # status, jobs, submit, cancel, ack, estop: over MQTT
     return p
 
 
