@@ -100,7 +100,18 @@ def run_mosquitto_pub(port: int, n: int, qos: int) -> float:
     data = b"\n".join([PAYLOAD] * n) + b"\n"
     t0 = time.perf_counter()
     subprocess.run(
-        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "bench/x", "-l", "-q", str(qos)],
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-t",
+            "bench/x",
+            "-l",
+            "-q",
+            str(qos),
+        ],
         input=data,
         check=True,
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cellctl.config import load
@@ -40,7 +41,9 @@ class Remote:
         self.reply_topic = f"{topics.base}/replies/{self.client_id}"
         self.inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self.c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
         )
         user = os.environ.get("CELLCTL_MQTT_USERNAME")
         if user:
@@ -58,21 +61,24 @@ class Remote:
     def command(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self.subscribe(self.reply_topic)
         time.sleep(0.1)  # let SUBACK arrive before the reply can
-        props = Properties(paho.PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = self.reply_topic
-        props.CorrelationData = uuid.uuid4().bytes
+        corr = uuid.uuid4().bytes
+        props.CorrelationData = corr
         props.UserProperty = [("client_id", self.client_id), ("user", getpass.getuser())]
         self.c.publish(self.topics.command(name), json.dumps(body), qos=1, properties=props)
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise CellError(f"no reply to {name} within {self.timeout:.0f} s: is the cell running?")
+                raise CellError(
+                    f"no reply to {name} within {self.timeout:.0f} s: is the cell running?"
+                )
             try:
                 msg = self.inbox.get(timeout=left)
             except queue.Empty:
                 continue
-            if getattr(msg.properties, "CorrelationData", None) == props.CorrelationData:
+            if getattr(msg.properties, "CorrelationData", None) == corr:
                 reply: dict[str, Any] = json.loads(msg.payload)
                 return reply
 
@@ -172,7 +178,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             frac = d.get("progress")
             bar = "" if frac is None else "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
             t.add_row(
-                dev_id, d.get("state", "?"), metrics, d.get("step") or "", bar, requests.get(dev_id, "")
+                dev_id,
+                d.get("state", "?"),
+                metrics,
+                d.get("step") or "",
+                bar,
+                requests.get(dev_id, ""),
             )
         return t
 
@@ -235,14 +246,16 @@ def add_commands(sub: Any) -> None:
     ack = sub.add_parser("ack", help="answer an operator request (material loaded, bed cleared …)")
     common(ack)
     ack.add_argument("device")
-    ack.add_argument(
-        "kind", choices=["load_material", "clear_bed", "change_tool", "acknowledge"]
-    )
+    ack.add_argument("kind", choices=["load_material", "clear_bed", "change_tool", "acknowledge"])
     ack.set_defaults(
-        func=cmd_simple, remote_command="answer", build=lambda a: {"device": a.device, "kind": a.kind}
+        func=cmd_simple,
+        remote_command="answer",
+        build=lambda a: {"device": a.device, "kind": a.kind},
     )
 
     estop = sub.add_parser("estop", help="emergency stop of every device (not a safety function)")
     common(estop)
     estop.add_argument("--reason", default="cellctl estop")
-    estop.set_defaults(func=cmd_simple, remote_command="estop", build=lambda a: {"reason": a.reason})
+    estop.set_defaults(
+        func=cmd_simple, remote_command="estop", build=lambda a: {"reason": a.reason}
+    )

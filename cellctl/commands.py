@@ -489,9 +489,7 @@ class CommandHandler:
 
     async def _estop(self, cmd: EmergencyStop, msg: Incoming) -> Mapping[str, Any]:
         loop = asyncio.get_running_loop()
-        targets = {
-            dev_id: r.driver for dev_id, r in self.runners().items() if r.driver is not None
-        }
+        targets = {dev_id: r.driver for dev_id, r in self.runners().items() if r.driver is not None}
         skipped = sorted(set(self.runners()) - set(targets))
         failed: dict[str, str] = {}
 

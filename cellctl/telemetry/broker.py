@@ -22,10 +22,10 @@ from cellctl.errors import LinkError
 log = structlog.get_logger("cellctl.mqtt.broker")
 
 
-async def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+async def listening(host: str, port: int, within_s: float = 1.0) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False

@@ -33,6 +33,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -184,7 +185,7 @@ class MqttLink:
     def reply_properties(self, correlation: bytes | None) -> Properties | None:
         if not self.settings.mqtt5 or correlation is None:
             return None
-        props = Properties(paho.PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = correlation
         return props
 
@@ -203,17 +204,17 @@ class MqttLink:
             self._teardown()
             self.state = LinkState.CLOSED
 
-    async def wait_connected(self, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_connected(self, within_s: float) -> None:
+        async with asyncio.timeout(within_s):
             await self.connected.wait()
 
-    async def close(self, final: Outgoing | None = None, timeout: float = 2.0) -> None:
+    async def close(self, final: Outgoing | None = None, within_s: float = 2.0) -> None:
         """Publish `final` (the `offline` status) and disconnect cleanly, within `timeout`."""
         session = self._session
         if session is None or self.state != LinkState.CONNECTED:
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within_s):
                 if final is not None:
                     done = asyncio.get_running_loop().create_future()
                     previous = self.on_ack
@@ -239,7 +240,7 @@ class MqttLink:
 
     def _next_delay(self) -> float:
         s = self.settings
-        base = min(s.reconnect_max_s, s.reconnect_initial_s * 2**self._attempt)
+        base = min(s.reconnect_max_s, s.reconnect_initial_s * 2.0 ** min(self._attempt, 30))
         self._attempt += 1
         spread = base * s.reconnect_jitter
         return max(0.05, min(s.reconnect_max_s, base + self._rng.uniform(-spread, spread)))

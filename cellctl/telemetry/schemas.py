@@ -19,7 +19,26 @@ from cellctl.commands import COMMANDS
 from cellctl.model import DeviceState, Quality, RequestKind
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-StateLabel = Literal[tuple(s.label for s in DeviceState)]  # type: ignore[valid-type]
+StateLabel = Literal[  # kept in step with DeviceState by test_schema_files_match_the_models
+    "unavailable",
+    "clearing",
+    "stopped",
+    "starting",
+    "idle",
+    "suspended",
+    "execute",
+    "stopping",
+    "aborting",
+    "aborted",
+    "holding",
+    "held",
+    "unholding",
+    "suspending",
+    "unsuspending",
+    "resetting",
+    "completing",
+    "complete",
+]
 
 
 class _Payload(BaseModel):
@@ -141,6 +160,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
 
 
 def generate() -> dict[str, dict[str, Any]]:
+    assert set(StateLabel.__args__) == {s.label for s in DeviceState}  # type: ignore[attr-defined]
     out: dict[str, dict[str, Any]] = {}
     for name, model in PAYLOADS.items():
         out[f"payload.{name}.json"] = _schema(model, f"cellctl payload: {name}")

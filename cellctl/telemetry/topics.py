@@ -1,17 +1,17 @@
 """Every MQTT topic cellctl uses, built in this one module (documented in docs/mqtt.md).
 
-    <prefix>/<cell>/status                         retained  online / offline (and the will)
-    <prefix>/<cell>/spool                          retained  spool depth and drop counters
-    <prefix>/<cell>/devices/<device>/state         retained  PackML state, QoS 1, spooled
-    <prefix>/<cell>/devices/<device>/samples                 metric samples, QoS 0 by default
-    <prefix>/<cell>/devices/<device>/progress                running step progress, QoS 0
-    <prefix>/<cell>/devices/<device>/alarms                  alarms, QoS 1, spooled
-    <prefix>/<cell>/devices/<device>/requests                operator requests, QoS 1, spooled
-    <prefix>/<cell>/jobs/<job>/events                        job and step transitions, QoS 1, spooled
-    <prefix>/<cell>/audit                                    every command and its outcome, QoS 1
-    <prefix>/<cell>/cmd/<command>                            commands to the cell
-    <prefix>/<cell>/cmd/<command>/reply                      replies on MQTT 3.1.1 (MQTT 5 uses
-                                                             the command's response topic)
+<prefix>/<cell>/status                         retained  online / offline (and the will)
+<prefix>/<cell>/spool                          retained  spool depth and drop counters
+<prefix>/<cell>/devices/<device>/state         retained  PackML state, QoS 1, spooled
+<prefix>/<cell>/devices/<device>/samples                 metric samples, QoS 0 by default
+<prefix>/<cell>/devices/<device>/progress                running step progress, QoS 0
+<prefix>/<cell>/devices/<device>/alarms                  alarms, QoS 1, spooled
+<prefix>/<cell>/devices/<device>/requests                operator requests, QoS 1, spooled
+<prefix>/<cell>/jobs/<job>/events                        job and step transitions, QoS 1, spooled
+<prefix>/<cell>/audit                                    every command and its outcome, QoS 1
+<prefix>/<cell>/cmd/<command>                            commands to the cell
+<prefix>/<cell>/cmd/<command>/reply                      replies on MQTT 3.1.1 (MQTT 5 uses
+                                                         the command's response topic)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mqtt_broker import Mosquitto  # noqa: E402
+from mqtt_broker import Mosquitto
 
 
 @pytest.fixture

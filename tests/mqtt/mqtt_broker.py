@@ -158,7 +158,7 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> None:
         self.write_conf()
-        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115
+        log = open(self.workdir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
         log.close()
         # Mosquitto has no readiness signal: wait (bounded) until the port accepts.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mqtt_rig import REGISTRY, load  # noqa: E402
+from mqtt_rig import REGISTRY, load
 
-from cellctl import logs  # noqa: E402
-from cellctl.app import App  # noqa: E402
+from cellctl import logs
+from cellctl.app import App
 
 if __name__ == "__main__":
     logs.configure("info", "json")

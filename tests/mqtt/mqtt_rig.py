@@ -123,7 +123,9 @@ class Subscriber:
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
         )
         if self.username:
             self.client.username_pw_set(self.username, self.password)
@@ -160,9 +162,9 @@ class Subscriber:
         self.client.disconnect()
         self.client.loop_stop()
 
-    async def wait_for(self, pred: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
+    async def wait_for(self, pred: Callable[[], bool], what: str, within_s: float = BOUND) -> None:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within_s):
                 while True:
                     self._changed.clear()
                     if pred():
@@ -194,7 +196,7 @@ class Commander:
         self.n = 0
 
     async def send(
-        self, command: str, payload: bytes | dict[str, Any], timeout: float = BOUND
+        self, command: str, payload: bytes | dict[str, Any], within_s: float = BOUND
     ) -> dict[str, Any]:
         self.n += 1
         corr = f"c{self.n}".encode()
@@ -207,11 +209,14 @@ class Commander:
 
         def found() -> Message | None:
             for m in self.sub.messages:
-                if m.topic == self.reply_topic and getattr(m.properties, "CorrelationData", None) == corr:
+                if (
+                    m.topic == self.reply_topic
+                    and getattr(m.properties, "CorrelationData", None) == corr
+                ):
                     return m
             return None
 
-        await self.sub.wait_for(lambda: found() is not None, f"reply to {command}", timeout)
+        await self.sub.wait_for(lambda: found() is not None, f"reply to {command}", within_s)
         msg = found()
         assert msg is not None
         reply: dict[str, Any] = msg.json()

@@ -23,6 +23,17 @@ OUTAGE_S = float(os.environ.get("CELLCTL_MQTT_OUTAGE_S", "10"))
 LAUNCH = Path(__file__).parent / "mqtt_launch.py"
 
 
+def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, str(LAUNCH), str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
 def check_sequences(messages: list[Message]) -> tuple[dict[str, list[int]], int]:
     """Per source: seqs in first-arrival order (duplicates dropped and counted)."""
     firsts: dict[str, list[int]] = defaultdict(list)
@@ -87,7 +98,7 @@ async def test_broker_outage_loses_no_event(tmp_path: Path) -> None:
                         for d, n in total.items()
                     ),
                     "every event after the outage",
-                    timeout=60,
+                    within_s=60,
                 )
             except AssertionError:
                 firsts, dups = check_sequences(sub.messages)
@@ -96,7 +107,9 @@ async def test_broker_outage_loses_no_event(tmp_path: Path) -> None:
         firsts, dups = check_sequences(sub.messages)
         for dev, n in total.items():
             assert firsts[dev] == list(range(1, n + 1)), f"{dev}: gap or disorder"
-        print(f"\noutage {OUTAGE_S:.0f} s: {sum(total.values())} events in order, {dups} duplicates")
+        print(
+            f"\noutage {OUTAGE_S:.0f} s: {sum(total.values())} events in order, {dups} duplicates"
+        )
     finally:
         sub.stop()
         broker.stop()
@@ -106,13 +119,7 @@ async def test_sigkilled_daemon_delivers_spooled_events_after_restart(tmp_path: 
     port = free_port()  # nothing listens yet: every event stays in the spool
     config = write_config(tmp_path / "cell.toml", port, devices=2, burst=30, name="k1")
     db = tmp_path / "state" / "cellctl.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(
-        [sys.executable, str(LAUNCH), str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "first.log", "wb"),  # noqa: SIM115
-    )
+    first = spawn(config, tmp_path / "first.log")
 
     def spooled() -> int:
         if not db.exists():
@@ -139,12 +146,7 @@ async def test_sigkilled_daemon_delivers_spooled_events_after_restart(tmp_path: 
     broker.start()
     topics = Topics("k1")
     sub = await Subscriber(port, [f"{topics.base}/devices/#"]).start()
-    second = subprocess.Popen(
-        [sys.executable, str(LAUNCH), str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "second.log", "wb"),  # noqa: SIM115
-    )
+    second = spawn(config, tmp_path / "second.log")
     try:
         await sub.wait_for(
             lambda: all(
@@ -152,7 +154,7 @@ async def test_sigkilled_daemon_delivers_spooled_events_after_restart(tmp_path: 
                 for d, n in before.items()
             ),
             "the events spooled before the kill",
-            timeout=30,
+            within_s=30,
         )
         firsts, _ = check_sequences(sub.messages)
         for dev in before:

@@ -1,4 +1,4 @@
-"""Everything the cell emits validates against cellctl/schemas; emergency stop reaches every device."""
+"""Everything the cell emits validates against cellctl/schemas; estop reaches every device."""
 
 from __future__ import annotations
 
@@ -63,7 +63,9 @@ async def test_every_message_validates_and_estop_reaches_every_device(
             assert all(d.stopped.is_set() for d in devs)
             commands = service(app).commands
             assert commands is not None and commands.last_estop_s is not None
-            print(f"\nemergency stop: arrival → last device stopped: {r['result']['elapsed_ms']} ms")
+            print(
+                f"\nemergency stop: arrival → last device stopped: {r['result']['elapsed_ms']} ms"
+            )
             await sub.wait_for(
                 lambda: sum(m.json().get("state") == "aborted" for m in sub.on("/state")) == 4,
                 "aborted states",

@@ -24,8 +24,10 @@ async def test_online_state_events_and_offline_on_clean_shutdown(
             d1.alarm("E", "too hot")
             d2.sample("temp", 21.5)
             d2.request("load_material", "PLA, please")
-            await sub.wait_for(lambda: sub.on("d1/alarms") and sub.on("d2/requests")
-                               and sub.on("d2/samples"), "events")
+            await sub.wait_for(
+                lambda: sub.on("d1/alarms") and sub.on("d2/requests") and sub.on("d2/samples"),
+                "events",
+            )
             states = [m.json() for m in sub.on("d1/state")]
             assert states[-1]["state"] == "execute"
             assert [s["seq"] for s in states] == list(range(1, len(states) + 1))
