@@ -23,9 +23,12 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
+from cellctl.store import Store
 from cellctl.supervisor import Supervisor
 
 log = structlog.get_logger("cellctl.app")
+
+STORE_FILE = "cellctl.db"
 
 Component = Callable[[], Coroutine[Any, Any, None]]
 """A long-running part of the daemon (store writer, MQTT, scheduler): runs until cancelled."""
@@ -47,9 +50,23 @@ class App:
             cell.devices, self.registry, self.bus.publish, cell.config.supervisor
         )
         self.components: dict[str, Component] = {}
+        # The journal every component shares (jobs, telemetry spool); opened by run().
+        self.store = Store(cell.state_dir / STORE_FILE)
+        self._register_jobs()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
+
+    def _register_jobs(self) -> None:
+        from cellctl.hotfolder import HotFolder
+        from cellctl.jobs.service import JobService
+
+        self.jobs = JobService(self.store, self.supervisor, self.bus, lambda: self.cell)
+        self.components["jobs"] = self.jobs.run
+        folder = self.cell.hotfolder
+        if folder is not None:
+            self.hotfolder = HotFolder(folder, self.jobs, lambda: self.cell.config.jobs)
+            self.components["hotfolder"] = self.hotfolder.run
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -69,7 +86,7 @@ class App:
             devices=len(self.cell.devices),
         )
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with self.store, asyncio.TaskGroup() as tg:
                 tg.create_task(self.supervisor.run(), name="supervisor")
                 for name, component in self.components.items():
                     tg.create_task(component(), name=name)
