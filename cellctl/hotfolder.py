@@ -137,13 +137,14 @@ class HotFolder:
         present = set(entries)
         for gone in [p for p in self._seen if p not in present and p.parent == self.folder]:
             del self._seen[gone]
+        settled = {p for p in entries if self._settled(p)}  # starts every file's settle clock
         out: list[Outcome] = []
         claimed: set[Path] = set()
         unsettled_job_file = False
         for path in entries:
             if path.suffix.lower() != ".toml":
                 continue
-            if not self._settled(path):
+            if path not in settled:
                 unsettled_job_file = True
                 continue
             outcome = await self._job_file(path, claimed)
@@ -152,7 +153,7 @@ class HotFolder:
         if not unsettled_job_file:
             for path in entries:
                 if path.suffix.lower() in GCODE_SUFFIXES and path not in claimed:
-                    if self._settled(path):
+                    if path in settled and path.exists():
                         out.append(await self._bare_gcode(path))
         self.outcomes.extend(out)
         return out
