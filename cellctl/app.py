@@ -23,12 +23,10 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
-from cellctl.store import Store
+from cellctl.store import DEFAULT_FILE, Store
 from cellctl.supervisor import Supervisor
 
 log = structlog.get_logger("cellctl.app")
-
-STORE_FILE = "cellctl.db"
 
 Component = Callable[[], Coroutine[Any, Any, None]]
 """A long-running part of the daemon (store writer, MQTT, scheduler): runs until cancelled."""
@@ -51,7 +49,7 @@ class App:
         )
         self.components: dict[str, Component] = {}
         # The journal every component shares (jobs, telemetry spool); opened by run().
-        self.store = Store(cell.state_dir / STORE_FILE)
+        self.store = Store(cell.state_dir / DEFAULT_FILE)
         self._register_jobs()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()

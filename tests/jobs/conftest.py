@@ -15,8 +15,8 @@ from cellctl.app import App
 from cellctl.config import Cell, parse
 from cellctl.jobs.records import JobRecord
 from cellctl.model import DeviceState, JobState
-from cellctl.registry import Registry
 from cellctl.notify import Notifier
+from cellctl.registry import Registry
 
 REGISTRY = Registry(extra_drivers={"jobsim": JobDriver}, extra_sims={"jobsim": JobSim})
 BOUND = 20.0  # upper bound of any one wait in these tests (a loaded machine is slow)

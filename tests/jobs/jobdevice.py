@@ -35,8 +35,8 @@ from cellctl.model import (
     DeviceStatus,
     MetricSpec,
     MetricType,
-    Progress,
     ProgramKind,
+    Progress,
     Sample,
     Samples,
     Setup,
@@ -50,6 +50,10 @@ CHECK_FAIL_MARK = "; CHECK-FAIL"  # the machine's own program check ($C-like) re
 
 _SIMS: dict[str, JobSim] = {}
 _ids = itertools.count(1)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 class JobSimOptions(SimOptions):
@@ -144,7 +148,8 @@ class JobSim:
 
     async def _gcode(self, step: Step, progress: ProgressSink) -> StepResult:
         assert step.program.path is not None
-        lines = Path(step.program.path).read_text(encoding="utf-8", errors="replace").splitlines()
+        text = await asyncio.to_thread(_read, Path(step.program.path))
+        lines = text.splitlines()
         first = max(step.start_line, 1)
         batch = 20
         line_no = first - 1
@@ -238,7 +243,7 @@ class JobDriver:
         self._machine()
         if step.program.path is None:
             return
-        text = Path(step.program.path).read_text(encoding="utf-8", errors="replace")
+        text = await asyncio.to_thread(_read, Path(step.program.path))
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip().startswith(CHECK_FAIL_MARK):
                 raise StepFailed(f"line {n}: error:20 (unsupported command)")

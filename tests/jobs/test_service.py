@@ -3,6 +3,7 @@ the in-test machine (jobs.jobdevice) behind the driver contract."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -178,7 +179,7 @@ async def test_route_order_reserves_and_capabilities(tmp_path: Path) -> None:
             busy.setdefault(str(d), []).append((s.started or 0, s.ended or 0))
     for spans in busy.values():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start
     assert all(h["to_state"] != "failed" for h in history)
 

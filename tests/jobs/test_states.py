@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jobs.conftest import REGISTRY, make_cell
 
 from cellctl.errors import InvalidTransition
 from cellctl.events import EventBus
@@ -28,8 +29,6 @@ from cellctl.jobs.states import (
 from cellctl.model import JobState, ProgramKind, StepState
 from cellctl.store import Store, transaction
 from cellctl.supervisor import Supervisor
-
-from jobs.conftest import REGISTRY, make_cell
 
 
 def test_tables_cover_every_state_and_terminals_are_absorbing() -> None:
@@ -85,9 +84,7 @@ def test_derived_job_states_follow_the_job_table(
 
 
 def _job(job_id: str, n: int) -> JobRecord:
-    steps = tuple(
-        StepRecord(job_id, i, 0, i, "print", ProgramKind.NONE) for i in range(n)
-    )
+    steps = tuple(StepRecord(job_id, i, 0, i, "print", ProgramKind.NONE) for i in range(n))
     return JobRecord(job_id, 0, 1, 0, None, "test", JobState.QUEUED, "", 0.0, 0.0, steps)
 
 
