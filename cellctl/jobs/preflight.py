@@ -15,11 +15,13 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
+from cellctl.driver import Driver, SupportsPreflight
 from cellctl.errors import CellError, LinkError, StepFailed
 from cellctl.jobs.dispatch import unmet
 from cellctl.jobs.gcode import GcodeInfo, format_number
 from cellctl.jobs.programs import ProgramMissing, ProgramStore
 from cellctl.jobs.records import StepRecord
+from cellctl.model import Step
 
 # Slicers round sizes; a bed sliced 0.5 mm larger than the machine is the same bed.
 TOLERANCE_MM = 0.5
@@ -95,16 +97,13 @@ def check_program(programs: ProgramStore, step: StepRecord) -> Path | None:
         raise PreflightFailed(f"program: {exc}") from None
 
 
-async def device_check(driver: object, step_for_driver: object, bound_s: float) -> None:
+async def device_check(driver: Driver, step: Step, bound_s: float) -> None:
     """Ask the device itself (GRBL `$C`); LinkError passes through (not the program's fault)."""
-    from cellctl.driver import SupportsPreflight
-    from cellctl.model import Step
-
-    if not isinstance(driver, SupportsPreflight) or not isinstance(step_for_driver, Step):
+    if not isinstance(driver, SupportsPreflight):
         return
     try:
         async with asyncio.timeout(bound_s):
-            await driver.preflight(step_for_driver)
+            await driver.preflight(step)
     except LinkError:
         raise
     except TimeoutError:

@@ -711,11 +711,11 @@ class JobService:
             await self._finish(job_id, index, {"state": StepState.CANCELLED, "reason": "cancelled"})
         except Exception as exc:  # a bug here or in a driver: hold, never lose the step
             log.error("step crashed", step=key, error=repr(exc), exc_info=exc)
-            await self._finish(
-                job_id,
-                index,
-                {"state": StepState.HELD, "reason": f"internal error: {type(exc).__name__}: {exc}"},
-            )
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            try:
+                await self._finish(job_id, index, {"state": StepState.HELD, "reason": reason})
+            except CellError as again:  # the step cannot be held from where it is: say so
+                log.error("step left as it was", step=key, error=str(again))
         finally:
             for d in (device_id, *reserved):
                 if self._engaged.get(d) == key:

@@ -264,3 +264,35 @@ async def test_link_loss_holds_and_resume_continues_from_the_last_line(tmp_path:
         done = await wait_job(app, "lost", JobState.DONE, JobState.HELD)
         assert done.state == JobState.DONE, done.reason
     assert sim.started == [("lost/0", 0), ("lost/0", last + 1)]
+
+
+@pytest.mark.parametrize("policy", ["hold", "restart", "fail"])
+async def test_restart_recovers_a_running_step_by_device_policy(
+    tmp_path: Path, policy: str
+) -> None:
+    slow = {"time_factor": 1.0, "line_s": 0.003}
+    cell = make_cell(tmp_path, {"p1": printer(sim=slow, recovery=policy)})
+    part = write(tmp_path, "long.gcode", gcode(2000))
+    async with running(cell) as app:
+        await app.jobs.submit(print_job("r", "long.gcode"), {"long.gcode": part})
+        await wait_for(
+            lambda: (app.jobs._jobs["r"].steps[0].last_acked_line or 0) > 40, "progress stored"
+        )
+    # The daemon stopped mid-step: the store says running, with its last line.
+    async with running(cell) as app:
+        if policy == "hold":
+            job = await wait_job(app, "r", JobState.HELD)
+            reason = job.steps[0].reason
+            assert reason.startswith("the daemon stopped while this step ran on p1")
+            assert f"last acknowledged line {job.steps[0].last_acked_line}" in reason
+        elif policy == "fail":
+            job = await wait_job(app, "r", JobState.FAILED)
+            assert "the daemon stopped while this step ran on p1" in job.reason
+        else:
+            await wait_for(lambda: app.jobs._jobs["r"].steps[0].attempt == 2, "restarted")
+            await app.jobs.cancel("r")
+            job = await wait_job(app, "r", JobState.CANCELLED)
+        history = await app.jobs.transitions("r")
+    recovered = next(h for h in history if h["idx"] == 0 and h["from_state"] == "running")
+    expected = {"hold": "held", "fail": "failed", "restart": "queued"}[policy]
+    assert recovered["to_state"] == expected
