@@ -240,7 +240,7 @@ async def test_cancel_stops_a_running_step(tmp_path: Path) -> None:
 
 async def test_link_loss_holds_and_resume_continues_from_the_last_line(tmp_path: Path) -> None:
     cell = make_cell(tmp_path, {"p1": printer(sim={"time_factor": 1.0, "line_s": 0.002})})
-    part = write(tmp_path, "long.gcode", gcode(800))
+    part = write(tmp_path, "long.gcode", gcode(1000))
     async with running(cell) as app:
         await app.jobs.submit(print_job("lost", "long.gcode"), {"long.gcode": part})
         await wait_for(
