@@ -49,8 +49,10 @@ from cellctl.model import (
     Event,
     JobChanged,
     JobState,
+    OperatorRequest,
     ProgramKind,
     Progress,
+    RequestKind,
     StateChanged,
     StepChanged,
     StepOutcome,
@@ -458,6 +460,8 @@ class JobService:
                 new = old.replace(**fields)
                 if new.state != old.state:
                     step_transition(old.state, new.state)
+                    if new.state == StepState.HELD:
+                        events.append(self._hold_request(new))
                     events.append(
                         StepChanged(
                             job_id,
@@ -512,6 +516,29 @@ class JobService:
             log.info("job changed", job=job_id, state=job_event.state, reason=job_event.reason)
         self._wake.set()
         return new_job
+
+    @staticmethod
+    def _hold_request(step: StepRecord) -> OperatorRequest:
+        """A held step asks for an operator: published so that dashboards can show it."""
+        kind = RequestKind.ACKNOWLEDGE
+        if step.reason.startswith("pre-flight: material"):
+            kind = RequestKind.LOAD_MATERIAL
+        actions = [a.value for a in HoldAction]
+        if step.program_kind != ProgramKind.GCODE:
+            actions.remove(HoldAction.RESUME.value)
+        return OperatorRequest(
+            device_id=step.device or "",
+            kind=kind,
+            text=f"step {step.key} held: {step.reason}",
+            step_key=step.key,
+            details={
+                "job_id": step.job_id,
+                "index": step.index,
+                "attempt": step.attempt,
+                "actions": actions,
+                "last_acked_line": step.last_acked_line,
+            },
+        )
 
     @staticmethod
     def _job_reason(state: JobState, steps: list[StepRecord]) -> str:

@@ -13,7 +13,14 @@ from jobs.jobdevice import _SIMS, CHECK_FAIL_MARK, FAIL_MARK
 
 from cellctl.jobs.service import HoldAction, InvalidRequest
 from cellctl.jobs.spec import JobRejected, JobSpec
-from cellctl.model import JobChanged, JobState, StepChanged, StepState
+from cellctl.model import (
+    JobChanged,
+    JobState,
+    OperatorRequest,
+    RequestKind,
+    StepChanged,
+    StepState,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -77,12 +84,23 @@ async def test_petg_file_on_pla_printer_is_held_with_the_reason(tmp_path: Path) 
     cell = make_cell(tmp_path, {"p1": printer({"material": "PLA", "nozzle": "0.4"})})
     petg = write(tmp_path, "petg.gcode", gcode(20, material="PETG"))
     async with running(cell) as app:
+        events = app.bus.subscribe("test", lossless=True)
         await app.jobs.submit(print_job("petg", "petg.gcode"), {"petg.gcode": petg})
         job = await wait_job(app, "petg", JobState.HELD, JobState.DONE)
         assert job.state == JobState.HELD
         reason = job.steps[0].reason
-        assert "pre-flight" in reason and "material" in reason
-        assert "PETG" in reason and "PLA" in reason and "p1" in reason
+        assert reason == (
+            "pre-flight: material: the program was sliced for PETG, device p1 has PLA loaded"
+        )
+        asks = []
+        while not events.queue.empty():
+            ev = events.queue.get_nowait()
+            if isinstance(ev, OperatorRequest):
+                asks.append(ev)
+        assert [(a.kind, a.step_key, a.device_id) for a in asks] == [
+            (RequestKind.LOAD_MATERIAL, "petg/0", "p1")
+        ]
+        assert reason in asks[0].text and asks[0].details["attempt"] == 1
         # The operator loads PETG and retries: now it prints.
         await app.jobs.set_setup("p1", {"material": "PETG", "nozzle": "0.4"})
         await app.jobs.answer_hold("petg", 0, HoldAction.RETRY, attempt=job.steps[0].attempt)
