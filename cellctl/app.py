@@ -21,6 +21,8 @@ from cellctl import logs
 from cellctl.config import Cell
 from cellctl.errors import ConfigError
 from cellctl.events import EventBus
+from cellctl.hotfolder import HotFolder
+from cellctl.jobs.service import JobService
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
 from cellctl.store import DEFAULT_FILE, Store
@@ -50,21 +52,16 @@ class App:
         self.components: dict[str, Component] = {}
         # The journal every component shares (jobs, telemetry spool); opened by run().
         self.store = Store(cell.state_dir / DEFAULT_FILE)
-        self._register_jobs()
+        self.jobs = JobService(self.store, self.supervisor, self.bus, lambda: self.cell)
+        self.components["jobs"] = self.jobs.run
+        # The hot folder is read at start; a reload does not move it.
+        self.hotfolder: HotFolder | None = None
+        if cell.hotfolder is not None:
+            self.hotfolder = HotFolder(cell.hotfolder, self.jobs, lambda: self.cell.config.jobs)
+            self.components["hotfolder"] = self.hotfolder.run
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
-
-    def _register_jobs(self) -> None:
-        from cellctl.hotfolder import HotFolder
-        from cellctl.jobs.service import JobService
-
-        self.jobs = JobService(self.store, self.supervisor, self.bus, lambda: self.cell)
-        self.components["jobs"] = self.jobs.run
-        folder = self.cell.hotfolder
-        if folder is not None:
-            self.hotfolder = HotFolder(folder, self.jobs, lambda: self.cell.config.jobs)
-            self.components["hotfolder"] = self.hotfolder.run
 
     def request_stop(self) -> None:
         self._stop.set()
