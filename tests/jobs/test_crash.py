@@ -145,6 +145,9 @@ def read_store(db: Path) -> tuple[list[JobRecord], dict[str, list[dict[str, Any]
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("BEGIN")
+        if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+            conn.execute("COMMIT")
+            return [], {}  # the first daemon has not created the schema yet
         jobs = repo.load_jobs(conn)
         history = {j.id: repo.transitions(conn, j.id) for j in jobs}
         conn.execute("COMMIT")
