@@ -610,7 +610,7 @@ class JobService:
             busy_with=self._engaged.get(device_id),
         )
 
-    def _device_views(self) -> dict[str, DeviceView]:
+    def _device_views(self, handed_over: Mapping[str, str]) -> dict[str, DeviceView]:
         views = {}
         for dev_id, cfg in self._cell().devices.items():
             if not cfg.common.enabled:
@@ -624,6 +624,7 @@ class JobService:
                 and not runner.busy
                 and row.in_service
                 and dev_id not in self._engaged
+                and dev_id not in handed_over
             )
             views[dev_id] = DeviceView(dev_id, frozenset(cfg.common.processes), row.setup, free)
         return views
@@ -635,8 +636,27 @@ class JobService:
 
     # --- dispatch -----------------------------------------------------------------
 
-    def _candidates(self) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
-        """Steps that may start now, and steps no configured device could ever run."""
+    def _handed_over(self) -> dict[str, str]:
+        """Devices kept for the next step of a unit (device → step key): a step that
+        reserves `@previous` gets the device that ran its predecessor, and between the two
+        that device takes no other work (a printer waits for the robot that unloads it)."""
+        out: dict[str, str] = {}
+        for job in self._jobs.values():
+            if job.state.terminal or job.cancel_requested:
+                continue
+            for s in job.steps:
+                if PREVIOUS not in s.reserves or s.state not in (StepState.QUEUED, StepState.HELD):
+                    continue
+                prev = job.predecessor(s)
+                if prev is not None and prev.state == StepState.DONE and prev.device:
+                    out.setdefault(prev.device, s.key)
+        return out
+
+    def _candidates(
+        self, handed_over: Mapping[str, str]
+    ) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
+        """Steps that may start now, and steps no configured device could ever run.
+        A device handed over to a step is not among its reserves: it is already its."""
         devices = self._cell().devices
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
@@ -660,6 +680,7 @@ class JobService:
                 if any(r not in devices for r in reserves):
                     never.append((job.id, s.index, f"reserves unknown device(s) {reserves}"))
                     continue
+                reserves = tuple(r for r in reserves if handed_over.get(r) != s.key)
                 out.append(
                     Candidate(
                         key=s.key,
@@ -678,12 +699,13 @@ class JobService:
 
     async def _dispatch_once(self) -> None:
         self.dispatch_rounds += 1
-        candidates, never = self._candidates()
+        handed_over = self._handed_over()
+        candidates, never = self._candidates(handed_over)
         for job_id, index, reason in never:
             await self._fail(job_id, index, f"rejected: {reason}")
         if not candidates:
             return
-        views = self._device_views()
+        views = self._device_views(handed_over)
         if not any(v.free for v in views.values()):
             return
         assignments = self.dispatcher.assign(candidates, views)
@@ -696,7 +718,9 @@ class JobService:
         assert self._tg is not None
         for a in assignments:
             c = by_key[a.key]
-            for d in (a.device, *a.reserves):
+            kept = tuple(d for d, key in handed_over.items() if key == a.key)
+            reserved = (*a.reserves, *kept)
+            for d in (a.device, *reserved):
                 self._engaged[d] = a.key
             step = self._jobs[c.job_id].steps[c.index]
             try:
@@ -707,7 +731,7 @@ class JobService:
                             "state": StepState.STARTING,
                             "reason": f"dispatched to {a.device}",
                             "device": a.device,
-                            "reserved": a.reserves,
+                            "reserved": reserved,
                             "attempt": step.attempt + 1,
                             "started": time.time(),
                             "ended": None,
@@ -715,11 +739,11 @@ class JobService:
                     },
                 )
             except BaseException:
-                for d in (a.device, *a.reserves):
+                for d in (a.device, *reserved):
                     self._engaged.pop(d, None)
                 raise
             self._tasks[a.key] = self._tg.create_task(
-                self._step_task(c.job_id, c.index, a.device, a.reserves), name=f"step:{a.key}"
+                self._step_task(c.job_id, c.index, a.device, reserved), name=f"step:{a.key}"
             )
 
     # --- running a step -------------------------------------------------------------
