@@ -108,6 +108,7 @@ class JobRecord:
     updated: float
     steps: tuple[StepRecord, ...]
     cancel_requested: bool = False
+    spec: str = ""  # the submission as stored (JSON)
 
     def replace(self, **changes: Any) -> JobRecord:
         return dataclasses.replace(self, **changes)

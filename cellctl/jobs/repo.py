@@ -79,6 +79,7 @@ def load_jobs(
             updated=j["updated"],
             steps=tuple(steps.get(j["id"], [])),
             cancel_requested=bool(j["cancel_requested"]),
+            spec=j["spec"],
         )
         for j in jobs
     ]

@@ -195,16 +195,16 @@ class JobService:
         """Accept a job; returns once it is durably stored. The same id again returns
         the stored job unchanged. Raises JobRejected (nothing stored) with the reason."""
         await self.ready.wait()
+        spec_json = spec.model_dump_json()
         existing = self._jobs.get(spec.id)
         if existing is not None:
-            return existing
+            return self._repeat(existing, spec_json, source)
         self._check_against_cell(spec)
         templates = await asyncio.to_thread(self._prepare_steps, spec, dict(files or {}))
-        spec_json = spec.model_dump_json()
         async with self._lock:
             existing = self._jobs.get(spec.id)
             if existing is not None:
-                return existing
+                return self._repeat(existing, spec_json, source)
             now = time.time()
             steps = []
             for unit in range(spec.quantity):
@@ -224,6 +224,7 @@ class JobService:
                 created=now,
                 updated=now,
                 steps=tuple(steps),
+                spec=spec_json,
             )
 
             def write(conn: Any) -> None:
@@ -248,6 +249,17 @@ class JobService:
         self._publish(JobChanged(job.id, JobState.QUEUED, None, "accepted"))
         self._wake.set()
         return job
+
+    @staticmethod
+    def _repeat(existing: JobRecord, spec_json: str, source: str) -> JobRecord:
+        if existing.spec and existing.spec != spec_json:
+            # The id decides (it is the client's idempotency key); say so, loudly.
+            log.warning(
+                "job id already taken by a different job; the stored job stands",
+                job=existing.id,
+                source=source,
+            )
+        return existing
 
     async def get(self, job_id: str) -> JobRecord:
         await self.ready.wait()
