@@ -125,6 +125,14 @@ async def test_preflight_names_nozzle_bed_and_device_check(tmp_path: Path) -> No
             job = await wait_job(app, job_id, JobState.HELD, JobState.DONE)
             assert job.state == JobState.HELD
             reasons[job_id] = job.steps[0].reason
+        # The operator's other answers: confirm done (printed by hand), fail.
+        done = await app.jobs.answer_hold("check", 0, "done", who="tester")
+        assert done.state == JobState.DONE and done.steps[0].reason == "confirmed done by tester"
+        failed = await app.jobs.answer_hold("bed", 0, "fail", who="tester")
+        assert failed.state == JobState.FAILED
+        assert failed.reason.startswith("step 0 (print): failed by tester: pre-flight: bed size")
+        with pytest.raises(InvalidRequest, match="not held"):
+            await app.jobs.answer_hold("bed", 0, "retry")
     assert "nozzle: the program was sliced for 0.6, device p1 has 0.4" in reasons["nozzle"]
     assert "300 x 300 mm bed" in reasons["bed"] and "250 x 210 x 210" in reasons["bed"]
     assert "device check: line" in reasons["check"] and "error:20" in reasons["check"]
