@@ -11,5 +11,7 @@ Modules:
     dispatch   the dispatch decision behind the Dispatcher interface
     preflight  checks that hold a step before it moves anything
     recovery   what a restart does with unfinished steps
+    api        the service's public types: errors, hold answers, device view
+    requests   requests the local CLI queues in the store, applied by the daemon
     service    JobService: the async API and the running component
 """

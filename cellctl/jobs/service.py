@@ -14,12 +14,9 @@ call: `submit`, `get`, `list_jobs`, `cancel`, `answer_hold`, `set_setup`,
 from __future__ import annotations
 
 import asyncio
-import enum
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
 from cellctl.events import EventBus
 from cellctl.jobs import repo
+from cellctl.jobs.api import DeviceInfo, HoldAction, InvalidRequest, JobNotFound, job_summary
 from cellctl.jobs.dispatch import (
     BaselineDispatcher,
     Candidate,
@@ -42,6 +40,7 @@ from cellctl.jobs.preflight import PreflightFailed, check_gcode, check_program, 
 from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.records import JobRecord, StepRecord
 from cellctl.jobs.recovery import Changes, recovery_plan
+from cellctl.jobs.requests import apply_requests
 from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
 from cellctl.model import (
@@ -65,45 +64,17 @@ from cellctl.supervisor import DeviceRunner, Supervisor
 
 log = structlog.get_logger("cellctl.jobs")
 
+__all__ = [
+    "DeviceInfo",
+    "HoldAction",
+    "InvalidRequest",
+    "JobNotFound",
+    "JobService",
+    "job_summary",
+]
+
 # Device states in which a device may be given a step.
 READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
-
-
-class JobNotFound(CellError):
-    """No job has this id."""
-
-
-class InvalidRequest(CellError):
-    """A request that does not fit the job's current state (the message says why)."""
-
-
-class HoldAction(enum.StrEnum):
-    RETRY = "retry"  # run the step again from the start
-    RESUME = "resume"  # G-code: run it again from a line (default: after the last acknowledged)
-    FAIL = "fail"  # fail the step and its job
-    DONE = "done"  # the operator confirms the device finished it
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    id: str
-    processes: tuple[str, ...]
-    setup: Mapping[str, str]
-    in_service: bool
-    note: str
-    state: DeviceState
-    busy_with: str | None  # step key running on it or reserving it
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "processes": list(self.processes),
-            "setup": dict(self.setup),
-            "in_service": self.in_service,
-            "note": self.note,
-            "state": self.state.label,
-            "busy_with": self.busy_with,
-        }
 
 
 class JobService:
@@ -957,58 +928,4 @@ class JobService:
 
     async def apply_requests(self) -> int:
         """Apply what the local CLI queued in the store; returns how many were applied."""
-        pending = await self._store.call(repo.pending_requests)
-        for request_id, kind, payload in pending:
-            error: str | None = None
-            try:
-                await self._apply_request(kind, payload)
-            except (CellError, KeyError, TypeError, ValueError) as exc:
-                error = str(exc) or type(exc).__name__
-                log.warning("request failed", request=request_id, kind=kind, error=error)
-
-            def finish(conn: Any, rid: int = request_id, err: str | None = error) -> None:
-                with transaction(conn):
-                    repo.finish_request(conn, rid, err)
-
-            await self._store.call(finish)
-        return len(pending)
-
-    async def _apply_request(self, kind: str, p: dict[str, Any]) -> None:
-        if kind == "cancel":
-            await self.cancel(p["job"], p.get("reason") or "cancelled by operator (cli)")
-        elif kind == "answer":
-            await self.answer_hold(
-                p["job"],
-                int(p["index"]),
-                p["action"],
-                line=p.get("line"),
-                attempt=p.get("attempt"),
-                who=p.get("who", "operator (cli)"),
-            )
-        elif kind == "setup":
-            await self.set_setup(p["device"], p["setup"], merge=bool(p.get("merge")))
-        elif kind == "service":
-            await self.set_in_service(p["device"], bool(p["in_service"]), p.get("note", ""))
-        elif kind == "submit":
-            spec = JobSpec.model_validate(p["spec"])
-            files = {name: self.programs.path(sha) for name, sha in p.get("files", {}).items()}
-            await self.submit(spec, files, source=p.get("source", "cli"))
-        else:
-            raise InvalidRequest(f"unknown request kind {kind!r}")
-
-
-def job_summary(job: JobRecord) -> dict[str, Any]:
-    """A compact JSON-able view (for CLI and telemetry)."""
-    done = sum(1 for s in job.steps if s.state == StepState.DONE)
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "reason": job.reason,
-        "priority": job.priority,
-        "steps_done": done,
-        "steps": len(job.steps),
-    }
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
+        return await apply_requests(self, self._store)
