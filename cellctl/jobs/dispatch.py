@@ -30,6 +30,7 @@ class Candidate:
     reserves: tuple[str, ...] = ()  # devices held besides the one that runs it (resolved)
     estimated_s: float | None = None
     due: float | None = None
+    only_on: str | None = None  # a step resuming part-way runs where it started
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -42,6 +43,13 @@ class DeviceView:
     processes: frozenset[str]
     setup: Mapping[str, str]  # what is loaded now
     free: bool  # connected, idle, in service, running and reserved by nothing
+    # Kept for one step: the next step of a unit that reserves `@previous`, or a step
+    # held part-way on it. Only that step may use (run on or reserve) the device.
+    kept_for: str | None = None
+
+
+def usable(device: DeviceView, c: Candidate) -> bool:
+    return device.free and device.kept_for in (None, c.key)
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,12 @@ def unmet(have: Mapping[str, str], need: Mapping[str, str]) -> list[str]:
 
 
 def can_run(device: DeviceView, c: Candidate) -> bool:
-    return c.process in device.processes and not unmet(device.setup, c.setup)
+    return (
+        usable(device, c)
+        and c.only_on in (None, device.id)
+        and c.process in device.processes
+        and not unmet(device.setup, c.setup)
+    )
 
 
 class BaselineDispatcher:
@@ -105,7 +118,9 @@ class BaselineDispatcher:
             for c in ordered:
                 if c.key in taken or not can_run(device, c):
                     continue
-                if any(r == dev_id or r not in free for r in c.reserves):
+                if any(
+                    r == dev_id or r not in free or not usable(devices[r], c) for r in c.reserves
+                ):
                     continue
                 out.append(Assignment(c.key, dev_id, c.reserves))
                 taken.add(c.key)
@@ -135,12 +150,14 @@ def check_assignments(
             raise DispatchViolation(f"{a.key}: device {a.device} is not free")
         if c.process not in device.processes:
             raise DispatchViolation(f"{a.key}: device {a.device} cannot do {c.process!r}")
+        if c.only_on not in (None, a.device):
+            raise DispatchViolation(f"{a.key}: must run on {c.only_on}, not {a.device}")
         missing = unmet(device.setup, c.setup)
         if missing:
             raise DispatchViolation(f"{a.key}: device {a.device}: " + "; ".join(missing))
         if tuple(a.reserves) != tuple(c.reserves):
             raise DispatchViolation(f"{a.key}: reserves {a.reserves}, the step needs {c.reserves}")
         for d in (a.device, *a.reserves):
-            if d in engaged or not (d in devices and devices[d].free):
+            if d in engaged or not (d in devices and usable(devices[d], c)):
                 raise DispatchViolation(f"{a.key}: device {d} is not free or used twice")
             engaged.add(d)

@@ -32,6 +32,9 @@ class StepRecord:
     reason: str = ""
     device: str | None = None
     reserved: tuple[str, ...] = ()
+    # Set when a step stops part-way (held after running): the device it must resume on.
+    # While the step is held or queued, that device takes no other work.
+    pinned: str | None = None
     attempt: int = 0
     start_line: int = 0
     last_acked_line: int | None = None
@@ -85,6 +88,7 @@ class StepRecord:
             "state": self.state.value,
             "reason": self.reason,
             "device": self.device,
+            "pinned": self.pinned,
             "attempt": self.attempt,
             "start_line": self.start_line,
             "last_acked_line": self.last_acked_line,

@@ -56,5 +56,10 @@ def recovery_plan(job: JobRecord, policy: Callable[[str | None], RecoveryPolicy]
             elif rule == RecoveryPolicy.FAIL:
                 changes[step.index] = {"state": StepState.FAILED, "reason": what}
             else:
-                changes[step.index] = {"state": StepState.HELD, "reason": what}
+                # The part is still on the device: resume there, nothing else goes there.
+                changes[step.index] = {
+                    "state": StepState.HELD,
+                    "reason": what,
+                    "pinned": step.device,
+                }
     return changes

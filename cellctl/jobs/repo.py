@@ -38,6 +38,7 @@ def _step_from_row(r: sqlite3.Row) -> StepRecord:
         reason=r["reason"],
         device=r["device"],
         reserved=tuple(json.loads(r["reserved"])),
+        pinned=r["pinned"],
         attempt=r["attempt"],
         start_line=r["start_line"],
         last_acked_line=r["last_acked_line"],
@@ -159,13 +160,15 @@ def add_transition(
 
 def update_step(conn: sqlite3.Connection, s: StepRecord) -> None:
     conn.execute(
-        "UPDATE steps SET state=?, reason=?, device=?, reserved=?, attempt=?, start_line=?,"
-        " last_acked_line=?, ran_sha256=?, started=?, ended=? WHERE job_id=? AND idx=?",
+        "UPDATE steps SET state=?, reason=?, device=?, reserved=?, pinned=?, attempt=?,"
+        " start_line=?, last_acked_line=?, ran_sha256=?, started=?, ended=?"
+        " WHERE job_id=? AND idx=?",
         (
             s.state.value,
             s.reason,
             s.device,
             json.dumps(list(s.reserved)),
+            s.pinned,
             s.attempt,
             s.start_line,
             s.last_acked_line,

@@ -295,7 +295,12 @@ class JobService:
             )
         change: dict[str, Any]
         if action == HoldAction.RETRY:
-            change = {"state": StepState.QUEUED, "reason": f"retry by {who}", "start_line": 0}
+            change = {
+                "state": StepState.QUEUED,
+                "reason": f"retry by {who}",
+                "start_line": 0,
+                "pinned": None,  # from the start: the operator cleared the device
+            }
         elif action == HoldAction.RESUME:
             if step.program_kind != ProgramKind.GCODE:
                 raise InvalidRequest(f"step {step.key}: only G-code steps resume from a line")
@@ -309,15 +314,17 @@ class JobService:
                 "state": StepState.QUEUED,
                 "reason": f"resume from line {start} by {who}",
                 "start_line": start,
+                "pinned": step.pinned or step.device,  # where the part is
             }
         elif action == HoldAction.DONE:
             change = {
                 "state": StepState.DONE,
                 "reason": f"confirmed done by {who}",
                 "ended": time.time(),
+                "pinned": None,
             }
         else:
-            return await self._fail(job_id, index, f"failed by {who}: {step.reason}")
+            return await self._fail(job_id, index, f"failed by {who}: {step.reason}", pinned=None)
         return await self._change(job_id, {index: change})
 
     async def set_setup(
@@ -593,7 +600,7 @@ class JobService:
             busy_with=self._engaged.get(device_id),
         )
 
-    def _device_views(self, handed_over: Mapping[str, str]) -> dict[str, DeviceView]:
+    def _device_views(self, kept: Mapping[str, str]) -> dict[str, DeviceView]:
         views = {}
         for dev_id, cfg in self._cell().devices.items():
             if not cfg.common.enabled:
@@ -607,9 +614,10 @@ class JobService:
                 and not runner.busy
                 and row.in_service
                 and dev_id not in self._engaged
-                and dev_id not in handed_over
             )
-            views[dev_id] = DeviceView(dev_id, frozenset(cfg.common.processes), row.setup, free)
+            views[dev_id] = DeviceView(
+                dev_id, frozenset(cfg.common.processes), row.setup, free, kept.get(dev_id)
+            )
         return views
 
     async def _watch_devices(self, events: Any) -> None:
@@ -619,27 +627,29 @@ class JobService:
 
     # --- dispatch -----------------------------------------------------------------
 
-    def _handed_over(self) -> dict[str, str]:
-        """Devices kept for the next step of a unit (device → step key): a step that
-        reserves `@previous` gets the device that ran its predecessor, and between the two
-        that device takes no other work (a printer waits for the robot that unloads it)."""
+    def _kept(self) -> dict[str, str]:
+        """Devices kept for one step (device → step key), taking no other work meanwhile:
+        * a step held part-way, or queued to resume, keeps the device it ran on (the
+          half-made part is still there);
+        * a step that reserves `@previous` keeps the device that ran its predecessor
+          (a printer waits for the robot that unloads it)."""
         out: dict[str, str] = {}
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
                 continue
             for s in job.steps:
-                if PREVIOUS not in s.reserves or s.state not in (StepState.QUEUED, StepState.HELD):
+                if s.state not in (StepState.QUEUED, StepState.HELD):
                     continue
-                prev = job.predecessor(s)
-                if prev is not None and prev.state == StepState.DONE and prev.device:
-                    out.setdefault(prev.device, s.key)
+                if s.pinned:
+                    out.setdefault(s.pinned, s.key)
+                if PREVIOUS in s.reserves:
+                    prev = job.predecessor(s)
+                    if prev is not None and prev.state == StepState.DONE and prev.device:
+                        out.setdefault(prev.device, s.key)
         return out
 
-    def _candidates(
-        self, handed_over: Mapping[str, str]
-    ) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
-        """Steps that may start now, and steps no configured device could ever run.
-        A device handed over to a step is not among its reserves: it is already its."""
+    def _candidates(self) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
+        """Steps that may start now, and steps no configured device could ever run."""
         devices = self._cell().devices
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
@@ -663,7 +673,6 @@ class JobService:
                 if any(r not in devices for r in reserves):
                     never.append((job.id, s.index, f"reserves unknown device(s) {reserves}"))
                     continue
-                reserves = tuple(r for r in reserves if handed_over.get(r) != s.key)
                 out.append(
                     Candidate(
                         key=s.key,
@@ -676,19 +685,19 @@ class JobService:
                         reserves=reserves,
                         estimated_s=s.estimated_s,
                         due=job.due,
+                        only_on=s.pinned,
                     )
                 )
         return out, never
 
     async def _dispatch_once(self) -> None:
         self.dispatch_rounds += 1
-        handed_over = self._handed_over()
-        candidates, never = self._candidates(handed_over)
+        candidates, never = self._candidates()
         for job_id, index, reason in never:
             await self._fail(job_id, index, f"rejected: {reason}")
         if not candidates:
             return
-        views = self._device_views(handed_over)
+        views = self._device_views(self._kept())
         if not any(v.free for v in views.values()):
             return
         assignments = self.dispatcher.assign(candidates, views)
@@ -701,8 +710,7 @@ class JobService:
         assert self._tg is not None
         for a in assignments:
             c = by_key[a.key]
-            kept = tuple(d for d, key in handed_over.items() if key == a.key)
-            reserved = (*a.reserves, *kept)
+            reserved = a.reserves
             for d in (a.device, *reserved):
                 self._engaged[d] = a.key
             step = self._jobs[c.job_id].steps[c.index]
@@ -769,6 +777,8 @@ class JobService:
             rest = {k: v for k, v in fields.items() if k not in ("state", "reason")}
             await self._fail(job_id, index, fields["reason"], **rest)
             return
+        if state == StepState.HELD and step.state == StepState.RUNNING:
+            fields = {"pinned": step.device, **fields}  # stopped part-way: resume there
         if state in (StepState.HELD, StepState.QUEUED) and self._jobs[job_id].cancel_requested:
             fields = {**fields, "state": StepState.CANCELLED}
         if state == StepState.QUEUED and step.state == StepState.STARTING:

@@ -35,6 +35,8 @@ CREATE TABLE steps (
     reason TEXT NOT NULL DEFAULT '',
     device TEXT,
     reserved TEXT NOT NULL DEFAULT '[]',  -- devices actually reserved by the last start
+    pinned TEXT,                          -- held or resumed: the device it must (re)run on,
+                                          -- kept from other work meanwhile
     attempt INTEGER NOT NULL DEFAULT 0,
     start_line INTEGER NOT NULL DEFAULT 0,
     last_acked_line INTEGER,

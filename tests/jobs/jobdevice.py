@@ -61,6 +61,7 @@ class JobSimOptions(SimOptions):
     line_s: float = Field(default=0.01, ge=0)  # per G-code line, before time_factor
     step_s: float = Field(default=0.2, ge=0)  # a step without G-code
     fail_names: tuple[str, ...] = ()  # robot programs / recipes that fail on the machine
+    label: str = "machine"  # names this machine in the log
 
 
 class JobSim:
@@ -123,14 +124,14 @@ class JobSim:
         if not self.unplugged.is_set():
             self._interrupt.clear()
         self.started.append((step.key, step.start_line))
-        self.record(f"start {step.key} {step.start_line}")
+        self.record(f"start {step.key} {step.start_line} {self.options.label}")
         if step.program.kind == ProgramKind.GCODE and step.program.path is not None:
             result = await self._gcode(step, progress)
         else:
             result = await self._other(step, progress)
         if result.outcome == StepOutcome.DONE:
             self.finished.append(step.key)
-            self.record(f"done {step.key}")
+            self.record(f"done {step.key} {self.options.label}")
         return result
 
     async def _wait(self, seconds: float) -> StepOutcome | None:

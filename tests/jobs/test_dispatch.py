@@ -31,9 +31,10 @@ class SimStep:
     process: str
     setup: dict[str, str]
     reserve_previous: bool
-    state: str = "queued"  # queued → running → done
+    state: str = "queued"  # queued → running → done, or back to queued pinned (interrupted)
     device: str | None = None
     reserved: tuple[str, ...] = ()
+    pinned: str | None = None
 
 
 @dataclass
@@ -62,13 +63,29 @@ class World:
                         process=s.process,
                         setup=s.setup,
                         reserves=tuple(r for r in reserves if r is not None),
+                        only_on=s.pinned,
                     )
                 )
         return out
 
+    def kept(self) -> dict[str, str]:
+        """Devices kept for one step: where a step was interrupted, and hand-overs."""
+        out: dict[str, str] = {}
+        for _, route in self.jobs:
+            for s in route:
+                if s.state != "queued":
+                    continue
+                if s.pinned:
+                    out.setdefault(s.pinned, f"{s.job}/{s.index}")
+                prev = route[s.index - 1] if s.index else None
+                if s.reserve_previous and prev and prev.state == "done" and prev.device:
+                    out.setdefault(prev.device, f"{s.job}/{s.index}")
+        return out
+
     def views(self) -> dict[str, DeviceView]:
+        kept = self.kept()
         return {
-            d: DeviceView(d, procs, dict(setup), d not in self.busy)
+            d: DeviceView(d, procs, dict(setup), d not in self.busy, kept.get(d))
             for d, (procs, setup) in self.devices.items()
         }
 
@@ -108,7 +125,7 @@ def worlds(draw: st.DrawFn) -> World:
     return World(devices, jobs)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(world=worlds(), data=st.data())
 def test_dispatch_invariants_over_a_run(world: World, data: st.DataObject) -> None:
     dispatcher = BaselineDispatcher()
@@ -123,28 +140,39 @@ def test_dispatch_invariants_over_a_run(world: World, data: st.DataObject) -> No
             device = views[a.device]
             # capable and set up
             assert c.process in device.processes and not unmet(device.setup, c.setup)
-            # never two steps on one device
+            # never two steps on one device, never a device kept for another step
             for d in (a.device, *a.reserves):
                 assert d not in world.busy
+                assert views[d].kept_for in (None, a.key)
                 world.busy[d] = a.key
+            # a step interrupted part-way resumes where it started
+            assert c.only_on in (None, a.device)
             # route order kept
             s = world.step(a.key)
             if s.index:
                 assert world.jobs[s.job][1][s.index - 1].state == "done"
             s.state, s.device, s.reserved = "running", a.device, a.reserves
+            s.pinned = None
         if not assignments:
             # Nobody idles while some free device could run a waiting step.
             free = {d for d, v in views.items() if v.free}
             for c in candidates:
                 for d in free:
-                    if can_run(views[d], c) and all(r in free and r != d for r in c.reserves):
+                    reserves_ok = all(
+                        r in free and r != d and views[r].kept_for in (None, c.key)
+                        for r in c.reserves
+                    )
+                    if can_run(views[d], c) and reserves_ok:
                         raise AssertionError(f"{d} stayed idle although it could run {c.key}")
         running = sorted(set(world.busy.values()))
         if running:
             finished = data.draw(st.lists(st.sampled_from(running), unique=True))
             for key in finished:
                 s = world.step(key)
-                s.state = "done"
+                if data.draw(st.integers(0, 4)) == 0:
+                    s.state, s.pinned = "queued", s.device  # interrupted: resume there
+                else:
+                    s.state = "done"
                 for d in [d for d, k in world.busy.items() if k == key]:
                     del world.busy[d]
         if data.draw(st.booleans()):
@@ -179,6 +207,13 @@ def test_check_assignments_names_the_broken_rule() -> None:
     ok = Candidate("k/0", "k", 0, 0, 0, "print", {})
     with pytest.raises(DispatchViolation, match="not free"):
         check_assignments([Assignment("k/0", "busy")], {"k/0": ok}, views)
+    pinned = Candidate("r/0", "r", 0, 0, 0, "print", {}, only_on="busy")
+    with pytest.raises(DispatchViolation, match="must run on busy, not p"):
+        check_assignments([Assignment("r/0", "p")], {"r/0": pinned}, views)
+    kept = {"p": DeviceView("p", frozenset({"print"}), {}, True, kept_for="r/0")}
+    with pytest.raises(DispatchViolation, match="device p is not free"):
+        check_assignments([Assignment("k/0", "p")], {"k/0": ok}, kept)
+    assert BaselineDispatcher().assign([ok], kept) == []
     two = Candidate("t/0", "t", 0, 0, 0, "print", {})
     with pytest.raises(DispatchViolation, match="not free or used twice"):
         check_assignments(

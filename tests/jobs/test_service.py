@@ -266,30 +266,37 @@ async def test_cancel_stops_a_running_step(tmp_path: Path) -> None:
 
 
 async def test_link_loss_holds_and_resume_continues_from_the_last_line(tmp_path: Path) -> None:
-    cell = make_cell(tmp_path, {"p1": printer(sim={"time_factor": 1.0, "line_s": 0.002})})
+    slow = {"time_factor": 1.0, "line_s": 0.002}
+    cell = make_cell(tmp_path, {"p1": printer(sim=slow), "p2": printer()})
     part = write(tmp_path, "long.gcode", gcode(1000))
+    other = write(tmp_path, "other.gcode", gcode(20))
     async with running(cell) as app:
         await app.jobs.submit(print_job("lost", "long.gcode"), {"long.gcode": part})
         await wait_for(
             lambda: (app.jobs._jobs["lost"].steps[0].last_acked_line or 0) > 100, "progress stored"
         )
+        assert app.jobs._jobs["lost"].steps[0].device == "p1"
         runner = app.supervisor.runners["p1"]
-        assert len(_SIMS) == 1
-        sim = next(iter(_SIMS.values()))
+        sim = next(s for s in _SIMS.values() if s.options.line_s == 0.002)
         sim.unplug()
         job = await wait_job(app, "lost", JobState.HELD)
         step = job.steps[0]
         assert "interrupted on p1" in step.reason and "last acknowledged line" in step.reason
+        assert step.pinned == "p1"
         last = step.last_acked_line
         assert last is not None and last > 100
+        # p1 is back, but the half-printed part is on it: other work goes elsewhere.
+        sim.replug()
+        await wait_for(lambda: runner.connected.is_set(), "reconnected")
+        await app.jobs.submit(print_job("other", "other.gcode"), {"other.gcode": other})
+        assert (await wait_job(app, "other", JobState.DONE)).steps[0].device == "p2"
         with pytest.raises(InvalidRequest, match="attempt"):
             await app.jobs.answer_hold("lost", 0, "resume", attempt=step.attempt + 1)
-        sim.replug()
         await app.jobs.answer_hold("lost", 0, "resume", attempt=step.attempt)
         assert (await app.jobs.get("lost")).steps[0].start_line == last + 1
-        await wait_for(lambda: runner.connected.is_set(), "reconnected")
         done = await wait_job(app, "lost", JobState.DONE, JobState.HELD)
         assert done.state == JobState.DONE, done.reason
+        assert done.steps[0].device == "p1"  # resumed where the part is
     assert sim.started == [("lost/0", 0), ("lost/0", last + 1)]
 
 
