@@ -113,3 +113,17 @@ async def test_cancel_queued_while_daemon_is_down_applies_at_next_start(
     assert rc == 0 and "queued" in out
     async with running(load(cfg, REGISTRY)) as app:
         await wait_job(app, job.id, JobState.CANCELLED)
+
+
+async def test_jobs_without_a_store_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_jobs, "load", lambda path: load(path, REGISTRY))
+    cfg = tmp_path / "cell.toml"
+    cfg.write_text(CONFIG)
+    rc, _, err = await run_cli(capsys, "jobs", str(cfg))
+    assert rc == 1 and "no store yet" in err and "the daemon has not run" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cell]\n")
+    rc, _, err = await run_cli(capsys, "jobs", str(bad))
+    assert rc == 2 and "cell.name: required key is missing" in err
