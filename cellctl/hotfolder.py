@@ -26,14 +26,14 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from cellctl.config import JobsSection
-from cellctl.jobs.gcode import GcodeInfo, scan_file
+from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
 from cellctl.jobs.service import JobService
 from cellctl.jobs.spec import (
     GCODE_SUFFIXES,
@@ -154,7 +154,9 @@ class HotFolder:
             for path in entries:
                 if path.suffix.lower() in GCODE_SUFFIXES and path not in claimed:
                     if path in settled and path.exists():
-                        out.append(await self._bare_gcode(path))
+                        outcome = await self._bare_gcode(path)
+                        if outcome is not None:
+                            out.append(outcome)
         self.outcomes.extend(out)
         return out
 
@@ -189,9 +191,25 @@ class HotFolder:
             return None
         if not all(self._settled(p) for p in programs.values()):
             return None
+        if await self._still_arriving(programs.values(), path):
+            return None
         return await self._submit(path, spec, programs)
 
-    async def _bare_gcode(self, path: Path) -> Outcome:
+    async def _still_arriving(self, programs: Iterable[Path], job_file: Path) -> bool:
+        """A G-code file that looks cut short may be a copy that stalled: wait for it up to
+        `hotfolder_missing_s`; after that, submitting it says why it is refused."""
+        if self._age(job_file) >= self._settings().hotfolder_missing_s:
+            return False
+        for p in programs:
+            if p.suffix.lower() in GCODE_SUFFIXES:
+                reason = await asyncio.to_thread(cut_short, p)
+                if reason is not None:
+                    return True
+        return False
+
+    async def _bare_gcode(self, path: Path) -> Outcome | None:
+        if await self._still_arriving([path], path):
+            return None
         try:
             digest, info = await asyncio.to_thread(_hash_and_scan, path)
         except OSError as exc:

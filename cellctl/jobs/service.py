@@ -35,7 +35,7 @@ from cellctl.jobs.dispatch import (
     DispatchViolation,
     check_assignments,
 )
-from cellctl.jobs.gcode import GcodeInfo, scan_file
+from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
 from cellctl.jobs.preflight import PreflightFailed, check_gcode, check_program, device_check
 from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.records import JobRecord, StepRecord
@@ -424,8 +424,11 @@ class JobService:
                 raise JobRejected(f"step {pos}: cannot read program {name!r}: {exc}") from None
         try:
             info = scan_file(self.programs.path(sha))
+            short = cut_short(self.programs.path(sha)) if info.complete is False else None
         except OSError as exc:
             raise JobRejected(f"step {pos}: cannot read program {name!r}: {exc}") from None
+        if short:
+            raise JobRejected(f"step {pos}: program {name!r} looks cut short: {short}")
         return sha, info
 
     # --- state changes --------------------------------------------------------

@@ -68,12 +68,14 @@ def gcode(
     if extra:
         out.append(extra)
     out.append("; estimated printing time (normal mode) = 1m 30s")
+    out.append("; prusaslicer_config = begin")
     if material:
         out.append(f"; filament_type = {material}")
     if nozzle is not None:
         out.append(f"; nozzle_diameter = {nozzle}")
     if bed:
         out.append(f"; bed_shape = {bed}")
+    out.append("; prusaslicer_config = end")
     return "\n".join(out) + "\n"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.jobs.gcode import parse_duration, scan_file, scan_lines
+from cellctl.jobs.gcode import cut_short, parse_duration, scan_file, scan_lines
 from cellctl.jobs.preflight import check_gcode
 
 PRUSA = """\
@@ -149,3 +149,19 @@ def test_undecodable_bytes_are_survived(tmp_path: Path) -> None:
     p.write_bytes(b"; filament_type = PLA\nG1 X1 F60 \xff\xfe\n")
     info = scan_file(p)
     assert info.filament_types == ("PLA",) and info.lines == 2
+
+
+def test_a_file_cut_short_is_recognised(tmp_path: Path) -> None:
+    full = tmp_path / "full.gcode"
+    full.write_text(PRUSA)
+    assert scan_file(full).complete is True and cut_short(full) is None
+    short = tmp_path / "short.gcode"
+    short.write_text(PRUSA[: PRUSA.index("; prusaslicer_config = begin")])
+    assert scan_file(short).complete is False
+    assert "lacks its last line '; prusaslicer_config = end'" in (cut_short(short) or "")
+    orca = tmp_path / "orca.gcode"
+    orca.write_text(ORCA[: ORCA.index("; CONFIG_BLOCK_END")])
+    assert cut_short(orca) is not None
+    unknown = tmp_path / "hand.gcode"
+    unknown.write_text("G1 X1\n")  # no slicer named: nothing to judge by
+    assert scan_file(unknown).complete is None and cut_short(unknown) is None

@@ -187,3 +187,24 @@ async def test_daemon_with_a_hot_folder_runs_dropped_jobs(tmp_path: Path) -> Non
         cube = next(j for j in jobs if j.startswith("cube-"))
         await wait_job(app, cube, JobState.DONE)
         assert (folder / "rejected" / "junk.toml.error").read_text().startswith("junk.toml")
+
+
+async def test_gcode_cut_short_waits_then_is_rejected(tmp_path: Path) -> None:
+    async with running(cell_for(tmp_path)) as app:  # type: ignore[arg-type]
+        hot, clock = folder_for(app, tmp_path, hotfolder_settle_s=0.0)
+        text = gcode(40)
+        cut = text[: text.index("; prusaslicer_config = end")]
+        stalled, lost = hot.folder / "stalled.gcode", hot.folder / "lost.gcode"
+        stalled.write_text(cut)  # a copy that stalls longer than the settle time …
+        lost.write_text(cut)  # … and one that never completes
+        for t in (0.0, 1.0, 4.0):
+            clock.now = t
+            assert await hot.scan_once() == []
+        stalled.write_text(text)
+        clock.now = 4.5
+        [ok] = await hot.scan_once()
+        assert ok.name == "stalled.gcode" and ok.accepted
+        clock.now = 5.5  # past hotfolder_missing_s
+        [bad] = await hot.scan_once()
+        assert bad.name == "lost.gcode" and bad.rejected and "looks cut short" in bad.rejected
+        assert "prusaslicer_config = end" in (hot.rejected / "lost.gcode.error").read_text()
