@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ class HotFolder:
         self._settings = settings
         self._clock = clock
         self._seen: dict[Path, _Seen] = {}
-        self.outcomes: list[Outcome] = []
+        self.outcomes: deque[Outcome] = deque(maxlen=200)  # the latest, for status views
 
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,10 @@ class HotFolder:
             except OSError as exc:  # the folder vanished or is unreadable: say so, keep trying
                 log.warning("hot folder scan failed", folder=str(self.folder), error=str(exc))
             await asyncio.sleep(self._settings().hotfolder_poll_s)
+
+    def _list(self) -> list[Path]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not _ignored(p.name))
 
     def _settled(self, path: Path) -> bool:
         """True once `path` has kept the same signature for the settle time."""
@@ -132,8 +137,7 @@ class HotFolder:
 
     async def scan_once(self) -> list[Outcome]:
         """One pass over the folder; returns what became of the files it handled."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        entries = sorted(p for p in self.folder.iterdir() if p.is_file() and not _ignored(p.name))
+        entries = await asyncio.to_thread(self._list)
         present = set(entries)
         for gone in [p for p in self._seen if p not in present and p.parent == self.folder]:
             del self._seen[gone]
