@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(func=cmd_sim)
 
+    from cellctl.cli_jobs import add_commands as add_job_commands
+
+    add_job_commands(sub)
+
     from cellctl.cli_remote import add_commands
 
     add_commands(sub)  # status, jobs, submit, cancel, ack, estop: over MQTT

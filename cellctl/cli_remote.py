@@ -215,6 +215,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Hook for cellctl.cli: adds the remote commands to its subparsers."""
 
+    taken = set(getattr(sub, "choices", {}) or {})
+
+    def free(name: str) -> bool:
+        # `cellctl jobs/submit/cancel` of the job CLI (local store) win over these.
+        return name not in taken
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", help="the cell's config (broker address, cell name)")
         p.add_argument("--host", default=None)
@@ -227,21 +233,26 @@ def add_commands(sub: Any) -> None:
     st.add_argument("--watch", action="store_true", help="a live table until Ctrl-C")
     st.set_defaults(func=cmd_status)
 
-    jobs = sub.add_parser("jobs", help="the job queue of a running cell")
-    common(jobs)
-    jobs.set_defaults(func=cmd_simple, remote_command="jobs", build=lambda a: {})
+    if free("jobs"):
+        jobs = sub.add_parser("jobs", help="the job queue of a running cell")
+        common(jobs)
+        jobs.set_defaults(func=cmd_simple, remote_command="jobs", build=lambda a: {})
 
-    submit = sub.add_parser("submit", help="submit a G-code file as a one-step job")
-    common(submit)
-    submit.add_argument("file")
-    submit.add_argument("--job", help="job id (default: the file name)")
-    submit.add_argument("--process", default="print")
-    submit.set_defaults(func=cmd_submit)
+    if free("submit"):
+        submit = sub.add_parser("submit", help="submit a G-code file as a one-step job")
+        common(submit)
+        submit.add_argument("file")
+        submit.add_argument("--job", help="job id (default: the file name)")
+        submit.add_argument("--process", default="print")
+        submit.set_defaults(func=cmd_submit)
 
-    cancel = sub.add_parser("cancel", help="cancel a job")
-    common(cancel)
-    cancel.add_argument("job")
-    cancel.set_defaults(func=cmd_simple, remote_command="cancel", build=lambda a: {"job": a.job})
+    if free("cancel"):
+        cancel = sub.add_parser("cancel", help="cancel a job")
+        common(cancel)
+        cancel.add_argument("job")
+        cancel.set_defaults(
+            func=cmd_simple, remote_command="cancel", build=lambda a: {"job": a.job}
+        )
 
     ack = sub.add_parser("ack", help="answer an operator request (material loaded, bed cleared …)")
     common(ack)

@@ -481,6 +481,9 @@ class CommandHandler:
                 _insert_audit(conn, rec, msg.payload, in_transaction=True)
 
         await self.store.call(write)
+        set_in_service = getattr(self.jobs, "set_in_service", None)
+        if set_in_service is not None:  # the scheduler's own record of it
+            await set_in_service(cmd.device, in_service, reason)
         if in_service:
             self.out_of_service.discard(cmd.device)
         else:

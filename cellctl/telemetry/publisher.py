@@ -22,10 +22,12 @@ from cellctl.events import Subscription
 from cellctl.model import (
     Alarm,
     Event,
+    JobChanged,
     OperatorRequest,
     Sample,
     Samples,
     StateChanged,
+    StepChanged,
     StepProgress,
 )
 from cellctl.telemetry.encoding import (
@@ -175,6 +177,12 @@ class Publisher:
             self._event(enc.request(ev, seq), ev.device_id, seq)
         elif isinstance(ev, StepProgress):
             self._progress(ev)
+        elif isinstance(ev, JobChanged):
+            self.job_event(JobEvent(ev.job_id, "job", ev.state.value, None, None, ev.reason))
+        elif isinstance(ev, StepChanged):
+            self.job_event(
+                JobEvent(ev.job_id, "step", ev.state.value, ev.index, ev.device_id, ev.reason)
+            )
 
     def job_event(self, ev: JobEvent) -> None:
         seq = self.spool.next_seq("jobs")

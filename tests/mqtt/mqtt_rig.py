@@ -59,6 +59,7 @@ keepalive_s = 5
 [devices.d{i}]
 driver = "testdev"
 backend = "sim"
+processes = ["print"]
 [devices.d{i}.sim]
 tag = "{name}-d{i}"
 burst = {burst}

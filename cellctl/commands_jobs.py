@@ -1,0 +1,97 @@
+"""The command layer's `JobService` protocol, served by cellctl.jobs.JobService.
+
+MQTT job commands arrive as `cellctl.commands` models; this bridge turns them
+into the job service's calls (which return only after the store committed)
+and its records into JSON-ready replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cellctl.commands import Answer, Submit
+from cellctl.errors import CellError
+from cellctl.jobs.service import JobService
+from cellctl.jobs.spec import JobSpec, ProgramSpec, StepSpec
+from cellctl.model import ProgramKind, StepState
+
+
+def _json(obj: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(obj, default=str))
+    return out
+
+
+class JobBridge:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    async def submit(self, cmd: Submit) -> Mapping[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="cellctl-submit-") as tmp:
+            files: dict[str, Path] = {}
+            route = []
+            for i, s in enumerate(cmd.steps):
+                program: str | ProgramSpec | None = None
+                if s.gcode is not None:
+                    name = f"{cmd.job}-{i}.gcode"
+                    files[name] = Path(tmp) / name
+                    await asyncio.to_thread(files[name].write_text, s.gcode)
+                    program = name
+                elif s.file is not None:
+                    program = s.file  # sha256:<hex> of a program already stored
+                elif s.program is not None:
+                    program = ProgramSpec(
+                        kind=ProgramKind.ROBOT_PROGRAM, name=s.program, parameters=s.parameters
+                    )
+                route.append(
+                    StepSpec(
+                        process=s.process,
+                        program=program,
+                        setup=s.setup,
+                        estimated_s=s.estimated_s,
+                    )
+                )
+            try:
+                spec = JobSpec(id=cmd.job, priority=cmd.priority, route=tuple(route))
+            except ValueError as exc:
+                raise CellError(f"invalid job: {exc}") from None
+            record = await self.jobs.submit(spec, files, source="mqtt")
+        return _json(record.as_dict())
+
+    async def cancel(self, job_id: str) -> Mapping[str, Any]:
+        return _json((await self.jobs.cancel(job_id, "cancelled over MQTT")).as_dict())
+
+    async def answer(self, cmd: Answer) -> Mapping[str, Any]:
+        """Confirms the operator did what the held step on `device` asked: the step retries."""
+        job_id, index = await self._held_step(cmd.device, cmd.step)
+        record = await self.jobs.answer_hold(job_id, index, "retry", who="operator over MQTT")
+        return _json(record.as_dict())
+
+    async def _held_step(self, device: str, step: str | None) -> tuple[str, int]:
+        if step is not None:
+            job_id, _, index = step.rpartition("/")
+            if not job_id or not index.isdigit():
+                raise CellError(f"step must look like <job>/<index>, got {step!r}")
+            return job_id, int(index)
+        for job in await self.jobs.list_jobs():
+            for s in job.steps:
+                if s.state == StepState.HELD and (s.device == device or s.pinned == device):
+                    return job.id, s.index
+        raise CellError(f"no step is held on device {device!r}")
+
+    async def set_setup(self, device_id: str, setup: Mapping[str, str]) -> Mapping[str, Any]:
+        return _json((await self.jobs.set_setup(device_id, setup)).as_dict())
+
+    async def set_in_service(self, device_id: str, in_service: bool, note: str) -> None:
+        await self.jobs.set_in_service(device_id, in_service, note)
+
+    async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]:
+        record = await self.jobs.answer_hold(job_id, step, "resume", line=line, who="MQTT")
+        return _json(record.as_dict())
+
+    async def list_jobs(self) -> list[Mapping[str, Any]]:
+        return [_json(j.as_dict()) for j in await self.jobs.list_jobs()]
