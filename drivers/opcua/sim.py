@@ -96,7 +96,7 @@ class RobotSimOptions(SimOptions):
     private_key: Path | None = None
     trusted_clients: tuple[Path, ...] = ()  # files/dirs; when set, other client certs are refused
     users: dict[str, str] = Field(default_factory=dict)  # user → password; set: anonymous refused
-    programs: dict[int, float] = Field(default_factory=lambda: {1: 2.0, 2: 4.0, 3: 8.0, 10: 60.0})
+    programs: dict[int, float] = Field(default_factory=lambda: {1: 2.0, 2: 4.0, 3: 8.0, 10: 60.0, 99: 2.0})
     failing_programs: dict[int, int] = Field(default_factory=lambda: {99: 42})
     heartbeat_timeout_s: float = Field(default=3.0, ge=0)  # 0: no watchdog
     tick_s: float = Field(default=0.02, gt=0)
@@ -456,6 +456,7 @@ class RobotSim:
         r.progress = 0.0
         r.door_closed = r.zone_clear = True
         r.watchdog_ok = True
+        r._heartbeat_changed_at = None  # disarmed until a host beats again
         r.starts.clear()
 
 
