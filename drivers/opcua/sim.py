@@ -237,9 +237,9 @@ class RobotSim:
         """Publish `status` on a tag until the robot next changes its value."""
         if self._server is None:
             return
-        dv = ua.DataValue(StatusCode_=ua.StatusCode(status), SourceTimestamp=_now())
+        dv = ua.DataValue(StatusCode=ua.StatusCode(status), SourceTimestamp=_now())
         await self._server.write_attribute_value(self._nodes[tag], dv)
-        self._published.pop(tag, None)
+        # Kept as published: the bad status stays until the robot changes the value.
 
     # --- the server ---------------------------------------------------------
 

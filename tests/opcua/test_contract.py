@@ -1,0 +1,89 @@
+"""The driver contract suite on the simulated robot, one server for the module.
+
+Building an asyncua address space takes a second or two on a small PC, so the
+module keeps one simulator; each case starts and stops only its listener
+(which is what a server restart looks like to a client) and resets the robot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+import pytest_asyncio
+
+from cellctl.model import Program, ProgramKind, Step
+from cellctl_drivers.contract import ContractCase, DriverContract
+from cellctl_drivers.opcua.driver import OpcUaDriver
+from cellctl_drivers.opcua.options import OpcUaOptions
+from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
+from cellctl_drivers.opcua.simconfig import sim_robot_table
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+class _Shared:
+    sim: RobotSim | None = None
+
+
+class SharedRobotSim:
+    """Looks like a fresh simulator to the contract suite; reuses the module's server."""
+
+    def __init__(self, options: Any = None) -> None:
+        assert _Shared.sim is not None
+        self._sim = _Shared.sim
+
+    @property
+    def endpoint(self) -> str:
+        return self._sim.endpoint
+
+    async def __aenter__(self) -> Self:
+        self._sim.reset_robot()
+        await self._sim.start_server()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._sim.stop_server()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", autouse=True)
+async def shared_sim() -> AsyncIterator[RobotSim]:
+    async with RobotSim(RobotSimOptions(time_factor=4.0, heartbeat_timeout_s=0)) as sim:
+        await sim.stop_server()  # each case starts it
+        _Shared.sim = sim
+        yield sim
+        _Shared.sim = None
+
+
+def _step(name: str) -> Step:
+    return Step("job-1", 0, "tend", Program(ProgramKind.ROBOT_PROGRAM, name=name))
+
+
+class TestOpcUaContractHandshake(DriverContract):
+    case = ContractCase(
+        driver=OpcUaDriver,
+        simulator=SharedRobotSim,
+        options=OpcUaOptions.model_validate(sim_robot_table("handshake", reconnect_grace_s=1.0)),
+        sim_options=RobotSimOptions(),
+        short_step=_step("pick"),  # 2 s at time factor 4
+        long_step=_step("long"),  # 60 s at time factor 4
+    )
+
+
+class TestOpcUaContractMethod(DriverContract):
+    case = ContractCase(
+        driver=OpcUaDriver,
+        simulator=SharedRobotSim,
+        options=OpcUaOptions.model_validate(sim_robot_table("method", reconnect_grace_s=1.0)),
+        sim_options=RobotSimOptions(),
+        short_step=_step("1"),
+        long_step=_step("long"),
+    )
+
