@@ -35,9 +35,18 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from asyncua import Client, Node, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cellctl_drivers.opcua import certs
+from cellctl_drivers.opcua.options import ActionSpec, OpcUaOptions, ProgramSpec, TagSpec
+from cellctl_drivers.opcua.quiet import quiet_asyncua
+from cellctl_drivers.opcua.ratelimit import RateLimiter
 from cryptography import x509
 
 from cellctl.driver import DriverContext, ProgressSink
@@ -59,10 +68,6 @@ from cellctl.model import (
     StepOutcome,
     StepResult,
 )
-from cellctl_drivers.opcua import certs
-from cellctl_drivers.opcua.options import ActionSpec, OpcUaOptions, ProgramSpec, TagSpec
-from cellctl_drivers.opcua.quiet import quiet_asyncua
-from cellctl_drivers.opcua.ratelimit import RateLimiter
 
 
 class AccessDenied(WrongDevice):
@@ -72,13 +77,13 @@ class AccessDenied(WrongDevice):
 
 
 _AUTH_CODES = {
-    ua.StatusCodes.BadUserAccessDenied: "wrong user name or password",
-    ua.StatusCodes.BadIdentityTokenRejected: "the server does not accept this kind of login",
-    ua.StatusCodes.BadIdentityTokenInvalid: "wrong user name or password",
-    ua.StatusCodes.BadCertificateUntrusted: "the server does not trust our client certificate",
-    ua.StatusCodes.BadCertificateInvalid: "the server rejected our client certificate",
-    ua.StatusCodes.BadSecurityChecksFailed: "security checks failed (certificate not trusted?)",
-    ua.StatusCodes.BadSecurityPolicyRejected: "the server does not offer this security policy",
+    StatusCodes.BadUserAccessDenied: "wrong user name or password",
+    StatusCodes.BadIdentityTokenRejected: "the server does not accept this kind of login",
+    StatusCodes.BadIdentityTokenInvalid: "wrong user name or password",
+    StatusCodes.BadCertificateUntrusted: "the server does not trust our client certificate",
+    StatusCodes.BadCertificateInvalid: "the server rejected our client certificate",
+    StatusCodes.BadSecurityChecksFailed: "security checks failed (certificate not trusted?)",
+    StatusCodes.BadSecurityPolicyRejected: "the server does not offer this security policy",
 }
 
 _VARIANT_FOR: dict[MetricType, ua.VariantType] = {
@@ -94,6 +99,7 @@ _DEFAULT: dict[MetricType, MetricValue] = {
     MetricType.STRING: "",
 }
 _LINK_EXC = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)
+_IO_EXC = (*_LINK_EXC, UaError)
 
 
 class _SessionLost(Exception):
@@ -106,7 +112,7 @@ class _UntrustedServer(Exception):
 
 def _status_name(code: int) -> str:
     try:
-        return ua.StatusCode(code).name
+        return ua.StatusCode(ua.UInt32(code)).name
     except Exception:
         return f"0x{code:08X}"
 
@@ -118,7 +124,7 @@ def _translate(exc: BaseException, what: str) -> CellError:
     if isinstance(exc, _UntrustedServer):
         return AccessDenied(f"{what}: {exc}")
     code: int | None = None
-    if isinstance(exc, ua.UaStatusCodeError):
+    if isinstance(exc, UaStatusCodeError):
         code = exc.code
     elif isinstance(exc, ServiceError):
         code = exc.code
@@ -202,7 +208,7 @@ class OpcUaDriver:
         self.log = ctx.logger()
         url = ctx.endpoint or options.endpoint
         if url is None:
-            raise LinkError("no endpoint: set endpoint = \"opc.tcp://host:port/…\"")
+            raise LinkError('no endpoint: set endpoint = "opc.tcp://host:port/…"')
         self.url = url
         self._session: _Session | None = None
         self._state = DeviceState.UNAVAILABLE
@@ -213,7 +219,9 @@ class OpcUaDriver:
         self._connected = asyncio.Event()
         self._dead = asyncio.Event()
         self._generation = 0
-        self._limiter = RateLimiter(options.max_writes_per_s, burst=max(4, int(options.max_writes_per_s / 2)))
+        self._limiter = RateLimiter(
+            options.max_writes_per_s, burst=max(4, int(options.max_writes_per_s / 2))
+        )
         self._step_lock = asyncio.Lock()
         self._stop_requested = False
         self._heartbeat = 0
@@ -376,7 +384,7 @@ class OpcUaDriver:
         names = list(session.nodes)
         for chunk in _chunks(names, o.max_nodes_per_read):
             results = await session.client.read_attributes(
-                [session.nodes[n] for n in chunk], ua.AttributeIds.DataType
+                [session.nodes[n] for n in chunk], AttributeIds.DataType
             )
             for name, dv in zip(chunk, results, strict=True):
                 if dv.StatusCode is not None and not dv.StatusCode.is_good():
@@ -387,7 +395,7 @@ class OpcUaDriver:
                 dt = dv.Value.Value if dv.Value is not None else None
                 if isinstance(dt, ua.NodeId) and dt.NamespaceIndex == 0:
                     with contextlib.suppress(ValueError):
-                        session.vtypes[name] = ua.VariantType(dt.Identifier)
+                        session.vtypes[name] = ua.VariantType(int(dt.Identifier))
 
     _nodeid: Callable[[str, str], ua.NodeId]
 
@@ -429,7 +437,7 @@ class OpcUaDriver:
         session = self._live()
         try:
             return await self._read(session, names)
-        except _LINK_EXC + (ua.UaError,) as exc:
+        except _IO_EXC as exc:
             session.lost.set()
             raise _translate(exc, "read") from None
 
@@ -559,7 +567,7 @@ class OpcUaDriver:
         while True:
             try:
                 batch = await self._read(session, self.poll_tags)
-            except _LINK_EXC + (ua.UaError,) as exc:
+            except _IO_EXC as exc:
                 session.lost_reason = str(_translate(exc, "poll"))
                 session.lost.set()
                 return
@@ -638,11 +646,11 @@ class OpcUaDriver:
         vtype = session.vtypes.get(tag) or _VARIANT_FOR[self.o.tags[tag].type]
         try:
             await session.nodes[tag].write_attribute(
-                ua.AttributeIds.Value, ua.DataValue(ua.Variant(value, vtype))
+                AttributeIds.Value, ua.DataValue(ua.Variant(value, vtype))
             )
-        except ua.UaStatusCodeError as exc:
+        except UaStatusCodeError as exc:
             raise WrongDevice(f"write {tag}: refused ({_status_name(exc.code)})") from None
-        except _LINK_EXC + (ua.UaError,) as exc:
+        except _IO_EXC as exc:
             session.lost.set()
             raise _translate(exc, f"write {tag}") from None
 
@@ -657,9 +665,9 @@ class OpcUaDriver:
         mid = self._nodeid(method, "method")
         try:
             result = await objnode.call_method(mid, *[_variant(a) for a in args])
-        except ua.UaStatusCodeError:
+        except UaStatusCodeError:
             raise
-        except _LINK_EXC + (ua.UaError,) as exc:
+        except _IO_EXC as exc:
             session.lost.set()
             raise _translate(exc, f"call {method}") from None
         if result is None:
@@ -679,7 +687,7 @@ class OpcUaDriver:
             await self._limiter.acquire()
         try:
             await self._call(session, spec.object, spec.method, spec.args)
-        except ua.UaStatusCodeError as exc:
+        except UaStatusCodeError as exc:
             raise NotSupported(f"{key}: the robot refused ({_status_name(exc.code)})") from None
 
     async def pause(self) -> None:
@@ -708,19 +716,19 @@ class OpcUaDriver:
     def _program_number(self, spec: ProgramSpec, step: Step) -> int:
         name = step.program.name.strip()
         if name in spec.programs:
-            return spec.programs[name]
+            return int(spec.programs[name])
         if name.lstrip("-").isdigit():
             return int(name)
         known = ", ".join(sorted(spec.programs)) or "none"
         raise NotSupported(f"unknown robot program {name!r} (known: {known}, or a number)")
 
-    async def _wait(self, pred: Callable[[], bool], timeout: float) -> bool:
+    async def _wait(self, pred: Callable[[], bool], within: float) -> bool:
         """Wait until pred() holds on the cached values; False on timeout.
 
         Raises _SessionLost as soon as the link is down, LinkError when it is gone."""
         generation = self._generation
         try:
-            async with asyncio.timeout(timeout), self._changed:
+            async with asyncio.timeout(within), self._changed:
                 while True:
                     if self._dead.is_set():
                         raise LinkError(f"OPC UA {self.url}: link lost")
@@ -753,7 +761,7 @@ class OpcUaDriver:
         session = self._live()
         try:
             samples = await self._read(session, wanted)
-        except _LINK_EXC + (ua.UaError,) as exc:
+        except _IO_EXC as exc:
             session.lost.set()
             raise _SessionLost(str(exc)) from None
         self._store(samples)
@@ -808,7 +816,9 @@ class OpcUaDriver:
             )
         counter = after.get(spec.run_counter_tag or "")
         if spec.run_counter_tag and counter == counter0:
-            return StepResult(StepOutcome.FAILED, f"robot acknowledged program {number} but did not start it")
+            return StepResult(
+                StepOutcome.FAILED, f"robot acknowledged program {number} but did not start it"
+            )
         return int(counter) if counter is not None else None
 
     async def _fresh_or_interrupted(
@@ -855,12 +865,17 @@ class OpcUaDriver:
         await self._limiter.acquire()
         try:
             out = await self._call(self._live(), spec.object, spec.method, args)
-        except ua.UaStatusCodeError as exc:
+        except UaStatusCodeError as exc:
+            return StepResult(StepOutcome.FAILED, f"start method refused: {_status_name(exc.code)}")
+        if (
+            out
+            and isinstance(out[0], int)
+            and not isinstance(out[0], bool)
+            and out[0] != spec.result_ok
+        ):
             return StepResult(
-                StepOutcome.FAILED, f"start method refused: {_status_name(exc.code)}"
+                StepOutcome.FAILED, f"robot refused program {number}: result {out[0]}"
             )
-        if out and isinstance(out[0], int) and not isinstance(out[0], bool) and out[0] != spec.result_ok:
-            return StepResult(StepOutcome.FAILED, f"robot refused program {number}: result {out[0]}")
         return None
 
     async def _start_handshake(self, spec: ProgramSpec, number: int) -> StepResult | None:
@@ -876,7 +891,8 @@ class OpcUaDriver:
         await self._write(session, spec.request_tag, False)
         if not acked:
             return StepResult(
-                StepOutcome.FAILED, f"no acknowledge of program {number} within {spec.ack_timeout_s}s"
+                StepOutcome.FAILED,
+                f"no acknowledge of program {number} within {spec.ack_timeout_s}s",
             )
         if not await self._wait(lambda: not self.value(ack), spec.clear_timeout_s):
             self.log.warning("acknowledge did not fall after the request was cleared", tag=ack)
@@ -947,7 +963,7 @@ class OpcUaDriver:
             break
         if not mine():
             return StepResult(
-                StepOutcome.INTERRUPTED, f"the robot's run counter moved on: another run started"
+                StepOutcome.INTERRUPTED, "the robot's run counter moved on: another run started"
             )
         if spec.error_tag and self._cached(spec.error_tag):
             return StepResult(
@@ -959,7 +975,9 @@ class OpcUaDriver:
             return StepResult(StepOutcome.DONE)
         if self._stop_requested:
             return StepResult(StepOutcome.CANCELLED, f"program {number} stopped on request")
-        return StepResult(StepOutcome.FAILED, f"program {number} ended without done ({self._detail})")
+        return StepResult(
+            StepOutcome.FAILED, f"program {number} ended without done ({self._detail})"
+        )
 
     def _state_tag(self) -> str | None:
         return self.o.state.tag if self.o.state else None

@@ -183,7 +183,9 @@ class OpcUaOptions(DriverOptions):
                 'security_policy = "Basic256Sha256" goes with security_mode "Sign" or '
                 '"SignAndEncrypt"; policy "None" with mode "None"'
             )
-        if self.security_policy != "None" and (self.certificate is None or self.private_key is None):
+        if self.security_policy != "None" and (
+            self.certificate is None or self.private_key is None
+        ):
             problems.append("Basic256Sha256 needs certificate and private_key")
         if (self.password is None) != (self.username is None):
             problems.append("username and password go together")

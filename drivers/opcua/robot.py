@@ -148,9 +148,11 @@ class Robot:
         self.progress = min(1.0, self.progress + dt * self.time_factor / max(cycle, 1e-6))
         phase = 2 * math.pi * self.progress
         for i in range(6):
-            self.joints[i] = HOME[i] + AMPLITUDE[i] * math.sin(phase + i * 0.3) - AMPLITUDE[
-                i
-            ] * math.sin(i * 0.3) * (1 - self.progress)
+            self.joints[i] = (
+                HOME[i]
+                + AMPLITUDE[i] * math.sin(phase + i * 0.3)
+                - AMPLITUDE[i] * math.sin(i * 0.3) * (1 - self.progress)
+            )
         fail = self.failing.get(self.active_program)
         if fail is not None and self.progress >= 0.5:
             self.state = RobotState.FAULT

@@ -36,17 +36,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from asyncua import Server, ua
+from asyncua import ua
 from asyncua.common.callback import CallbackType
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from cellctl_drivers.opcua.certs import fingerprint, make_certificate, trusted_fingerprints
+from cellctl_drivers.opcua.quiet import quiet_asyncua
+from cellctl_drivers.opcua.robot import Robot, RobotState
 from pydantic import Field
 
 from cellctl.driver import SimOptions
-from cellctl_drivers.opcua.certs import fingerprint, make_certificate, trusted_fingerprints
-from cellctl_drivers.opcua.robot import Robot, RobotState
-from cellctl_drivers.opcua.quiet import quiet_asyncua
 
 SIM_APP_URI = "urn:cellctl:sim:robot-server"
 
@@ -79,6 +82,10 @@ _TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
 _COMMAND_BITS = ("PauseRequest", "ResumeRequest", "StopRequest", "ResetRequest", "EStopRequest")
 
 
+def _nid(name: str, idx: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(name), ua.Int16(idx))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -96,7 +103,9 @@ class RobotSimOptions(SimOptions):
     private_key: Path | None = None
     trusted_clients: tuple[Path, ...] = ()  # files/dirs; when set, other client certs are refused
     users: dict[str, str] = Field(default_factory=dict)  # user → password; set: anonymous refused
-    programs: dict[int, float] = Field(default_factory=lambda: {1: 2.0, 2: 4.0, 3: 8.0, 10: 60.0, 99: 2.0})
+    programs: dict[int, float] = Field(
+        default_factory=lambda: {1: 2.0, 2: 4.0, 3: 8.0, 10: 60.0, 99: 2.0}
+    )
     failing_programs: dict[int, int] = Field(default_factory=lambda: {99: 42})
     heartbeat_timeout_s: float = Field(default=3.0, ge=0)  # 0: no watchdog
     tick_s: float = Field(default=0.02, gt=0)
@@ -231,13 +240,11 @@ class RobotSim:
 
     _paused_server: Server | None = None
 
-    async def inject_bad_status(
-        self, tag: str, status: int = ua.StatusCodes.BadSensorFailure
-    ) -> None:
+    async def inject_bad_status(self, tag: str, status: int = StatusCodes.BadSensorFailure) -> None:
         """Publish `status` on a tag until the robot next changes its value."""
         if self._server is None:
             return
-        dv = ua.DataValue(StatusCode=ua.StatusCode(status), SourceTimestamp=_now())
+        dv = ua.DataValue(StatusCode=ua.StatusCode(ua.UInt32(status)), SourceTimestamp=_now())
         await self._server.write_attribute_value(self._nodes[tag], dv)
         # Kept as published: the bad status stays until the robot changes the value.
 
@@ -270,19 +277,21 @@ class RobotSim:
             server.set_certificate_validator(self._validate_client)
         idx = await server.register_namespace(o.namespace_uri)
         objects = server.nodes.objects
-        robot = await objects.add_object(ua.NodeId("Robot", idx), "Robot")
+        robot = await objects.add_object(_nid("Robot", idx), "Robot")
         self._nodes = {}
         for name, (vtype, initial, writable) in _TAGS.items():
             if writable:  # a controller keeps its inputs when only its server restarts
                 initial = self._inputs.get(name, initial)
             var = await robot.add_variable(
-                ua.NodeId(f"Robot.{name}", idx), name, ua.Variant(initial, vtype)
+                _nid(f"Robot.{name}", idx), name, ua.Variant(initial, vtype)
             )
             if writable:
                 await var.set_writable()
             self._nodes[name] = var.nodeid
         i32 = [ua.VariantType.Int32]
-        await robot.add_method(ua.NodeId("Robot.StartProgram", idx), "StartProgram", self._m_start, i32, i32)
+        await robot.add_method(
+            _nid("Robot.StartProgram", idx), "StartProgram", self._m_start, i32, i32
+        )
         for mname, fn in (
             ("Pause", self.robot.pause),
             ("Resume", self.robot.resume),
@@ -290,12 +299,12 @@ class RobotSim:
             ("EmergencyStop", self.robot.emergency_stop),
             ("Reset", self.robot.reset),
         ):
-            await robot.add_method(ua.NodeId(f"Robot.{mname}", idx), mname, self._m_plain(fn), [], [])
+            await robot.add_method(_nid(f"Robot.{mname}", idx), mname, self._m_plain(fn), [], [])
         self._bulk = []
         if o.bulk_tags:
-            bulk = await objects.add_object(ua.NodeId("Bulk", idx), "Bulk")
+            bulk = await objects.add_object(_nid("Bulk", idx), "Bulk")
             for i in range(o.bulk_tags):
-                var = await bulk.add_variable(ua.NodeId(f"Bulk.B{i:04d}", idx), f"B{i:04d}", 0.0)
+                var = await bulk.add_variable(_nid(f"Bulk.B{i:04d}", idx), f"B{i:04d}", 0.0)
                 self._bulk.append(var.nodeid)
         server.subscribe_server_callback(CallbackType.PreRead, self._slow_cb)
         server.subscribe_server_callback(CallbackType.PreWrite, self._slow_cb)
@@ -316,7 +325,7 @@ class RobotSim:
 
     async def _validate_client(self, cert: Any, app: ua.ApplicationDescription) -> None:
         if fingerprint(cert) not in self._trusted:
-            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     async def _slow_cb(self, event: Any, dispatcher: Any) -> None:
         if self.slow_s > 0:
@@ -326,7 +335,7 @@ class RobotSim:
         if self.slow_s > 0:
             await asyncio.sleep(self.slow_s)
         if self.fail_start_status:
-            return ua.StatusCode(getattr(ua.StatusCodes, self.fail_start_status))
+            return ua.StatusCode(getattr(StatusCodes, self.fail_start_status))
         number = program.Value if isinstance(program, ua.Variant) else program
         code = self.robot.start(int(number), "method")
         await self._publish()
@@ -346,9 +355,8 @@ class RobotSim:
 
     def _read(self, name: str) -> Any:
         assert self._server is not None
-        return self._server.iserver.aspace.read_attribute_value(
-            self._nodes[name], ua.AttributeIds.Value
-        ).Value.Value
+        dv = self._server.iserver.aspace.read_attribute_value(self._nodes[name], AttributeIds.Value)
+        return None if dv.Value is None else dv.Value.Value
 
     async def _write(self, name: str, value: Any) -> None:
         assert self._server is not None
@@ -432,7 +440,9 @@ class RobotSim:
             if self._server is None:
                 continue
             self._bulk_value += 1.0
-            dv = ua.DataValue(ua.Variant(self._bulk_value, ua.VariantType.Double), SourceTimestamp=_now())
+            dv = ua.DataValue(
+                ua.Variant(self._bulk_value, ua.VariantType.Double), SourceTimestamp=_now()
+            )
             for node in self._bulk:
                 await self._server.write_attribute_value(node, dv)
             self.bulk_writes += 1

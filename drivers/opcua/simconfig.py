@@ -24,11 +24,31 @@ def sim_robot_table(start: str = "handshake", **overrides: Any) -> dict[str, Any
         "zone_clear": {"node": "s=Robot.ZoneClear", "type": "bool"},
         "cycle_time": {"node": "s=Robot.CycleTime", "type": "float", "unit": "s", "read": "poll"},
         "watchdog_ok": {"node": "s=Robot.WatchdogOk", "type": "bool", "read": "poll"},
-        "program_number": {"node": "s=Robot.ProgramNumber", "type": "int", "read": "none", "writable": True},
-        "start_request": {"node": "s=Robot.StartRequest", "type": "bool", "read": "none", "writable": True},
+        "program_number": {
+            "node": "s=Robot.ProgramNumber",
+            "type": "int",
+            "read": "none",
+            "writable": True,
+        },
+        "start_request": {
+            "node": "s=Robot.StartRequest",
+            "type": "bool",
+            "read": "none",
+            "writable": True,
+        },
         "heartbeat": {"node": "s=Robot.Heartbeat", "type": "int", "read": "none", "writable": True},
-        "pause_request": {"node": "s=Robot.PauseRequest", "type": "bool", "read": "none", "writable": True},
-        "resume_request": {"node": "s=Robot.ResumeRequest", "type": "bool", "read": "none", "writable": True},
+        "pause_request": {
+            "node": "s=Robot.PauseRequest",
+            "type": "bool",
+            "read": "none",
+            "writable": True,
+        },
+        "resume_request": {
+            "node": "s=Robot.ResumeRequest",
+            "type": "bool",
+            "read": "none",
+            "writable": True,
+        },
     }
     for i in range(1, 7):
         tags[f"j{i}"] = {"node": f"s=Robot.J{i}", "type": "float", "unit": "deg"}

@@ -7,23 +7,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cellctl.driver import DriverContext
-from cellctl.model import Event
 from cellctl_drivers.opcua.certs import CertPair, make_certificate
 from cellctl_drivers.opcua.driver import OpcUaDriver
 from cellctl_drivers.opcua.options import OpcUaOptions
 from cellctl_drivers.opcua.simconfig import sim_robot_table
 
+from cellctl.driver import DriverContext
+from cellctl.model import Event
+
 
 class Certs:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.server = make_certificate(root / "server", "robot-server", "urn:test:robot", server=True)
+        self.server = make_certificate(
+            root / "server", "robot-server", "urn:test:robot", server=True
+        )
         self.client = make_certificate(root / "client", "cellctl", "urn:test:cellctl", server=False)
         # Certificates nobody trusts: a foreign server, a foreign client.
-        self.rogue_server = make_certificate(root / "rogue", "rogue-server", "urn:rogue", server=True)
-        self.rogue_client = make_certificate(root / "rogue", "rogue-client", "urn:rogue:c", server=False)
+        self.rogue_server = make_certificate(
+            root / "rogue", "rogue-server", "urn:rogue", server=True
+        )
+        self.rogue_client = make_certificate(
+            root / "rogue", "rogue-client", "urn:rogue:c", server=False
+        )
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,13 @@ from typing import Any, Self
 
 import pytest
 import pytest_asyncio
-
-from cellctl.model import Program, ProgramKind, Step
 from cellctl_drivers.contract import ContractCase, DriverContract
 from cellctl_drivers.opcua.driver import OpcUaDriver
 from cellctl_drivers.opcua.options import OpcUaOptions
 from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
 from cellctl_drivers.opcua.simconfig import sim_robot_table
+
+from cellctl.model import Program, ProgramKind, Step
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -86,4 +86,3 @@ class TestOpcUaContractMethod(DriverContract):
         short_step=_step("1"),
         long_step=_step("long"),
     )
-

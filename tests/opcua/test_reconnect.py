@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
+from cellctl_drivers.opcua.driver import OpcUaDriver
+from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
 
 from cellctl.model import (
     DeviceState,
@@ -19,8 +21,6 @@ from cellctl.model import (
     Step,
     StepOutcome,
 )
-from cellctl_drivers.opcua.driver import OpcUaDriver
-from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
 
 from .conftest import make_driver
 
@@ -49,7 +49,9 @@ class Recorder:
     def __call__(self, event: Event) -> None:
         self.events.append((time.monotonic(), event))
 
-    def samples(self, since: float = 0.0, until: float = float("inf")) -> list[tuple[float, object]]:
+    def samples(
+        self, since: float = 0.0, until: float = float("inf")
+    ) -> list[tuple[float, object]]:
         return [
             (t, s)
             for t, e in self.events

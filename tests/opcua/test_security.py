@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from cellctl_drivers.opcua.driver import AccessDenied, OpcUaDriver
+from cellctl_drivers.opcua.options import OpcUaOptions
+from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
+from cellctl_drivers.opcua.simconfig import sim_robot_table
 
 from cellctl.config import DeviceCommon, DeviceConfig, SupervisorSection
 from cellctl.errors import WrongDevice
 from cellctl.model import DeviceState, Event, Program, ProgramKind, Samples, Step, StepOutcome
 from cellctl.registry import Registry
 from cellctl.supervisor import DeviceRunner
-from cellctl_drivers.opcua.driver import AccessDenied, OpcUaDriver
-from cellctl_drivers.opcua.options import OpcUaOptions
-from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
-from cellctl_drivers.opcua.simconfig import sim_robot_table
 
 from .conftest import Certs, make_driver
 
@@ -86,14 +86,19 @@ async def _refused(endpoint: str, caplog: pytest.LogCaptureFixture, **table: Any
             await driver.__aenter__()
     await driver.__aexit__(None, None, None)
     # One clear error, not a storm of library warnings and tracebacks.
-    noisy = [r for r in caplog.records if r.name.startswith("asyncua") and r.levelno >= logging.WARNING]
+    noisy = [
+        r for r in caplog.records if r.name.startswith("asyncua") and r.levelno >= logging.WARNING
+    ]
     assert not noisy, [r.getMessage() for r in noisy]
     assert isinstance(info.value, WrongDevice)  # the supervisor backs off to its cap
     return info.value
 
 
 async def test_wrong_password_is_refused_clearly(
-    secure_sim: RobotSim, certs: Certs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    secure_sim: RobotSim,
+    certs: Certs,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "guess")
     err = await _refused(secure_sim.endpoint, caplog, **_secure(certs))
