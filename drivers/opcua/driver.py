@@ -411,7 +411,7 @@ class OpcUaDriver:
             return
         o = self.o
         sub = await session.client.create_subscription(
-            o.publishing_interval_ms, None, queue_maxsize=max(1000, 20 * len(self.sub_tags))
+            o.publishing_interval_ms, None, queue_maxsize=max(10_000, 50 * len(self.sub_tags))
         )
         sub.__aiter__()  # iterator mode from the start, so the initial values are kept
         nodes = [session.nodes[n] for n in self.sub_tags]

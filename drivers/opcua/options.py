@@ -157,7 +157,9 @@ class OpcUaOptions(DriverOptions):
     username: str | None = None
     password: Secret | None = None
     timeout_s: float = Field(default=4.0, gt=0)  # per request
-    keepalive_s: float = Field(default=1.0, gt=0)  # link check interval
+    # Half-open links are probed this often; each probe may take as long. A closed
+    # socket is noticed at once regardless.
+    keepalive_s: float = Field(default=5.0, gt=0)
     reconnect_grace_s: float = Field(default=10.0, ge=0)  # re-create the session within this
     publishing_interval_ms: float = Field(default=100.0, gt=0)
     sampling_interval_ms: float = Field(default=50.0, ge=0)

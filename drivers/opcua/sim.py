@@ -361,7 +361,8 @@ class RobotSim:
     async def _write(self, name: str, value: Any) -> None:
         assert self._server is not None
         vtype = _TAGS[name][0]
-        dv = ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=_now(), ServerTimestamp=_now())
+        now = _now()
+        dv = _SharedValue(ua.Variant(value, vtype), SourceTimestamp=now, ServerTimestamp=now)
         await self._server.write_attribute_value(self._nodes[name], dv)
 
     async def _scan_inputs(self, now: float) -> None:
@@ -440,7 +441,7 @@ class RobotSim:
             if self._server is None:
                 continue
             self._bulk_value += 1.0
-            dv = ua.DataValue(
+            dv = _SharedValue(
                 ua.Variant(self._bulk_value, ua.VariantType.Double), SourceTimestamp=_now()
             )
             for node in self._bulk:
@@ -471,6 +472,17 @@ class RobotSim:
 
 
 _UNSET = object()
+
+
+class _SharedValue(ua.DataValue):
+    """A DataValue the server may hand to every monitored item without copying.
+
+    asyncua's server deep-copies each value for each monitored item, which caps a
+    1,000-item simulator far below 10 Hz. The simulator never mutates a value after
+    writing it (it makes a new one per change), so sharing it is safe."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedValue:
+        return self
 
 
 def _now() -> Any:

@@ -65,7 +65,7 @@ async def _restart_mid_program(
 ) -> tuple[OpcUaDriver, Recorder, StepOutcome, float, float]:
     sim.reset_robot()
     rec = Recorder()
-    driver = make_driver(sim.endpoint, None, keepalive_s=0.3, reconnect_grace_s=15.0)
+    driver = make_driver(sim.endpoint, None, reconnect_grace_s=15.0)
     driver.ctx = type(driver.ctx)("robot", rec, sim.endpoint)
     program = driver.o.program
     assert program is not None
