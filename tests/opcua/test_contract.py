@@ -21,7 +21,9 @@ from cellctl_drivers.opcua.simconfig import sim_robot_table
 
 from cellctl.model import Program, ProgramKind, Step
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+from .conftest import fresh
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 class _Shared:
@@ -53,13 +55,14 @@ class SharedRobotSim:
         await self._sim.stop_server()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", autouse=True)
-async def shared_sim() -> AsyncIterator[RobotSim]:
-    async with RobotSim(RobotSimOptions(time_factor=4.0, heartbeat_timeout_s=0)) as sim:
-        await sim.stop_server()  # each case starts it
-        _Shared.sim = sim
-        yield sim
-        _Shared.sim = None
+@pytest_asyncio.fixture(scope="module", loop_scope="session", autouse=True)
+async def shared_sim(robot_sim: RobotSim) -> AsyncIterator[RobotSim]:
+    await fresh(robot_sim, time_factor=4.0)
+    await robot_sim.stop_server()  # each case starts it
+    _Shared.sim = robot_sim
+    yield robot_sim
+    _Shared.sim = None
+    await robot_sim.start_server()
 
 
 def _step(name: str) -> Step:

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cellctl_drivers.opcua.robot import RobotState
-from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
+from cellctl_drivers.opcua.sim import RobotSim
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+from .conftest import fresh
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CONFIG = """
 [cell]
@@ -40,11 +42,12 @@ heartbeat = {{ tag = "heartbeat", interval_s = 0.2 }}
 """
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sim() -> AsyncIterator[RobotSim]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def sim(robot_sim: RobotSim) -> AsyncIterator[RobotSim]:
     # Beats every 0.2 s against a 2 s watchdog: a wide margin on a loaded machine.
-    async with RobotSim(RobotSimOptions(heartbeat_timeout_s=2.0)) as s:
-        yield s
+    sim = await fresh(robot_sim, time_factor=1.0, heartbeat_timeout_s=2.0)
+    yield sim
+    sim.robot.heartbeat_timeout_s = 0.0
 
 
 async def _until(pred: object, bound: float, what: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 from cellctl_drivers.opcua.driver import OpcUaDriver
-from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
+from cellctl_drivers.opcua.sim import RobotSim
 
 from cellctl.model import (
     DeviceState,
@@ -22,18 +22,17 @@ from cellctl.model import (
     StepOutcome,
 )
 
-from .conftest import make_driver
+from .conftest import fresh, make_driver
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TEND = Step("job-7", 0, "tend", Program(ProgramKind.ROBOT_PROGRAM, name="tend"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sim() -> AsyncIterator[RobotSim]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def sim(robot_sim: RobotSim) -> AsyncIterator[RobotSim]:
     # tend: 8 s of robot time at time factor 2 = 4 s; the watchdog outlives a restart.
-    async with RobotSim(RobotSimOptions(time_factor=2.0, heartbeat_timeout_s=20.0)) as s:
-        yield s
+    yield await fresh(robot_sim, time_factor=2.0, heartbeat_timeout_s=20.0)
 
 
 async def until(pred: Callable[[], bool], bound: float = 15.0) -> None:

@@ -22,12 +22,12 @@ from cellctl.supervisor import DeviceRunner
 
 from .conftest import Certs, make_driver
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PASSWORD_ENV = "CELLCTL_TEST_OPCUA_PASSWORD"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def secure_sim(certs: Certs) -> AsyncIterator[RobotSim]:
     options = RobotSimOptions(
         time_factor=4.0,
