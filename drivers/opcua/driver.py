@@ -521,8 +521,15 @@ class OpcUaDriver:
                     tg.create_task(self._poll(session), name="opcua-poll")
                     tg.create_task(self._beat(session), name="opcua-heartbeat")
                     tg.create_task(self._watch(session), name="opcua-watch")
-            except* _SessionLost:
-                pass
+            except BaseExceptionGroup as group:
+                _, rest = group.split(_SessionLost)
+                if rest is not None:
+                    # A refused write or the like: one cellctl error, not a group.
+                    first = _first_leaf(rest)
+                    self._dead.set()
+                    if isinstance(first, CellError):
+                        raise first from None
+                    raise _translate(first, f"OPC UA {self.url}") from first
             await self._reconnect(session)
 
     async def _watch(self, session: _Session) -> None:
@@ -535,7 +542,11 @@ class OpcUaDriver:
             return
         queue: asyncio.Queue[Any] | None = getattr(sub, "_event_queue", None)
         while True:
-            events = [await sub.__anext__()]
+            try:
+                events = [await sub.__anext__()]
+            except StopAsyncIteration:  # the subscription was closed under us
+                session.lost.set()
+                return
             # Drain what already arrived: one Samples event per publish, not per item.
             while queue is not None and not queue.empty():
                 events.append(queue.get_nowait())
@@ -981,6 +992,13 @@ class OpcUaDriver:
 
     def _state_tag(self) -> str | None:
         return self.o.state.tag if self.o.state else None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
