@@ -151,6 +151,10 @@ class RobotSim:
         self.port = o.port
         self.slow_s = o.slow_s
         self.fail_start_status = o.fail_start_status
+        # Fault injection for the handshake: the robot acts on a request at once
+        # but acknowledges it late, or does not hear requests at all.
+        self.ack_delay_s = 0.0
+        self.deaf = False
         self.restarts = 0
         self._server: Server | None = None
         self._nodes: dict[str, ua.NodeId] = {}
@@ -383,16 +387,20 @@ class RobotSim:
             self._inputs[name] = self._read(name)
         r.heartbeat(int(self._inputs["Heartbeat"] or 0), now)
         request = bool(self._inputs["StartRequest"])
-        acked = bool(self._published.get("StartAck"))
-        if request and not acked:
-            code = r.start(int(self._inputs["ProgramNumber"] or 0), "handshake")
-            if code:
-                r.error_code = int(code)
-            self._ack = True
-        elif not request and acked:
+        if request and not self._ack and not self.deaf:
+            if self._request_seen_at is None:  # a rising edge: act on it once
+                self._request_seen_at = now
+                code = r.start(int(self._inputs["ProgramNumber"] or 0), "handshake")
+                if code:
+                    r.error_code = int(code)
+            if now - self._request_seen_at >= self.ack_delay_s:
+                self._ack = True
+        elif not request:
+            self._request_seen_at = None
             self._ack = False
 
     _ack: bool = False
+    _request_seen_at: float | None = None
 
     async def _publish(self) -> None:
         """Write every output whose value changed since the last scan."""
@@ -469,6 +477,8 @@ class RobotSim:
         r.watchdog_ok = True
         r._heartbeat_changed_at = None  # disarmed until a host beats again
         r.starts.clear()
+        self.ack_delay_s = 0.0
+        self.deaf = False
 
 
 _UNSET = object()

@@ -165,3 +165,43 @@ async def test_start_method_bad_status_fails_the_step(sim: RobotSim) -> None:
         assert sim.robot.starts == []
     finally:
         sim.fail_start_status = ""
+
+
+async def _bounce(sim: RobotSim) -> None:
+    await sim.stop_server()
+    await asyncio.sleep(0.3)
+    await sim.start_server()
+
+
+async def test_link_lost_after_the_robot_took_the_start_follows_that_run(sim: RobotSim) -> None:
+    # The robot starts at once but acknowledges late; the link drops in between.
+    sim.ack_delay_s = 2.0
+    driver = make_driver(sim.endpoint, reconnect_grace_s=15.0)
+    async with driver, asyncio.TaskGroup() as tg:
+        serving = tg.create_task(driver.serve())
+        running = tg.create_task(driver.run(TEND, lambda p: None))
+        await until(lambda: len(sim.robot.starts) == 1)
+        await _bounce(sim)
+        async with asyncio.timeout(30):
+            result = await running
+        serving.cancel()
+    assert result.outcome == StepOutcome.DONE, result.message
+    assert len(sim.robot.starts) == 1, "the start was not repeated"
+
+
+async def test_link_lost_before_the_robot_heard_the_request_interrupts(sim: RobotSim) -> None:
+    sim.deaf = True
+    driver = make_driver(sim.endpoint, reconnect_grace_s=15.0)
+    async with driver, asyncio.TaskGroup() as tg:
+        serving = tg.create_task(driver.serve())
+        running = tg.create_task(driver.run(TEND, lambda p: None))
+        await until(lambda: bool(sim._inputs.get("StartRequest")))
+        await _bounce(sim)
+        async with asyncio.timeout(30):
+            result = await running
+        sim.deaf = False  # the robot hears again: the request must be gone by now
+        await asyncio.sleep(0.3)
+        serving.cancel()
+    assert result.outcome == StepOutcome.INTERRUPTED, result.message
+    assert sim.robot.starts == [], "the driver did not start it a second time"
+    assert not sim._inputs.get("StartRequest"), "the request was withdrawn"
