@@ -117,7 +117,7 @@ class RobotSimOptions(SimOptions):
 
 class _Users(UserManager):
     def __init__(self, users: dict[str, str]) -> None:
-        self._users = users
+        self.users = users
 
     def get_user(
         self,
@@ -126,9 +126,9 @@ class _Users(UserManager):
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
-        if not self._users:
+        if not self.users:
             return User(role=UserRole.User)
-        if username is None or self._users.get(username) != password:
+        if username is None or self.users.get(username) != password:
             return None
         return User(role=UserRole.User, name=username)
 
@@ -165,6 +165,8 @@ class RobotSim:
         self._cert: Path | None = o.certificate
         self._key: Path | None = o.private_key
         self._trusted: set[str] = set()
+        self.security = o.security
+        self._users = _Users(dict(o.users))
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._up = asyncio.Event()
@@ -182,10 +184,6 @@ class RobotSim:
         o = self.options
         if self.port == 0:
             self.port = free_port(o.host)
-        if o.security != "none" and (self._cert is None or self._key is None):
-            self._tmp = tempfile.TemporaryDirectory(prefix="cellctl-opcua-sim-")
-            pair = make_certificate(Path(self._tmp.name), "robot-server", SIM_APP_URI, server=True)
-            self._cert, self._key = pair.certificate, pair.private_key
         if o.trusted_clients:
             self._trusted = trusted_fingerprints(list(o.trusted_clients))
         await self._start_server()
@@ -235,11 +233,13 @@ class RobotSim:
         server = self._paused_server
         if server is None:
             return
-        await server.start()
         self._paused_server = None
         self._server = server
+        # The robot's state is in the address space before the first client comes.
         self._published = {}
         await self._publish()
+        await self._secure(server)
+        await server.start()
         self._up.set()
 
     _paused_server: Server | None = None
@@ -256,29 +256,12 @@ class RobotSim:
 
     async def _start_server(self) -> None:
         o = self.options
-        server = Server(user_manager=_Users(o.users))
+        server = Server(user_manager=self._users)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("cellctl simulated robot")
         await server.set_application_uri(SIM_APP_URI)
-        if o.security == "none":
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        else:
-            policy = (
-                ua.SecurityPolicyType.Basic256Sha256_Sign
-                if o.security == "sign"
-                else ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt
-            )
-            server.set_security_policy([policy])
-            assert self._cert is not None and self._key is not None
-            await server.load_certificate(str(self._cert))
-            await server.load_private_key(str(self._key))
-        if o.users:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
-        else:
-            server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
-        if self._trusted:
-            server.set_certificate_validator(self._validate_client)
+        server.set_certificate_validator(self._validate_client)
         idx = await server.register_namespace(o.namespace_uri)
         objects = server.nodes.objects
         robot = await objects.add_object(_nid("Robot", idx), "Robot")
@@ -312,12 +295,56 @@ class RobotSim:
                 self._bulk.append(var.nodeid)
         server.subscribe_server_callback(CallbackType.PreRead, self._slow_cb)
         server.subscribe_server_callback(CallbackType.PreWrite, self._slow_cb)
-        # The restored robot state is published right away, not at the next change.
-        self._published = {}
-        self._server = server
-        await self._publish()
-        await server.start()
-        self._up.set()
+        self._paused_server = server
+        await self.start_server()
+
+    async def _secure(self, server: Server) -> None:
+        """Apply the current security settings; they take effect at each listener start."""
+        if self.security == "none":
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            policy = (
+                ua.SecurityPolicyType.Basic256Sha256_Sign
+                if self.security == "sign"
+                else ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt
+            )
+            server.set_security_policy([policy])
+            if self._cert is None or self._key is None:
+                if self._tmp is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="cellctl-opcua-sim-")
+                pair = make_certificate(
+                    Path(self._tmp.name), "robot-server", SIM_APP_URI, server=True
+                )
+                self._cert, self._key = pair.certificate, pair.private_key
+            await server.load_certificate(str(self._cert))
+            await server.load_private_key(str(self._key))
+        if self._users.users:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        else:
+            server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
+        # asyncua adds endpoints and policies at every start: begin from none.
+        server._policies = []
+        server.iserver.endpoints = []
+
+    async def set_security(
+        self,
+        security: Literal["none", "sign", "sign_and_encrypt"],
+        *,
+        certificate: Path | None = None,
+        private_key: Path | None = None,
+        trusted_clients: tuple[Path, ...] = (),
+        users: dict[str, str] | None = None,
+    ) -> None:
+        """Change security, trusted clients and users; the listener restarts to apply them
+        (the address space is kept: building it again costs seconds)."""
+        up = self._server is not None
+        await self.stop_server()
+        self.security = security
+        self._cert, self._key = certificate, private_key
+        self._trusted = trusted_fingerprints(list(trusted_clients)) if trusted_clients else set()
+        self._users.users = dict(users or {})
+        if up:
+            await self.start_server()
 
     async def _stop_server(self) -> None:
         server, self._server = self._server or self._paused_server, None
@@ -328,7 +355,7 @@ class RobotSim:
                 await server.stop()
 
     async def _validate_client(self, cert: Any, app: ua.ApplicationDescription) -> None:
-        if fingerprint(cert) not in self._trusted:
+        if self._trusted and fingerprint(cert) not in self._trusted:
             raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     async def _slow_cb(self, event: Any, dispatcher: Any) -> None:

@@ -78,14 +78,3 @@ class TestOpcUaContractHandshake(DriverContract):
         short_step=_step("pick"),  # 2 s at time factor 4
         long_step=_step("long"),  # 60 s at time factor 4
     )
-
-
-class TestOpcUaContractMethod(DriverContract):
-    case = ContractCase(
-        driver=OpcUaDriver,
-        simulator=SharedRobotSim,
-        options=OpcUaOptions.model_validate(sim_robot_table("method", reconnect_grace_s=1.0)),
-        sim_options=RobotSimOptions(),
-        short_step=_step("1"),
-        long_step=_step("long"),
-    )

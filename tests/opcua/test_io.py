@@ -72,3 +72,18 @@ async def test_start_refused_while_the_zone_is_occupied(sim: RobotSim) -> None:
     assert result.outcome == StepOutcome.FAILED
     assert "error 5" in result.message
     assert sim.robot.starts == []
+
+
+async def test_method_start_runs_a_program_with_progress(sim: RobotSim) -> None:
+    # The contract suite runs the handshake style; this is the method style end to end.
+    driver = make_driver(sim.endpoint, start="method")
+    seen: list[float | None] = []
+    step = Step("j", 0, "tend", Program(ProgramKind.ROBOT_PROGRAM, name="pick"))
+    async with driver, asyncio.TaskGroup() as tg:
+        serving = tg.create_task(driver.serve())
+        async with asyncio.timeout(20):
+            result = await driver.run(step, lambda p: seen.append(p.fraction))
+        serving.cancel()
+    assert result.outcome == StepOutcome.DONE, result.message
+    assert [s.via for s in sim.robot.starts] == ["method"]
+    assert seen[0] == 0.0 and seen[-1] == 1.0

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from cellctl_drivers.opcua.driver import AccessDenied, OpcUaDriver
 from cellctl_drivers.opcua.options import OpcUaOptions
-from cellctl_drivers.opcua.sim import RobotSim, RobotSimOptions
+from cellctl_drivers.opcua.sim import RobotSim
 from cellctl_drivers.opcua.simconfig import sim_robot_table
 
 from cellctl.config import DeviceCommon, DeviceConfig, SupervisorSection
@@ -20,7 +20,7 @@ from cellctl.model import DeviceState, Event, Program, ProgramKind, Samples, Ste
 from cellctl.registry import Registry
 from cellctl.supervisor import DeviceRunner
 
-from .conftest import Certs, make_driver
+from .conftest import Certs, fresh, make_driver
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,17 +28,18 @@ PASSWORD_ENV = "CELLCTL_TEST_OPCUA_PASSWORD"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def secure_sim(certs: Certs) -> AsyncIterator[RobotSim]:
-    options = RobotSimOptions(
-        time_factor=4.0,
-        security="sign_and_encrypt",
+async def secure_sim(robot_sim: RobotSim, certs: Certs) -> AsyncIterator[RobotSim]:
+    # The area's simulator, its listener restarted with security and a user list.
+    await fresh(robot_sim, time_factor=4.0)
+    await robot_sim.set_security(
+        "sign_and_encrypt",
         certificate=certs.server.certificate,
         private_key=certs.server.private_key,
         trusted_clients=(certs.client.certificate,),
         users={"operator": "s3cret"},
     )
-    async with RobotSim(options) as sim:
-        yield sim
+    yield robot_sim
+    await robot_sim.set_security("none")
 
 
 def _secure(certs: Certs, **over: Any) -> dict[str, Any]:
