@@ -206,10 +206,8 @@ class OpcUaDriver:
         self.ctx = ctx
         self.o = options
         self.log = ctx.logger()
-        url = ctx.endpoint or options.endpoint
-        if url is None:
-            raise LinkError('no endpoint: set endpoint = "opc.tcp://host:port/…"')
-        self.url = url
+        # Checked at connect: a constructor that raises would escape the supervisor.
+        self.url = ctx.endpoint or options.endpoint or ""
         self._session: _Session | None = None
         self._state = DeviceState.UNAVAILABLE
         self._reason = ""
@@ -225,7 +223,7 @@ class OpcUaDriver:
         self._step_lock = asyncio.Lock()
         self._stop_requested = False
         self._heartbeat = 0
-        self._trusted = certs.trusted_fingerprints(list(options.trusted_server_certs))
+        self._trusted: set[str] = set()
         self._warned_untrusted = False
         self._alarm = ""
         self.reconnects = 0
@@ -271,7 +269,7 @@ class OpcUaDriver:
         self._set_state(DeviceState.UNAVAILABLE, "disconnected")
 
     async def _close(self, session: _Session) -> None:
-        with contextlib.suppress(Exception, asyncio.CancelledError):
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await session.client.disconnect()
         # A client whose server vanished may not get that far: stop its tasks anyway.
@@ -309,9 +307,27 @@ class OpcUaDriver:
                 f"(sha256 {certs.fingerprint(cert)[:16]}…)"
             )
 
+    def _check_files(self) -> None:
+        """Local set-up mistakes, each one clear error, before any network traffic."""
+        o = self.o
+        if not self.url:
+            raise WrongDevice('no endpoint: set endpoint = "opc.tcp://host:port/…"')
+        for key in ("certificate", "private_key"):
+            path = getattr(o, key)
+            if path is not None and not path.is_file():
+                raise AccessDenied(f"{key} {str(path)!r} is not a readable file")
+        try:
+            self._trusted = certs.trusted_fingerprints(list(o.trusted_server_certs))
+        except (OSError, ValueError) as exc:
+            raise AccessDenied(f"trusted_server_certs: cannot read a certificate: {exc}") from None
+
     async def _open(self) -> _Session:
         o = self.o
-        client = self._client()
+        self._check_files()
+        try:
+            client = self._client()
+        except (OSError, ValueError) as exc:
+            raise AccessDenied(f"certificate {str(o.certificate)!r}: {exc}") from None
         session = _Session(client)
         what = f"OPC UA {self.url}"
         try:

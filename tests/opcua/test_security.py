@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +157,16 @@ async def test_supervisor_reports_a_wrong_password_once_and_backs_off(
     assert "AccessDenied" in runner.last_error
     assert "wrong user name or password" in runner.last_error
     assert runner.delays and runner.delays[0] >= 30.0 * 0.8  # no quick retry storm
+
+
+async def test_missing_certificate_files_are_one_clear_error(certs: Certs, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.pem"
+    driver = make_driver(
+        "opc.tcp://127.0.0.1:1/never", **_secure(certs, trusted_server_certs=[str(missing)])
+    )
+    with pytest.raises(AccessDenied, match="trusted_server_certs"):
+        await driver.__aenter__()
+    await driver.__aexit__(None, None, None)
+    driver = make_driver("opc.tcp://127.0.0.1:1/never", **_secure(certs, private_key=str(missing)))
+    with pytest.raises(AccessDenied, match="private_key"):
+        await driver.__aenter__()
