@@ -783,6 +783,8 @@ class MarlinDriver:
             if job.outcome is None and self.opt.deadman_s > 0:
                 self._queue_host("M85 S0")
             outcome = job.outcome or StepOutcome.DONE
+            if outcome == StepOutcome.DONE:
+                job.bytes_done = job.feed.total  # trailing comments count as done too
             self._report(job, progress)
             if outcome == StepOutcome.DONE:
                 self._state.set(DeviceState.IDLE, f"job {step.key} done")

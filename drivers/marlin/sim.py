@@ -101,12 +101,13 @@ class MarlinSim(SerialFirmware):
         self.executed: list[str] = []
         self.counters = SimCounters()
         self._rng = random.Random(self.opt.seed)
+        self._ring_changed = asyncio.Event()
+        self._gen = 0  # bumped by kill and reset: work begun before is void
         self._init_state()
 
     def _init_state(self) -> None:
         self.last_n = 0
         self.ring: deque[tuple[str, int | None]] = deque()
-        self._ring_changed = asyncio.Event()
         # Simulated time at which each queued move ends: the planner drains by the
         # clock, with no task and no timer per block.
         self.planner: deque[float] = deque()
@@ -147,14 +148,17 @@ class MarlinSim(SerialFirmware):
     def reset(self) -> None:
         """A board reset (DTR pulse, power, or the watchdog): everything starts over."""
         self.counters.resets += 1
+        self._gen += 1
         self.clear_inbox()
         self._init_state()
+        self._ring_changed.set()
         self.boot()
 
     def kill(self, why: str) -> None:
         if self.killed:
             return
         self.counters.kills += 1
+        self._gen += 1
         self.killed = True
         self.hotend.target = self.bed.target = 0.0
         self.planner.clear()
@@ -263,12 +267,13 @@ class MarlinSim(SerialFirmware):
                 self._ring_changed.clear()
                 await self._ring_changed.wait()
             command, n = self.ring[0]
+            gen = self._gen
             self.busy, self.busy_since = "processing", time.monotonic()
             try:
                 send_ok = await self._run(command)
             finally:
                 self.busy = None
-            if self.killed:
+            if self.killed or gen != self._gen:
                 continue
             self.executed.append(command)
             if send_ok:
