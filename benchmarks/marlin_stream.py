@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,13 +32,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
-
-from cellctl.driver import DriverContext
-from cellctl.model import Program, ProgramKind, Step, StepOutcome
 from cellctl_drivers.marlin.driver import MarlinDriver, MarlinOptions
 from cellctl_drivers.marlin.gcode import frame
 from cellctl_drivers.marlin.samples import write_short_segments
 from cellctl_drivers.marlin.sim import MarlinSim, MarlinSimOptions
+
+from cellctl.driver import DriverContext
+from cellctl.model import Program, ProgramKind, Step, StepOutcome
 
 WINDOW = 8  # the simulated firmware's BUFSIZE (ADVANCED_OK reports it)
 OK_BYTES = len("ok N12345 P15 B7\n")
@@ -73,7 +72,9 @@ def job_stats(path: Path) -> tuple[int, int, int]:
     return lines, payload, framed
 
 
-async def stream(endpoint: str, path: Path, in_flight: int | None) -> tuple[float, MarlinDriver]:
+async def stream(
+    endpoint: str, path: Path, in_flight: int | None
+) -> tuple[float, MarlinDriver, list[float]]:
     driver = MarlinDriver(DriverContext("bench", endpoint=endpoint), driver_options(in_flight))
     async with driver, asyncio.TaskGroup() as tg:
         serving = tg.create_task(driver.serve())
@@ -81,16 +82,18 @@ async def stream(endpoint: str, path: Path, in_flight: int | None) -> tuple[floa
         t0 = time.perf_counter()
         result = await driver.run(step, lambda p: None)
         elapsed = time.perf_counter() - t0
+        assert driver.link is not None
+        reactions = list(driver.link.reactions)
         serving.cancel()
     if result.outcome != StepOutcome.DONE:
         raise SystemExit(f"stream failed: {result}")
-    return elapsed, driver
+    return elapsed, driver, reactions
 
 
 async def single(path: Path, baud: int, latency_ms: float, in_flight: int | None) -> dict:
     async with MarlinSim(sim_options(baud, latency_ms)) as sim:
         before = sim.host.bytes_in
-        elapsed, driver = await stream(sim.endpoint, path, in_flight)
+        elapsed, driver, _ = await stream(sim.endpoint, path, in_flight)
         wire_bytes = sim.host.bytes_in - before
     lines, payload, framed = job_stats(path)
     cap = baud / 10
@@ -118,11 +121,11 @@ async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[l
     for key in ("baud", "latency_ms", "parse_rate", "buffer_size", "planner_size"):
         sets += ["--set", f"{key}={getattr(opts, key)}"]
     procs = [
-        subprocess.Popen(
-            [str(exe), "sim", "marlin", "--time-factor", str(opts.time_factor), *sets],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        await asyncio.create_subprocess_exec(
+            str(exe),
+            *("sim", "marlin", "--time-factor", str(opts.time_factor), *sets),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         for _ in range(n)
     ]
@@ -130,7 +133,7 @@ async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[l
         paths = []
         for p in procs:
             assert p.stdout is not None
-            line = await asyncio.to_thread(p.stdout.readline)
+            line = (await p.stdout.readline()).decode()
             if not line.startswith("/"):
                 raise SystemExit(f"simulator did not start: {line!r}")
             paths.append(line.strip())
@@ -139,7 +142,7 @@ async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[l
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(timeout=10)
+            await p.wait()
 
 
 async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
@@ -157,18 +160,21 @@ async def eight(path: Path, baud: int, latency_ms: float) -> dict:
         async with asyncio.TaskGroup() as tg:
             lagger = tg.create_task(loop_lag(lag, stop))
             t0 = time.perf_counter()
+            cpu0 = time.process_time()
             runs = [tg.create_task(stream(p, path, None)) for p in paths]
             results = [await r for r in runs]
             elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
             stop.set()
             await lagger
     lines, payload, framed = job_stats(path)
     cap = baud / 10
-    ok_send = sorted(x for _, d in results for x in d.ok_to_send_s)
+    ok_send = sorted(x for _, _, reactions in results for x in reactions)
     return {
         "aggregate_vs_8cap": 8 * framed / elapsed / (8 * cap),
         "payload_vs_8cap": 8 * payload / elapsed / (8 * cap),
-        "per_printer_s": [round(e, 2) for e, _ in results],
+        "per_printer_s": [round(e, 2) for e, _, _ in results],
+        "cpu_us_per_line": 1e6 * cpu / (8 * lines),
         "ok_send_p50_ms": 1000 * statistics.median(ok_send),
         "ok_send_p99_ms": 1000 * ok_send[int(0.99 * (len(ok_send) - 1))],
         "lag_p99_ms": 1000 * sorted(lag)[int(0.99 * (len(lag) - 1))],
@@ -182,12 +188,13 @@ def median_of(runs: list[dict], key: str) -> float:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small files, one repetition")
+    ap.add_argument("--quick", action="store_true", help="small files (about a minute)")
+    ap.add_argument("--reps", type=int, default=1, help="runs per figure (median printed)")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     lines = 1500 if args.quick else 20_000
     naive_lines = 300 if args.quick else 2000
-    reps = 1 if args.quick else 3
+    reps = args.reps
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "short.gcode"
         write_short_segments(path, lines)
@@ -196,7 +203,8 @@ async def main() -> None:
         n, payload, framed = job_stats(path)
         print(
             f"file: {n} lines, {payload / n:.1f} payload bytes/line, {framed / n:.1f} framed; "
-            f"simulated BUFSIZE {WINDOW}; medians of {reps} run(s); cpu count {os.cpu_count()}"
+            f"simulated BUFSIZE {WINDOW}; medians of {reps} run(s); {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
         print(
             f"{'baud':>7} {'lat ms':>6} {'sender':>9} {'lines/s':>8} {'wire/cap':>8} "
@@ -223,7 +231,8 @@ async def main() -> None:
                 f"(sims in 8 processes): aggregate wire ÷ 8×capacity {r['aggregate_vs_8cap']:.3f}"
                 f" (payload {r['payload_vs_8cap']:.3f}); ok→send p50 {r['ok_send_p50_ms']:.2f} ms,"
                 f" p99 {r['ok_send_p99_ms']:.2f} ms; event-loop lag p99 {r['lag_p99_ms']:.1f} ms;"
-                f" per printer {r['per_printer_s']} s"
+                f" daemon CPU {r['cpu_us_per_line']:.0f} µs/line;"
+                f" per printer {r['per_printer_s']} s; load average {os.getloadavg()[0]:.1f}"
             )
 
 

@@ -193,7 +193,6 @@ class MarlinDriver:
         self._feeding = False
         self._killed = False
         self.resends_total = 0
-        self.ok_to_send_s: deque[float] = deque(maxlen=100_000)  # ok → next write latency
         self._last_sent_at = 0.0
 
     # --- protocol bookkeeping ---
@@ -477,7 +476,7 @@ class MarlinDriver:
                 out.append(entry.data)
                 self._send_ptr += 1
                 self._last_sent_at = now
-            if out:  # one write for the lot: a pseudo-terminal write costs ~100 µs
+            if out:
                 link.write_nowait(b"".join(out))
         except LinkError as exc:
             self._link_lost(exc)
@@ -582,8 +581,6 @@ class MarlinDriver:
             self._max_b = max(self._max_b, int(b.group(1)))
         if "T:" in rest:
             self._on_temps(rest)
-        before = self._send_ptr
-        read_at = self.link.last_read_at if self.link is not None else now
         if m is not None:
             self.advanced_ok = True
             n = int(m.group(1))
@@ -601,8 +598,6 @@ class MarlinDriver:
         elif self.in_flight > 0:
             self._ack_through(self._acked + 1)
         self._pump()
-        if self._send_ptr != before:
-            self.ok_to_send_s.append(time.monotonic() - read_at)
         self._notify()
 
     def _on_resend(self, s: str) -> None:
