@@ -67,7 +67,10 @@ async def test_dropped_oks_and_spurious_resends(
     path = tmp_path / "segments.gcode"
     write_short_segments(path, 2000)
     sim_opts = MarlinSimOptions(**FAST, drop_reply_p=0.03, spurious_resend_p=0.01, seed=11)
-    async with marlin(sim_opts, MarlinOptions(position_interval_s=0, ok_timeout_s=0.5)) as (
+    async with marlin(
+        sim_opts,
+        MarlinOptions(position_interval_s=0, ok_timeout_s=0.5, ok_timeout_no_keepalive_s=0.5),
+    ) as (
         sim,
         driver,
     ):
