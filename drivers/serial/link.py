@@ -229,18 +229,21 @@ class SerialLink:
         return sum(len(c) for c in self._out)
 
     async def close(self) -> None:
-        """Idempotent; never raises."""
+        """Idempotent; never raises. Bytes queued just before are still written if
+        the kernel takes them at once."""
         if self.closed:
             return
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+            if self._error is None:
+                self._write_some()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
         if self._writer_armed:
             with contextlib.suppress(Exception):
                 self._loop.remove_writer(self._fd)
             self._writer_armed = False
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         with contextlib.suppress(Exception):
             self._port.close()
         self._out.clear()
