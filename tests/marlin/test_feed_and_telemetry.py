@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import sys
 import tracemalloc
 from pathlib import Path
@@ -15,7 +16,7 @@ from cellctl_drivers.marlin.gcode import checksum, frame, strip_comment
 from cellctl_drivers.marlin.sim import MarlinSimOptions
 
 from cellctl.driver import DriverContext
-from cellctl.errors import StepFailed
+from cellctl.errors import LinkError, StepFailed
 from cellctl.model import Samples, StepOutcome
 
 
@@ -100,22 +101,31 @@ async def test_telemetry_covers_temperatures_position_feed_flow(
 async def test_standalone_simulator_prints_a_path_any_client_can_use(tmp_path: Path) -> None:
     exe = shutil.which("cellctl", path=str(Path(sys.executable).parent))
     assert exe is not None
+    args = ("sim", "marlin", "--time-factor", "100", "--set", "uuid=abc", "--set", "baud=250000")
+    signals = ("--set", "signals=true", "--set", "unplug_s=0.5")
     proc = await asyncio.create_subprocess_exec(
-        exe,
-        *("sim", "marlin", "--time-factor", "100", "--set", "uuid=abc", "--set", "baud=250000"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        exe, *args, *signals, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
             endpoint = (await proc.stdout.readline()).decode().strip()
         assert endpoint.startswith("/")
-        driver = MarlinDriver(
-            DriverContext("p", endpoint=endpoint), MarlinOptions(expected_uuid="abc")
-        )
+        opts = MarlinOptions(expected_uuid="abc")
+        driver = MarlinDriver(DriverContext("p", endpoint=endpoint), opts)
         async with asyncio.timeout(10), driver:
             assert driver.info.uuid == "abc" and driver.advanced_ok
+            proc.send_signal(signal.SIGUSR1)  # unplug for half a second
+            with pytest.raises(LinkError, match="went away"):
+                await driver.serve()
+        async with asyncio.timeout(10):
+            while True:  # the same path comes back
+                again = MarlinDriver(DriverContext("p", endpoint=endpoint), opts)
+                try:
+                    async with again:
+                        break
+                except LinkError:
+                    await asyncio.sleep(0.1)
     finally:
         proc.terminate()
         async with asyncio.timeout(10):
