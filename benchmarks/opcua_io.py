@@ -4,7 +4,12 @@
    by one (values/s, medians of several rounds; target ≥ 8×).
 2. Subscription delivery: 1,000 items changing at 10 Hz, delivered ÷ ideal
    (target ≥ 0.99), and ÷ what the server actually produced.
-3. Printers streaming at the same time: needs the Marlin driver (pending).
+3. Event-loop lag p99 while many writes are issued at once: raw asyncua
+   unthrottled vs through the driver's rate limiter.
+4. Four simulated Marlin printers streaming G-code in this same event loop,
+   alone and with the 1,000-item subscription running: lines/s lost (target
+   ≤ 2 %), delivery meanwhile, this process's loop lag and CPU. (Needs the
+   Marlin driver; without it the part is reported as pending.)
 
 The simulated robot runs in its own process (`cellctl sim opcua-robot`), as a
 real controller would, so the client's event loop is measured alone.
@@ -218,6 +223,145 @@ def marlin_available() -> bool:
     return True
 
 
+@contextlib.asynccontextmanager
+async def marlin_processes(n: int) -> AsyncIterator[list[str]]:
+    """n simulated printers, each a `cellctl sim marlin` process on its own pty.
+
+    115200 baud with a 1 ms latency timer and a fast parser: the wire is the limit,
+    so a host that falls behind shows up as lost lines/s."""
+    sets = ["baud=115200", "latency_ms=1", "parse_rate=50000", "buffer_size=8", "planner_size=64"]
+    args = [a for kv in sets for a in ("--set", kv)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "cellctl", "sim", "marlin", "--time-factor", "1000000", *args),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(n)
+    ]
+    try:
+        paths = []
+        for p in procs:
+            assert p.stdout is not None
+            async with asyncio.timeout(60):
+                line = (await p.stdout.readline()).decode().strip()
+            if not line.startswith("/"):
+                raise SystemExit(f"printer simulator did not start: {line!r}")
+            paths.append(line)
+        yield paths
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+        for p in procs:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await p.wait()
+
+
+async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
+    """Stream the file to every printer at once; aggregate lines/s."""
+    from cellctl_drivers.marlin.driver import MarlinDriver, MarlinOptions
+
+    from cellctl.model import Program, ProgramKind, Step, StepOutcome
+
+    async def one(i: int, path: str) -> None:
+        options = MarlinOptions(position_interval_s=0, ok_timeout_s=30)
+        driver = MarlinDriver(DriverContext(f"printer-{i}", endpoint=path), options)
+        async with driver, asyncio.TaskGroup() as tg:
+            serving = tg.create_task(driver.serve())
+            step = Step("bench", i, "print", Program(ProgramKind.GCODE, path=gcode))
+            result = await driver.run(step, lambda p: None)
+            serving.cancel()
+        if result.outcome != StepOutcome.DONE:
+            raise SystemExit(f"printer {i}: stream failed: {result}")
+
+    t = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for i, path in enumerate(paths):
+            tg.create_task(one(i, path))
+    return len(paths) * lines / (time.perf_counter() - t)
+
+
+async def printers_with_and_without(
+    endpoint: str, items: int, rate_hz: float, quick: bool
+) -> dict[str, float]:
+    import tempfile
+    from pathlib import Path
+
+    import structlog
+    from cellctl_drivers.marlin.samples import write_short_segments
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    lines = 1500 if quick else 5000
+    reps = 1 if quick else 3
+    alone: list[float] = []
+    loaded: list[float] = []
+    delivery: list[float] = []
+    lag_alone: list[float] = []
+    lag_loaded: list[float] = []
+    cpu_alone: list[float] = []
+    cpu_loaded: list[float] = []
+    with tempfile.TemporaryDirectory() as d:
+        gcode = Path(d) / "short.gcode"
+        write_short_segments(gcode, lines)
+        async with marlin_processes(4) as paths:
+            await stream_printers(paths, gcode, min(lines, 300))  # warm up
+            for _ in range(reps):
+                lag: list[float] = []
+                c0, t0 = time.process_time(), time.perf_counter()
+                async with loop_lag(lag, 0.01):
+                    alone.append(await stream_printers(paths, gcode, lines))
+                cpu_alone.append((time.process_time() - c0) / (time.perf_counter() - t0))
+                lag_alone.append(p99(lag))
+                counter = _Counter()
+                driver = bulk_driver(endpoint, items, "subscribe", counter)
+                async with driver, asyncio.TaskGroup() as tg:
+                    serving = tg.create_task(driver.serve())
+                    await asyncio.sleep(1.0)
+                    lag = []
+                    counter.on = True
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    async with loop_lag(lag, 0.01):
+                        loaded.append(await stream_printers(paths, gcode, lines))
+                    elapsed = time.perf_counter() - t0
+                    cpu_loaded.append((time.process_time() - c0) / elapsed)
+                    lag_loaded.append(p99(lag))
+                    counter.on = False
+                    serving.cancel()
+                delivery.append(counter.distinct() / (items * rate_hz * elapsed))
+    a, b = statistics.median(alone), statistics.median(loaded)
+    med = statistics.median
+    return {
+        "alone": a,
+        "loaded": b,
+        "loss": 1 - b / a,
+        "delivery": med(delivery),
+        "reps": float(reps),
+        "lag_alone_ms": 1000 * med(lag_alone),
+        "lag_loaded_ms": 1000 * med(lag_loaded),
+        "cpu_alone": med(cpu_alone),
+        "cpu_loaded": med(cpu_loaded),
+    }
+
+
+class _Counter:
+    """An event sink counting distinct values per item while `on`."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.per_item: dict[str, set[float]] = {}
+
+    def __call__(self, event: Event) -> None:
+        if self.on and isinstance(event, Samples):
+            for smp in event.samples:
+                self.per_item.setdefault(smp.name, set()).add(float(smp.value))
+
+    def distinct(self) -> int:
+        return sum(len(v) for v in self.per_item.values())
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
@@ -247,13 +391,26 @@ async def main() -> None:
             f"raw asyncua unthrottled {w['raw_p99_ms']:.1f} ms (done in {w['raw_s']:.2f} s) vs "
             f"driver rate-limited at 50/s {w['driver_p99_ms']:.1f} ms (in {w['driver_s']:.2f} s)"
         )
-    if marlin_available():
-        print("printers: the Marlin driver is installed but this part is not wired yet")
-    else:
-        print(
-            "printers: PENDING: four printers streaming alongside needs the Marlin driver "
-            "(not on this branch yet)"
-        )
+        if marlin_available():
+            p = await printers_with_and_without(endpoint, items, rate, args.quick)
+            print(
+                f"printers: 4 simulated Marlin printers (115200 baud) streaming: "
+                f"{p['alone']:,.0f} lines/s alone vs {p['loaded']:,.0f} lines/s with the "
+                f"{items}-item subscription in the same loop: {100 * p['loss']:.1f} % lost "
+                f"(target <= 2 %); subscription delivered/ideal meanwhile {p['delivery']:.3f} "
+                f"(medians of {p['reps']:.0f})"
+            )
+            print(
+                f"printers: this process: loop lag p99 {p['lag_alone_ms']:.1f} ms alone vs "
+                f"{p['lag_loaded_ms']:.1f} ms loaded; CPU {p['cpu_alone']:.2f} vs "
+                f"{p['cpu_loaded']:.2f} s/s; machine load average {os.getloadavg()[0]:.1f} "
+                f"on {os.cpu_count()} CPUs (the simulators run in other processes)"
+            )
+        else:
+            print(
+                "printers: PENDING: four printers streaming alongside needs the Marlin driver "
+                "(not installed)"
+            )
 
 
 if __name__ == "__main__":
