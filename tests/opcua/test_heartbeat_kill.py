@@ -44,8 +44,8 @@ heartbeat = {{ tag = "heartbeat", interval_s = 0.2 }}
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def sim(robot_sim: RobotSim) -> AsyncIterator[RobotSim]:
-    # Beats every 0.2 s against a 2 s watchdog: a wide margin on a loaded machine.
-    sim = await fresh(robot_sim, time_factor=1.0, heartbeat_timeout_s=2.0)
+    # Beats every 0.2 s against a 4 s watchdog: a wide margin on a loaded machine.
+    sim = await fresh(robot_sim, time_factor=1.0, heartbeat_timeout_s=4.0)
     yield sim
     sim.robot.heartbeat_timeout_s = 0.0
 

@@ -96,7 +96,7 @@ async def test_restart_mid_program_follows_the_same_run(sim: RobotSim) -> None:
     driver, rec, outcome, down_at, up_at = await _restart_mid_program(sim, "follow")
     assert outcome == StepOutcome.DONE
     assert [s.program for s in sim.robot.starts] == [3], "started exactly once"
-    assert driver.reconnects == 1
+    assert driver.reconnects >= 1
     # From the moment the driver saw the loss until the server was back, nothing
     # was published as good. (Values already on the wire when the server went
     # down may still arrive, good and correctly stamped, before the loss is seen.)
