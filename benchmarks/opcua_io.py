@@ -264,11 +264,24 @@ async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
     """Stream the file to every printer at once; aggregate lines/s."""
     from cellctl_drivers.marlin.driver import MarlinDriver, MarlinOptions
 
+    from cellctl.errors import LinkError
     from cellctl.model import Program, ProgramKind, Step, StepOutcome
 
-    async def one(i: int, path: str) -> None:
+    async def connected(i: int, path: str) -> Any:
         options = MarlinOptions(position_interval_s=0, ok_timeout_s=30)
-        driver = MarlinDriver(DriverContext(f"printer-{i}", endpoint=path), options)
+        for attempt in range(3):
+            driver = MarlinDriver(DriverContext(f"printer-{i}", endpoint=path), options)
+            try:
+                await driver.__aenter__()
+                return driver
+            except LinkError:  # a handshake timing out on an overloaded machine
+                await driver.__aexit__(None, None, None)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def one(i: int, path: str) -> None:
+        driver = await connected(i, path)
         async with driver, asyncio.TaskGroup() as tg:
             serving = tg.create_task(driver.serve())
             step = Step("bench", i, "print", Program(ProgramKind.GCODE, path=gcode))
