@@ -282,11 +282,14 @@ async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
 
     async def one(i: int, path: str) -> None:
         driver = await connected(i, path)
-        async with driver, asyncio.TaskGroup() as tg:
-            serving = tg.create_task(driver.serve())
-            step = Step("bench", i, "print", Program(ProgramKind.GCODE, path=gcode))
-            result = await driver.run(step, lambda p: None)
-            serving.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                serving = tg.create_task(driver.serve())
+                step = Step("bench", i, "print", Program(ProgramKind.GCODE, path=gcode))
+                result = await driver.run(step, lambda p: None)
+                serving.cancel()
+        finally:
+            await driver.__aexit__(None, None, None)
         if result.outcome != StepOutcome.DONE:
             raise SystemExit(f"printer {i}: stream failed: {result}")
 
