@@ -100,6 +100,7 @@ _DEFAULT: dict[MetricType, MetricValue] = {
 }
 _LINK_EXC = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)
 _IO_EXC = (*_LINK_EXC, UaError)
+_CONSUME_CHUNK = 200  # notifications handled between two yields to the event loop
 
 
 class _SessionLost(Exception):
@@ -426,8 +427,19 @@ class OpcUaDriver:
         if not self.sub_tags:
             return
         o = self.o
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = o.publishing_interval_ms
+        params.RequestedLifetimeCount = 10000
+        params.RequestedMaxKeepAliveCount = session.client.get_keepalive_count(
+            o.publishing_interval_ms
+        )
+        # Small publish responses: each is decoded in one go on the event loop,
+        # and a big one would stall every printer's stream meanwhile.
+        params.MaxNotificationsPerPublish = o.max_notifications_per_publish
+        params.PublishingEnabled = True
+        params.Priority = 0
         sub = await session.client.create_subscription(
-            o.publishing_interval_ms, None, queue_maxsize=max(10_000, 50 * len(self.sub_tags))
+            params, None, queue_maxsize=max(10_000, 50 * len(self.sub_tags))
         )
         sub.__aiter__()  # iterator mode from the start, so the initial values are kept
         nodes = [session.nodes[n] for n in self.sub_tags]
@@ -567,7 +579,7 @@ class OpcUaDriver:
             while queue is not None and not queue.empty():
                 events.append(queue.get_nowait())
             batch: list[Sample] = []
-            for ev in events:
+            for n, ev in enumerate(events, start=1):
                 if ev is None:
                     session.lost.set()
                     return
@@ -577,6 +589,11 @@ class OpcUaDriver:
                 name = session.by_nodeid.get(ev.node.nodeid)
                 if name is not None:
                     batch.append(self._sample(name, data.monitored_item.Value))
+                if n % _CONSUME_CHUNK == 0:
+                    # Let the rest of the cell run between chunks of a big burst.
+                    await self._publish(batch)
+                    batch = []
+                    await asyncio.sleep(0)
             await self._publish(batch)
 
     async def _publish(self, batch: list[Sample]) -> None:

@@ -472,6 +472,8 @@ class RobotSim:
         next_at = time.monotonic()
         while True:
             next_at += period
+            if next_at < time.monotonic() - period:
+                next_at = time.monotonic()  # fell behind: skip, never burst to catch up
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             if self._server is None:
                 continue
