@@ -1,0 +1,236 @@
+"""The Modbus link: one pymodbus client, bounded requests, retries, and error translation.
+
+This is the boundary where pymodbus stops: callers see lists of ints/bools or
+cellctl errors, never a pymodbus exception.
+
+- No answer within `timeout_s` → retried `retries` times → LinkError.
+- The connection drops → one reconnect and the request again; if that fails,
+  LinkError (the supervisor's backoff takes over).
+- An exception response → ExceptionResponse (a DeviceFault) with the code's
+  name; the caller adds which tag and address it was about.
+
+pymodbus notices a closed TCP connection at once but lets the pending
+request wait out its timeout; the disconnect callback cuts that wait short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
+
+from cellctl.errors import DeviceFault, LinkError
+
+from .options import ModbusOptions, Table
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge (still processing)",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+_READ_FC = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
+
+
+class ExceptionResponse(DeviceFault):
+    """The PLC answered with a Modbus exception response."""
+
+    def __init__(self, code: int, what: str) -> None:
+        self.code = code
+        self.what = what
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(f"{what}: PLC answered exception {code} ({name})")
+
+
+class _Lost(Exception):
+    pass
+
+
+class Link:
+    """A connected Modbus client. Not re-entrant: requests run one at a time."""
+
+    def __init__(self, options: ModbusOptions, endpoint: str | None = None) -> None:
+        self._o = options
+        self._host, self._port = options.host, options.port
+        if endpoint:
+            host, _, port = endpoint.rpartition(":")
+            self._host, self._port = host or options.host, int(port)
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._lock = asyncio.Lock()
+        self._cut: asyncio.Timeout | None = None
+        self._lost = False
+        self.requests = 0
+        self.reconnects = 0
+        self.last_ok = 0.0
+
+    @property
+    def where(self) -> str:
+        if self._o.transport == "rtu" and self._o.serial is not None:
+            return f"{self._o.serial.port} unit {self._o.unit_id}"
+        return f"{self._host}:{self._port} unit {self._o.unit_id}"
+
+    def make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        """A pymodbus client for the options; it does no I/O until connect()."""
+        o = self._o
+        # Our own retry loop and reconnects: pymodbus's would re-send silently
+        # and reconnect from background tasks nobody owns.
+        if o.transport == "rtu":
+            assert o.serial is not None
+            return AsyncModbusSerialClient(
+                o.serial.port,
+                framer=FramerType.RTU,
+                baudrate=o.serial.baudrate,
+                bytesize=o.serial.bytesize,
+                parity=o.serial.parity,
+                stopbits=o.serial.stopbits,
+                timeout=o.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=self._on_connect,
+            )
+        return AsyncModbusTcpClient(
+            self._host,
+            port=self._port,
+            timeout=o.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+            trace_connect=self._on_connect,
+        )
+
+    def _on_connect(self, up: bool) -> None:
+        if not up:
+            self._lost = True
+            if self._cut is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._cut.reschedule(asyncio.get_running_loop().time())
+
+    async def connect(self) -> None:
+        self.close()
+        self._lost = False
+        self._client = self.make_client()
+        try:
+            async with asyncio.timeout(self._o.timeout_s * 2):
+                ok = await self._client.connect()
+        except TimeoutError:
+            ok = False
+        except (OSError, ModbusException) as exc:
+            self.close()
+            raise LinkError(f"cannot connect to {self.where}: {exc}") from exc
+        if not ok:
+            self.close()
+            raise LinkError(f"cannot connect to {self.where}")
+        self.last_ok = time.monotonic()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected and not self._lost
+
+    async def _once(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        if not self.connected:
+            raise _Lost()
+        assert self._client is not None
+        self.requests += 1
+        try:
+            async with asyncio.timeout(self._o.timeout_s) as cut:
+                self._cut = cut
+                try:
+                    resp = await call(self._client)
+                finally:
+                    self._cut = None
+        except TimeoutError:
+            if self._lost:
+                raise _Lost() from None
+            raise
+        except ModbusException as exc:
+            if self._lost or not self._client.connected:
+                raise _Lost() from exc
+            raise LinkError(f"{what}: {exc}") from exc
+        except OSError as exc:
+            raise _Lost() from exc
+        if resp.isError():
+            code = int(getattr(resp, "exception_code", 0) or 0)
+            raise ExceptionResponse(code, what)
+        self.last_ok = time.monotonic()
+        return resp
+
+    async def call(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        """One request with timeouts, retries and at most one reconnect."""
+        async with self._lock:
+            reconnected = False
+            attempts = 0
+            while True:
+                try:
+                    return await self._once(call, what)
+                except _Lost:
+                    if reconnected:
+                        raise LinkError(f"{what}: connection to {self.where} lost") from None
+                    reconnected = True
+                    self.reconnects += 1
+                    await self.connect()
+                except TimeoutError:
+                    attempts += 1
+                    if attempts > self._o.retries:
+                        raise LinkError(
+                            f"{what}: no answer from {self.where} "
+                            f"after {attempts} tries of {self._o.timeout_s:g} s"
+                        ) from None
+
+    # --- typed requests ---------------------------------------------------
+
+    async def read(self, table: Table, address: int, count: int, what: str) -> list[int]:
+        """Registers (ints) or bits (0/1 ints) of one table."""
+        unit = self._o.unit_id
+        fc = _READ_FC[table]
+
+        async def go(c: Any) -> Any:
+            if fc == 1:
+                return await c.read_coils(address, count=count, device_id=unit)
+            if fc == 2:
+                return await c.read_discrete_inputs(address, count=count, device_id=unit)
+            if fc == 3:
+                return await c.read_holding_registers(address, count=count, device_id=unit)
+            return await c.read_input_registers(address, count=count, device_id=unit)
+
+        resp = await self.call(go, what)
+        if table.is_bits:
+            bits = list(resp.bits)
+            if len(bits) < count:
+                raise LinkError(f"{what}: short answer ({len(bits)} of {count} bits)")
+            return [1 if b else 0 for b in bits[:count]]
+        regs = list(resp.registers)
+        if len(regs) != count:
+            raise LinkError(f"{what}: short answer ({len(regs)} of {count} registers)")
+        return regs
+
+    async def write(self, table: Table, address: int, values: list[int], what: str) -> None:
+        unit = self._o.unit_id
+
+        async def go(c: Any) -> Any:
+            if table == Table.COIL:
+                if len(values) == 1:
+                    return await c.write_coil(address, bool(values[0]), device_id=unit)
+                return await c.write_coils(address, [bool(v) for v in values], device_id=unit)
+            if len(values) == 1:
+                return await c.write_register(address, values[0], device_id=unit)
+            return await c.write_registers(address, values, device_id=unit)
+
+        await self.call(go, what)
