@@ -396,7 +396,11 @@ class ModbusDriver:
         self._update_state()
         progress(Progress(fraction=0.0))
         try:
-            return await self._handshake(step, writes, token, progress)
+            result = await self._handshake(step, writes, token, progress)
+            self.log.info(
+                "step ended", step=step.key, outcome=result.outcome.value, why=result.message
+            )
+            return result
         except asyncio.CancelledError:
             # Stop safely: never leave a request standing that the PLC could still accept.
             with contextlib.suppress(CellError, TimeoutError):
@@ -433,6 +437,8 @@ class ModbusDriver:
             refusal = self._refusal()
             if refusal:
                 return StepResult(StepOutcome.FAILED, f"{refusal}; request not sent")
+            if (res := self._interrupt()) is not None:
+                return StepResult(StepOutcome.CANCELLED, f"{res} before the request was sent")
             for tag, value in writes:
                 await self.write_tag(tag, value)
             if token is not None and r.token is not None:
@@ -499,6 +505,8 @@ class ModbusDriver:
                 progress(Progress(fraction=fraction, remaining_s=remaining))
             await asyncio.sleep(r.poll_s)
             hs = await self._read_handshake()
+        if (res := self._interrupt()) is not None:
+            return await self._end_cancelled(res)
         result = self._result(hs)
         if result.outcome == StepOutcome.DONE:
             progress(Progress(fraction=1.0, remaining_s=0.0))
@@ -527,14 +535,29 @@ class ModbusDriver:
         return None
 
     async def _end_cancelled(self, why: str) -> StepResult:
-        """After stop/e-stop: wait (bounded) until the PLC shows no cycle, then report."""
+        """After stop/e-stop: make sure the PLC ends the cycle (bounded), then report.
+
+        A stop sent while the request was still unanswered may have reached the
+        PLC before the request did; if the cycle runs anyway, stop it again.
+        """
         r = self.options.recipe
         assert r is not None
-        with contextlib.suppress(TimeoutError, DeviceFault):
-            async with asyncio.timeout(r.stop_timeout_s):
-                while True:
-                    hs = await self._read_handshake()
-                    if not (hs.busy or hs.ack):
-                        break
-                    await asyncio.sleep(r.poll_s)
-        return StepResult(StepOutcome.CANCELLED, why)
+        deadline = time.monotonic() + r.stop_timeout_s
+        # A stop pulse still in progress hides the edge of a new one: resend after it.
+        pulse = max((w.pulse_s or 0.0 for w in self.options.commands.stop), default=0.0)
+        resend_at = time.monotonic() + pulse + 0.1
+        try:
+            while time.monotonic() < deadline:
+                hs = await self._read_handshake()
+                if not (hs.busy or hs.ack):
+                    return StepResult(StepOutcome.CANCELLED, why)
+                if hs.busy and why == "stopped" and time.monotonic() >= resend_at:
+                    await self._command("stop", self.options.commands.stop)
+                    resend_at = time.monotonic() + pulse + 0.25
+                await asyncio.sleep(r.poll_s)
+        except DeviceFault as exc:
+            return StepResult(StepOutcome.CANCELLED, f"{why}; PLC state unknown: {exc}")
+        return StepResult(
+            StepOutcome.CANCELLED,
+            f"{why}; the PLC still showed a cycle after {r.stop_timeout_s:g} s",
+        )

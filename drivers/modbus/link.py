@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
 from cellctl.errors import DeviceFault, LinkError
@@ -150,7 +150,9 @@ class Link:
         assert self._client is not None
         self.requests += 1
         try:
-            async with asyncio.timeout(self._o.timeout_s) as cut:
+            # pymodbus times the answer out itself after timeout_s; this bound is the
+            # backstop, and the disconnect callback moves it to "now".
+            async with asyncio.timeout(self._o.timeout_s + 0.5) as cut:
                 self._cut = cut
                 try:
                     resp = await call(self._client)
@@ -160,6 +162,11 @@ class Link:
             if self._lost:
                 raise _Lost() from None
             raise
+        except ModbusIOException as exc:
+            # No answer in time, or an answer to an earlier, abandoned request.
+            if self._lost or not self._client.connected:
+                raise _Lost() from exc
+            raise TimeoutError(str(exc)) from exc
         except ModbusException as exc:
             if self._lost or not self._client.connected:
                 raise _Lost() from exc
