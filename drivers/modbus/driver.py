@@ -53,7 +53,7 @@ from cellctl.model import (
 )
 
 from .codec import INT_RANGES, DataType
-from .link import ExceptionResponse, Link
+from .link import ExceptionResponse, Link, Unconfirmed
 from .options import ModbusOptions, Write
 from .plan import Read, plan
 from .tags import metric_spec, span, values_of_read, words_for
@@ -195,15 +195,14 @@ class ModbusDriver:
         values = await self._read_all(self._plan([span(name, tag)]))
         return values[name]
 
-    async def write_tag(self, name: str, value: MetricValue) -> None:
+    async def write_tag(self, name: str, value: MetricValue, resend: bool = True) -> None:
         """Write one tag. Raises StepFailed for a bad value, DeviceFault for a refusal."""
         tag = self._tag(name)
         if not tag.writable:
             raise StepFailed(f"tag {name!r} ({tag.where()}) is not writable = true in config")
         words = words_for(self.options, name, value)
-        await self.link.write(
-            tag.table, tag.address, words, f"writing tag {name!r} ({tag.where()})"
-        )
+        what = f"writing tag {name!r} ({tag.where()})"
+        await self.link.write(tag.table, tag.address, words, what, resend)
         self.values[name] = value
 
     def _tag(self, name: str) -> Any:
@@ -444,9 +443,8 @@ class ModbusDriver:
             if token is not None and r.token is not None:
                 await self.write_tag(r.token, token)
             self.issued.append(step.key)
-            await self.write_tag(r.request, True)  # the one place a request is issued
+            hs = await self._issue(r.request, token)
             self.log.info("recipe requested", step=step.key, token=token)
-            hs = await self._read_handshake()
 
         # Wait for the acknowledge (or for evidence the PLC took the request already).
         deadline = time.monotonic() + r.ack_timeout_s
@@ -511,6 +509,19 @@ class ModbusDriver:
         if result.outcome == StepOutcome.DONE:
             progress(Progress(fraction=1.0, remaining_s=0.0))
         return result
+
+    async def _issue(self, request: str, token: int | None) -> Handshake:
+        """Set the request: the only write that can start a cycle, so never blindly twice."""
+        try:
+            await self.write_tag(request, True, resend=False)
+        except Unconfirmed:
+            hs = await self._read_handshake()
+            taken = hs.request or hs.ack or hs.busy or (hs.token == token and hs.done)
+            self.log.warning("link dropped while requesting", plc_has_request=taken)
+            if taken:
+                return hs
+            await self.write_tag(request, True, resend=False)  # the PLC never saw it
+        return await self._read_handshake()
 
     def _result(self, hs: Handshake) -> StepResult:
         if hs.error:

@@ -59,6 +59,11 @@ class _Lost(Exception):
     pass
 
 
+class Unconfirmed(LinkError):
+    """The connection dropped while a write was in flight; it was reconnected but the
+    write not repeated: it may or may not have taken effect. Read before acting again."""
+
+
 class Link:
     """A connected Modbus client. Not re-entrant: requests run one at a time."""
 
@@ -179,8 +184,14 @@ class Link:
         self.last_ok = time.monotonic()
         return resp
 
-    async def call(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
-        """One request with timeouts, retries and at most one reconnect."""
+    async def call(
+        self, call: Callable[[Any], Awaitable[Any]], what: str, resend: bool = True
+    ) -> Any:
+        """One request with timeouts, retries and at most one reconnect.
+
+        With `resend=False` a request whose connection dropped is not sent again
+        after the reconnect: Unconfirmed tells the caller to look first.
+        """
         async with self._lock:
             reconnected = False
             attempts = 0
@@ -193,6 +204,8 @@ class Link:
                     reconnected = True
                     self.reconnects += 1
                     await self.connect()
+                    if not resend:
+                        raise Unconfirmed(f"{what}: connection dropped; outcome unknown") from None
                 except TimeoutError:
                     attempts += 1
                     if attempts > self._o.retries:
@@ -228,7 +241,9 @@ class Link:
             raise LinkError(f"{what}: short answer ({len(regs)} of {count} registers)")
         return regs
 
-    async def write(self, table: Table, address: int, values: list[int], what: str) -> None:
+    async def write(
+        self, table: Table, address: int, values: list[int], what: str, resend: bool = True
+    ) -> None:
         unit = self._o.unit_id
 
         async def go(c: Any) -> Any:
@@ -240,4 +255,4 @@ class Link:
                 return await c.write_register(address, values[0], device_id=unit)
             return await c.write_registers(address, values, device_id=unit)
 
-        await self.call(go, what)
+        await self.call(go, what, resend)

@@ -242,12 +242,20 @@ class PlcMemory:
         if table not in (Table.COIL, Table.HOLDING):
             return ExcCodes.ILLEGAL_FUNCTION
         cells = self.tables[table]
+        request_at = LAYOUT["cycle_request"][1]
+        if table == Table.COIL and address <= request_at < address + len(values):
+            if values[request_at - address]:
+                self.sim.request_sets += 1
         for i, v in enumerate(values):
             old = cells[address + i]
             new = int(bool(v)) if table.is_bits else int(v) & 0xFFFF
             cells[address + i] = new
             if old != new:
                 self.sim.on_host_write(table, address + i, old, new)
+        if self.sim.drop_on_request and table == Table.COIL and address == request_at:
+            # The write took effect, its answer is lost: the host cannot know which.
+            self.sim.drop_on_request = False
+            self.sim.drop_connections()
         return None
 
 
@@ -276,8 +284,10 @@ class PlcSim:
         self.set("temperature", 215)
         self.requests: Counter[int] = Counter()  # function code → requests seen
         self.request_log: list[tuple[int, int, int]] = []  # (fc, address, count)
-        self.request_edges = 0  # cycle requests seen (rising edges of cycle_request)
-        self.request_sets = 0  # writes that set cycle_request true
+        self.request_edges = 0  # rising edges of cycle_request (cycles asked for)
+        self.request_sets = 0  # write requests that set cycle_request true, changed or not
+        # Fault injection: drop every connection while answering the next request write.
+        self.drop_on_request = False
         self.connections_dropped = 0
         self.restarts = 0
         self._server: ModbusTcpServer | None = None
@@ -420,7 +430,6 @@ class PlcSim:
             return
         if address == LAYOUT["cycle_request"][1]:
             if new:
-                self.request_sets += 1
                 self._on_request()
             elif self.get("cycle_ack"):
                 self.set("cycle_ack", False)
