@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cellctl.driver import DriverContext
-from cellctl.model import Event, Program, ProgramKind, Step
 from cellctl_drivers.modbus.driver import ModbusDriver
 from cellctl_drivers.modbus.options import ModbusOptions
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
+
+from cellctl.driver import DriverContext
+from cellctl.model import Event, Program, ProgramKind, Step
 
 HERE = Path(__file__).parent
 BOUND = 10.0  # upper bound for any single wait in these tests
@@ -64,4 +64,6 @@ async def running(
 
 def recipe_step(key: str = "job1", cycle_time_s: float = 2.0, **params: Any) -> Step:
     parameters: dict[str, Any] = {"cycle_time": cycle_time_s, **params}
-    return Step(key, 0, "plc-cycle", Program(ProgramKind.PLC_RECIPE, name="7", parameters=parameters))
+    return Step(
+        key, 0, "plc-cycle", Program(ProgramKind.PLC_RECIPE, name="7", parameters=parameters)
+    )

@@ -8,11 +8,6 @@ import struct
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from cellctl.driver import DriverContext
-from cellctl.errors import StepFailed
 from cellctl_drivers.modbus.codec import (
     INT_RANGES,
     DataType,
@@ -25,6 +20,11 @@ from cellctl_drivers.modbus.codec import (
 from cellctl_drivers.modbus.driver import ModbusDriver
 from cellctl_drivers.modbus.options import ModbusOptions
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cellctl.driver import DriverContext
+from cellctl.errors import StepFailed
 
 ORDERS = [(w, b) for w in Order for b in Order]
 # Every type × order combination runs; a few dozen values each keeps the area fast.
@@ -102,7 +102,12 @@ def test_known_layouts() -> None:
 
 @pytest.mark.parametrize(
     "value,dtype",
-    [(70000, DataType.UINT16), (-1, DataType.UINT32), (2**31, DataType.INT32), ("x", DataType.INT16)],
+    [
+        (70000, DataType.UINT16),
+        (-1, DataType.UINT32),
+        (2**31, DataType.INT32),
+        ("x", DataType.INT16),
+    ],
 )
 def test_values_that_do_not_fit_are_refused(value: Any, dtype: DataType) -> None:
     with pytest.raises(EncodeError):
@@ -180,9 +185,11 @@ async def test_every_type_round_trips_through_a_real_server() -> None:
             await driver.write_tag("scaled", 21.5)
             assert await driver.read_tag("scaled") == pytest.approx(21.5)
             # The raw register holds (21.5 + 40) / 0.1 = 615.
-            words = await driver.link.read(options.tags["scaled"].table, options.tags["scaled"].address, 1, "t")
+            words = await driver.link.read(
+                options.tags["scaled"].table, options.tags["scaled"].address, 1, "t"
+            )
             assert words == [615]
-            with pytest.raises(StepFailed, match="'int16_big_big'.*holding 1000"):
+            with pytest.raises(StepFailed, match=r"'int16_big_big'.*holding 1000"):
                 await driver.write_tag("int16_big_big", 40000)
             with pytest.raises(StepFailed, match="longer than the 11"):
                 await driver.write_tag("text_big_big", "much too long for it")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from cellctl.model import Program, ProgramKind, Step
 from cellctl_drivers.contract import ContractCase, DriverContract
 from cellctl_drivers.modbus.driver import ModbusDriver
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
+
+from cellctl.model import Program, ProgramKind, Step
 
 from .conftest import plc_options
 

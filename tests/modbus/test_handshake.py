@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from cellctl_drivers.modbus.driver import ModbusDriver
+from cellctl_drivers.modbus.sim import PlcSim
 
 from cellctl.driver import DriverContext
 from cellctl.errors import LinkError, StepFailed
 from cellctl.model import Progress, StepOutcome
-from cellctl_drivers.modbus.driver import ModbusDriver
-from cellctl_drivers.modbus.sim import PlcSim
 
 from .conftest import BOUND, plc_options, recipe_step, running
 
@@ -148,9 +148,9 @@ async def test_a_cycle_of_another_step_is_not_disturbed(sim: PlcSim) -> None:
 async def test_bad_parameters_write_nothing(sim: PlcSim) -> None:
     async with running(sim, plc_options()) as driver:
         before = sim.get("conveyor_speed")
-        with pytest.raises(StepFailed, match="'colour' is not in recipe.parameters"):
+        with pytest.raises(StepFailed, match=r"'colour' is not in recipe.parameters"):
             await driver.run(recipe_step(speed=99.0, colour="red"), lambda p: None)
-        with pytest.raises(StepFailed, match="'recipe_name'.*longer than the 16"):
+        with pytest.raises(StepFailed, match=r"'recipe_name'.*longer than the 16"):
             await driver.run(recipe_step(name="x" * 17), lambda p: None)
     assert sim.get("conveyor_speed") == before
     assert sim.request_sets == 0
@@ -163,5 +163,7 @@ async def test_a_faulted_plc_gets_no_request(sim: PlcSim) -> None:
         assert result.outcome == StepOutcome.FAILED and "request not sent" in result.message
         await driver.reset()
         async with asyncio.timeout(BOUND):
-            assert (await driver.run(recipe_step("after-reset"), lambda p: None)).outcome == StepOutcome.DONE
+            assert (
+                await driver.run(recipe_step("after-reset"), lambda p: None)
+            ).outcome == StepOutcome.DONE
     assert sim.request_sets == 1

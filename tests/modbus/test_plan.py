@@ -7,14 +7,14 @@ import functools
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from cellctl.driver import DriverContext
 from cellctl_drivers.modbus.driver import ModbusDriver
 from cellctl_drivers.modbus.options import MAX_BITS, MAX_REGISTERS, ModbusOptions, Table
 from cellctl_drivers.modbus.plan import Span, plan_table
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellctl.driver import DriverContext
 
 
 def optimum(spans: list[Span], max_gap: int, max_count: int) -> int:
@@ -120,7 +120,9 @@ async def test_server_sees_the_minimal_number_of_requests(max_gap: int, max_coun
     register_spans = [
         Span(n, t.table, t.address, t.size) for n, t in options.tags.items() if not t.table.is_bits
     ]
-    bit_spans = [Span(n, t.table, t.address, t.size) for n, t in options.tags.items() if t.table.is_bits]
+    bit_spans = [
+        Span(n, t.table, t.address, t.size) for n, t in options.tags.items() if t.table.is_bits
+    ]
     expected = optimum(register_spans, max_gap, max_count) + optimum(bit_spans, 16, MAX_BITS)
     async with PlcSim(PlcSimOptions(strict_map=False)) as sim:
         driver = ModbusDriver(DriverContext("plc", endpoint=sim.endpoint), options)
