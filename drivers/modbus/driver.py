@@ -469,7 +469,7 @@ class ModbusDriver:
             if time.monotonic() > deadline:
                 return StepResult(
                     StepOutcome.FAILED,
-                    f"the PLC held its acknowledge {r.clear_timeout_s:g} s past the cleared request",
+                    f"ack still set {r.clear_timeout_s:g} s after the request was cleared",
                 )
             await asyncio.sleep(r.poll_s)
             hs = await self._read_handshake()
