@@ -112,7 +112,7 @@ class ModbusDriver:
         self._held_sent = False
         self._stop_requested = asyncio.Event()
         self._closed = False
-        self._failing: set[str] = set()  # reads whose exception was logged (log once)
+        self._failing: set[Read] = set()  # reads whose exception was logged (log once)
         self.issued: list[str] = []  # step keys whose request this driver set (tests, logs)
 
     # --- planning ------------------------------------------------------------
@@ -171,7 +171,7 @@ class ModbusDriver:
 
     async def _read(self, read: Read) -> dict[str, MetricValue]:
         words = await self.link.read(
-            read.table, read.address, read.count, "reading " + read.describe()
+            read.table, read.address, read.count, lambda: "reading " + read.describe()
         )
         try:
             return values_of_read(self.options, read, words)
@@ -218,7 +218,7 @@ class ModbusDriver:
             samples: list[Sample] = []
             now = time.time()
             for read in reads:
-                key = read.describe()
+                key = read
                 try:
                     values = await self._read(read)
                 except ExceptionResponse as exc:
@@ -232,7 +232,7 @@ class ModbusDriver:
                     continue
                 if key in self._failing:
                     self._failing.discard(key)
-                    self.log.info("PLC answers the read again", read=key)
+                    self.log.info("PLC answers the read again", read=key.describe())
                 self.values.update(values)
                 samples += [Sample(n, v, now) for n, v in values.items()]
             self._update_state()

@@ -45,6 +45,14 @@ EXCEPTION_NAMES = {
 _READ_FC = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 
+What = str | Callable[[], str]
+"""What a request is about, for error messages; a callable is only called on an error."""
+
+
+def _text(what: What) -> str:
+    return what if isinstance(what, str) else what()
+
+
 class ExceptionResponse(DeviceFault):
     """The PLC answered with a Modbus exception response."""
 
@@ -149,7 +157,7 @@ class Link:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected and not self._lost
 
-    async def _once(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+    async def _once(self, call: Callable[[Any], Awaitable[Any]], what: What) -> Any:
         if not self.connected:
             raise _Lost()
         assert self._client is not None
@@ -175,17 +183,17 @@ class Link:
         except ModbusException as exc:
             if self._lost or not self._client.connected:
                 raise _Lost() from exc
-            raise LinkError(f"{what}: {exc}") from exc
+            raise LinkError(f"{_text(what)}: {exc}") from exc
         except OSError as exc:
             raise _Lost() from exc
         if resp.isError():
             code = int(getattr(resp, "exception_code", 0) or 0)
-            raise ExceptionResponse(code, what)
+            raise ExceptionResponse(code, _text(what))
         self.last_ok = time.monotonic()
         return resp
 
     async def call(
-        self, call: Callable[[Any], Awaitable[Any]], what: str, resend: bool = True
+        self, call: Callable[[Any], Awaitable[Any]], what: What, resend: bool = True
     ) -> Any:
         """One request with timeouts, retries and at most one reconnect.
 
@@ -200,23 +208,25 @@ class Link:
                     return await self._once(call, what)
                 except _Lost:
                     if reconnected:
-                        raise LinkError(f"{what}: connection to {self.where} lost") from None
+                        raise LinkError(f"{_text(what)}: connection to {self.where} lost") from None
                     reconnected = True
                     self.reconnects += 1
                     await self.connect()
                     if not resend:
-                        raise Unconfirmed(f"{what}: connection dropped; outcome unknown") from None
+                        raise Unconfirmed(
+                            f"{_text(what)}: connection dropped; outcome unknown"
+                        ) from None
                 except TimeoutError:
                     attempts += 1
                     if attempts > self._o.retries:
                         raise LinkError(
-                            f"{what}: no answer from {self.where} "
+                            f"{_text(what)}: no answer from {self.where} "
                             f"after {attempts} tries of {self._o.timeout_s:g} s"
                         ) from None
 
     # --- typed requests ---------------------------------------------------
 
-    async def read(self, table: Table, address: int, count: int, what: str) -> list[int]:
+    async def read(self, table: Table, address: int, count: int, what: What) -> list[int]:
         """Registers (ints) or bits (0/1 ints) of one table."""
         unit = self._o.unit_id
         fc = _READ_FC[table]
@@ -234,15 +244,15 @@ class Link:
         if table.is_bits:
             bits = list(resp.bits)
             if len(bits) < count:
-                raise LinkError(f"{what}: short answer ({len(bits)} of {count} bits)")
+                raise LinkError(f"{_text(what)}: short answer ({len(bits)} of {count} bits)")
             return [1 if b else 0 for b in bits[:count]]
         regs = list(resp.registers)
         if len(regs) != count:
-            raise LinkError(f"{what}: short answer ({len(regs)} of {count} registers)")
+            raise LinkError(f"{_text(what)}: short answer ({len(regs)} of {count} registers)")
         return regs
 
     async def write(
-        self, table: Table, address: int, values: list[int], what: str, resend: bool = True
+        self, table: Table, address: int, values: list[int], what: What, resend: bool = True
     ) -> None:
         unit = self._o.unit_id
 
