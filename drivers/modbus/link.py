@@ -85,6 +85,7 @@ class Link:
         self._lock = asyncio.Lock()
         self._cut: asyncio.Timeout | None = None
         self._lost = False
+        self._generation = 0
         self.requests = 0
         self.reconnects = 0
         self.last_ok = 0.0
@@ -112,7 +113,7 @@ class Link:
                 timeout=o.timeout_s,
                 retries=0,
                 reconnect_delay=0,
-                trace_connect=self._on_connect,
+                trace_connect=self._watch(),
             )
         return AsyncModbusTcpClient(
             self._host,
@@ -120,15 +121,23 @@ class Link:
             timeout=o.timeout_s,
             retries=0,
             reconnect_delay=0,
-            trace_connect=self._on_connect,
+            trace_connect=self._watch(),
         )
 
-    def _on_connect(self, up: bool) -> None:
-        if not up:
+    def _watch(self) -> Callable[[bool], None]:
+        """A disconnect callback for one client: a closed earlier client reports late."""
+        self._generation += 1
+        generation = self._generation
+
+        def on_connect(up: bool) -> None:
+            if up or generation != self._generation:
+                return
             self._lost = True
             if self._cut is not None:
                 with contextlib.suppress(RuntimeError):
                     self._cut.reschedule(asyncio.get_running_loop().time())
+
+        return on_connect
 
     async def connect(self) -> None:
         self.close()
