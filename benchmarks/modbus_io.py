@@ -22,12 +22,12 @@ import statistics
 import time
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
-
-from cellctl.driver import DriverContext
 from cellctl_drivers.modbus.driver import ModbusDriver
 from cellctl_drivers.modbus.options import ModbusOptions, Table
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
+from pymodbus.client import AsyncModbusTcpClient
+
+from cellctl.driver import DriverContext
 
 _FC = {
     Table.COIL: "read_coils",
