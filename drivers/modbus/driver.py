@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -54,7 +55,7 @@ from cellctl.model import (
 
 from .codec import INT_RANGES, DataType
 from .link import ExceptionResponse, Link, Unconfirmed
-from .options import ModbusOptions, Write
+from .options import ModbusOptions, Tag, Write
 from .plan import Read, plan
 from .tags import metric_spec, span, values_of_read, words_for
 
@@ -107,6 +108,9 @@ class ModbusDriver:
         self._hs_reads = self._plan_names(
             [*hs_names, *(n for n in o.status.model_dump().values() if n)]
         )
+        # What a never-read tag shows when published with bad quality.
+        blanks: dict[DataType, MetricValue] = {DataType.BOOL: False, DataType.STRING: ""}
+        self._blank = {n: blanks.get(t.dtype, 0) for n, t in o.tags.items()}
         self._step_key: str | None = None
         self._estop_sent = False
         self._held_sent = False
@@ -175,7 +179,7 @@ class ModbusDriver:
         )
         try:
             return values_of_read(self.options, read, words)
-        except (ValueError, IndexError) as exc:  # garbage from the device: log, survive
+        except (ValueError, IndexError, struct.error) as exc:  # garbage: log, survive
             self.log.warning("undecodable answer", read=read.describe(), error=str(exc))
             return {}
 
@@ -205,7 +209,7 @@ class ModbusDriver:
         await self.link.write(tag.table, tag.address, words, what, resend)
         self.values[name] = value
 
-    def _tag(self, name: str) -> Any:
+    def _tag(self, name: str) -> Tag:
         try:
             return self.options.tags[name]
         except KeyError:
@@ -226,7 +230,9 @@ class ModbusDriver:
                         self._failing.add(key)
                         self.log.error("PLC refused a read", error=str(exc))
                     samples += [
-                        Sample(s.name, self.values.get(s.name, 0), now, Quality.BAD)
+                        Sample(
+                            s.name, self.values.get(s.name, self._blank[s.name]), now, Quality.BAD
+                        )
                         for s in read.spans
                     ]
                     continue

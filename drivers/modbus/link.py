@@ -142,7 +142,10 @@ class Link:
     async def connect(self) -> None:
         self.close()
         self._lost = False
-        self._client = self.make_client()
+        try:
+            self._client = self.make_client()
+        except (OSError, ValueError, ModbusException) as exc:
+            raise LinkError(f"cannot set up the link to {self.where}: {exc}") from exc
         try:
             async with asyncio.timeout(self._o.timeout_s * 2):
                 ok = await self._client.connect()
@@ -195,6 +198,11 @@ class Link:
             raise LinkError(f"{_text(what)}: {exc}") from exc
         except OSError as exc:
             raise _Lost() from exc
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # CPython 3.11's wait_for (inside pymodbus) returns the answer and drops a
+            # cancellation that arrives with it; honour the cancellation here.
+            raise asyncio.CancelledError()
         if resp.isError():
             code = int(getattr(resp, "exception_code", 0) or 0)
             raise ExceptionResponse(code, _text(what))

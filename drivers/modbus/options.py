@@ -8,6 +8,7 @@ longer than one read, a write to an input register are start-up errors.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -192,8 +193,6 @@ class ModbusOptions(DriverOptions):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        import re
-
         problems: list[str] = []
         if self.transport == "rtu" and self.serial is None:
             problems.append('transport = "rtu" needs a [serial] table with port = "/dev/…"')

@@ -204,11 +204,10 @@ class PlcMemory:
             return ExcCodes.ILLEGAL_VALUE
         for inj in self.sim.exceptions:
             if inj.table == table and address <= inj.address < address + count:
-                return (
-                    ExcCodes(inj.code)
-                    if inj.code in ExcCodes._value2member_map_
-                    else ExcCodes.DEVICE_FAILURE
-                )
+                try:
+                    return ExcCodes(inj.code)
+                except ValueError:
+                    return ExcCodes.DEVICE_FAILURE
         cells = self.tables[table]
         if writing or self.sim.options.strict_map:
             for a in range(address, address + count):
