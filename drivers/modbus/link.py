@@ -83,7 +83,8 @@ class Link:
             self._host, self._port = host or options.host, int(port)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._lock = asyncio.Lock()
-        self._cut: asyncio.Timeout | None = None
+        self._waiting: asyncio.Task[Any] | None = None  # the task awaiting an answer
+        self._cut_sent = False
         self._lost = False
         self._generation = 0
         self.requests = 0
@@ -133,9 +134,9 @@ class Link:
             if up or generation != self._generation:
                 return
             self._lost = True
-            if self._cut is not None:
-                with contextlib.suppress(RuntimeError):
-                    self._cut.reschedule(asyncio.get_running_loop().time())
+            if self._waiting is not None and not self._cut_sent:
+                self._cut_sent = True
+                self._waiting.cancel("modbus connection lost")
 
         return on_connect
 
@@ -174,18 +175,18 @@ class Link:
             raise _Lost()
         assert self._client is not None
         self.requests += 1
+        task = asyncio.current_task()
+        assert task is not None
+        # pymodbus times the answer out itself (timeout_s); a disconnect cancels the
+        # wait at once (see _watch) instead of letting it run into that timeout.
+        self._waiting = task
         try:
-            # pymodbus times the answer out itself after timeout_s; this bound is the
-            # backstop, and the disconnect callback moves it to "now".
-            async with asyncio.timeout(self._o.timeout_s + 0.5) as cut:
-                self._cut = cut
-                try:
-                    resp = await call(self._client)
-                finally:
-                    self._cut = None
-        except TimeoutError:
-            if self._lost:
-                raise _Lost() from None
+            resp = await call(self._client)
+        except asyncio.CancelledError:
+            if self._cut_sent:
+                self._cut_sent = False
+                if task.uncancel() == 0:
+                    raise _Lost() from None
             raise
         except ModbusIOException as exc:
             # No answer in time, or an answer to an earlier, abandoned request.
@@ -198,8 +199,12 @@ class Link:
             raise LinkError(f"{_text(what)}: {exc}") from exc
         except OSError as exc:
             raise _Lost() from exc
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        finally:
+            self._waiting = None
+        if self._cut_sent:
+            task.uncancel()  # the answer came with the disconnect; it is still good
+        self._cut_sent = False
+        if task.cancelling():
             # CPython 3.11's wait_for (inside pymodbus) returns the answer and drops a
             # cancellation that arrives with it; honour the cancellation here.
             raise asyncio.CancelledError()
