@@ -5,7 +5,8 @@
    Target: driver ≥ 0.9 × raw.
 2. Values/s for a realistic scattered map (status words, floats, counters, coils spread
    over four tables): the driver's merged poll against raw pymodbus reading one tag per
-   request. Target: the speed-up reaches the batching factor (tags per request).
+   request and converting it with pymodbus's own converter. Target: the speed-up reaches
+   the batching factor (tags per request).
 
 Rounds alternate baseline and driver; figures are medians over rounds, because the
 machine is shared and noisy.
@@ -34,6 +35,15 @@ _FC = {
     Table.DISCRETE_INPUT: "read_discrete_inputs",
     Table.HOLDING: "read_holding_registers",
     Table.INPUT: "read_input_registers",
+}
+
+
+_RAW_TYPE = {
+    "int16": AsyncModbusTcpClient.DATATYPE.INT16,
+    "uint16": AsyncModbusTcpClient.DATATYPE.UINT16,
+    "uint32": AsyncModbusTcpClient.DATATYPE.UINT32,
+    "float32": AsyncModbusTcpClient.DATATYPE.FLOAT32,
+    "string": AsyncModbusTcpClient.DATATYPE.STRING,
 }
 
 
@@ -108,11 +118,21 @@ async def main(quick: bool) -> None:
             reads = driver.group_reads["default"]
             factor = len(tags) / len(reads)
 
+            kinds = {name: _RAW_TYPE.get(tag.dtype.value) for name, tag in tags}
+
             async def raw_poll() -> None:
-                for _name, tag in tags:
+                # What a pymodbus user writes: one read per tag, then pymodbus's converter.
+                values = {}
+                for name, tag in tags:
                     method = getattr(raw, _FC[tag.table])
                     resp = await method(tag.address, count=tag.size, device_id=1)
                     assert not resp.isError()
+                    kind = kinds[name]
+                    if kind is None:
+                        values[name] = bool(resp.bits[0])
+                    else:
+                        values[name] = raw.convert_from_registers(resp.registers, kind)
+                assert len(values) == len(tags)
 
             async def driver_poll() -> None:
                 values = await driver.read_group("default")

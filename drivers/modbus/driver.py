@@ -57,7 +57,7 @@ from .codec import INT_RANGES, DataType
 from .link import ExceptionResponse, Link, Unconfirmed
 from .options import ModbusOptions, Tag, Write
 from .plan import Read, plan
-from .tags import metric_spec, span, values_of_read, words_for
+from .tags import Decoder, compile_read, metric_spec, span, words_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,7 @@ class ModbusDriver:
         # What a never-read tag shows when published with bad quality.
         blanks: dict[DataType, MetricValue] = {DataType.BOOL: False, DataType.STRING: ""}
         self._blank = {n: blanks.get(t.dtype, 0) for n, t in o.tags.items()}
+        self._compiled: dict[Read, list[tuple[str, int, int, Decoder]]] = {}
         self._step_key: str | None = None
         self._estop_sent = False
         self._held_sent = False
@@ -177,9 +178,12 @@ class ModbusDriver:
         words = await self.link.read(
             read.table, read.address, read.count, lambda: "reading " + read.describe()
         )
+        parts = self._compiled.get(read)
+        if parts is None:
+            parts = self._compiled[read] = compile_read(self.options, read)
         try:
-            return values_of_read(self.options, read, words)
-        except (ValueError, IndexError, struct.error) as exc:  # garbage: log, survive
+            return {name: fn(words[at : at + size]) for name, at, size, fn in parts}
+        except (ValueError, IndexError, TypeError, struct.error) as exc:  # garbage: log, survive
             self.log.warning("undecodable answer", read=read.describe(), error=str(exc))
             return {}
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from cellctl.errors import StepFailed
 from cellctl.model import MetricSpec, MetricType, MetricValue
 
-from .codec import DataType, EncodeError, decode, encode
+from .codec import DataType, EncodeError, Order, decode, encode
 from .options import ModbusOptions, Tag
 from .plan import Read, Span
 
@@ -44,13 +45,36 @@ def value_from(options: ModbusOptions, tag: Tag, words: list[int]) -> MetricValu
     return raw
 
 
+Decoder = Callable[[list[int]], MetricValue]
+
+
+def decoder(options: ModbusOptions, tag: Tag) -> Decoder:
+    """A function from the tag's own registers to its value, with the common cases direct."""
+    dtype = tag.dtype
+    if dtype == DataType.BOOL and tag.bit is None:
+        return lambda w: w[0] != 0
+    word, byte = options.word_order_of(tag), options.byte_order_of(tag)
+    if dtype == DataType.UINT16 and not tag.scaled and byte == Order.BIG:
+        return lambda w: w[0]
+    if tag.scaled:
+        scale, offset = tag.scale, tag.offset
+        return lambda w: decode(w, dtype, word, byte) * scale + offset  # type: ignore[operator]
+    return lambda w: decode(w, dtype, word, byte, tag.length, tag.bit)
+
+
+def compile_read(options: ModbusOptions, read: Read) -> list[tuple[str, int, int, Decoder]]:
+    """(name, offset in the answer, size, decoder) for each tag a read serves."""
+    return [
+        (s.name, s.address - read.address, s.size, decoder(options, options.tags[s.name]))
+        for s in read.spans
+    ]
+
+
 def values_of_read(options: ModbusOptions, read: Read, words: list[int]) -> dict[str, MetricValue]:
-    out: dict[str, MetricValue] = {}
-    for s in read.spans:
-        tag = options.tags[s.name]
-        start = s.address - read.address
-        out[s.name] = value_from(options, tag, words[start : start + s.size])
-    return out
+    return {
+        name: fn(words[start : start + size])
+        for name, start, size, fn in compile_read(options, read)
+    }
 
 
 def words_for(options: ModbusOptions, name: str, value: MetricValue) -> list[int]:
