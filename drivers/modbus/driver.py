@@ -36,7 +36,14 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from cellctl.driver import DriverContext, ProgressSink, StateTracker
-from cellctl.errors import CellError, DeviceFault, LinkError, NotSupported, StepFailed
+from cellctl.errors import (
+    CellError,
+    DeviceFault,
+    LinkError,
+    NotSupported,
+    StepFailed,
+    WrongDevice,
+)
 from cellctl.model import (
     DeviceState,
     DeviceStatus,
@@ -139,6 +146,7 @@ class ModbusDriver:
         self._closed = False
         await self.link.connect()
         self.log.info("modbus connected", link=self.link.where)
+        await self._check_identity()
         try:
             await self._read_all(self._status_reads)
         except ExceptionResponse as exc:
@@ -146,6 +154,22 @@ class ModbusDriver:
             raise
         self._update_state()
         return self
+
+    async def _check_identity(self) -> None:
+        expected = self.options.identity
+        if not expected:
+            return
+        try:
+            got = await self._read_all(self._plan_names(expected))
+        except ExceptionResponse as exc:
+            raise WrongDevice(f"{self.link.where}: identity tags unreadable: {exc}") from exc
+        wrong = [
+            f"{name} = {got.get(name)!r} (expected {want!r})"
+            for name, want in expected.items()
+            if got.get(name) != want
+        ]
+        if wrong:
+            raise WrongDevice(f"another PLC answers at {self.link.where}: " + ", ".join(wrong))
 
     async def __aexit__(
         self,

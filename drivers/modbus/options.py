@@ -190,6 +190,9 @@ class ModbusOptions(DriverOptions):
     commands: Commands = Commands()
     recipe: Recipe | None = None
     heartbeat: Heartbeat | None = None
+    # Tags read at connect that must hold these values (model number, program
+    # version): another PLC on that address is WrongDevice, not a link problem.
+    identity: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -232,6 +235,8 @@ class ModbusOptions(DriverOptions):
                 need(f"recipe.parameters.{param}", tag_name, writable=True)
         if self.heartbeat is not None:
             need("heartbeat.tag", self.heartbeat.tag, writable=True)
+        for name in self.identity:
+            need(f"identity.{name}", name)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -35,6 +35,7 @@ Register map (zero-based protocol addresses):
 | input          | 22      | cycle_progress     | float32, 0..1                              |
 | input          | 24      | uptime             | float64, PLC seconds                       |
 | input          | 30      | temperature        | int16, 0.1 °C                              |
+| input          | 40, 41  | model, program_version | the `model` option, 3 (identity check) |
 
 Handshake: request↑ (idle, no fault) → ack↑, busy↑, done↓, error 0, token
 latched; request↓ → ack↓; after the cycle time → busy↓ and done↑ (or an
@@ -135,6 +136,8 @@ LAYOUT: dict[str, tuple[Table, int, str, int]] = {
     "cycle_progress": (Table.INPUT, 22, "float32", 0),
     "uptime": (Table.INPUT, 24, "float64", 0),
     "temperature": (Table.INPUT, 30, "int16", 0),
+    "model": (Table.INPUT, 40, "uint16", 0),
+    "program_version": (Table.INPUT, 41, "uint16", 0),
 }
 _SIZES = {"bool": 1, "uint16": 1, "int16": 1, "uint32": 2, "float32": 2, "float64": 4}
 
@@ -158,6 +161,7 @@ class PlcSimOptions(SimOptions):
     conveyor_speed: float = 120.0  # mm/s until the host writes one
     watchdog_s: float = Field(default=3.0, ge=0)  # real seconds; 0: no watchdog
     part_present: bool = True
+    model: int = Field(default=1515, ge=0, le=65535)  # what input 40 reports
     # Fault injection (all also changeable at run time on the object):
     slow_s: float = Field(default=0.0, ge=0)  # delay before every answer
     exceptions: tuple[InjectedException, ...] = ()
@@ -281,6 +285,8 @@ class PlcSim:
         self.set("door_closed", True)
         self.set("conveyor_speed", o.conveyor_speed)
         self.set("temperature", 215)
+        self.set("model", o.model)
+        self.set("program_version", 3)
         self.requests: Counter[int] = Counter()  # function code → requests seen
         self.request_log: list[tuple[int, int, int]] = []  # (fc, address, count)
         self.request_edges = 0  # rising edges of cycle_request (cycles asked for)

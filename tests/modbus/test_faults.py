@@ -12,7 +12,7 @@ from cellctl_drivers.modbus.options import Table
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
 
 from cellctl.driver import DriverContext
-from cellctl.errors import DeviceFault, LinkError
+from cellctl.errors import DeviceFault, LinkError, WrongDevice
 from cellctl.model import Event, Quality, Samples
 
 from .conftest import BOUND, plc_options, running
@@ -53,7 +53,7 @@ async def test_unmapped_address_is_illegal_data_address() -> None:
 
 async def test_wrong_unit_id_is_a_clear_error(sim: PlcSim) -> None:
     driver = ModbusDriver(DriverContext("plc", endpoint=sim.endpoint), plc_options(unit_id=9))
-    with pytest.raises(DeviceFault, match="exception 11"):
+    with pytest.raises(WrongDevice, match=r"identity tags unreadable.*exception 11 \(gateway"):
         async with driver:
             pass
 
@@ -103,3 +103,11 @@ async def test_a_quick_restart_is_bridged_by_one_reconnect(sim: PlcSim) -> None:
         await sim.restart()
         assert await driver.read_tag("part_present") is True
         assert driver.link.reconnects >= 1
+
+
+async def test_another_plc_at_the_address_is_wrong_device() -> None:
+    async with PlcSim(PlcSimOptions(model=1200)) as other:
+        driver = ModbusDriver(DriverContext("plc", endpoint=other.endpoint), plc_options())
+        with pytest.raises(WrongDevice, match=r"model = 1200 \(expected 1515\)"):
+            async with driver:
+                pass
