@@ -63,7 +63,11 @@ def register_count(dtype: DataType, length: int = 0) -> int:
 
 
 def _words(raw: bytes) -> list[int]:
-    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+    return list(struct.unpack(f">{len(raw) // 2}H", raw))
+
+
+def _bytes(words: list[int]) -> bytes:
+    return struct.pack(f">{len(words)}H", *words)
 
 
 def _swap_bytes(words: list[int]) -> list[int]:
@@ -130,11 +134,11 @@ def decode(
     if byte_order == Order.LITTLE:
         words = _swap_bytes(words)
     if dtype == DataType.STRING:
-        data = b"".join(w.to_bytes(2, "big") for w in words)[:length]
+        data = _bytes(words)[:length]
         # A PLC pads with NUL or spaces; garbage bytes are shown, not fatal.
         return data.split(b"\x00", 1)[0].decode("utf-8", errors="replace").rstrip(" ")
     if word_order == Order.LITTLE:
         words = list(reversed(words))
     fmt, _ = _STRUCT[dtype]
-    value: int | float = struct.unpack(">" + fmt, b"".join(w.to_bytes(2, "big") for w in words))[0]
+    value: int | float = struct.unpack(">" + fmt, _bytes(words))[0]
     return value

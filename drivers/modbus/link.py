@@ -42,7 +42,12 @@ EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 
-_READ_FC = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
+_READ_METHOD = {
+    Table.COIL: "read_coils",
+    Table.DISCRETE_INPUT: "read_discrete_inputs",
+    Table.HOLDING: "read_holding_registers",
+    Table.INPUT: "read_input_registers",
+}
 
 
 What = str | Callable[[], str]
@@ -171,9 +176,8 @@ class Link:
         return self._client is not None and self._client.connected and not self._lost
 
     async def _once(self, call: Callable[[Any], Awaitable[Any]], what: What) -> Any:
-        if not self.connected:
+        if self._lost or self._client is None:
             raise _Lost()
-        assert self._client is not None
         self.requests += 1
         task = asyncio.current_task()
         assert task is not None
@@ -251,16 +255,10 @@ class Link:
     async def read(self, table: Table, address: int, count: int, what: What) -> list[int]:
         """Registers (ints) or bits (0/1 ints) of one table."""
         unit = self._o.unit_id
-        fc = _READ_FC[table]
+        name = _READ_METHOD[table]
 
-        async def go(c: Any) -> Any:
-            if fc == 1:
-                return await c.read_coils(address, count=count, device_id=unit)
-            if fc == 2:
-                return await c.read_discrete_inputs(address, count=count, device_id=unit)
-            if fc == 3:
-                return await c.read_holding_registers(address, count=count, device_id=unit)
-            return await c.read_input_registers(address, count=count, device_id=unit)
+        def go(c: Any) -> Any:
+            return getattr(c, name)(address, count=count, device_id=unit)
 
         resp = await self.call(go, what)
         if table.is_bits:
