@@ -39,7 +39,6 @@ from cellctl.driver import DriverContext, ProgressSink, StateTracker
 from cellctl.errors import (
     CellError,
     DeviceFault,
-    LinkError,
     NotSupported,
     StepFailed,
     WrongDevice,
@@ -190,7 +189,8 @@ class ModbusDriver:
                     tg.create_task(self._heartbeat_loop(), name="heartbeat")
                 if not self.group_reads and self.options.heartbeat is None:
                     tg.create_task(self._poll_loop("status", self._status_reads), name="status")
-        except* LinkError as eg:
+        except* CellError as eg:
+            # One reason is enough for the supervisor (a lost link, a refused heartbeat).
             raise eg.exceptions[0] from None
 
     def status(self) -> DeviceStatus:

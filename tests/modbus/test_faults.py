@@ -111,3 +111,11 @@ async def test_another_plc_at_the_address_is_wrong_device() -> None:
         with pytest.raises(WrongDevice, match=r"model = 1200 \(expected 1515\)"):
             async with driver:
                 pass
+
+
+async def test_a_refused_heartbeat_ends_serve_with_a_clear_error(sim: PlcSim) -> None:
+    sim.inject_exception(Table.HOLDING, 0, code=4)
+    driver = ModbusDriver(DriverContext("plc", endpoint=sim.endpoint), plc_options())
+    async with driver, asyncio.timeout(BOUND):
+        with pytest.raises(DeviceFault, match=r"'heartbeat' \(holding 0\).*exception 4"):
+            await driver.serve()
