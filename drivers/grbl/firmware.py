@@ -130,6 +130,8 @@ class FirmwareConfig:
     homing_s: float = 0.5
 
 
+_REALTIME = bytes([0x3F, 0x21, 0x7E, 0x18, *range(0x80, 0x100)])
+_REALTIME_SET = frozenset(_REALTIME)
 _WORD = re.compile(r"([A-Z])([-+]?(?:\d+\.?\d*|\.\d+))?")
 _KNOWN_G = {0, 1, 2, 3, 4, 10, 17, 18, 19, 20, 21, 28, 28.1, 30, 30.1, 38.2, 38.3, 38.4,
             38.5, 40, 43.1, 49, 53, 54, 55, 56, 57, 58, 59, 61, 80, 90, 91, 91.1, 92, 92.1, 93,
@@ -239,19 +241,23 @@ class GrblFirmware:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the host. Realtime bytes act at once; the rest enter the RX buffer."""
         self.advance(now)
-        for b in data:
-            if b in (0x3F, 0x21, 0x7E, 0x18) or b >= 0x80:
-                self._realtime(b)
-                continue
-            if len(self._rx) >= self.cfg.rx_size:
+        plain = data.translate(None, _REALTIME)
+        if len(plain) != len(data):
+            for b in data:
+                if b in _REALTIME_SET:
+                    self._realtime(b)
+        if plain:
+            room = self.cfg.rx_size - len(self._rx)
+            if len(plain) > room:
+                # The 129th byte: a real GRBL loses it; the simulator counts it too.
                 self.counters.overflows += 1
-                self.counters.overflow_bytes += 1
-                continue
-            self._rx.append(b)
+                self.counters.overflow_bytes += len(plain) - max(room, 0)
+                plain = plain[: max(room, 0)]
+            self._rx += plain
             n = len(self._rx)
             if n > self.counters.rx_peak:
                 self.counters.rx_peak = n
-            if n == self.cfg.rx_size:
+            if n == self.cfg.rx_size and plain:
                 self.counters.rx_full_hits += 1
         self.advance(now)
 
@@ -321,11 +327,8 @@ class GrblFirmware:
                 return
             if self.state in (MachineState.HOME,):
                 return
-            end = -1
-            for i, b in enumerate(self._rx):
-                if b in (0x0A, 0x0D):
-                    end = i
-                    break
+            nl, cr = self._rx.find(b"\n"), self._rx.find(b"\r")
+            end = min(nl, cr) if nl >= 0 and cr >= 0 else max(nl, cr)
             if end < 0:
                 return
             raw = self._rx[:end].decode("ascii", "replace")
