@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from cellctl_drivers.grbl import codes
 from cellctl_drivers.grbl.protocol import (
     CharWindow,

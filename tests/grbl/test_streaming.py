@@ -50,7 +50,7 @@ def program(n: int, seed: int = 4) -> list[str]:
                 direction = -direction  # back and forth: no long return moves
             x = round(x + direction * step, 3)
             lines.append(move(length, x))
-    return lines[: n - 1] + [move(MAX_LINE_CHARS, 0.0)]
+    return [*lines[: n - 1], move(MAX_LINE_CHARS, x)]
 
 
 async def test_20000_mixed_lines_never_overflow_and_fill_the_window() -> None:
