@@ -138,6 +138,7 @@ class _Pending:
     line: str
     future: asyncio.Future[Answer]
     reset_after: bool = False  # `$C` off: GRBL soft-resets right after its `ok`
+    lineno: int | None = None  # program line of a job's line
 
 
 @dataclass
@@ -458,6 +459,8 @@ class GrblDriver:
         self.window.pop()
         if p.reset_after:
             self._resetting = True  # GRBL resets right after this `ok`: wait for its banner
+        if p.lineno is not None and reply.kind == ReplyKind.OK:
+            self._last_acked_line = p.lineno
         if not p.future.done():
             p.future.set_result(Answer(reply, feedback))
         self._notify()
@@ -551,7 +554,12 @@ class GrblDriver:
         self._link.write_nowait(data, urgent=urgent)
 
     async def _send(
-        self, line: str, *, epoch: int | None = None, reset_after: bool = False
+        self,
+        line: str,
+        *,
+        epoch: int | None = None,
+        reset_after: bool = False,
+        lineno: int | None = None,
     ) -> asyncio.Future[Answer]:
         """Queue one line under character counting; EEPROM writers go alone (send-response).
 
@@ -574,7 +582,7 @@ class GrblDriver:
                 raise Flushed("controller was reset")
             fut: asyncio.Future[Answer] = self._loop.create_future()
             self.window.push(n)
-            self._pending.append(_Pending(n, line, fut, reset_after))
+            self._pending.append(_Pending(n, line, fut, reset_after, lineno))
             self._write(data)
             if alone:
                 # Nothing else may follow on the wire until this one is answered.
@@ -730,7 +738,6 @@ class GrblDriver:
                     )
                 done_lines += 1
                 done_bytes += len(s.line) + 1
-                self._last_acked_line = s.lineno
             return None
 
         async def drain() -> StepResult | None:
@@ -759,7 +766,8 @@ class GrblDriver:
                 tc = tool_change(line)
                 if tc is not None:
                     if tc.rest:
-                        sent.append(_Sent(lineno, tc.rest, await self._send(tc.rest, epoch=epoch)))
+                        fut = await self._send(tc.rest, epoch=epoch, lineno=lineno)
+                        sent.append(_Sent(lineno, tc.rest, fut))
                     bad = await drain()
                     if bad is None:
                         bad = await self._sync(epoch, lineno)
@@ -774,7 +782,15 @@ class GrblDriver:
                 t = tool_select(line)
                 if t is not None:
                     last_tool = t
-                sent.append(_Sent(lineno, line, await self._send(line, epoch=epoch)))
+                if line.startswith("$"):
+                    # `$` commands (settings, `$I=`…) need GRBL idle: let the motion end.
+                    bad = await drain()
+                    if bad is None:
+                        bad = await self._sync(epoch, lineno)
+                    if bad is not None:
+                        return await fail(bad)
+                fut = await self._send(line, epoch=epoch, lineno=lineno)
+                sent.append(_Sent(lineno, line, fut))
                 report()
             bad = await drain()
             if bad is None:
