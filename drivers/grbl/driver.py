@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field
 
@@ -106,6 +106,9 @@ class GrblOptions(DriverOptions):
     soft_reset_on_connect: bool = False
     expected_version: str | None = None  # prefix of the `[VER:…]` version, e.g. "1.1"
     expected_build_info: str | None = None  # the machine name stored with `$I=`
+    # character_counting keeps GRBL's RX buffer full; send_response (one line in flight)
+    # is the slow, safe mode some shops insist on.
+    streaming: Literal["character_counting", "send_response"] = "character_counting"
     poll_hz: float = Field(5.0, gt=0, le=5.0)  # `?` status polls; GRBL asks for ≤ 5 Hz
     rx_buffer: int | None = Field(None, ge=16)  # override the RX size `$I` reports
     preflight: bool = False  # run every program through `$C` check mode before cutting
@@ -567,7 +570,12 @@ class GrblDriver:
         never sends into a controller that forgot what came before."""
         data = line.encode("ascii") + b"\n"
         n = len(data)
-        alone = needs_send_response(line) or reset_after or n > self.window.size
+        alone = (
+            self.options.streaming == "send_response"
+            or needs_send_response(line)
+            or reset_after
+            or n > self.window.size
+        )
         async with self._send_lock:
 
             def ready() -> bool:
@@ -575,15 +583,30 @@ class GrblDriver:
                     return False
                 if epoch is not None and epoch != self._epoch:
                     return True
-                return not self._pending if alone else self.window.fits(n)
+                return not self._pending if alone else self.window.room > 0
 
             await self._until(ready)
             if epoch is not None and epoch != self._epoch:
                 raise Flushed("controller was reset")
+            start = self._epoch
             fut: asyncio.Future[Answer] = self._loop.create_future()
-            self.window.push(n)
+            self.window.open(n)
             self._pending.append(_Pending(n, line, fut, reset_after, lineno))
-            self._write(data)
+            offset = 0
+            while True:
+                # Whatever fits now goes now: GRBL buffers bytes, a line may arrive in pieces.
+                k = min(n - offset, self.window.room)
+                self.window.sent(k)
+                self._write(data[offset : offset + k])
+                offset += k
+                if offset == n:
+                    break
+                await self._until(
+                    lambda: self.window.room > 0 or self._epoch != start or self._resetting
+                )
+                if self._epoch != start or self._resetting:
+                    # GRBL was reset: it dropped the head; the tail must never follow.
+                    raise Flushed("controller was reset")
             if alone:
                 # Nothing else may follow on the wire until this one is answered.
                 with contextlib.suppress(CellError):
@@ -668,7 +691,7 @@ class GrblDriver:
         self._last_acked_line = None
         try:
             self._ensure_ready()
-            program = self._load(step)
+            program = await asyncio.to_thread(self._load, step)
             if self.options.preflight:
                 await self.preflight(step)
         except StepFailed as exc:
@@ -888,7 +911,7 @@ class GrblDriver:
     async def preflight(self, step: Step) -> None:
         """Run the program through GRBL's `$C` check mode; raise StepFailed naming the
         first line GRBL refuses. `M6` lines are the host's and are not checked."""
-        program = self._load(step)
+        program = await asyncio.to_thread(self._load, step)
         if self._running is not None:
             raise StepFailed(f"device is busy with step {self._running.key}")
         answer = await self._command("$C")

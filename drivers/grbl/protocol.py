@@ -93,8 +93,10 @@ def tool_select(line: str) -> int | None:
 
 
 class CharWindow:
-    """Character-counting flow control: the bytes of every line sent and not yet answered
-    stay within the firmware's RX buffer. Answers (`ok`/`error:N`) come in send order."""
+    """Character-counting flow control: the bytes sent and not yet answered stay within
+    the firmware's RX buffer. Answers (`ok`/`error:N`) come in send order and free a
+    whole line each. A line may go out in pieces (`open` then `sent`): GRBL's buffer
+    holds bytes, not lines, so the head of the next line can use the last free bytes."""
 
     def __init__(self, size: int = RX_BUFFER_DEFAULT) -> None:
         self.size = size
@@ -106,19 +108,37 @@ class CharWindow:
     def __len__(self) -> int:
         return len(self._lens)
 
+    @property
+    def room(self) -> int:
+        return self.size - self.used
+
     def fits(self, nbytes: int) -> bool:
         return self.used + nbytes <= self.size
 
-    def push(self, nbytes: int) -> None:
+    def open(self, nbytes: int) -> None:
+        """A line of `nbytes` (newline included) starts; its bytes count once `sent`."""
         if nbytes > self.size:
             raise ValueError(f"a {nbytes}-byte line can never fit a {self.size}-byte buffer")
+        self._lens.append(nbytes)
+
+    def sent(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
         if not self.fits(nbytes):
             raise OverflowError(f"{nbytes} bytes do not fit ({self.used}/{self.size} used)")
-        self._lens.append(nbytes)
         self.used += nbytes
         self.peak = max(self.peak, self.used)
         if self.used == self.size:
             self.full_hits += 1
+
+    def push(self, nbytes: int) -> None:
+        """A whole line sent at once."""
+        if nbytes > self.size:
+            raise ValueError(f"a {nbytes}-byte line can never fit a {self.size}-byte buffer")
+        if not self.fits(nbytes):
+            raise OverflowError(f"{nbytes} bytes do not fit ({self.used}/{self.size} used)")
+        self.open(nbytes)
+        self.sent(nbytes)
 
     def pop(self) -> int:
         """The oldest line was answered. Raises IndexError on an answer nobody waits for."""
@@ -127,7 +147,7 @@ class CharWindow:
         return n
 
     def clear(self) -> None:
-        """The firmware reset: it forgot every unanswered line."""
+        """The firmware reset: it forgot every unanswered byte."""
         self._lens.clear()
         self.used = 0
 

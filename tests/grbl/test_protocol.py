@@ -139,3 +139,17 @@ def test_code_tables_have_meanings() -> None:
     assert "reset while in motion" in codes.describe_alarm(3)
     assert codes.alarm_text(99) == "unknown alarm code"
     assert set(codes.ALARMS) == set(range(1, 10))
+
+
+def test_window_takes_a_line_in_pieces() -> None:
+    w = CharWindow(128)
+    w.push(100)
+    w.open(40)
+    assert w.room == 28
+    w.sent(28)
+    assert w.used == 128 and w.full_hits == 1
+    with pytest.raises(OverflowError):
+        w.sent(1)
+    assert w.pop() == 100
+    w.sent(12)
+    assert w.used == 40 and w.pop() == 40 and w.used == 0
