@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field
 
@@ -165,7 +165,7 @@ class GrblDriver:
         self.path = ctx.endpoint or options.port
         self._tracker = StateTracker(ctx.device_id, ctx.emit, DeviceState.UNAVAILABLE)
         self._link: SerialLink | None = None
-        self._loop = asyncio.get_event_loop()
+        self._loop = asyncio.get_running_loop()
         self.window = CharWindow(RX_BUFFER_DEFAULT)
         self._pending: deque[_Pending] = deque()
         self._feedback: list[Reply] = []
@@ -299,7 +299,8 @@ class GrblDriver:
             await self._pump(lambda: self._banners > banners)
         # Synchronise: answers that are still on their way from an earlier session are
         # skipped until the `[VER:…]` of our own `$I` shows up, followed by its `ok`.
-        for _ in range(3):
+        foreign = 0
+        while True:
             seen: list[Reply] = []
             done = asyncio.Event()
             self._sync_hook = (seen, done)
@@ -309,8 +310,15 @@ class GrblDriver:
             if any(r.tag == "VER" for r in seen):
                 self.build = parse_build_info(seen)
                 break
-        else:
-            raise WrongDevice(f"{self.path}: `$I` got no [VER:…] answer: not a GRBL controller?")
+            if any(r.kind == ReplyKind.ERROR and r.code == 8 for r in seen):
+                # GRBL is still busy (a job from before we connected): `$I` needs it idle.
+                await asyncio.sleep(0.25)
+                continue
+            foreign += 1
+            if foreign >= 3:
+                raise WrongDevice(
+                    f"{self.path}: `$I` got no [VER:…] answer: not a GRBL controller?"
+                )
         size = self.options.rx_buffer or self.build.rx_buffer or RX_BUFFER_DEFAULT
         self.window = CharWindow(size)
         answer = await self._command("$$")
@@ -424,15 +432,17 @@ class GrblDriver:
         reply = classify(text)
         if self._sync_hook is not None:
             seen, done = self._sync_hook
-            if reply.kind == ReplyKind.FEEDBACK:
+            if reply.kind in (ReplyKind.FEEDBACK, ReplyKind.OTHER):
                 seen.append(reply)
-            elif reply.kind in (ReplyKind.OK, ReplyKind.ERROR):
-                # Only the `ok` right after our `[VER:…]` ends the handshake's `$I`.
-                if any(r.tag == "VER" for r in seen):
+            elif reply.kind == ReplyKind.ERROR:
+                seen.append(reply)
+                done.set()
+                return
+            elif reply.kind == ReplyKind.OK:
+                # Only an `ok` after some output ends an attempt: a bare `ok` is a stale
+                # answer to a line sent before we connected (GRBL answers in order).
+                if seen:
                     done.set()
-                    return
-                if reply.kind == ReplyKind.ERROR or seen:
-                    done.set()  # an answer without VER: not GRBL, or stale; tried again
                 return
         kind = reply.kind
         if kind in (ReplyKind.OK, ReplyKind.ERROR):
@@ -540,11 +550,14 @@ class GrblDriver:
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, deque()
         self.window.clear()
-        for p in pending:
-            if not p.future.done():
-                p.future.set_exception(exc)
-        if self._tool_wait is not None and not self._tool_wait.done():
-            self._tool_wait.set_exception(exc)
+        futures: list[asyncio.Future[Any]] = [p.future for p in pending]
+        if self._tool_wait is not None:
+            futures.append(self._tool_wait)
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(exc)
+                # Whoever waits still gets it; nobody waiting is not an error to log.
+                fut.exception()
         self._notify()
 
     # --- sending ------------------------------------------------------------------
@@ -966,7 +979,9 @@ class GrblDriver:
         if self._tool_wait is not None and not self._tool_wait.done():
             self._tool_wait.set_result(None)
             self._notify()
-            return
+            held = self.status_report is not None and self.status_report.state in ("Hold", "Door")
+            if not held:
+                return
         self._write(RT_RESUME, urgent=True)
 
     async def _controlled_stop(self) -> None:
@@ -988,6 +1003,7 @@ class GrblDriver:
         self._stopping = True
         if self._tool_wait is not None and not self._tool_wait.done():
             self._tool_wait.set_exception(Flushed("stopped during a tool change"))
+            self._tool_wait.exception()
         await self._controlled_stop()
 
     async def emergency_stop(self) -> None:

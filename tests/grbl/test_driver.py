@@ -9,6 +9,7 @@ import sys
 import pytest
 from cellctl_drivers.grbl.driver import SYNC_LINE, GrblDriver, GrblOptions
 from cellctl_drivers.grbl.sim import GrblSim
+from cellctl_drivers.serial import Received, SerialFirmware, SerialLink, SerialSimOptions
 
 from cellctl.driver import DriverContext, SupportsPreflight
 from cellctl.errors import LinkError, StepFailed, WrongDevice
@@ -257,3 +258,39 @@ def test_cellctl_sim_grbl_prints_the_device_path() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class NotGrbl(SerialFirmware):
+    """Another firmware on the port: answers everything as Marlin does."""
+
+    name = "marlinish"
+
+    async def execute(self, item: Received) -> None:
+        self.reply("echo:Unknown command: " + item.data.decode(errors="replace").strip())
+        self.reply("ok")
+
+
+async def test_another_firmware_on_the_port_is_refused() -> None:
+    async with NotGrbl(SerialSimOptions(emulate_link=False)) as sim:
+        driver = GrblDriver(DriverContext(device_id="cnc", endpoint=sim.endpoint), GrblOptions())
+        with pytest.raises(WrongDevice, match="not a GRBL"):
+            async with asyncio.timeout(10):
+                await driver.__aenter__()
+        await driver.__aexit__(None, None, None)
+
+
+async def test_connecting_while_a_job_still_runs_waits_for_idle_without_reset() -> None:
+    async with GrblSim(fast_sim(time_factor=20.0)) as sim:
+        link = await SerialLink.open(sim.endpoint)
+        link.write_nowait(b"G1X20F600\n")  # 2 s of motion, 0.1 s at this time factor
+        await wait_for(lambda: sim.firmware.state.value == "Run", "moving")
+        await link.close()
+        driver = GrblDriver(DriverContext(device_id="cnc", endpoint=sim.endpoint), GrblOptions())
+        async with asyncio.timeout(10):
+            await driver.__aenter__()
+        try:
+            assert sim.firmware.alarms == [], "no reset: the running move was not killed"
+            assert sim.firmware.mpos == (20.0, 0.0, 0.0)
+            assert driver.status().state == DeviceState.IDLE
+        finally:
+            await driver.__aexit__(None, None, None)
