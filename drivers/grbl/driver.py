@@ -230,6 +230,11 @@ class GrblDriver:
             return codes.describe_alarm(self._last_alarm)
         return "alarm lock: homing required ('$H' homes, '$X' unlocks)"
 
+    @property
+    def last_acked_line(self) -> int | None:
+        """Program line of the last `ok` of the running (or last) step."""
+        return self._last_acked_line
+
     def status(self) -> DeviceStatus:
         setup = {"tool": f"T{self._tool}"} if self._tool is not None else {}
         mode = DeviceMode.SETUP if self._tool_wait is not None else DeviceMode.PRODUCTION
