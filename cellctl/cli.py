@@ -115,11 +115,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
             print(f"cellctl sim {args.name}: {loc}: {err['msg']}", file=sys.stderr)
         return EXIT_USAGE
 
-    # Logs go to stderr: stdout carries only the endpoint, for scripts to read.
-    from cellctl import logs
-
-    logs.configure("info")
-
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
