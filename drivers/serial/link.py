@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import termios
+import time
 from collections import deque
 
 import serial
@@ -40,6 +41,7 @@ class SerialLink:
         self._error: LinkError | None = None
         self.bytes_written = 0
         self.bytes_read = 0
+        self.last_read_at = 0.0  # time.monotonic() of the last bytes read
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._on_readable)
 
@@ -103,6 +105,7 @@ class SerialLink:
             self._fail("device went away (end of file)")
             return
         self.bytes_read += len(data)
+        self.last_read_at = time.monotonic()
         self._rbuf += data
         while True:
             nl = self._rbuf.find(b"\n")
@@ -186,6 +189,16 @@ class SerialLink:
             self._loop.remove_writer(self._fd)
             self._writer_armed = False
         self._drained.set()
+
+    async def pulse_dtr(self, seconds: float = 0.1) -> None:
+        """Raise DTR briefly: resets boards that reset on DTR (a pseudo-terminal ignores it)."""
+        try:
+            self._port.dtr = True
+            await asyncio.sleep(seconds)
+            self._port.dtr = False
+        except (serial.SerialException, OSError) as exc:
+            if getattr(exc, "errno", None) not in (errno.EINVAL, errno.ENOTTY):
+                raise LinkError(f"{self.path}: DTR pulse failed: {exc}") from exc
 
     @property
     def pending_out(self) -> int:

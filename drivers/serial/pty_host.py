@@ -68,6 +68,7 @@ class PtyHost:
             else LatencyBuffer(LinkTiming(baud=None, latency_ms=0), frame_s=0.0)
         )
         self._tx_timer: asyncio.TimerHandle | None = None
+        self._tx_soon: asyncio.Handle | None = None
         self._stalled_until = 0.0
         self.bytes_in = 0  # host→device bytes delivered to the firmware
         self.bytes_out = 0  # device→host bytes handed to the host
@@ -138,6 +139,9 @@ class PtyHost:
         if self._tx_timer is not None:
             self._tx_timer.cancel()
             self._tx_timer = None
+        if self._tx_soon is not None:
+            self._tx_soon.cancel()
+            self._tx_soon = None
         self._tx.clear()
         self._rx.clear()
         self._rx_partial = b""
@@ -209,13 +213,20 @@ class PtyHost:
         assert self._loop is not None
         now = self._loop.time()
         self._tx.put(data, max(now, self._stalled_until))
-        self._flush()
+        if self._tx_soon is None:
+            # Replies written in one loop iteration leave in one write (a pseudo-
+            # terminal write is costly); the flush decides what the link lets through.
+            self._tx_soon = self._loop.call_soon(self._on_soon)
 
     def write_line(self, line: bytes) -> None:
         """Write one reply line (b'\\n' added); the fault plan may drop it."""
         if self.faults.drops(line):
             return
         self.write(line + b"\n")
+
+    def _on_soon(self) -> None:
+        self._tx_soon = None
+        self._flush()
 
     def _on_timer(self) -> None:
         self._tx_timer = None
