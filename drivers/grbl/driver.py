@@ -118,6 +118,8 @@ class GrblOptions(DriverOptions):
     tool_probe_macro: tuple[str, ...] = ()
     home_on_reset: bool = True  # reset() homes when homing is enabled and position was lost
     handshake_timeout_s: float = Field(5.0, gt=0)
+    # GRBL idle this long while lines are unanswered means an `ok` was lost: fail the step.
+    answer_timeout_s: float = Field(3.0, gt=0)
     command_timeout_s: float = Field(30.0, gt=0)  # `$H`, a stop's hold and reset …
 
 
@@ -191,6 +193,7 @@ class GrblDriver:
         self._tool_wanted: int | None = None
         self._stopping = False
         self._last_acked_line: int | None = None
+        self._idle_since: float | None = None
 
     # --- status -------------------------------------------------------------------
 
@@ -496,9 +499,33 @@ class GrblDriver:
         self._reports += 1
         if report.state != "Alarm" and self._startup_alarm is not None:
             self._startup_alarm = None
+        self._check_lost_answers(report)
         self._emit_samples(report)
         self._update_state()
         self._notify()
+
+    def _check_lost_answers(self, report: StatusReport) -> None:
+        """GRBL idle for a while with lines still unanswered: an `ok` was lost on the link
+        (GRBL has no resend). Waiting longer would hang the job, so it fails, saying why."""
+        waiting = (
+            report.state == "Idle"
+            and self._pending
+            and not self._resetting
+            and not self._pending[0].line.upper().startswith("G4")
+        )
+        if not waiting:
+            self._idle_since = None
+            return
+        now = self._loop.time()
+        if self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= self.options.answer_timeout_s:
+            self._idle_since = None
+            n = len(self._pending)
+            self.log.error("answers lost: GRBL is idle with lines unanswered", unanswered=n)
+            self._flush_epoch(
+                Flushed(f"lost answer: GRBL is idle but {n} line(s) stayed unanswered")
+            )
 
     def _emit_samples(self, report: StatusReport) -> None:
         t = self.status_tracker

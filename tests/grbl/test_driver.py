@@ -296,3 +296,14 @@ async def test_connecting_while_a_job_still_runs_waits_for_idle_without_reset() 
             assert driver.status().state == DeviceState.IDLE
         finally:
             await driver.__aexit__(None, None, None)
+
+
+async def test_a_lost_ok_fails_the_step_instead_of_hanging() -> None:
+    lines = ["G21G90", "F6000", *[f"G1X{i % 9}Y{i % 7}" for i in range(40)]]
+    async with connected(fast_sim(time_factor=50.0), answer_timeout_s=0.5) as (driver, sim, _):
+        sim.faults.drop_next_reply()  # the first `ok` of the job never arrives
+        async with asyncio.timeout(15):
+            result = await driver.run(gcode_step(lines, "lost-ok"), lambda p: None)
+        assert result.outcome == StepOutcome.FAILED
+        assert "lost answer" in result.message
+        assert sim.faults.counters.replies_dropped == 1
