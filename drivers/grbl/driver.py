@@ -144,6 +144,7 @@ class _Pending:
     future: asyncio.Future[Answer]
     reset_after: bool = False  # `$C` off: GRBL soft-resets right after its `ok`
     lineno: int | None = None  # program line of a job's line
+    sent_at: float | None = None  # loop time its last byte was written
 
 
 @dataclass
@@ -193,7 +194,7 @@ class GrblDriver:
         self._tool_wanted: int | None = None
         self._stopping = False
         self._last_acked_line: int | None = None
-        self._idle_since: float | None = None
+        self._last_answer_at = 0.0
 
     # --- status -------------------------------------------------------------------
 
@@ -478,6 +479,7 @@ class GrblDriver:
             return
         p = self._pending.popleft()
         self.window.pop()
+        self._last_answer_at = self._loop.time()
         if p.reset_after:
             self._resetting = True  # GRBL resets right after this `ok`: wait for its banner
         if p.lineno is not None and reply.kind == ReplyKind.OK:
@@ -505,27 +507,20 @@ class GrblDriver:
         self._notify()
 
     def _check_lost_answers(self, report: StatusReport) -> None:
-        """GRBL idle for a while with lines still unanswered: an `ok` was lost on the link
-        (GRBL has no resend). Waiting longer would hang the job, so it fails, saying why."""
-        waiting = (
-            report.state == "Idle"
-            and self._pending
-            and not self._resetting
-            and not self._pending[0].line.upper().startswith("G4")
-        )
-        if not waiting:
-            self._idle_since = None
+        """GRBL idle while the oldest line sent has waited long for its answer (and no
+        answer came meanwhile): an `ok` was lost on the link, and GRBL has no resend.
+        Waiting longer would hang the job, so the lines are failed, saying why."""
+        if report.state != "Idle" or not self._pending or self._resetting:
             return
+        head = self._pending[0]
+        if head.sent_at is None or head.line.upper().startswith("G4"):
+            return  # still going out, or a dwell (GRBL reports Idle while it dwells)
         now = self._loop.time()
-        if self._idle_since is None:
-            self._idle_since = now
-        elif now - self._idle_since >= self.options.answer_timeout_s:
-            self._idle_since = None
-            n = len(self._pending)
-            self.log.error("answers lost: GRBL is idle with lines unanswered", unanswered=n)
-            self._flush_epoch(
-                Flushed(f"lost answer: GRBL is idle but {n} line(s) stayed unanswered")
-            )
+        if now - max(head.sent_at, self._last_answer_at) < self.options.answer_timeout_s:
+            return
+        n = len(self._pending)
+        self.log.error("answers lost: GRBL is idle with lines unanswered", unanswered=n)
+        self._flush_epoch(Flushed(f"lost answer: GRBL is idle but {n} line(s) stayed unanswered"))
 
     def _emit_samples(self, report: StatusReport) -> None:
         t = self.status_tracker
@@ -636,7 +631,8 @@ class GrblDriver:
             start = self._epoch
             fut: asyncio.Future[Answer] = self._loop.create_future()
             self.window.open(n)
-            self._pending.append(_Pending(n, line, fut, reset_after, lineno))
+            entry = _Pending(n, line, fut, reset_after, lineno)
+            self._pending.append(entry)
             offset = 0
             while True:
                 # Whatever fits now goes now: GRBL buffers bytes, a line may arrive in pieces.
@@ -645,6 +641,7 @@ class GrblDriver:
                 self._write(data[offset : offset + k])
                 offset += k
                 if offset == n:
+                    entry.sent_at = self._loop.time()
                     break
                 await self._until(
                     lambda: self.window.room > 0 or self._epoch != start or self._resetting
