@@ -966,6 +966,8 @@ class GrblDriver:
         try:
             sent: deque[_Sent] = deque()
             for lineno, line in program:
+                if line.startswith("$"):
+                    continue  # system commands are not G-code; `$C` refuses most of them
                 tc = tool_change(line)
                 if tc is not None:
                     if not tc.rest:
@@ -1020,10 +1022,17 @@ class GrblDriver:
         state = self.status_report.state if self.status_report else "Idle"
         if state not in ("Alarm",):
             self._write(RT_HOLD, urgent=True)
-            await self._wait_status(
-                lambda r: (r.state == "Hold" and r.substate == 0) or r.state in ("Idle", "Alarm"),
-                self.options.command_timeout_s,
-            )
+
+            def stopped(r: StatusReport) -> bool:
+                if r.state in ("Hold", "Door"):
+                    return r.substate in (0, 1) if r.state == "Door" else r.substate == 0
+                return r.state in ("Idle", "Alarm")
+
+            try:
+                await self._wait_status(stopped, self.options.command_timeout_s)
+            except TimeoutError:
+                # Still moving after the bound: stop anyway (GRBL may then report ALARM:3).
+                self.log.warning("feed hold did not complete; soft reset anyway")
         await self._soft_reset()
 
     async def stop(self) -> None:

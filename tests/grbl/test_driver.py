@@ -307,3 +307,32 @@ async def test_a_lost_ok_fails_the_step_instead_of_hanging() -> None:
         assert result.outcome == StepOutcome.FAILED
         assert "lost answer" in result.message
         assert sim.faults.counters.replies_dropped == 1
+
+
+async def test_stop_during_a_tool_change_cancels_and_keeps_position() -> None:
+    lines = ["G21G90", "G1X5F3000", "M6T4", "G1X0"]
+    async with connected(fast_sim()) as (driver, sim, _):
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(driver.run(gcode_step(lines, "tool-stop"), lambda p: None))
+            await wait_for(lambda: driver.status().state == DeviceState.HELD, "held for T4")
+            async with asyncio.timeout(10):
+                await driver.stop()
+                result = await task
+        assert result.outcome == StepOutcome.CANCELLED
+        assert "G1X0" not in sim.executed and sim.firmware.alarms == []
+        await wait_for(lambda: driver.status().state == DeviceState.IDLE, "idle after stop")
+
+
+async def test_safety_door_suspends_and_resume_continues() -> None:
+    lines = ["G21G90", "F600", *[f"G1X{i % 2 * 10}" for i in range(6)]]
+    async with connected(fast_sim(time_factor=20.0)) as (driver, sim, _):
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(driver.run(gcode_step(lines, "door"), lambda p: None))
+            await wait_for(lambda: driver.status().state == DeviceState.EXECUTE, "executing")
+            sim.on_realtime(0x84)  # the door switch opens
+            await wait_for(lambda: driver.status().state == DeviceState.SUSPENDED, "suspended")
+            await driver.resume()
+            async with asyncio.timeout(20):
+                result = await task
+        assert result.outcome == StepOutcome.DONE, result.message
+        assert program_lines(sim.executed) == lines
