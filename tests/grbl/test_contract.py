@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from cellctl_drivers.contract import ContractCase, DriverContract
 from cellctl_drivers.grbl.driver import GrblDriver, GrblOptions
 from cellctl_drivers.grbl.sim import GrblSim
@@ -21,4 +23,10 @@ class TestGrblContract(DriverContract):
         sim_options=fast_sim(time_factor=20.0),
         short_step=gcode_step(SHORT, "contract-short"),
         long_step=gcode_step(LONG, "contract-long"),
+        # On a real controller: CELLCTL_HARDWARE=1 CELLCTL_GRBL_PORT=/dev/ttyUSB0 (it moves!).
+        hardware_options=(
+            GrblOptions(port=os.environ["CELLCTL_GRBL_PORT"])
+            if "CELLCTL_GRBL_PORT" in os.environ
+            else None
+        ),
     )

@@ -17,12 +17,15 @@ from cellctl.model import (
     Alarm,
     DeviceState,
     OperatorRequest,
+    Program,
+    ProgramKind,
     RequestKind,
     Samples,
+    Step,
     StepOutcome,
 )
 
-from .conftest import connected, fast_sim, gcode_step, wait_for
+from .conftest import PROGRAM_DIR, connected, fast_sim, gcode_step, wait_for
 
 
 def program_lines(executed: list[str]) -> list[str]:
@@ -336,3 +339,17 @@ async def test_safety_door_suspends_and_resume_continues() -> None:
                 result = await task
         assert result.outcome == StepOutcome.DONE, result.message
         assert program_lines(sim.executed) == lines
+
+
+async def test_unreadable_programs_fail_with_a_clear_message() -> None:
+    missing = Step("job", 0, "mill", Program(ProgramKind.GCODE, path=PROGRAM_DIR / "missing.nc"))
+    binary = gcode_step(["G0X1"], "binary")
+    assert binary.program.path is not None
+    binary.program.path.write_bytes(b"G0X1\n\xff\xfe\n")
+    robot = Step("job", 0, "mill", Program(ProgramKind.ROBOT_PROGRAM, name="unload"))
+    async with connected(fast_sim()) as (driver, sim, _):
+        for step, text in ((missing, "cannot read"), (binary, "not ASCII"), (robot, "G-code")):
+            result = await driver.run(step, lambda p: None)
+            assert result.outcome == StepOutcome.FAILED and text in result.message
+        assert sim.executed == []
+        assert driver.status().state == DeviceState.IDLE
