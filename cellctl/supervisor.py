@@ -90,7 +90,8 @@ class DeviceRunner:
         self.log = log.bind(device=self.id)
         self.driver: Driver | None = None
         self.state = DeviceState.UNAVAILABLE
-        self.last_error = ""
+        self.last_error = ""  # cleared on connect, so that a new failure is logged again
+        self.last_failure = ""  # kept: what went wrong last, for status displays
         self.connects = 0
         self.failures = 0
         self.delays: list[float] = []
@@ -103,8 +104,8 @@ class DeviceRunner:
 
     def _emit(self, event: Event) -> None:
         if isinstance(event, StateChanged) and event.device_id == self.id:
-            if self.driver is None and event.state != DeviceState.UNAVAILABLE:
-                return  # a late event from a driver being torn down
+            if self.driver is None:
+                return  # connecting or torn down: the supervisor reports those states itself
             self.state = event.state
         self._emit_outer(event)
 
@@ -148,7 +149,7 @@ class DeviceRunner:
     def _failed(self, message: str, exc: BaseException) -> None:
         self.failures += 1
         repeated = message == self.last_error
-        self.last_error = message
+        self.last_error = self.last_failure = message
         if repeated:
             self.log.debug("device still failing", error=message, failures=self.failures)
         elif isinstance(exc, CellError | TimeoutError):

@@ -1,0 +1,36 @@
+"""Run the real daemon (cellctl.app) with the in-test `fake` driver registered.
+
+Used by tests that start the daemon as a subprocess: `python tests/support/launch.py CONFIG`.
+The only difference from `cellctl run` is the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cellctl import logs
+from cellctl.app import App
+from cellctl.config import load
+from cellctl.errors import ConfigError
+from cellctl.registry import Registry
+from support.fake import FakeDriver, FakeSim
+
+REGISTRY = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": FakeSim})
+
+
+def main() -> int:
+    try:
+        cell = load(sys.argv[1], REGISTRY)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    logs.configure(cell.config.logging.level.value, "json")
+    return asyncio.run(App(cell, REGISTRY).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

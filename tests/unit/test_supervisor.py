@@ -1,0 +1,182 @@
+"""Supervisor: failing, hanging and crashing devices never disturb the others."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from support.fake import ATTEMPTS, FakeDriver, FakeOptions, FakeSim, FakeSimOptions
+
+from cellctl.config import DeviceCommon, DeviceConfig, SupervisorSection
+from cellctl.model import DeviceState, Event, Program, ProgramKind, StateChanged, Step
+from cellctl.registry import Registry
+from cellctl.supervisor import Backoff, DeviceRunner, Supervisor
+
+REG = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": FakeSim})
+POLICY = SupervisorSection(
+    backoff_initial_s=1.0,
+    backoff_max_s=30.0,
+    backoff_multiplier=2.0,
+    jitter=0.2,
+    connect_timeout_s=0.3,
+    stable_after_s=1000.0,
+)
+
+
+class FakeClock:
+    """Virtual time: sleep() advances it at once, so backoff costs no wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0.001)
+
+
+def device(dev_id: str, backend: str = "sim", **options: Any) -> DeviceConfig:
+    ATTEMPTS.pop(dev_id, None)
+    return DeviceConfig(
+        id=dev_id,
+        common=DeviceCommon(driver="fake", backend=backend),  # type: ignore[arg-type]
+        options=FakeOptions(**options),
+        sim=FakeSimOptions(label=dev_id),
+    )
+
+
+async def until(pred: Callable[[], bool], bound: float = 5.0) -> None:
+    async with asyncio.timeout(bound):
+        while not pred():
+            await asyncio.sleep(0.005)
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    b = Backoff(POLICY, random.Random(1))
+    delays = [b.next() for _ in range(8)]
+    for i, d in enumerate(delays):
+        base = min(30.0, 1.0 * 2.0**i)
+        assert base * 0.8 - 1e-9 <= d <= min(30.0, base * 1.2) + 1e-9
+    assert delays[-1] <= 30.0 and delays[-1] >= 24.0
+    b.reset()
+    assert b.next() <= 1.2
+
+
+async def test_failing_device_backs_off_per_policy_while_others_run() -> None:
+    events: list[Event] = []
+    clock = FakeClock()
+    bad = DeviceRunner(
+        device("bad", fail_connects=6), REG, events.append, POLICY, clock, random.Random(7)
+    )
+    good = DeviceRunner(device("good"), REG, events.append, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(bad.run()), tg.create_task(good.run())]
+        await until(lambda: bad.connects == 1)
+        assert good.state == DeviceState.IDLE and good.connects == 1
+        for t in tasks:
+            t.cancel()
+    # Six failures, six backoff waits, each within the policy's jitter band.
+    assert bad.failures == 6
+    assert len(bad.delays) == 6
+    for i, d in enumerate(bad.delays):
+        base = min(POLICY.backoff_max_s, POLICY.backoff_initial_s * 2**i)
+        assert base * 0.8 - 1e-9 <= d <= base * 1.2 + 1e-9, (i, d)
+    assert clock.slept == bad.delays
+
+
+async def test_hanging_connect_times_out_and_does_not_block_others() -> None:
+    events: list[Event] = []
+    hang = DeviceRunner(device("hang", hang_connect=True), REG, events.append, POLICY, FakeClock())
+    good = DeviceRunner(device("good2"), REG, events.append, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(hang.run()), tg.create_task(good.run())]
+        await until(lambda: hang.failures >= 2)
+        assert good.state == DeviceState.IDLE
+        assert "connect timed out" in hang.last_error
+        assert hang.state == DeviceState.UNAVAILABLE
+        for t in tasks:
+            t.cancel()
+
+
+async def test_crash_mid_run_reconnects_and_others_never_notice() -> None:
+    events: list[Event] = []
+    crash = DeviceRunner(
+        device("crash", crash_after_s=0.05), REG, events.append, POLICY, FakeClock()
+    )
+    good = DeviceRunner(device("good3"), REG, events.append, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(crash.run()), tg.create_task(good.run())]
+        await until(lambda: crash.connects >= 3)
+        good_changes = [e for e in events if isinstance(e, StateChanged) and e.device_id == "good3"]
+        for t in tasks:
+            t.cancel()
+    assert "simulated driver crash" in crash.last_failure
+    assert [e.state for e in good_changes] == [DeviceState.IDLE], "good device saw one connect"
+    crash_states = [
+        e.state for e in events if isinstance(e, StateChanged) and e.device_id == "crash"
+    ]
+    assert crash_states.count(DeviceState.UNAVAILABLE) >= 3
+
+
+async def test_supervisor_reload_keeps_unchanged_and_waits_for_busy() -> None:
+    events: list[Event] = []
+    sup = Supervisor(
+        {"a": device("a"), "b": device("b", step_s=0.3), "c": device("c")},
+        REG,
+        events.append,
+        POLICY,
+        FakeClock(),
+    )
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(sup.run())
+        await until(lambda: all(r.connects for r in sup.runners.values()) and len(sup.runners) == 3)
+        a_before, b_before = sup.runners["a"], sup.runners["b"]
+        step = Step("job1", 0, "print", Program(ProgramKind.NONE))
+        busy = tg.create_task(b_before.run_step(step, lambda p: None))
+        await until(lambda: b_before.busy)
+        actions = await sup.reload(
+            {
+                "a": device("a"),  # unchanged
+                "b": device("b", step_s=0.3, baudrate=9600),  # changed while busy
+                "d": device("d"),  # added; c removed
+            }
+        )
+        assert actions == {"c": "removed", "a": "unchanged", "b": "restart pending", "d": "added"}
+        assert sup.runners["a"] is a_before
+        assert sup.runners["b"] is b_before, "a busy device is not restarted mid-step"
+        result = await busy
+        assert result.outcome == "done"
+        await until(lambda: sup.runners.get("b") not in (None, b_before))
+        await until(lambda: sup.runners["b"].connects == 1 and sup.runners["d"].connects == 1)
+        assert "c" not in sup.runners
+        task.cancel()
+
+
+async def test_wrong_sim_registry_is_survived() -> None:
+    reg = Registry(extra_drivers={"fake": FakeDriver})  # no simulator registered
+    runner = DeviceRunner(device("nosim"), reg, lambda e: None, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        t = tg.create_task(runner.run())
+        await until(lambda: runner.failures >= 2)
+        t.cancel()
+    assert "simulator failed to start" in runner.last_error
+
+
+@pytest.mark.parametrize("summary_devices", [0, 2])
+async def test_summary_counts_states(summary_devices: int) -> None:
+    devs = {f"s{i}": device(f"s{i}") for i in range(summary_devices)}
+    sup = Supervisor(devs, REG, lambda e: None, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        t = tg.create_task(sup.run())
+        await until(lambda: sup.started.is_set() and sup.all_tried())
+        await until(lambda: all(r.state == DeviceState.IDLE for r in sup.runners.values()))
+        expected = f"{summary_devices} devices: " + ("2 idle" if summary_devices else "none")
+        assert sup.summary() == expected
+        t.cancel()
