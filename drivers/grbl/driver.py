@@ -168,7 +168,6 @@ class GrblDriver:
         self.path = ctx.endpoint or options.port
         self._tracker = StateTracker(ctx.device_id, ctx.emit, DeviceState.UNAVAILABLE)
         self._link: SerialLink | None = None
-        self._loop = asyncio.get_running_loop()
         self.window = CharWindow(RX_BUFFER_DEFAULT)
         self._pending: deque[_Pending] = deque()
         self._feedback: list[Reply] = []
@@ -195,6 +194,10 @@ class GrblDriver:
         self._stopping = False
         self._last_acked_line: int | None = None
         self._last_answer_at = 0.0
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()  # constructed anywhere; used only while connected
 
     # --- status -------------------------------------------------------------------
 
