@@ -71,6 +71,44 @@ class Run:
     payload_bytes: int
     lines: int
     rtts: list[float]
+    # Medians over 0.5 s slices: the machine is shared, and a stall of this process
+    # (another job's CPU burst) is not a property of the protocol.
+    p50_wire: float = 0.0
+    p50_payload: float = 0.0
+
+
+class Sampler:
+    """Samples (time, host→device bytes, executed lines) while a stream runs."""
+
+    def __init__(self, sim: GrblSim, lines: list[str]) -> None:
+        self.sim = sim
+        self.samples: list[tuple[float, int, int]] = []
+        self.prefix = [0]
+        for line in lines:
+            self.prefix.append(self.prefix[-1] + len(line) + 1)
+
+    async def run(self) -> None:
+        while True:
+            self.samples.append(
+                (time.perf_counter(), self.sim.host.bytes_in, len(self.sim.executed))
+            )
+            await asyncio.sleep(0.02)
+
+    def medians(self, slice_s: float = 0.5) -> tuple[float, float]:
+        wire: list[float] = []
+        payload: list[float] = []
+        start = 0
+        for i, (t, _, _) in enumerate(self.samples):
+            t0, b0, n0 = self.samples[start]
+            if t - t0 >= slice_s:
+                _, b1, n1 = self.samples[i]
+                n0, n1 = min(n0, len(self.prefix) - 1), min(n1, len(self.prefix) - 1)
+                wire.append((b1 - b0) / (t - t0))
+                payload.append((self.prefix[n1] - self.prefix[n0]) / (t - t0))
+                start = i
+        if not wire:
+            return 0.0, 0.0
+        return statistics.median(wire), statistics.median(payload)
 
 
 def write_program(path: Path, lines: list[str]) -> None:
@@ -83,46 +121,53 @@ async def driver_run(lines: list[str], latency_ms: float, streaming: str, path: 
     async with GrblSim(sim_options(latency_ms)) as sim:
         ctx = DriverContext(device_id="bench", endpoint=sim.endpoint)
         driver = GrblDriver(ctx, GrblOptions(streaming=streaming))  # type: ignore[arg-type]
+        sampler = Sampler(sim, lines)
         async with driver:
             async with asyncio.TaskGroup() as tg:
                 serving = tg.create_task(driver.serve())
+                sampling = tg.create_task(sampler.run())
                 before = sim.host.bytes_in
                 t0 = time.perf_counter()
                 result = await driver.run(step, lambda p: None)
                 seconds = time.perf_counter() - t0
                 wire = sim.host.bytes_in - before
                 serving.cancel()
+                sampling.cancel()
     if result.outcome != StepOutcome.DONE:
         raise RuntimeError(f"stream failed: {result.message}")
     payload = sum(len(line) + 1 for line in lines)
-    return Run(seconds, wire, payload, len(lines), [])
+    return Run(seconds, wire, payload, len(lines), [], *sampler.medians())
 
 
 async def naive_run(lines: list[str], latency_ms: float) -> Run:
     """One line in flight, wait for `ok`, next: how most simple hosts stream."""
     async with GrblSim(sim_options(latency_ms)) as sim:
+        sampler = Sampler(sim, lines)
         link = await SerialLink.open(sim.endpoint, BAUD)
         try:
             link.write_nowait(b"\n")
             while not (await link.readline()).startswith(b"ok"):
                 pass
             rtts: list[float] = []
-            before = sim.host.bytes_in
-            t0 = time.perf_counter()
-            for line in lines:
-                sent = time.perf_counter()
-                link.write_nowait(line.encode() + b"\n")
-                while True:
-                    reply = await link.readline()
-                    if reply.startswith((b"ok", b"error")):
-                        break
-                rtts.append(time.perf_counter() - sent)
-            seconds = time.perf_counter() - t0
-            wire = sim.host.bytes_in - before
+            async with asyncio.TaskGroup() as tg:
+                sampling = tg.create_task(sampler.run())
+                before = sim.host.bytes_in
+                t0 = time.perf_counter()
+                for line in lines:
+                    sent = time.perf_counter()
+                    link.write_nowait(line.encode() + b"\n")
+                    while True:
+                        reply = await link.readline()
+                        if reply.startswith((b"ok", b"error")):
+                            break
+                    rtts.append(time.perf_counter() - sent)
+                seconds = time.perf_counter() - t0
+                wire = sim.host.bytes_in - before
+                sampling.cancel()
         finally:
             await link.close()
     payload = sum(len(line) + 1 for line in lines)
-    return Run(seconds, wire, payload, len(lines), rtts)
+    return Run(seconds, wire, payload, len(lines), rtts, *sampler.medians())
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -140,6 +185,7 @@ async def main(quick: bool) -> None:
     header = (
         f"{'latency':>8} {'sender':<20} {'lines/s':>8} {'wire B/s':>9} "
         f"{'wire/cap':>9} {'payload/cap':>12} {'/bound':>7} {'x naive':>8}"
+        f" | 0.5s-slice medians: {'wire/cap':>8} {'/bound':>7}"
     )
     print(header)
     for latency in (0.0, 1.0, 16.0):
@@ -167,6 +213,7 @@ async def main(quick: bool) -> None:
                 f"{latency:>6.0f}ms {name:<20} {lps:>8.0f} {wire_bps:>9.0f} "
                 f"{wire_bps / WIRE:>9.3f} {payload_bps / WIRE:>12.3f} "
                 f"{payload_bps / bound:>7.3f} {lps / naive_lps:>8.2f}"
+                f" | {'':>19} {r.p50_wire / WIRE:>8.3f} {r.p50_payload / bound:>7.3f}"
             )
         print(f"{'':>8} (median round trip {rtt * 1000:.2f} ms; bound {bound:.0f} B/s)")
 
