@@ -400,6 +400,8 @@ class MarlinDriver:
                 err = LinkError(str(exc))
                 self._link_lost(err)
                 raise err from None
+            if not link.lines_waiting:
+                link.flush()  # every `ok` read so far is handled: send its lines now
 
     def _link_lost(self, exc: LinkError) -> None:
         self._lost = exc
