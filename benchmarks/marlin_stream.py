@@ -134,7 +134,9 @@ async def single(
 
 
 @contextlib.asynccontextmanager
-async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[list[str]]:
+async def external_sims(
+    n: int, baud: int, latency_ms: float
+) -> AsyncIterator[tuple[list[str], list[int]]]:
     """n simulators, each its own `cellctl sim marlin` process."""
     exe = Path(sys.executable).with_name("cellctl")
     opts = sim_options(baud, latency_ms)
@@ -158,12 +160,18 @@ async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[l
             if not line.startswith("/"):
                 raise SystemExit(f"simulator did not start: {line!r}")
             paths.append(line.strip())
-        yield paths
+        yield paths, [p.pid for p in procs]
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             await p.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
@@ -175,7 +183,8 @@ async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
 
 
 async def eight(path: Path, baud: int, latency_ms: float) -> dict:
-    async with external_sims(8, baud, latency_ms) as paths:
+    async with external_sims(8, baud, latency_ms) as (paths, pids):
+        sims_cpu0 = sum(cpu_seconds(p) for p in pids)
         lag: list[float] = []
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
@@ -186,6 +195,7 @@ async def eight(path: Path, baud: int, latency_ms: float) -> dict:
             results = [await r for r in runs]
             elapsed = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
+            sims_cpu = sum(cpu_seconds(p) for p in pids) - sims_cpu0
             stop.set()
             await lagger
     lines, payload, framed = job_stats(path)
@@ -196,6 +206,7 @@ async def eight(path: Path, baud: int, latency_ms: float) -> dict:
         "payload_vs_8cap": 8 * payload / elapsed / (8 * cap),
         "per_printer_s": [round(e, 2) for e, _, _ in results],
         "cpu_us_per_line": 1e6 * cpu / (8 * lines),
+        "sim_cpu_us_per_line": 1e6 * sims_cpu / (8 * lines),
         "ok_send_p50_ms": 1000 * statistics.median(ok_send),
         "ok_send_p99_ms": 1000 * ok_send[int(0.99 * (len(ok_send) - 1))],
         "lag_p99_ms": 1000 * sorted(lag)[int(0.99 * (len(lag) - 1))],
@@ -255,7 +266,8 @@ async def main() -> None:
                 f"(sims in 8 processes): aggregate wire ÷ 8×capacity {r['aggregate_vs_8cap']:.3f}"
                 f" (payload {r['payload_vs_8cap']:.3f}); ok→send p50 {r['ok_send_p50_ms']:.2f} ms,"
                 f" p99 {r['ok_send_p99_ms']:.2f} ms; event-loop lag p99 {r['lag_p99_ms']:.1f} ms;"
-                f" daemon CPU {r['cpu_us_per_line']:.0f} µs/line;"
+                f" CPU per line: daemon {r['cpu_us_per_line']:.0f} µs, simulators"
+                f" {r['sim_cpu_us_per_line']:.0f} µs;"
                 f" per printer {r['per_printer_s']} s; load average {os.getloadavg()[0]:.1f}"
             )
 
