@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed, WrongDevice
@@ -59,7 +59,7 @@ from cellctl.model import (
 )
 
 from ..serial import SerialLink
-from .feed import JobFeed
+from .feed import JobFeed, MachineState
 from .gcode import code_of, frame
 
 DEFAULT_PREAMBLE = (
@@ -97,6 +97,17 @@ class MarlinOptions(DriverOptions):
     cancel_gcode: tuple[str, ...] = ("M104 S0", "M140 S0", "M107", "G91", "G1 Z5 F600", "G90")
     resume_preamble: tuple[str, ...] = DEFAULT_PREAMBLE
     reset_method: Literal["m999", "dtr"] = "m999"
+
+    @field_validator("resume_preamble")
+    @classmethod
+    def _known_placeholders(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for line in v:
+            try:
+                line.format_map(MachineState().placeholders())
+            except (KeyError, ValueError, IndexError) as exc:
+                known = ", ".join("{" + k + "}" for k in MachineState().placeholders())
+                raise ValueError(f"{line!r}: unknown placeholder {exc}; known: {known}") from None
+        return v
 
 
 METRICS = (
@@ -193,7 +204,6 @@ class MarlinDriver:
         self._feeding = False
         self._killed = False
         self.resends_total = 0
-        self.ok_to_send_s: deque[float] = deque(maxlen=100_000)  # ok → next write latency
         self._last_sent_at = 0.0
 
     # --- protocol bookkeeping ---
@@ -293,6 +303,7 @@ class MarlinDriver:
         if not answered:
             raise LinkError(
                 f"{self.link.path}: no answer from the firmware within {self.opt.boot_timeout_s} s"
+                " (wrong baud rate, or halted after M112/a kill: reset or power-cycle it)"
             )
         self.info = FirmwareInfo()
         await self._command("M115", 5.0)
@@ -300,8 +311,11 @@ class MarlinDriver:
         if self.info.caps.get("ADVANCED_OK") or self._max_b >= 0:
             self.advanced_ok = True
         if self.opt.busy_interval_s > 0:
+            # The short ok timeout applies once a `busy:` line proves the firmware
+            # has keepalive (an old one answers M113 with `Unknown command`).
             await self._command(f"M113 S{self.opt.busy_interval_s}", 5.0)
-            self._keepalive = True
+        if self.opt.deadman_s > 0:
+            await self._command("M85 S0", 5.0)  # a timer left armed by an interrupted job
         if self.info.caps.get("AUTOREPORT_TEMP"):
             await self._command(f"M155 S{self.opt.temp_interval_s}", 5.0)
         if self.opt.in_flight is not None:
@@ -386,6 +400,8 @@ class MarlinDriver:
                 err = LinkError(str(exc))
                 self._link_lost(err)
                 raise err from None
+            if not link.lines_waiting:
+                link.flush()  # every `ok` read so far is handled: send its lines now
 
     def _link_lost(self, exc: LinkError) -> None:
         self._lost = exc
@@ -477,7 +493,7 @@ class MarlinDriver:
                 out.append(entry.data)
                 self._send_ptr += 1
                 self._last_sent_at = now
-            if out:  # one write for the lot: a pseudo-terminal write costs ~100 µs
+            if out:
                 link.write_nowait(b"".join(out))
         except LinkError as exc:
             self._link_lost(exc)
@@ -539,6 +555,12 @@ class MarlinDriver:
         s = raw.decode("ascii", "replace").strip()
         if not s:
             return
+        try:
+            self._dispatch(s)
+        except (ValueError, IndexError, OverflowError) as exc:  # garbage: log it, go on
+            self.log.warning("unparseable line from the printer", line=s[:200], error=str(exc))
+
+    def _dispatch(self, s: str) -> None:
         if s.startswith("ok"):
             self._on_ok(s)
         elif s.startswith("Resend:") or s.startswith("rs "):
@@ -582,8 +604,6 @@ class MarlinDriver:
             self._max_b = max(self._max_b, int(b.group(1)))
         if "T:" in rest:
             self._on_temps(rest)
-        before = self._send_ptr
-        read_at = self.link.last_read_at if self.link is not None else now
         if m is not None:
             self.advanced_ok = True
             n = int(m.group(1))
@@ -601,8 +621,6 @@ class MarlinDriver:
         elif self.in_flight > 0:
             self._ack_through(self._acked + 1)
         self._pump()
-        if self._send_ptr != before:
-            self.ok_to_send_s.append(time.monotonic() - read_at)
         self._notify()
 
     def _on_resend(self, s: str) -> None:
@@ -613,6 +631,13 @@ class MarlinDriver:
         n = int(digits.group(1))
         if self.opt.ok_after_resend:
             self._swallow_oks += 1
+        if n >= self._send_ptr and n - 1 > self._acked:
+            # The firmware has every line we sent (it asks for the next one): their
+            # `ok`s were lost. This is how a re-send after a timeout ends.
+            self._ack_through(n - 1)
+            self._pump()
+            self._notify()
+            return
         if n <= self._acked or n >= self._send_ptr:
             # Asks for a line already acknowledged, or for one not sent yet: nothing
             # to re-send (the firmware's line check still keeps order).
@@ -657,6 +682,7 @@ class MarlinDriver:
 
     def _on_busy(self, s: str) -> None:
         self._last_progress = time.monotonic()
+        self._keepalive = True
         job = self._job
         if "paused for user" in s or "paused for input" in s:
             if job is not None and not job.user_hold and job.outcome is None:
@@ -780,8 +806,6 @@ class MarlinDriver:
             if job.outcome is None:
                 fut = self._queue_host("M400", wait=True)  # done = the moves have finished
                 await self._await_job(job, fut.done, progress)
-            if job.outcome is None and self.opt.deadman_s > 0:
-                self._queue_host("M85 S0")
             outcome = job.outcome or StepOutcome.DONE
             if outcome == StepOutcome.DONE:
                 job.bytes_done = job.feed.total  # trailing comments count as done too
@@ -793,6 +817,8 @@ class MarlinDriver:
             self._feeding = False
             feed.close()
             self._job = None
+            if self.opt.deadman_s > 0 and self._lost is None and not self._killed:
+                self._queue_host("M85 S0")  # cancelled or failed: disarm all the same
             if self._state.state in (DeviceState.EXECUTE, DeviceState.HELD, DeviceState.HOLDING):
                 if self._lost is None and not self._killed:
                     self._state.set(DeviceState.IDLE, "job ended")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import TextIO
 
 
 def write_short_segments(path: Path, lines: int, seed: int = 1) -> int:
@@ -52,11 +53,10 @@ def write_sliced(
     rng = random.Random(seed)
     commands = 0
 
-    def cmd(f: object, text: str, comment: str = "") -> None:
+    def cmd(f: TextIO, text: str, comment: str = "") -> None:
         nonlocal commands
         commands += 1
-        assert hasattr(f, "write")
-        f.write(text + (f" ; {comment}" if comment else "") + "\n")  # type: ignore[attr-defined]
+        f.write(text + (f" ; {comment}" if comment else "") + "\n")
 
     total_layers = layers
     with path.open("w") as f:

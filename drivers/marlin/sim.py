@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class MarlinSimOptions(SerialSimOptions):
     max_feed_mm_s: float = Field(500.0, gt=0)
     home_s: float = Field(6.0, ge=0)  # simulated seconds a G28 takes
     spurious_resend_p: float = Field(0.0, ge=0, le=1)
+    # Standalone fault controls: SIGUSR1 unplugs for `unplug_s` then replugs,
+    # SIGUSR2 resets the board (`cellctl sim marlin --set signals=true`).
+    signals: bool = False
+    unplug_s: float = Field(3.0, ge=0)
 
 
 @dataclass
@@ -141,9 +146,29 @@ class MarlinSim(SerialFirmware):
         self.reply("echo:SD card ok")
 
     def start_tasks(self) -> None:
+        if self.opt.signals:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGUSR1, self._on_unplug_signal)
+            loop.add_signal_handler(signal.SIGUSR2, self.reset)
         self.spawn(self._executor(), "executor")
         self.spawn(self._physics(), "heaters")
         self.spawn(self._host_timers(), "host-timers")
+
+    def _on_unplug_signal(self) -> None:
+        if self.host.plugged:
+            self.spawn(self._unplug_for(self.opt.unplug_s), "unplug")
+
+    async def _unplug_for(self, seconds: float) -> None:
+        self.host.unplug()
+        await asyncio.sleep(seconds)
+        self.host.replug()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.opt.signals:
+            loop = asyncio.get_running_loop()
+            loop.remove_signal_handler(signal.SIGUSR1)
+            loop.remove_signal_handler(signal.SIGUSR2)
+        await super().__aexit__(*exc)
 
     def reset(self) -> None:
         """A board reset (DTR pulse, power, or the watchdog): everything starts over."""

@@ -42,6 +42,11 @@ class SerialLink:
         self.bytes_written = 0
         self.bytes_read = 0
         self.last_read_at = 0.0  # time.monotonic() of the last bytes read
+        self._read_since_write = False
+        # Seconds from reading bytes to the next write (e.g. from an `ok` to the next
+        # line): how fast the host reacts, the figure that matters when streaming.
+        self.reactions: deque[float] = deque(maxlen=100_000)
+        self._flush_handle: asyncio.Handle | None = None
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._on_readable)
 
@@ -106,6 +111,7 @@ class SerialLink:
             return
         self.bytes_read += len(data)
         self.last_read_at = time.monotonic()
+        self._read_since_write = True
         self._rbuf += data
         while True:
             nl = self._rbuf.find(b"\n")
@@ -136,8 +142,10 @@ class SerialLink:
     # --- writing ---
 
     def write_nowait(self, data: bytes, *, urgent: bool = False) -> None:
-        """Queue bytes for the port. `urgent` puts them ahead of everything queued
-        (behind only a chunk already partly on its way, so no line is split)."""
+        """Queue bytes for the port; they are written at the end of this event-loop
+        iteration, together with whatever else was queued in it (one system call
+        instead of one per line). `urgent` writes at once, ahead of everything
+        queued (behind only a chunk already partly on its way, so no line is split)."""
         if self._error is not None:
             raise self._error
         if self.closed:
@@ -150,10 +158,32 @@ class SerialLink:
             else:
                 self._out.appendleft(bytearray(data))
                 self._head_started = False
-        else:
-            self._out.append(bytearray(data))
+            self._drained.clear()
+            self._write_some()
+            return
+        self._out.append(bytearray(data))
         self._drained.clear()
-        self._write_some()
+        if self._flush_handle is None and not self._writer_armed:
+            self._flush_handle = self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        if self._error is None and not self.closed:
+            self._write_some()
+
+    def flush(self) -> None:
+        """Write what is queued now instead of at the end of the loop iteration
+        (a reader that has handled every line it has can react one iteration sooner)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._out and self._error is None and not self.closed and not self._writer_armed:
+            self._write_some()
+
+    @property
+    def lines_waiting(self) -> int:
+        """Complete lines read and not yet taken by `readline()`."""
+        return len(self._lines)
 
     async def write(self, data: bytes, *, urgent: bool = False) -> None:
         """Queue bytes and wait until the kernel has taken all queued bytes."""
@@ -166,6 +196,10 @@ class SerialLink:
             raise self._error
 
     def _write_some(self) -> None:
+        if len(self._out) > 1 and not self._head_started:
+            joined = bytearray().join(self._out)
+            self._out.clear()
+            self._out.append(joined)
         while self._out:
             head = self._out[0]
             try:
@@ -176,6 +210,9 @@ class SerialLink:
                 self._fail("device went away" if exc.errno == errno.EIO else f"write failed: {exc}")
                 return
             self.bytes_written += n
+            if n and self._read_since_write:
+                self._read_since_write = False
+                self.reactions.append(time.monotonic() - self.last_read_at)
             if n < len(head):
                 del head[:n]
                 self._head_started = self._head_started or n > 0
@@ -206,9 +243,15 @@ class SerialLink:
         return sum(len(c) for c in self._out)
 
     async def close(self) -> None:
-        """Idempotent; never raises."""
+        """Idempotent; never raises. Bytes queued just before are still written if
+        the kernel takes them at once."""
         if self.closed:
             return
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+            if self._error is None:
+                self._write_some()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
         if self._writer_armed:

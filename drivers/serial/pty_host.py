@@ -197,9 +197,9 @@ class PtyHost:
                     self._rx.popleft()
                     self.bytes_in += len(item.data)
                     return item
-                self._rx_event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._rx_event.wait(), due - now)
+                # A stall only pushes `due` later and an unplug empties the queue:
+                # both are seen when the sleep ends, so no early wake-up is needed.
+                await asyncio.sleep(due - now)
                 continue
             self._rx_event.clear()
             await self._rx_event.wait()

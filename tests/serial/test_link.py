@@ -214,3 +214,21 @@ async def test_dropped_reply_and_stall() -> None:
             assert time.monotonic() - t0 >= 0.25
         finally:
             await link.close()
+
+
+async def test_urgent_bytes_overtake_queued_ones_and_close_flushes() -> None:
+    async with asyncio.timeout(10), EchoFirmware(FAST) as sim:
+        link = await SerialLink.open(sim.endpoint)
+        try:
+            link.write_nowait(b"one\n")
+            link.write_nowait(b"two\n")
+            link.write_nowait(b"now\n", urgent=True)  # same loop iteration: goes first
+            got = [await _reply(link) for _ in range(3)]
+            assert got == [b"echo:now", b"echo:one", b"echo:two"]
+            assert link.reactions or link.bytes_written == 12
+            link.write_nowait(b"last\n")
+        finally:
+            await link.close()  # the queued line still leaves
+        async with asyncio.timeout(5):
+            while b"last" not in sim.executed:
+                await asyncio.sleep(0.01)
