@@ -599,6 +599,13 @@ class GrblDriver:
             raise LinkError(f"{self.path}: not connected")
         self._link.write_nowait(data, urgent=urgent)
 
+    def _write_reset(self) -> None:
+        """0x18 behind everything already queued, written now: GRBL then drops those
+        bytes with the rest of its buffer. (Ahead of them, they would run after it.)"""
+        self._write(RT_RESET)
+        assert self._link is not None
+        self._link.flush()
+
     async def _send(
         self,
         line: str,
@@ -674,7 +681,7 @@ class GrblDriver:
         banners = self._banners
         self._resetting = True
         self._flush_epoch(Flushed("soft reset"))
-        self._write(RT_RESET, urgent=True)
+        self._write_reset()
         await self._until(lambda: self._banners > banners, self.options.command_timeout_s)
 
     async def _wait_status(self, pred: Callable[[StatusReport], bool], within: float) -> None:
@@ -1052,7 +1059,7 @@ class GrblDriver:
         self._aborted = "emergency stop (soft reset): position may be lost; reset() to recover"
         self._resetting = True
         self._flush_epoch(Flushed("emergency stop"))
-        self._write(RT_RESET, urgent=True)
+        self._write_reset()
         self._update_state()
 
     async def reset(self) -> None:
