@@ -342,6 +342,17 @@ class GrblDriver:
         reports = self._reports
         self._link.write_nowait(RT_STATUS)
         await self._pump(lambda: self._reports > reports)
+        report = self.status_report
+        if (
+            self.options.rx_buffer is None
+            and self.build.rx_buffer is None
+            and report is not None
+            and report.rx_free
+            and report.state in ("Idle", "Alarm")
+        ):
+            # Older builds leave the size out of `[OPT:…]`; an idle `Bf:` shows it free.
+            size = report.rx_free
+            self.window = CharWindow(size)
         if self.status_report is not None and self.status_report.state == "Alarm":
             self._startup_alarm = f"in alarm at connect: {self._alarm_reason()}"
             self.ctx.emit(Alarm(self.ctx.device_id, self._alarm_code(), self._startup_alarm))

@@ -353,3 +353,13 @@ async def test_unreadable_programs_fail_with_a_clear_message() -> None:
             assert result.outcome == StepOutcome.FAILED and text in result.message
         assert sim.executed == []
         assert driver.status().state == DeviceState.IDLE
+
+
+async def test_grblhal_buffer_size_comes_from_the_controller() -> None:
+    lines = ["G21G90", "F60000", *[f"G1X{i % 10}Y{i % 3}" for i in range(300)]]
+    async with connected(fast_sim(rx_buffer=1024)) as (driver, sim, _):
+        assert driver.window.size == 1024
+        async with asyncio.timeout(20):
+            result = await driver.run(gcode_step(lines, "hal"), lambda p: None)
+        assert result.outcome == StepOutcome.DONE, result.message
+        assert sim.counters.overflows == 0 and driver.window.peak > 128
