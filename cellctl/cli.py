@@ -115,6 +115,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
             print(f"cellctl sim {args.name}: {loc}: {err['msg']}", file=sys.stderr)
         return EXIT_USAGE
 
+    from cellctl.logs import configure
+
+    configure("info")  # logs to stderr: stdout carries only the endpoint
+
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
