@@ -8,8 +8,10 @@ the wire rate so that the wire is the limit. Printed, all from this run:
 - wire: host→device bytes per second ÷ capacity (baud/10), and payload
   (G-code bytes, newline included) per second ÷ capacity: the difference is
   the framing (`N<n> ` and `*<xor>`);
-- lines/s ÷ the window bound min(wire rate, W / round trip), where the round
-  trip is line + `ok` on the wire plus the latency timer;
+- lines/s ÷ the window bound: the largest rate R with R <= wire rate and
+  R <= W / round trip, the round trip being line + `ok` on the wire, one USB
+  frame, and the adapter's hold time min(latency timer, time for 62 bytes of
+  `ok`s to gather at rate R) (with W > 1 the 62-byte rule often beats the timer);
 - the same for a naive sender with one line in flight (how most hosts stream);
 - eight simulated printers (simulators in other processes, `cellctl sim
   marlin`) streamed by one event loop at once: aggregate ÷ 8 × capacity,
@@ -44,15 +46,34 @@ WINDOW = 8  # the simulated firmware's BUFSIZE (ADVANCED_OK reports it)
 OK_BYTES = len("ok N12345 P15 B7\n")
 
 
-def sim_options(baud: int, latency_ms: float) -> MarlinSimOptions:
+def sim_options(baud: int, latency_ms: float, window: int = WINDOW) -> MarlinSimOptions:
     return MarlinSimOptions(
         baud=baud,
         latency_ms=latency_ms,
         parse_rate=50_000,
         time_factor=1_000_000,
-        buffer_size=WINDOW,
+        buffer_size=window,
         planner_size=64,
     )
+
+
+def window_bound(framed_per_line: float, baud: int, latency_ms: float, w: int) -> float:
+    """Lines/s a window of w lines allows over this link (see the module docstring)."""
+    cap = baud / 10
+    wire = cap / framed_per_line
+    fixed = framed_per_line / cap + OK_BYTES / cap + 0.001
+
+    def allowed(rate: float) -> float:
+        hold = min(latency_ms / 1000, 62 / (rate * OK_BYTES)) if w > 1 else latency_ms / 1000
+        return w / (fixed + hold)
+
+    if allowed(wire) >= wire:
+        return wire
+    lo, hi = 0.0, wire  # allowed() grows with the rate: find where it meets the rate
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if allowed(mid) >= mid else (lo, mid)
+    return lo
 
 
 def driver_options(in_flight: int | None) -> MarlinOptions:
@@ -90,17 +111,17 @@ async def stream(
     return elapsed, driver, reactions
 
 
-async def single(path: Path, baud: int, latency_ms: float, in_flight: int | None) -> dict:
-    async with MarlinSim(sim_options(baud, latency_ms)) as sim:
+async def single(
+    path: Path, baud: int, latency_ms: float, in_flight: int | None, window: int = WINDOW
+) -> dict:
+    async with MarlinSim(sim_options(baud, latency_ms, window)) as sim:
         before = sim.host.bytes_in
         elapsed, driver, _ = await stream(sim.endpoint, path, in_flight)
         wire_bytes = sim.host.bytes_in - before
     lines, payload, framed = job_stats(path)
     cap = baud / 10
     window = driver.window_size
-    line_s = framed / lines / cap
-    rtt = line_s + OK_BYTES / cap + latency_ms / 1000 + 0.001  # + one USB frame
-    bound = min(cap / (framed / lines), window / rtt)
+    bound = window_bound(framed / lines, baud, latency_ms, window)
     return {
         "lines_s": lines / elapsed,
         "wire": wire_bytes / elapsed / cap,
@@ -113,7 +134,9 @@ async def single(path: Path, baud: int, latency_ms: float, in_flight: int | None
 
 
 @contextlib.asynccontextmanager
-async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[list[str]]:
+async def external_sims(
+    n: int, baud: int, latency_ms: float
+) -> AsyncIterator[tuple[list[str], list[int]]]:
     """n simulators, each its own `cellctl sim marlin` process."""
     exe = Path(sys.executable).with_name("cellctl")
     opts = sim_options(baud, latency_ms)
@@ -137,12 +160,18 @@ async def external_sims(n: int, baud: int, latency_ms: float) -> AsyncIterator[l
             if not line.startswith("/"):
                 raise SystemExit(f"simulator did not start: {line!r}")
             paths.append(line.strip())
-        yield paths
+        yield paths, [p.pid for p in procs]
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             await p.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
@@ -154,7 +183,8 @@ async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
 
 
 async def eight(path: Path, baud: int, latency_ms: float) -> dict:
-    async with external_sims(8, baud, latency_ms) as paths:
+    async with external_sims(8, baud, latency_ms) as (paths, pids):
+        sims_cpu0 = sum(cpu_seconds(p) for p in pids)
         lag: list[float] = []
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
@@ -165,6 +195,7 @@ async def eight(path: Path, baud: int, latency_ms: float) -> dict:
             results = [await r for r in runs]
             elapsed = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
+            sims_cpu = sum(cpu_seconds(p) for p in pids) - sims_cpu0
             stop.set()
             await lagger
     lines, payload, framed = job_stats(path)
@@ -175,6 +206,7 @@ async def eight(path: Path, baud: int, latency_ms: float) -> dict:
         "payload_vs_8cap": 8 * payload / elapsed / (8 * cap),
         "per_printer_s": [round(e, 2) for e, _, _ in results],
         "cpu_us_per_line": 1e6 * cpu / (8 * lines),
+        "sim_cpu_us_per_line": 1e6 * sims_cpu / (8 * lines),
         "ok_send_p50_ms": 1000 * statistics.median(ok_send),
         "ok_send_p99_ms": 1000 * ok_send[int(0.99 * (len(ok_send) - 1))],
         "lag_p99_ms": 1000 * sorted(lag)[int(0.99 * (len(lag) - 1))],
@@ -212,8 +244,11 @@ async def main() -> None:
         )
         for baud in (115200, 250000):
             for latency in (0.0, 1.0, 16.0):
-                for label, in_flight, p in (("window", None, path), ("naive", 1, naive_path)):
-                    runs = [await single(p, baud, latency, in_flight) for _ in range(reps)]
+                cases = [("window", None, path, WINDOW), ("naive", 1, naive_path, WINDOW)]
+                if latency == 16.0:  # Marlin's default BUFSIZE: the window is the limit
+                    cases.insert(1, ("window", None, path, 4))
+                for label, in_flight, p, w in cases:
+                    runs = [await single(p, baud, latency, in_flight, w) for _ in range(reps)]
                     w = runs[0]["window"]
                     print(
                         f"{baud:>7} {latency:>6.0f} {label + f'(W={w})':>9} "
@@ -231,7 +266,8 @@ async def main() -> None:
                 f"(sims in 8 processes): aggregate wire ÷ 8×capacity {r['aggregate_vs_8cap']:.3f}"
                 f" (payload {r['payload_vs_8cap']:.3f}); ok→send p50 {r['ok_send_p50_ms']:.2f} ms,"
                 f" p99 {r['ok_send_p99_ms']:.2f} ms; event-loop lag p99 {r['lag_p99_ms']:.1f} ms;"
-                f" daemon CPU {r['cpu_us_per_line']:.0f} µs/line;"
+                f" CPU per line: daemon {r['cpu_us_per_line']:.0f} µs, simulators"
+                f" {r['sim_cpu_us_per_line']:.0f} µs;"
                 f" per printer {r['per_printer_s']} s; load average {os.getloadavg()[0]:.1f}"
             )
 

@@ -21,8 +21,11 @@ from cellctl import logs
 from cellctl.config import Cell
 from cellctl.errors import ConfigError
 from cellctl.events import EventBus
+from cellctl.hotfolder import HotFolder
+from cellctl.jobs.service import JobService
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
+from cellctl.store import DEFAULT_FILE, Store
 from cellctl.supervisor import Supervisor
 
 log = structlog.get_logger("cellctl.app")
@@ -47,6 +50,15 @@ class App:
             cell.devices, self.registry, self.bus.publish, cell.config.supervisor
         )
         self.components: dict[str, Component] = {}
+        # The journal every component shares (jobs, telemetry spool); opened by run().
+        self.store = Store(cell.state_dir / DEFAULT_FILE)
+        self.jobs = JobService(self.store, self.supervisor, self.bus, lambda: self.cell)
+        self.components["jobs"] = self.jobs.run
+        # The hot folder is read at start; a reload does not move it.
+        self.hotfolder: HotFolder | None = None
+        if cell.hotfolder is not None:
+            self.hotfolder = HotFolder(cell.hotfolder, self.jobs, lambda: self.cell.config.jobs)
+            self.components["hotfolder"] = self.hotfolder.run
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
@@ -69,7 +81,7 @@ class App:
             devices=len(self.cell.devices),
         )
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with self.store, asyncio.TaskGroup() as tg:
                 tg.create_task(self.supervisor.run(), name="supervisor")
                 for name, component in self.components.items():
                     tg.create_task(component(), name=name)

@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a simulator option (repeatable)",
     )
     sim.set_defaults(func=cmd_sim)
+
+    from cellctl.cli_jobs import add_commands as add_job_commands
+
+    add_job_commands(sub)
     return p
 
 

@@ -94,6 +94,37 @@ class SupervisorSection(Strict):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class RecoveryPolicy(enum.StrEnum):
+    """What the job service does with a step that was running when the daemon died."""
+
+    HOLD = "hold"  # wait for an operator: retry, resume from a line, fail (the default)
+    RESTART = "restart"  # run it again from the start (safe only for idempotent steps)
+    FAIL = "fail"  # fail the step and its job
+
+
+class JobsSection(Strict):
+    """`[jobs]`: the job service and its hot folder."""
+
+    # A folder watched for job files (TOML job descriptions, bare G-code files);
+    # relative to the config file. Unset: no hot folder.
+    hotfolder: Path | None = None
+    # A file must stay unchanged this long before it is read (half-written files wait).
+    hotfolder_settle_s: float = Field(default=1.0, ge=0)
+    hotfolder_poll_s: float = Field(default=0.5, gt=0)
+    # A TOML job whose programs are not all there yet is rejected after this long.
+    hotfolder_missing_s: float = Field(default=30.0, ge=0)
+    # The process a bare G-code file dropped in the hot folder asks for.
+    hotfolder_process: str = Field(default="print", min_length=1)
+    # How often the last acknowledged G-code line of running steps is stored.
+    progress_flush_s: float = Field(default=2.0, gt=0)
+    # How often dispatch looks again when nothing woke it (devices coming back …).
+    dispatch_interval_s: float = Field(default=1.0, gt=0)
+    # Bound for a device's own program check (GRBL `$C`).
+    device_check_timeout_s: float = Field(default=120.0, gt=0)
+    # Bound for a step's controlled stop on cancel before it is cancelled hard.
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class DeviceCommon(Strict):
     """Keys every device has; all other keys of its table belong to the driver."""
 
@@ -105,6 +136,13 @@ class DeviceCommon(Strict):
     processes: tuple[str, ...] = ()
     # What is loaded at first start (material, nozzle, tool, fixture …).
     setup: dict[str, str] = Field(default_factory=dict)
+    # Jobs: what happens to a step that was running when the daemon died.
+    recovery: RecoveryPolicy = RecoveryPolicy.HOLD
+    # Jobs: X, Y, Z in mm; G-code is checked against it before a step starts.
+    build_volume: tuple[float, float, float] | None = None
+    # Jobs: let the device check a program before running it when its driver can
+    # (GRBL `$C` check mode).
+    program_check: bool = True
 
 
 COMMON_KEYS = frozenset(DeviceCommon.model_fields) | {"sim"}
@@ -142,6 +180,7 @@ class CellConfig(Strict):
     devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     logging: LoggingSection = LoggingSection()
     supervisor: SupervisorSection = SupervisorSection()
+    jobs: JobsSection = JobsSection()
 
 
 class Cell(BaseModel):
@@ -165,6 +204,11 @@ class Cell(BaseModel):
         if env:
             return Path(env.split(":")[0])
         return self.source.parent / "state"
+
+    @property
+    def hotfolder(self) -> Path | None:
+        folder = self.config.jobs.hotfolder
+        return None if folder is None else self.source.parent / folder
 
 
 # --- error messages -------------------------------------------------------

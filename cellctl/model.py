@@ -214,4 +214,63 @@ class StepProgress:
     timestamp: float = field(default_factory=time.time)
 
 
-Event = StateChanged | Samples | Alarm | OperatorRequest | StepProgress
+# --- jobs: the job service publishes these on every stored transition ---
+
+
+class JobState(enum.StrEnum):
+    """A job's state; allowed transitions are in cellctl.jobs.states."""
+
+    QUEUED = "queued"  # accepted and stored; no step started yet
+    ACTIVE = "active"  # some step started or done
+    HELD = "held"  # a step waits for an operator
+    DONE = "done"
+    FAILED = "failed"  # the reason says which step and why
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class StepState(enum.StrEnum):
+    """A job step's state; allowed transitions are in cellctl.jobs.states."""
+
+    QUEUED = "queued"  # waits for its turn in the route and for a device
+    STARTING = "starting"  # given to a device: pre-flight checks run, nothing moved yet
+    RUNNING = "running"
+    HELD = "held"  # waits for an operator: retry, resume from a line, fail (or confirm done)
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StepState.DONE, StepState.FAILED, StepState.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class JobChanged:
+    job_id: str
+    state: JobState
+    previous: JobState | None  # None: the job was just accepted
+    reason: str = ""
+    timestamp: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class StepChanged:
+    job_id: str
+    index: int
+    state: StepState
+    previous: StepState
+    device_id: str | None = None
+    reason: str = ""
+    attempt: int = 0
+    timestamp: float = field(default_factory=time.time)
+
+    @property
+    def step_key(self) -> str:
+        return f"{self.job_id}/{self.index}"
+
+
+Event = StateChanged | Samples | Alarm | OperatorRequest | StepProgress | JobChanged | StepChanged

@@ -23,6 +23,8 @@ from cellctl.errors import CellError
 
 T = TypeVar("T")
 
+DEFAULT_FILE = "cellctl.db"  # the store's file name in the cell's state directory
+
 
 class StoreError(CellError):
     """The store could not be opened or migrated."""

@@ -400,6 +400,8 @@ class MarlinDriver:
                 err = LinkError(str(exc))
                 self._link_lost(err)
                 raise err from None
+            if not link.lines_waiting:
+                link.flush()  # every `ok` read so far is handled: send its lines now
 
     def _link_lost(self, exc: LinkError) -> None:
         self._lost = exc
@@ -553,6 +555,12 @@ class MarlinDriver:
         s = raw.decode("ascii", "replace").strip()
         if not s:
             return
+        try:
+            self._dispatch(s)
+        except (ValueError, IndexError, OverflowError) as exc:  # garbage: log it, go on
+            self.log.warning("unparseable line from the printer", line=s[:200], error=str(exc))
+
+    def _dispatch(self, s: str) -> None:
         if s.startswith("ok"):
             self._on_ok(s)
         elif s.startswith("Resend:") or s.startswith("rs "):

@@ -58,8 +58,9 @@ class Wire:
 class LatencyBuffer:
     """Device→host: wire pacing, then the adapter's 62-byte / latency-timer rule."""
 
-    def __init__(self, timing: LinkTiming) -> None:
+    def __init__(self, timing: LinkTiming, frame_s: float = USB_FRAME_S) -> None:
         self._timing = timing
+        self._frame_s = frame_s  # 0: no USB framing (link emulation off)
         self._wire = Wire(timing.bytes_per_s)
         # (arrival time of the first byte, byte period, data) per written chunk
         self._chunks: deque[tuple[float, float, bytes]] = deque()
@@ -101,7 +102,7 @@ class LatencyBuffer:
 
     def take(self, now: float) -> bytes:
         """Bytes the adapter hands to the host at `now` (possibly none)."""
-        if not self._chunks or now < self._last_flush + USB_FRAME_S:
+        if not self._chunks or now < self._last_flush + self._frame_s:
             return b""
         arrived = self._arrived(now)
         if arrived == 0:
@@ -146,4 +147,4 @@ class LatencyBuffer:
         if full > 0:
             candidates.append(now)
         t = min(candidates)
-        return max(t, self._last_flush + USB_FRAME_S)
+        return max(t, self._last_flush + self._frame_s)

@@ -171,6 +171,20 @@ class SerialLink:
         if self._error is None and not self.closed:
             self._write_some()
 
+    def flush(self) -> None:
+        """Write what is queued now instead of at the end of the loop iteration
+        (a reader that has handled every line it has can react one iteration sooner)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._out and self._error is None and not self.closed and not self._writer_armed:
+            self._write_some()
+
+    @property
+    def lines_waiting(self) -> int:
+        """Complete lines read and not yet taken by `readline()`."""
+        return len(self._lines)
+
     async def write(self, data: bytes, *, urgent: bool = False) -> None:
         """Queue bytes and wait until the kernel has taken all queued bytes."""
         self.write_nowait(data, urgent=urgent)

@@ -62,7 +62,11 @@ class PtyHost:
         self._rx: deque[tuple[float, Received]] = deque()
         self._rx_partial = b""
         self._rx_event = asyncio.Event()
-        self._tx = LatencyBuffer(self.timing if emulate else LinkTiming(baud=None, latency_ms=0))
+        self._tx = (
+            LatencyBuffer(self.timing)
+            if emulate
+            else LatencyBuffer(LinkTiming(baud=None, latency_ms=0), frame_s=0.0)
+        )
         self._tx_timer: asyncio.TimerHandle | None = None
         self._tx_soon: asyncio.Handle | None = None
         self._stalled_until = 0.0

@@ -88,9 +88,16 @@ async def test_without_advanced_ok_old_firmware_with_ok_after_resend(
     path = tmp_path / "segments.gcode"
     write_short_segments(path, 1500)
     sim_opts = MarlinSimOptions(
-        **FAST, advanced_ok=False, ok_after_resend=True, corrupt_p=0.02, seed=3
+        **FAST,
+        advanced_ok=False,
+        ok_after_resend=True,
+        autoreport_temp=False,  # so the driver polls M105 (its `ok T:` acks a line too)
+        corrupt_p=0.02,
+        seed=3,
     )
-    drv_opts = MarlinOptions(position_interval_s=0, ok_after_resend=True, in_flight=2)
+    drv_opts = MarlinOptions(
+        position_interval_s=0, ok_after_resend=True, in_flight=2, temp_interval_s=1
+    )
     async with marlin(sim_opts, drv_opts) as (sim, driver):
         assert not driver.advanced_ok and driver.window_size == 2
         async with asyncio.timeout(30):
@@ -98,6 +105,7 @@ async def test_without_advanced_ok_old_firmware_with_ok_after_resend(
         assert result.outcome == StepOutcome.DONE, result.message
         assert job_executed(sim) == [c for _, c in commands_of(path)]
         assert sim.counters.checksum_errors > 0
+        assert "M155 S1" not in sim.executed and "M105" in sim.executed
 
 
 async def test_a_line_that_always_fails_gives_up_with_a_clear_fault(

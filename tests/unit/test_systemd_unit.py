@@ -40,6 +40,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     text = UNIT.read_text().replace("/opt/cellctl/.venv/bin/cellctl", str(exe))
     copy = tmp_path / "cellctl.service"
     copy.write_text(text)
-    proc = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,944 @@
+"""The job service: accepts jobs durably, dispatches their steps, runs them, recovers.
+
+One instance per daemon (`App.jobs`), run as the App component "jobs". Every
+change of a job or step is validated against the transition tables, written
+to the store in one transaction (synchronous=FULL) and only then applied in
+memory and published on the bus as JobChanged / StepChanged. A submission is
+acknowledged (the call returns) only after its rows are committed.
+
+The public API is async and is what the MQTT commands and the CLI requests
+call: `submit`, `get`, `list_jobs`, `cancel`, `answer_hold`, `set_setup`,
+`set_in_service`, `devices`, `transitions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
+from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
+from cellctl.events import EventBus
+from cellctl.jobs import repo
+from cellctl.jobs.api import DeviceInfo, HoldAction, InvalidRequest, JobNotFound, job_summary
+from cellctl.jobs.dispatch import (
+    BaselineDispatcher,
+    Candidate,
+    DeviceView,
+    Dispatcher,
+    DispatchViolation,
+    check_assignments,
+)
+from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
+from cellctl.jobs.preflight import PreflightFailed, check_gcode, check_program, device_check
+from cellctl.jobs.programs import ProgramStore
+from cellctl.jobs.records import JobRecord, StepRecord
+from cellctl.jobs.recovery import Changes, recovery_plan
+from cellctl.jobs.requests import apply_requests
+from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec
+from cellctl.jobs.states import derive_job_state, job_transition, step_transition
+from cellctl.model import (
+    DeviceState,
+    Event,
+    JobChanged,
+    JobState,
+    OperatorRequest,
+    ProgramKind,
+    Progress,
+    RequestKind,
+    StateChanged,
+    StepChanged,
+    StepOutcome,
+    StepProgress,
+    StepResult,
+    StepState,
+)
+from cellctl.store import Store, transaction
+from cellctl.supervisor import DeviceRunner, Supervisor
+
+log = structlog.get_logger("cellctl.jobs")
+
+__all__ = [
+    "DeviceInfo",
+    "HoldAction",
+    "InvalidRequest",
+    "JobNotFound",
+    "JobService",
+    "job_summary",
+]
+
+# Device states in which a device may be given a step.
+READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
+
+
+class JobService:
+    def __init__(
+        self,
+        store: Store,
+        supervisor: Supervisor,
+        bus: EventBus,
+        cell: Callable[[], Cell],
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self._store = store
+        self._supervisor = supervisor
+        self._bus = bus
+        self._cell = cell
+        self.dispatcher: Dispatcher = dispatcher or BaselineDispatcher()
+        self.programs = ProgramStore(cell().state_dir / "programs")
+        self._jobs: dict[str, JobRecord] = {}
+        self._devices: dict[str, repo.DeviceRow] = {}
+        self._engaged: dict[str, str] = {}  # device id → step key running on it or reserving it
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._aborting: set[str] = set()  # step keys being stopped because their job ended
+        self._acked: dict[str, tuple[str, int, int]] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._next_seq = 1
+        self.ready = asyncio.Event()
+        self.dispatch_rounds = 0
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The App component: load, recover, then dispatch until cancelled."""
+        await self._load_and_recover()
+        events = self._bus.subscribe("jobs", maxsize=1000)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._flush_progress_loop(), name="jobs:progress")
+                tg.create_task(self._request_loop(), name="jobs:requests")
+                tg.create_task(self._watch_devices(events), name="jobs:devices")
+                self.ready.set()
+                while True:
+                    self._wake.clear()
+                    await self._dispatch_once()
+                    interval = self._cell().config.jobs.dispatch_interval_s
+                    try:
+                        async with asyncio.timeout(interval):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            self._bus.unsubscribe(events)
+            self.ready.clear()
+
+    async def _load_and_recover(self) -> None:
+        cell = self._cell()
+        initial = {d.id: d.common.setup for d in cell.devices.values()}
+
+        def load(conn: Any) -> tuple[list[JobRecord], dict[str, repo.DeviceRow]]:
+            with transaction(conn):
+                repo.ensure_devices(conn, initial)
+            return repo.load_jobs(conn), repo.load_devices(conn)
+
+        jobs, devices = await self._store.call(load)
+        await asyncio.to_thread(self.programs.sweep_incoming)
+        self._jobs = {j.id: j for j in jobs}
+        self._devices = devices
+        self._next_seq = max((j.seq for j in jobs), default=0) + 1
+        recovered = 0
+        for job in jobs:
+            changes = recovery_plan(job, self._policy)
+            if changes:
+                recovered += len(changes)
+                await self._change(job.id, changes)
+        open_jobs = sum(1 for j in self._jobs.values() if not j.state.terminal)
+        log.info("jobs loaded", jobs=len(jobs), open=open_jobs, recovered_steps=recovered)
+
+    def _policy(self, device_id: str | None) -> RecoveryPolicy:
+        cfg = self._cell().devices.get(device_id or "")
+        return cfg.common.recovery if cfg is not None else RecoveryPolicy.HOLD
+
+    # --- public API -----------------------------------------------------------
+
+    async def submit(
+        self, spec: JobSpec, files: Mapping[str, Path] | None = None, source: str = "api"
+    ) -> JobRecord:
+        """Accept a job; returns once it is durably stored. The same id again returns
+        the stored job unchanged. Raises JobRejected (nothing stored) with the reason."""
+        await self.ready.wait()
+        spec_json = spec.model_dump_json()
+        existing = self._jobs.get(spec.id)
+        if existing is not None:
+            return self._repeat(existing, spec_json, source)
+        self._check_against_cell(spec)
+        templates = await asyncio.to_thread(self._prepare_steps, spec, dict(files or {}))
+        async with self._lock:
+            existing = self._jobs.get(spec.id)
+            if existing is not None:
+                return self._repeat(existing, spec_json, source)
+            now = time.time()
+            steps = []
+            for unit in range(spec.quantity):
+                for pos, t in enumerate(templates):
+                    steps.append(
+                        t.replace(job_id=spec.id, index=unit * len(templates) + pos, unit=unit)
+                    )
+            job = JobRecord(
+                id=spec.id,
+                seq=self._next_seq,
+                quantity=spec.quantity,
+                priority=spec.priority,
+                due=spec.due.timestamp() if spec.due else None,
+                source=source,
+                state=JobState.QUEUED,
+                reason="accepted",
+                created=now,
+                updated=now,
+                steps=tuple(steps),
+                spec=spec_json,
+            )
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    repo.insert_job(conn, job, spec_json)
+
+            self._next_seq += 1
+            try:
+                await self._store.call(write)
+            except asyncio.CancelledError:
+                self._jobs[job.id] = job  # the write completes on the store's thread
+                raise
+            except sqlite3.IntegrityError:
+                # Stored by an earlier call that was cancelled after its write.
+                stored = await self._store.call(lambda conn: repo.load_job(conn, spec.id))
+                if stored is None:
+                    raise
+                self._jobs[stored.id] = stored
+                return stored
+            self._jobs[job.id] = job
+        log.info("job accepted", job=job.id, steps=len(job.steps), source=source)
+        self._publish(JobChanged(job.id, JobState.QUEUED, None, "accepted"))
+        self._wake.set()
+        return job
+
+    @staticmethod
+    def _repeat(existing: JobRecord, spec_json: str, source: str) -> JobRecord:
+        if existing.spec and existing.spec != spec_json:
+            # The id decides (it is the client's idempotency key); say so, loudly.
+            log.warning(
+                "job id already taken by a different job; the stored job stands",
+                job=existing.id,
+                source=source,
+            )
+        return existing
+
+    async def get(self, job_id: str) -> JobRecord:
+        await self.ready.wait()
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    async def list_jobs(self, states: Iterable[JobState] | None = None) -> list[JobRecord]:
+        await self.ready.wait()
+        wanted = set(states) if states is not None else None
+        jobs = sorted(self._jobs.values(), key=lambda j: j.seq)
+        return [j for j in jobs if wanted is None or j.state in wanted]
+
+    async def transitions(self, job_id: str) -> list[dict[str, Any]]:
+        await self.get(job_id)
+        return await self._store.call(lambda conn: repo.transitions(conn, job_id))
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobRecord:
+        """Cancel a job: queued and held steps at once, running ones after a controlled stop."""
+        job = await self.get(job_id)
+        if job.state.terminal:
+            return job
+        changes: Changes = {}
+        running: list[StepRecord] = []
+        for s in job.steps:
+            if s.state in (StepState.QUEUED, StepState.HELD):
+                changes[s.index] = {"state": StepState.CANCELLED, "reason": reason}
+            elif s.state in (StepState.STARTING, StepState.RUNNING):
+                running.append(s)
+                self._aborting.add(s.key)
+        job = await self._change(
+            job_id, changes, job_changes={"cancel_requested": True}, why=reason
+        )
+        for s in running:
+            await self._stop_step(s)
+        return job
+
+    async def answer_hold(
+        self,
+        job_id: str,
+        index: int,
+        action: HoldAction | str,
+        *,
+        line: int | None = None,
+        attempt: int | None = None,
+        who: str = "operator",
+    ) -> JobRecord:
+        """Answer a held step. `attempt` (as shown with the hold) guards against answering
+        a hold that has since been replaced by another."""
+        action = HoldAction(action)
+        job = await self.get(job_id)
+        if not 0 <= index < len(job.steps):
+            raise InvalidRequest(f"job {job_id} has no step {index}")
+        step = job.steps[index]
+        if step.state != StepState.HELD:
+            raise InvalidRequest(f"step {step.key} is {step.state}, not held")
+        if attempt is not None and attempt != step.attempt:
+            raise InvalidRequest(
+                f"step {step.key}: the hold of attempt {attempt} is gone "
+                f"(now attempt {step.attempt})"
+            )
+        change: dict[str, Any]
+        if action == HoldAction.RETRY:
+            change = {
+                "state": StepState.QUEUED,
+                "reason": f"retry by {who}",
+                "start_line": 0,
+                "pinned": None,  # from the start: the operator cleared the device
+            }
+        elif action == HoldAction.RESUME:
+            if step.program_kind != ProgramKind.GCODE:
+                raise InvalidRequest(f"step {step.key}: only G-code steps resume from a line")
+            start = line if line is not None else (step.last_acked_line or 0) + 1
+            total = step.gcode.lines if step.gcode else None
+            if start < 1 or (total is not None and start > total):
+                raise InvalidRequest(
+                    f"step {step.key}: line {start} is outside the program (1 … {total})"
+                )
+            change = {
+                "state": StepState.QUEUED,
+                "reason": f"resume from line {start} by {who}",
+                "start_line": start,
+                "pinned": step.pinned or step.device,  # where the part is
+            }
+        elif action == HoldAction.DONE:
+            change = {
+                "state": StepState.DONE,
+                "reason": f"confirmed done by {who}",
+                "ended": time.time(),
+                "pinned": None,
+            }
+        else:
+            return await self._fail(job_id, index, f"failed by {who}: {step.reason}", pinned=None)
+        return await self._change(job_id, {index: change})
+
+    async def set_setup(
+        self, device_id: str, setup: Mapping[str, str], *, merge: bool = False
+    ) -> DeviceInfo:
+        """Record what an operator loaded on a device (replaces the stored setup, or
+        updates some keys with `merge`)."""
+        await self.ready.wait()
+        row = self._device_row(device_id)
+        new_setup = {**row.setup, **setup} if merge else dict(setup)
+        new_setup = {str(k): str(v) for k, v in new_setup.items()}
+        await self._save_device(repo.DeviceRow(row.id, new_setup, row.in_service, row.note))
+        log.info("device setup changed", device=device_id, setup=new_setup)
+        return self._device_info(device_id)
+
+    async def set_in_service(self, device_id: str, in_service: bool, note: str = "") -> DeviceInfo:
+        """Take a device out of service (it gets no new steps) or put it back."""
+        await self.ready.wait()
+        row = self._device_row(device_id)
+        await self._save_device(repo.DeviceRow(row.id, row.setup, in_service, note))
+        log.info("device service changed", device=device_id, in_service=in_service, note=note)
+        return self._device_info(device_id)
+
+    async def devices(self) -> dict[str, DeviceInfo]:
+        await self.ready.wait()
+        return {d: self._device_info(d) for d in self._cell().devices}
+
+    # --- submission -----------------------------------------------------------
+
+    def _check_against_cell(self, spec: JobSpec) -> None:
+        devices = self._cell().devices
+        offered = {p for d in devices.values() for p in d.common.processes}
+        for pos, step in enumerate(spec.route):
+            if step.process not in offered:
+                have = ", ".join(sorted(offered)) or "none"
+                raise JobRejected(
+                    f"step {pos}: no device in the cell can do process {step.process!r} "
+                    f"(processes offered: {have})"
+                )
+            for r in step.reserves:
+                if r == PREVIOUS and pos == 0:
+                    raise JobRejected(f"step 0: reserves {PREVIOUS}, but there is no earlier step")
+                if r != PREVIOUS and r not in devices:
+                    raise JobRejected(f"step {pos}: reserves unknown device {r!r}")
+
+    def _prepare_steps(self, spec: JobSpec, files: dict[str, Path]) -> list[StepRecord]:
+        """Blocking: store the programs (content-addressed) and read their metadata."""
+        stored: dict[str, tuple[str, GcodeInfo]] = {}
+        out = []
+        for pos, step in enumerate(spec.route):
+            prog = step.program_spec()
+            sha: str | None = None
+            info: GcodeInfo | None = None
+            if prog.kind == ProgramKind.GCODE:
+                name = prog.file or ""
+                if not name:
+                    raise JobRejected(f"step {pos}: a G-code program needs a file")
+                if name not in stored:
+                    stored[name] = self._store_program(pos, name, files)
+                sha, info = stored[name]
+            estimate = step.estimated_s
+            if estimate is None and info is not None:
+                estimate = info.estimated_s
+            out.append(
+                StepRecord(
+                    job_id=spec.id,
+                    index=pos,
+                    unit=0,
+                    position=pos,
+                    process=step.process,
+                    program_kind=prog.kind,
+                    program_sha256=sha,
+                    program_file=prog.file or "",
+                    program_name=prog.name,
+                    program_parameters=dict(prog.parameters),
+                    gcode=info,
+                    setup=dict(step.setup),
+                    reserves=step.reserves,
+                    estimated_s=estimate,
+                )
+            )
+        return out
+
+    def _store_program(self, pos: int, name: str, files: dict[str, Path]) -> tuple[str, GcodeInfo]:
+        m = SHA_REF.match(name)
+        if m:
+            sha = m.group(1)
+            if not self.programs.path(sha).is_file():
+                raise JobRejected(f"step {pos}: program {name} is not in the store")
+        else:
+            src = files.get(name)
+            if src is None:
+                raise JobRejected(f"step {pos}: program file {name!r} was not provided")
+            try:
+                sha = self.programs.put_file(src)
+            except OSError as exc:
+                raise JobRejected(f"step {pos}: cannot read program {name!r}: {exc}") from None
+        try:
+            info = scan_file(self.programs.path(sha))
+            short = cut_short(self.programs.path(sha)) if info.complete is False else None
+        except OSError as exc:
+            raise JobRejected(f"step {pos}: cannot read program {name!r}: {exc}") from None
+        if short:
+            raise JobRejected(f"step {pos}: program {name!r} looks cut short: {short}")
+        return sha, info
+
+    # --- state changes --------------------------------------------------------
+
+    async def _change(
+        self,
+        job_id: str,
+        changes: Changes,
+        *,
+        job_changes: Mapping[str, Any] | None = None,
+        why: str = "",
+    ) -> JobRecord:
+        """Validate, store (one transaction), apply, publish. The only writer of jobs."""
+        async with self._lock:
+            job = self._jobs[job_id]
+            now = time.time()
+            steps = list(job.steps)
+            events: list[Event] = []
+            changed: list[StepRecord] = []
+            for idx, fields in sorted(changes.items()):
+                old = steps[idx]
+                new = old.replace(**fields)
+                if new.state != old.state:
+                    step_transition(old.state, new.state)
+                    if new.state == StepState.HELD:
+                        events.append(self._hold_request(new))
+                    events.append(
+                        StepChanged(
+                            job_id,
+                            idx,
+                            new.state,
+                            old.state,
+                            new.device,
+                            new.reason,
+                            new.attempt,
+                            now,
+                        )
+                    )
+                steps[idx] = new
+                changed.append(new)
+            new_job = job.replace(steps=tuple(steps), updated=now, **dict(job_changes or {}))
+            job_event: JobChanged | None = None
+            if not job.state.terminal:
+                state = derive_job_state((s.state for s in steps), new_job.cancel_requested)
+                if state != job.state:
+                    job_transition(job.state, state)
+                    reason = why or self._job_reason(state, steps)
+                    new_job = new_job.replace(state=state, reason=reason)
+                    job_event = JobChanged(job_id, state, job.state, reason, now)
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    for s in changed:
+                        repo.update_step(conn, s)
+                        old = job.steps[s.index]
+                        if s.state != old.state:
+                            repo.add_transition(
+                                conn, job_id, s.index, old.state, s.state, s.device, s.reason, now
+                            )
+                    repo.update_job(conn, new_job)
+                    if job_event is not None:
+                        repo.add_transition(
+                            conn, job_id, None, job.state, new_job.state, None, new_job.reason, now
+                        )
+
+            try:
+                await self._store.call(write)
+            except asyncio.CancelledError:
+                # The write still runs to its end on the store's thread (and later
+                # writes queue behind it): keep memory equal to what will be stored.
+                self._jobs[job_id] = new_job
+                raise
+            self._jobs[job_id] = new_job
+        for ev in events:
+            self._publish(ev)
+        if job_event is not None:
+            self._publish(job_event)
+            log.info("job changed", job=job_id, state=job_event.state, reason=job_event.reason)
+        self._wake.set()
+        return new_job
+
+    @staticmethod
+    def _hold_request(step: StepRecord) -> OperatorRequest:
+        """A held step asks for an operator: published so that dashboards can show it."""
+        kind = RequestKind.ACKNOWLEDGE
+        if step.reason.startswith("pre-flight: material"):
+            kind = RequestKind.LOAD_MATERIAL
+        actions = [a.value for a in HoldAction]
+        if step.program_kind != ProgramKind.GCODE:
+            actions.remove(HoldAction.RESUME.value)
+        return OperatorRequest(
+            device_id=step.device or "",
+            kind=kind,
+            text=f"step {step.key} held: {step.reason}",
+            step_key=step.key,
+            details={
+                "job_id": step.job_id,
+                "index": step.index,
+                "attempt": step.attempt,
+                "actions": actions,
+                "last_acked_line": step.last_acked_line,
+            },
+        )
+
+    @staticmethod
+    def _job_reason(state: JobState, steps: list[StepRecord]) -> str:
+        wanted = {JobState.FAILED: StepState.FAILED, JobState.HELD: StepState.HELD}.get(state)
+        if wanted is None:
+            return ""
+        for s in steps:
+            if s.state == wanted:
+                return f"step {s.index} ({s.process}): {s.reason}"
+        return ""
+
+    async def _fail(self, job_id: str, index: int, reason: str, **fields: Any) -> JobRecord:
+        """Fail one step; the job fails, its waiting steps are cancelled, running ones stopped."""
+        job = self._jobs[job_id]
+        changes: Changes = {index: {"state": StepState.FAILED, "reason": reason, **fields}}
+        running = []
+        for s in job.steps:
+            if s.index == index or s.state.terminal:
+                continue
+            if s.state in (StepState.QUEUED, StepState.HELD):
+                changes[s.index] = {
+                    "state": StepState.CANCELLED,
+                    "reason": f"step {index} failed",
+                }
+            else:
+                running.append(s)
+                self._aborting.add(s.key)
+        job = await self._change(job_id, changes)
+        for s in running:
+            await self._stop_step(s)
+        return job
+
+    def _publish(self, event: Event) -> None:
+        self._bus.publish(event)
+
+    # --- devices ----------------------------------------------------------------
+
+    def _device_row(self, device_id: str) -> repo.DeviceRow:
+        if device_id not in self._cell().devices:
+            raise InvalidRequest(f"no device {device_id!r} in the cell")
+        row = self._devices.get(device_id)
+        if row is None:
+            cfg = self._cell().devices[device_id]
+            row = repo.DeviceRow(device_id, dict(cfg.common.setup), True, "")
+        return row
+
+    async def _save_device(self, row: repo.DeviceRow) -> None:
+        async with self._lock:
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    repo.save_device(conn, row)
+
+            await self._store.call(write)
+            self._devices[row.id] = row
+        self._wake.set()
+
+    def _device_info(self, device_id: str) -> DeviceInfo:
+        row = self._device_row(device_id)
+        cfg = self._cell().devices[device_id]
+        runner = self._supervisor.runners.get(device_id)
+        return DeviceInfo(
+            id=device_id,
+            processes=cfg.common.processes,
+            setup=dict(row.setup),
+            in_service=row.in_service,
+            note=row.note,
+            state=runner.state if runner else DeviceState.UNAVAILABLE,
+            busy_with=self._engaged.get(device_id),
+        )
+
+    def _device_views(self, kept: Mapping[str, str]) -> dict[str, DeviceView]:
+        views = {}
+        for dev_id, cfg in self._cell().devices.items():
+            if not cfg.common.enabled:
+                continue
+            row = self._device_row(dev_id)
+            runner = self._supervisor.runners.get(dev_id)
+            free = (
+                runner is not None
+                and runner.driver is not None
+                and runner.state in READY_STATES
+                and not runner.busy
+                and row.in_service
+                and dev_id not in self._engaged
+            )
+            views[dev_id] = DeviceView(
+                dev_id, frozenset(cfg.common.processes), row.setup, free, kept.get(dev_id)
+            )
+        return views
+
+    async def _watch_devices(self, events: Any) -> None:
+        async for ev in events:
+            if isinstance(ev, StateChanged):
+                self._wake.set()
+
+    # --- dispatch -----------------------------------------------------------------
+
+    def _kept(self) -> dict[str, str]:
+        """Devices kept for one step (device → step key), taking no other work meanwhile:
+        * a step held part-way, or queued to resume, keeps the device it ran on (the
+          half-made part is still there);
+        * a step that reserves `@previous` keeps the device that ran its predecessor
+          (a printer waits for the robot that unloads it)."""
+        out: dict[str, str] = {}
+        for job in self._jobs.values():
+            if job.state.terminal or job.cancel_requested:
+                continue
+            for s in job.steps:
+                if s.state not in (StepState.QUEUED, StepState.HELD):
+                    continue
+                if s.pinned:
+                    out.setdefault(s.pinned, s.key)
+                if PREVIOUS in s.reserves:
+                    prev = job.predecessor(s)
+                    if prev is not None and prev.state == StepState.DONE and prev.device:
+                        out.setdefault(prev.device, s.key)
+        return out
+
+    def _candidates(self) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
+        """Steps that may start now, and steps no configured device could ever run."""
+        devices = self._cell().devices
+        offered = {p for d in devices.values() for p in d.common.processes}
+        out: list[Candidate] = []
+        never: list[tuple[str, int, str]] = []
+        for job in self._jobs.values():
+            if job.state.terminal or job.cancel_requested:
+                continue
+            for s in job.steps:
+                if s.state != StepState.QUEUED:
+                    continue
+                prev = job.predecessor(s)
+                if prev is not None and prev.state != StepState.DONE:
+                    continue
+                if s.process not in offered:
+                    never.append((job.id, s.index, f"no device in the cell can do {s.process!r}"))
+                    continue
+                reserves = tuple(
+                    (prev.device or "") if r == PREVIOUS and prev is not None else r
+                    for r in s.reserves
+                )
+                if any(r not in devices for r in reserves):
+                    never.append((job.id, s.index, f"reserves unknown device(s) {reserves}"))
+                    continue
+                out.append(
+                    Candidate(
+                        key=s.key,
+                        job_id=job.id,
+                        index=s.index,
+                        seq=job.seq,
+                        priority=job.priority,
+                        process=s.process,
+                        setup=s.setup,
+                        reserves=reserves,
+                        estimated_s=s.estimated_s,
+                        due=job.due,
+                        only_on=s.pinned,
+                    )
+                )
+        return out, never
+
+    async def _dispatch_once(self) -> None:
+        self.dispatch_rounds += 1
+        candidates, never = self._candidates()
+        for job_id, index, reason in never:
+            await self._fail(job_id, index, f"rejected: {reason}")
+        if not candidates:
+            return
+        views = self._device_views(self._kept())
+        if not any(v.free for v in views.values()):
+            return
+        assignments = self.dispatcher.assign(candidates, views)
+        by_key = {c.key: c for c in candidates}
+        try:
+            check_assignments(assignments, by_key, views)
+        except DispatchViolation as exc:
+            log.error("dispatcher broke a rule; nothing started this round", error=str(exc))
+            return
+        assert self._tg is not None
+        for a in assignments:
+            c = by_key[a.key]
+            reserved = a.reserves
+            for d in (a.device, *reserved):
+                self._engaged[d] = a.key
+            step = self._jobs[c.job_id].steps[c.index]
+            try:
+                await self._change(
+                    c.job_id,
+                    {
+                        c.index: {
+                            "state": StepState.STARTING,
+                            "reason": f"dispatched to {a.device}",
+                            "device": a.device,
+                            "reserved": reserved,
+                            "attempt": step.attempt + 1,
+                            "started": time.time(),
+                            "ended": None,
+                        }
+                    },
+                )
+            except BaseException:
+                for d in (a.device, *reserved):
+                    self._engaged.pop(d, None)
+                raise
+            self._tasks[a.key] = self._tg.create_task(
+                self._step_task(c.job_id, c.index, a.device, reserved), name=f"step:{a.key}"
+            )
+
+    # --- running a step -------------------------------------------------------------
+
+    async def _step_task(
+        self, job_id: str, index: int, device_id: str, reserved: tuple[str, ...]
+    ) -> None:
+        key = f"{job_id}/{index}"
+        try:
+            await self._execute(job_id, index, device_id)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if key not in self._aborting or task is None:
+                raise  # the daemon is stopping: the store keeps the step as it was
+            task.uncancel()
+            await self._finish(job_id, index, {"state": StepState.CANCELLED, "reason": "cancelled"})
+        except Exception as exc:  # a bug here or in a driver: hold, never lose the step
+            log.error("step crashed", step=key, error=repr(exc), exc_info=exc)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            try:
+                await self._finish(job_id, index, {"state": StepState.HELD, "reason": reason})
+            except CellError as again:  # the step cannot be held from where it is: say so
+                log.error("step left as it was", step=key, error=str(again))
+        finally:
+            for d in (device_id, *reserved):
+                if self._engaged.get(d) == key:
+                    del self._engaged[d]
+            self._tasks.pop(key, None)
+            self._aborting.discard(key)
+            self._acked.pop(key, None)
+            self._wake.set()
+
+    async def _finish(self, job_id: str, index: int, fields: dict[str, Any]) -> None:
+        """Apply a step's end; a step already ended (cancelled meanwhile) stays as it is."""
+        step = self._jobs[job_id].steps[index]
+        if step.state.terminal:
+            return
+        state = fields["state"]
+        if state == StepState.FAILED:
+            rest = {k: v for k, v in fields.items() if k not in ("state", "reason")}
+            await self._fail(job_id, index, fields["reason"], **rest)
+            return
+        if state == StepState.HELD and step.state == StepState.RUNNING:
+            fields = {"pinned": step.device, **fields}  # stopped part-way: resume there
+        if state in (StepState.HELD, StepState.QUEUED) and self._jobs[job_id].cancel_requested:
+            fields = {**fields, "state": StepState.CANCELLED}
+        if state == StepState.QUEUED and step.state == StepState.STARTING:
+            fields = {**fields, "device": None, "reserved": ()}
+        await self._change(job_id, {index: fields})
+
+    async def _execute(self, job_id: str, index: int, device_id: str) -> None:
+        step = self._jobs[job_id].steps[index]
+        cfg: DeviceConfig | None = self._cell().devices.get(device_id)
+        runner: DeviceRunner | None = self._supervisor.runners.get(device_id)
+        if cfg is None or runner is None or runner.driver is None:
+            await self._finish(
+                job_id, index, {"state": StepState.QUEUED, "reason": f"{device_id} went away"}
+            )
+            return
+        loaded = self._device_row(device_id).setup
+        try:
+            path = await asyncio.to_thread(check_program, self.programs, step)
+            if step.gcode is not None:
+                problems = check_gcode(step.gcode, device_id, loaded, cfg.common.build_volume)
+                if problems:
+                    raise PreflightFailed("; ".join(problems))
+            driver_step = step.to_step(path)
+            if cfg.common.program_check and runner.driver is not None:
+                await device_check(
+                    runner.driver, driver_step, self._cell().config.jobs.device_check_timeout_s
+                )
+        except PreflightFailed as exc:
+            log.warning("pre-flight failed; step held", step=step.key, reason=str(exc))
+            await self._finish(
+                job_id, index, {"state": StepState.HELD, "reason": f"pre-flight: {exc}"}
+            )
+            return
+        except LinkError as exc:
+            await self._finish(
+                job_id, index, {"state": StepState.QUEUED, "reason": f"{device_id}: {exc}"}
+            )
+            return
+        await self._change(
+            job_id,
+            {
+                index: {
+                    "state": StepState.RUNNING,
+                    "reason": f"running on {device_id}"
+                    + (f" from line {step.start_line}" if step.start_line else ""),
+                    "ran_sha256": step.program_sha256,
+                }
+            },
+        )
+        key = step.key
+
+        def progress(p: Progress) -> None:
+            self._publish(StepProgress(device_id, key, p))
+            if p.last_acked_line is not None:
+                self._acked[key] = (job_id, index, p.last_acked_line)
+
+        try:
+            result = await runner.run_step(driver_step, progress)
+        except LinkError as exc:
+            # run_step found no driver: nothing was sent to the device.
+            await self._finish(
+                job_id, index, {"state": StepState.QUEUED, "reason": f"{device_id}: {exc}"}
+            )
+            return
+        except StepFailed as exc:
+            result = StepResult(StepOutcome.FAILED, str(exc))
+        except DeviceFault as exc:
+            result = StepResult(StepOutcome.INTERRUPTED, f"device fault: {exc}")
+        except CellError as exc:
+            result = StepResult(StepOutcome.INTERRUPTED, f"{type(exc).__name__}: {exc}")
+        await self._finish(job_id, index, self._result_fields(device_id, key, result))
+
+    def _result_fields(self, device_id: str, key: str, result: StepResult) -> dict[str, Any]:
+        acked = self._acked.get(key)
+        last = result.last_line if result.last_line is not None else (acked[2] if acked else None)
+        base: dict[str, Any] = {"ended": time.time()}
+        if last is not None:
+            base["last_acked_line"] = last
+        note = f"; last acknowledged line {last}" if last is not None else ""
+        message = result.message or result.outcome.value
+        if result.outcome == StepOutcome.DONE:
+            return {**base, "state": StepState.DONE, "reason": f"done on {device_id}"}
+        if result.outcome == StepOutcome.FAILED:
+            return {**base, "state": StepState.FAILED, "reason": f"{device_id}: {message}"}
+        if result.outcome == StepOutcome.CANCELLED:
+            if key in self._aborting:
+                return {**base, "state": StepState.CANCELLED, "reason": "cancelled"}
+            return {
+                **base,
+                "state": StepState.HELD,
+                "reason": f"stopped at {device_id}: {message}{note}",
+            }
+        policy = self._policy(device_id)
+        what = f"interrupted on {device_id}: {message}{note}"
+        if policy == RecoveryPolicy.RESTART:
+            return {**base, "state": StepState.QUEUED, "reason": what + "; restarting"}
+        if policy == RecoveryPolicy.FAIL:
+            return {**base, "state": StepState.FAILED, "reason": what}
+        return {**base, "state": StepState.HELD, "reason": what}
+
+    async def _stop_step(self, step: StepRecord) -> None:
+        """Controlled stop of a running step (driver.stop), then a hard cancel if it lingers."""
+        task = self._tasks.get(step.key)
+        if task is None:
+            return
+        runner = self._supervisor.runners.get(step.device or "")
+        current = self._jobs[step.job_id].steps[step.index]
+        bound = self._cell().config.jobs.stop_timeout_s
+        if current.state == StepState.RUNNING and runner is not None and runner.driver is not None:
+            try:
+                async with asyncio.timeout(bound):
+                    await runner.driver.stop()
+            except (CellError, TimeoutError) as exc:
+                log.warning("controlled stop failed", step=step.key, error=str(exc))
+            done, _ = await asyncio.wait({task}, timeout=bound)
+            if done:
+                return
+        task.cancel()
+
+    # --- progress and requests -------------------------------------------------------
+
+    async def _flush_progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cell().config.jobs.progress_flush_s)
+            await self.flush_progress()
+
+    async def flush_progress(self) -> None:
+        """Store the last acknowledged line of every running step (one group commit)."""
+        if not self._acked:
+            return
+        batch = list(self._acked.values())
+        async with self._lock:
+            fresh = [
+                (j, i, line)
+                for j, i, line in batch
+                if self._jobs[j].steps[i].state == StepState.RUNNING
+                and self._jobs[j].steps[i].last_acked_line != line
+            ]
+            if not fresh:
+                return
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    repo.save_acked_lines(conn, fresh)
+
+            await self._store.call(write)
+            for j, i, line in fresh:
+                job = self._jobs[j]
+                steps = list(job.steps)
+                steps[i] = steps[i].replace(last_acked_line=line)
+                self._jobs[j] = job.replace(steps=tuple(steps))
+
+    async def _request_loop(self) -> None:
+        while True:
+            await self.apply_requests()
+            await asyncio.sleep(0.2)
+
+    async def apply_requests(self) -> int:
+        """Apply what the local CLI queued in the store; returns how many were applied."""
+        return await apply_requests(self, self._store)
