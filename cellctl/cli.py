@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BrokenPipeError:  # `cellctl jobs | head`: the reader left, nothing is wrong
+        sys.stdout = None
+        return EXIT_OK
     except CellError as exc:
         print(f"cellctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
