@@ -115,6 +115,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
             print(f"cellctl sim {args.name}: {loc}: {err['msg']}", file=sys.stderr)
         return EXIT_USAGE
 
+    from cellctl.logs import configure
+
+    configure("info")  # logs to stderr: stdout carries only the endpoint
+
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -172,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BrokenPipeError:  # `cellctl jobs | head`: the reader left, nothing is wrong
+        sys.stdout = None
+        return EXIT_OK
     except CellError as exc:
         print(f"cellctl: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -173,6 +173,10 @@ class JobsSection(Strict):
     hotfolder_missing_s: float = Field(default=30.0, ge=0)
     # The process a bare G-code file dropped in the hot folder asks for.
     hotfolder_process: str = Field(default="print", min_length=1)
+    # Per file suffix, the process a bare G-code file asks for instead (CNC programs).
+    hotfolder_suffix_process: dict[str, str] = Field(
+        default_factory=lambda: {".nc": "mill", ".ngc": "mill"}
+    )
     # How often the last acknowledged G-code line of running steps is stored.
     progress_flush_s: float = Field(default=2.0, gt=0)
     # How often dispatch looks again when nothing woke it (devices coming back …).

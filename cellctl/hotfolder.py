@@ -224,7 +224,9 @@ class HotFolder:
                 id=job_id_for(path.stem, digest),
                 route=(
                     StepSpec(
-                        process=settings.hotfolder_process,
+                        process=settings.hotfolder_suffix_process.get(
+                            path.suffix.lower(), settings.hotfolder_process
+                        ),
                         program=path.name,
                         setup=info.requirements(),
                     ),

@@ -1,1 +1,1 @@
-"""modbus driver package (see the issue that builds it)."""
+"""PLCs over Modbus: the `modbus` driver and the `modbus-plc` simulator."""

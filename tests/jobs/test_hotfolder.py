@@ -99,6 +99,23 @@ async def test_write_then_rename_and_temp_names_are_ignored(tmp_path: Path) -> N
         assert job.steps[0].estimated_s == 90.0
 
 
+async def test_bare_cnc_program_asks_for_milling(tmp_path: Path) -> None:
+    mill = {**printer(setup={}), "processes": ["mill"]}
+    cell = make_cell(tmp_path, {"p1": printer(), "m1": mill}, {"dispatch_interval_s": 0.2})
+    async with running(cell) as app:
+        hot, clock = folder_for(app, tmp_path, hotfolder_settle_s=0.0)
+        (hot.folder / "bracket.nc").write_text("G21\nG90\nG0 X10 Y10\nG1 X20 F500\nM5\n")
+        (hot.folder / "part.gcode").write_text(gcode(10))
+        clock.now = 1.0
+        outcomes = {o.name: o for o in await hot.scan_once()}
+        processes = {}
+        for name, outcome in outcomes.items():
+            assert outcome.accepted is not None, outcome
+            job = await app.jobs.get(outcome.accepted)
+            processes[name] = job.steps[0].process
+        assert processes == {"bracket.nc": "mill", "part.gcode": "print"}
+
+
 async def test_bad_files_go_to_rejected_with_the_reason(tmp_path: Path) -> None:
     async with running(cell_for(tmp_path)) as app:  # type: ignore[arg-type]
         hot, clock = folder_for(app, tmp_path, hotfolder_settle_s=0.0)

@@ -1,0 +1,110 @@
+"""Tag values ↔ registers, scaled, with errors that name the tag and its address."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from cellctl.errors import StepFailed
+from cellctl.model import MetricSpec, MetricType, MetricValue
+
+from .codec import DataType, EncodeError, Order, decode, encode
+from .options import ModbusOptions, Tag
+from .plan import Read, Span
+
+
+def metric_spec(name: str, tag: Tag) -> MetricSpec:
+    dtype = tag.dtype
+    if dtype == DataType.BOOL:
+        kind = MetricType.BOOL
+    elif dtype == DataType.STRING:
+        kind = MetricType.STRING
+    elif dtype in (DataType.FLOAT32, DataType.FLOAT64) or tag.scaled:
+        kind = MetricType.FLOAT
+    else:
+        kind = MetricType.INT
+    return MetricSpec(name, kind, tag.unit, tag.description, tag.writable)
+
+
+def span(name: str, tag: Tag) -> Span:
+    return Span(name, tag.table, tag.address, tag.size)
+
+
+def value_from(options: ModbusOptions, tag: Tag, words: list[int]) -> MetricValue:
+    """The engineering value of a tag from its own registers (or one bit)."""
+    raw = decode(
+        words,
+        tag.dtype,
+        options.word_order_of(tag),
+        options.byte_order_of(tag),
+        tag.length,
+        tag.bit,
+    )
+    if tag.scaled and not isinstance(raw, bool | str):
+        return raw * tag.scale + tag.offset
+    return raw
+
+
+Decoder = Callable[[list[int]], MetricValue]
+
+
+def decoder(options: ModbusOptions, tag: Tag) -> Decoder:
+    """A function from the tag's own registers to its value, with the common cases direct."""
+    dtype = tag.dtype
+    if dtype == DataType.BOOL and tag.bit is None:
+        return lambda w: w[0] != 0
+    word, byte = options.word_order_of(tag), options.byte_order_of(tag)
+    if dtype == DataType.UINT16 and not tag.scaled and byte == Order.BIG:
+        return lambda w: w[0]
+    if tag.scaled:
+        scale, offset = tag.scale, tag.offset
+        return lambda w: decode(w, dtype, word, byte) * scale + offset  # type: ignore[operator]
+    return lambda w: decode(w, dtype, word, byte, tag.length, tag.bit)
+
+
+def compile_read(options: ModbusOptions, read: Read) -> list[tuple[str, int, int, Decoder]]:
+    """(name, offset in the answer, size, decoder) for each tag a read serves."""
+    return [
+        (s.name, s.address - read.address, s.size, decoder(options, options.tags[s.name]))
+        for s in read.spans
+    ]
+
+
+def values_of_read(options: ModbusOptions, read: Read, words: list[int]) -> dict[str, MetricValue]:
+    return {
+        name: fn(words[start : start + size])
+        for name, start, size, fn in compile_read(options, read)
+    }
+
+
+def words_for(options: ModbusOptions, name: str, value: MetricValue) -> list[int]:
+    """Registers (or one bit as 0/1) to write `value` to tag `name`. Raises StepFailed."""
+    tag = options.tags[name]
+    dtype = tag.dtype
+    if dtype == DataType.BOOL:
+        if not isinstance(value, bool | int) or (isinstance(value, int) and value not in (0, 1)):
+            raise StepFailed(f"tag {name!r} ({tag.where()}): expected true/false, got {value!r}")
+        return [1 if value else 0]
+    raw: MetricValue = value
+    if tag.scaled:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise StepFailed(f"tag {name!r} ({tag.where()}): expected a number, got {value!r}")
+        raw = (value - tag.offset) / tag.scale
+    elif dtype != DataType.STRING and isinstance(value, bool):
+        raise StepFailed(f"tag {name!r} ({tag.where()}): expected a number, got {value!r}")
+    if dtype in (DataType.INT16, DataType.UINT16, DataType.INT32, DataType.UINT32):
+        if (
+            isinstance(raw, float)
+            and not tag.scaled
+            and math.isfinite(raw)
+            and not raw.is_integer()
+        ):
+            raise StepFailed(
+                f"tag {name!r} ({tag.where()}): {dtype} takes whole numbers, got {raw}"
+            )
+    try:
+        return encode(
+            raw, dtype, options.word_order_of(tag), options.byte_order_of(tag), tag.length
+        )
+    except EncodeError as exc:
+        raise StepFailed(f"tag {name!r} ({tag.where()}): {exc}") from None
