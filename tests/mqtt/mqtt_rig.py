@@ -227,3 +227,19 @@ class Commander:
 def service(app: App) -> MqttService:
     assert app.mqtt is not None
     return app.mqtt
+
+
+def schema_for(m: Message, topics: Topics) -> str:
+    t = m.topic
+    if not t.startswith(topics.base):
+        return "reply"
+    tail = t[len(topics.base) + 1 :].split("/")
+    if tail[0] in ("status", "spool", "audit"):
+        return tail[0]
+    if tail[0] == "devices":
+        return {"alarms": "alarm", "requests": "request"}.get(tail[2], tail[2])
+    if tail[0] == "jobs":
+        return "job"
+    if tail[0] == "cmd":
+        return "reply" if tail[-1] == "reply" else "command." + tail[1]
+    raise AssertionError(f"unexpected topic {t}")

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import jsonschema
 from mqtt_broker import Mosquitto
-from mqtt_rig import Commander, Message, Subscriber, load, running_app, service, sims, write_config
+from mqtt_rig import (
+    Commander,
+    Subscriber,
+    load,
+    running_app,
+    schema_for,
+    service,
+    sims,
+    write_config,
+)
 
 from cellctl.telemetry import schemas
 from cellctl.telemetry.topics import Topics
@@ -18,22 +27,6 @@ def test_schema_files_match_the_models() -> None:
         path = schemas.SCHEMA_DIR / name
         assert path.exists(), f"{name} missing: run python -m cellctl.telemetry.schemas"
         assert path.read_text() == schemas.dump(schema), f"{name} is stale"
-
-
-def schema_for(m: Message, topics: Topics) -> str:
-    t = m.topic
-    if not t.startswith(topics.base):
-        return "reply"
-    tail = t[len(topics.base) + 1 :].split("/")
-    if tail[0] in ("status", "spool", "audit"):
-        return tail[0]
-    if tail[0] == "devices":
-        return {"alarms": "alarm", "requests": "request"}.get(tail[2], tail[2])
-    if tail[0] == "jobs":
-        return "job"
-    if tail[0] == "cmd":
-        return "reply" if tail[-1] == "reply" else "command." + tail[1]
-    raise AssertionError(f"unexpected topic {t}")
 
 
 async def test_every_message_validates_and_estop_reaches_every_device(
