@@ -85,14 +85,20 @@ class Counter:
         args += ["-q", str(qos)]
         if timed:
             args += ["-F", "%U %p"]
+        # A file, not a pipe: a full pipe would stall mosquitto_sub and add its wait
+        # to every latency.
+        self.out = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE if timed else subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args, stdout=self.out if timed else subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         time.sleep(0.4)  # mosquitto_sub has no "subscribed" signal; a benchmark may wait
 
     def wait(self, timeout: float = 120) -> bytes:
-        out, _ = self.proc.communicate(timeout=timeout)
-        return out or b""
+        self.proc.wait(timeout=timeout)
+        self.out.seek(0)
+        data = self.out.read()
+        self.out.close()
+        return data
 
 
 def run_mosquitto_pub(port: int, n: int, qos: int) -> float:
