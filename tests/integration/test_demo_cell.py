@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,9 +38,21 @@ CUBE_GCODE = "G28\nM104 S200\nG1 X10 Y10 F3000\nG1 X20 Y20 E1\nG1 X30 Y10 E2\nM8
 BRACKET_NC = "G21\nG90\nG0 X10 Y10\nG1 X20 F500\nG1 Y20\nM5\n"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def demo_config(tmp_path: Path) -> Path:
+    """The demo as shipped, but for MQTT: a port where no broker listens, so the test
+    touches no shared broker, and shows that jobs never wait on MQTT."""
+    text = re.sub(r"(?ms)^\[mqtt\].*?(?=^\[(?!mqtt)|\Z)",
+                  f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\nembedded = false\n\n',
+                  DEMO.read_text())
+    assert "embedded = false" in text
     cfg = tmp_path / "demo.toml"
-    cfg.write_text(DEMO.read_text())
+    cfg.write_text(text)
     return cfg
 
 
