@@ -47,9 +47,11 @@ def free_port() -> int:
 def demo_config(tmp_path: Path) -> Path:
     """The demo as shipped, but for MQTT: a port where no broker listens, so the test
     touches no shared broker, and shows that jobs never wait on MQTT."""
-    text = re.sub(r"(?ms)^\[mqtt\].*?(?=^\[(?!mqtt)|\Z)",
-                  f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\nembedded = false\n\n',
-                  DEMO.read_text())
+    text = re.sub(
+        r"(?ms)^\[mqtt\].*?(?=^\[(?!mqtt)|\Z)",
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\nembedded = false\n\n',
+        DEMO.read_text(),
+    )
     assert "embedded = false" in text
     cfg = tmp_path / "demo.toml"
     cfg.write_text(text)
