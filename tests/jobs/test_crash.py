@@ -36,7 +36,7 @@ from cellctl.jobs.records import JobRecord
 from cellctl.jobs.states import JOB_TRANSITIONS, STEP_TRANSITIONS, derive_job_state
 from cellctl.model import JobState, StepState
 
-LAUNCHER = Path(__file__).with_name("launch_jobs.py")
+LAUNCHER = Path(__file__).resolve().parents[1] / "support" / "launch.py"
 KILLS = 22
 SEED = 7
 

@@ -16,11 +16,10 @@ from mqtt_rig import Message, Subscriber, load, running_app, service, sims, writ
 
 from cellctl.telemetry.topics import Topics
 
-# The issue asks for 30 s; the default run uses 10 s to keep this area under a minute.
-# The property checked is the same (several failed reconnects, then everything, in
-# order); CELLCTL_MQTT_OUTAGE_S=30 runs the full length.
-OUTAGE_S = float(os.environ.get("CELLCTL_MQTT_OUTAGE_S", "10"))
-LAUNCH = Path(__file__).parent / "mqtt_launch.py"
+# A 30 s outage: long enough for several failed reconnects with backoff and a spool
+# that grows past its first group commits. CELLCTL_MQTT_OUTAGE_S shortens it locally.
+OUTAGE_S = float(os.environ.get("CELLCTL_MQTT_OUTAGE_S", "30"))
+LAUNCH = Path(__file__).resolve().parents[1] / "support" / "launch.py"
 
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:

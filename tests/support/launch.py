@@ -1,7 +1,8 @@
-"""Run the real daemon (cellctl.app) with the in-test `fake` driver registered.
+"""Run the real daemon (cellctl.app) with the in-test drivers registered.
 
 Used by tests that start the daemon as a subprocess: `python tests/support/launch.py CONFIG`.
-The only difference from `cellctl run` is the registry.
+The only difference from `cellctl run` is the registry, which also knows `fake`
+(foundation tests), `jobsim` (jobs tests) and `testdev` (MQTT tests).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.jobdevice import JobDriver, JobSim
+from mqtt.mqtt_testdev import TestDriver, TestSim
+
 from cellctl import logs
 from cellctl.app import App
 from cellctl.config import load
@@ -19,7 +23,10 @@ from cellctl.errors import ConfigError
 from cellctl.registry import Registry
 from support.fake import FakeDriver, FakeSim
 
-REGISTRY = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": FakeSim})
+REGISTRY = Registry(
+    extra_drivers={"fake": FakeDriver, "jobsim": JobDriver, "testdev": TestDriver},
+    extra_sims={"fake": FakeSim, "jobsim": JobSim, "testdev": TestSim},
+)
 
 
 def main() -> int:
