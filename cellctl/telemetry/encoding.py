@@ -22,6 +22,11 @@ from cellctl.telemetry.topics import Topics
 PAYLOAD_VERSION = 1
 
 
+def _envelope(src: str, seq: int, ts: float) -> dict[str, Any]:
+    """What every event payload starts with: version, source and its sequence number, time."""
+    return {"v": PAYLOAD_VERSION, "src": src, "seq": seq, "ts": ts}
+
+
 class Kind(enum.StrEnum):
     """What a message is; decides its spooling and the schema it follows."""
 
@@ -125,10 +130,7 @@ class JsonEncoding:
 
     def state(self, ev: StateChanged, seq: int) -> Outgoing:
         body = {
-            "v": PAYLOAD_VERSION,
-            "src": ev.device_id,
-            "seq": seq,
-            "ts": ev.timestamp,
+            **_envelope(ev.device_id, seq, ev.timestamp),
             "device": ev.device_id,
             "state": ev.state.label,
             "code": int(ev.state),
@@ -168,10 +170,7 @@ class JsonEncoding:
 
     def alarm(self, ev: Alarm, seq: int) -> Outgoing:
         body = {
-            "v": PAYLOAD_VERSION,
-            "src": ev.device_id,
-            "seq": seq,
-            "ts": ev.timestamp,
+            **_envelope(ev.device_id, seq, ev.timestamp),
             "device": ev.device_id,
             "code": ev.code,
             "text": ev.text,
@@ -181,10 +180,7 @@ class JsonEncoding:
 
     def request(self, ev: OperatorRequest, seq: int) -> Outgoing:
         body = {
-            "v": PAYLOAD_VERSION,
-            "src": ev.device_id,
-            "seq": seq,
-            "ts": ev.timestamp,
+            **_envelope(ev.device_id, seq, ev.timestamp),
             "device": ev.device_id,
             "kind": ev.kind.value,
             "text": ev.text,
@@ -195,10 +191,7 @@ class JsonEncoding:
 
     def job(self, ev: JobEvent, seq: int) -> Outgoing:
         body = {
-            "v": PAYLOAD_VERSION,
-            "src": "jobs",
-            "seq": seq,
-            "ts": ev.timestamp,
+            **_envelope("jobs", seq, ev.timestamp),
             "job": ev.job_id,
             "event": ev.event,
             "state": ev.state,
@@ -210,10 +203,7 @@ class JsonEncoding:
 
     def audit(self, rec: AuditRecord, seq: int) -> Outgoing:
         body = {
-            "v": PAYLOAD_VERSION,
-            "src": "audit",
-            "seq": seq,
-            "ts": rec.timestamp,
+            **_envelope("audit", seq, rec.timestamp),
             "command": rec.command,
             "id": rec.request_id,
             "origin": dict(rec.origin),
