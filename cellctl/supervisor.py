@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from cellctl.backoff import Backoff
 from cellctl.config import DeviceConfig, SupervisorSection
 from cellctl.driver import Driver, DriverContext, EventSink, ProgressSink, Simulator
 from cellctl.errors import CellError, LinkError, WrongDevice
@@ -41,31 +42,14 @@ class RealClock:
         await asyncio.sleep(seconds)
 
 
-class Backoff:
-    """Exponential backoff with multiplicative jitter, capped at `backoff_max_s`."""
-
-    def __init__(self, policy: SupervisorSection, rng: random.Random | None = None) -> None:
-        self._p = policy
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def base(self, attempt: int) -> float:
-        p = self._p
-        return min(p.backoff_max_s, p.backoff_initial_s * p.backoff_multiplier**attempt)
-
-    def next(self) -> float:
-        base = self.base(self.attempt)
-        self.attempt += 1
-        spread = base * self._p.jitter
-        return max(0.0, min(self._p.backoff_max_s, base + self._rng.uniform(-spread, spread)))
-
-    def exhaust(self) -> None:
-        """Jump to the cap: used when retrying soon cannot help (wrong machine on the port)."""
-        while self.base(self.attempt) < self._p.backoff_max_s:
-            self.attempt += 1
-
-    def reset(self) -> None:
-        self.attempt = 0
+def supervisor_backoff(policy: SupervisorSection, rng: random.Random | None = None) -> Backoff:
+    return Backoff(
+        policy.backoff_initial_s,
+        policy.backoff_max_s,
+        policy.backoff_multiplier,
+        policy.jitter,
+        rng=rng or random.Random(),
+    )
 
 
 class DeviceRunner:
@@ -86,7 +70,7 @@ class DeviceRunner:
         self._emit_outer = emit
         self._policy = policy
         self._clock = clock or RealClock()
-        self.backoff = Backoff(policy, rng)
+        self.backoff = supervisor_backoff(policy, rng)
         self.log = log.bind(device=self.id)
         self.driver: Driver | None = None
         self.state = DeviceState.UNAVAILABLE

@@ -37,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cellctl.backoff import Backoff
 from cellctl.config import MqttSection
 from cellctl.errors import LinkError
 from cellctl.telemetry.encoding import Outgoing
@@ -160,7 +161,13 @@ class MqttLink:
         self._session: _Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._attempt = 0
+        self._backoff = Backoff(
+            settings.reconnect_initial_s,
+            settings.reconnect_max_s,
+            jitter=settings.reconnect_jitter,
+            floor_s=0.05,
+            rng=self._rng,
+        )
 
     # --- public -----------------------------------------------------------
 
@@ -199,7 +206,7 @@ class MqttLink:
                     await self._one_connection()
                 except LinkError as exc:
                     self._failed(str(exc))
-                await asyncio.sleep(self._next_delay())
+                await asyncio.sleep(self._backoff.next())
         finally:
             self._teardown()
             self.state = LinkState.CLOSED
@@ -237,13 +244,6 @@ class MqttLink:
         self._teardown()
 
     # --- connection -------------------------------------------------------
-
-    def _next_delay(self) -> float:
-        s = self.settings
-        base = min(s.reconnect_max_s, s.reconnect_initial_s * 2.0 ** min(self._attempt, 30))
-        self._attempt += 1
-        spread = base * s.reconnect_jitter
-        return max(0.05, min(s.reconnect_max_s, base + self._rng.uniform(-spread, spread)))
 
     def _failed(self, message: str) -> None:
         self.stats.failures += 1
@@ -306,7 +306,7 @@ class MqttLink:
             for topic, qos in self.subscriptions:
                 client.subscribe(topic, qos)
             self.state = LinkState.CONNECTED
-            self._attempt = 0
+            self._backoff.reset()
             self.stats.connects += 1
             if self.last_error:
                 log.info("MQTT connected after failures", broker=self.settings.address)

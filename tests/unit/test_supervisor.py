@@ -13,7 +13,7 @@ from support.fake import ATTEMPTS, FakeDriver, FakeOptions, FakeSim, FakeSimOpti
 from cellctl.config import DeviceCommon, DeviceConfig, SupervisorSection
 from cellctl.model import DeviceState, Event, Program, ProgramKind, StateChanged, Step
 from cellctl.registry import Registry
-from cellctl.supervisor import Backoff, DeviceRunner, Supervisor
+from cellctl.supervisor import DeviceRunner, Supervisor, supervisor_backoff
 
 REG = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": FakeSim})
 POLICY = SupervisorSection(
@@ -59,7 +59,7 @@ async def until(pred: Callable[[], bool], bound: float = 5.0) -> None:
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
-    b = Backoff(POLICY, random.Random(1))
+    b = supervisor_backoff(POLICY, random.Random(1))
     delays = [b.next() for _ in range(8)]
     for i, d in enumerate(delays):
         base = min(30.0, 1.0 * 2.0**i)
@@ -67,6 +67,13 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
     assert delays[-1] <= 30.0 and delays[-1] >= 24.0
     b.reset()
     assert b.next() <= 1.2
+
+
+def test_backoff_survives_days_of_failures() -> None:
+    b = supervisor_backoff(POLICY, random.Random(3))
+    for _ in range(5000):  # 2.0 ** 5000 would overflow a float
+        delay = b.next()
+    assert 24.0 <= delay <= 30.0
 
 
 async def test_failing_device_backs_off_per_policy_while_others_run() -> None:
