@@ -29,13 +29,14 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from cellctl.config import TelemetrySection
+from cellctl.config import MqttSection, TelemetrySection
 from cellctl.events import EventBus
 from cellctl.model import Alarm, Sample, Samples
 from cellctl.store import Store
 from cellctl.telemetry.encoding import JsonEncoding, Kind, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
-from cellctl.telemetry.publisher import Publisher, SpoolSender
+from cellctl.telemetry.publisher import Publisher
+from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
 
@@ -196,7 +197,7 @@ async def _pipeline(
     sub = bus.subscribe("mqtt", lossless=True)
     db = workdir / f"bench-{time.monotonic_ns()}.db"
     async with Store(db) as store:
-        spool = Spool(store, 1_000_000, 0.005)
+        spool = Spool(store, 1_000_000, MqttSection().spool_commit_s)
         await spool.load()
         link = MqttLink(LinkSettings(port=port, client_id=f"bench-{time.monotonic_ns()}"))
         sender = SpoolSender(spool, link, 1000)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cellctl.model import Alarm, OperatorRequest, Sample, StateChanged, StepProgress
+from cellctl.telemetry.samplejson import SampleJson
 from cellctl.telemetry.topics import Topics
 
 PAYLOAD_VERSION = 1
@@ -117,6 +118,8 @@ class JsonEncoding:
 
     def __init__(self, topics: Topics) -> None:
         self.topics = topics
+        self._samples_json = SampleJson(PAYLOAD_VERSION)
+        self._samples_topics: dict[str, str] = {}
 
     def status(self, online: bool, reason: str, boot: str) -> Outgoing:
         body = {
@@ -141,16 +144,11 @@ class JsonEncoding:
         return Outgoing(topic, dumps(body), Kind.STATE, qos=1, retain=True)
 
     def samples(self, device_id: str, samples: Sequence[Sample], qos: int) -> Outgoing:
-        body = {
-            "v": PAYLOAD_VERSION,
-            "ts": time.time(),
-            "device": device_id,
-            "samples": [
-                {"name": s.name, "value": s.value, "ts": s.timestamp, "quality": s.quality.value}
-                for s in samples
-            ],
-        }
-        return Outgoing(self.topics.samples(device_id), dumps(body), Kind.SAMPLES, qos=qos)
+        topic = self._samples_topics.get(device_id)
+        if topic is None:
+            topic = self._samples_topics[device_id] = self.topics.samples(device_id)
+        payload = self._samples_json.encode(device_id, samples, time.time())
+        return Outgoing(topic, payload, Kind.SAMPLES, qos=qos)
 
     def progress(self, ev: StepProgress) -> Outgoing:
         p = ev.progress

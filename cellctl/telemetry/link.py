@@ -41,6 +41,7 @@ from cellctl.backoff import Backoff
 from cellctl.config import MqttSection
 from cellctl.errors import LinkError
 from cellctl.telemetry.encoding import Outgoing
+from cellctl.telemetry.pahoclient import BufferedClient
 
 log = structlog.get_logger("cellctl.mqtt")
 
@@ -125,7 +126,7 @@ AckHandler = Callable[[int, bool], None]
 class _Session:
     """Per-connection state: the paho client and what the loop registered for it."""
 
-    client: paho.Client
+    client: BufferedClient
     connack: asyncio.Future[ReasonCode]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     sock: Any = None
@@ -253,10 +254,10 @@ class MqttLink:
             log.debug("MQTT connection still failing", error=message)
         self.last_error = message
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> BufferedClient:
         s = self.settings
         protocol = MQTTProtocolVersion.MQTTv5 if s.mqtt5 else MQTTProtocolVersion.MQTTv311
-        client = paho.Client(
+        client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=protocol,
@@ -328,7 +329,7 @@ class MqttLink:
             if was_connected and self.on_disconnected is not None:
                 self.on_disconnected()
 
-    def _open(self, client: paho.Client) -> None:
+    def _open(self, client: BufferedClient) -> None:
         """Worker thread: DNS, TCP, TLS handshake, CONNECT queued (paho's connect)."""
         s = self.settings
         client.connect(s.host, s.port, keepalive=s.keepalive_s)
@@ -401,11 +402,9 @@ class MqttLink:
                 )
             )
 
-        def on_publish(
-            _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties | None
-        ) -> None:
+        def on_acked(mid: int, ok: bool) -> None:
             if self.on_ack is not None:
-                self.on_ack(mid, not rc.is_failure)
+                self.on_ack(mid, ok)
 
         client.on_socket_open = on_socket_open
         client.on_socket_close = on_socket_close
@@ -413,7 +412,7 @@ class MqttLink:
         client.on_socket_unregister_write = on_unregister_write
         client.on_connect = on_connect
         client.on_message = on_message
-        client.on_publish = on_publish
+        client.on_acked = on_acked
 
     def _register(self, session: _Session, sock: Any) -> None:
         if self._session is not session or session.lost.is_set():

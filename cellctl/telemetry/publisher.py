@@ -2,8 +2,8 @@
 
 `Publisher.handle()` runs on the event loop for each event and never waits:
 events get their sequence number and go to the spool (committed in groups,
-then sent with QoS 1 by `SpoolSender`); samples pass the per-metric filter,
-are batched per device, and go straight to the link with QoS 0 (or through
+sent with QoS 1 by cellctl/telemetry/sender.py); samples pass the per-metric
+filter, are batched per device, and go straight to the link with QoS 0 (or through
 the spool with QoS 1 when `samples_qos = 1`). When the broker is unreachable
 QoS 0 samples are dropped and counted: they are measurements, and the next
 one is coming.
@@ -45,97 +45,6 @@ log = structlog.get_logger("cellctl.mqtt.publisher")
 
 PROGRESS_MIN_INTERVAL_S = 0.5
 SPOOL_STATS_INTERVAL_S = 1.0
-
-
-class SpoolSender:
-    """Sends committed spool rows in id order, at most `window` unacknowledged at once."""
-
-    def __init__(self, spool: Spool, link: MqttLink, window: int) -> None:
-        self._spool = spool
-        self._link = link
-        self.window = window
-        self._inflight: dict[int, int] = {}  # mid → row id
-        self._cursor = 0
-        self._epoch = 0
-        self._backlog = True
-        self._generation = spool.fresh_generation
-        self._wake = asyncio.Event()
-        spool.on_commit = self._wake.set
-        self.sent = 0
-        self.acked = 0
-        self.refused = 0
-
-    def connected(self) -> None:
-        # A new connection starts again at the oldest unacknowledged row.
-        self._inflight.clear()
-        self._cursor = 0
-        self._backlog = True
-        self._epoch += 1
-        self._wake.set()
-
-    def disconnected(self) -> None:
-        self._inflight.clear()
-        self._wake.set()
-
-    def on_ack(self, mid: int, ok: bool) -> None:
-        row = self._inflight.pop(mid, None)
-        if row is None:
-            return
-        if not ok:
-            # The broker refused it (an ACL): resending cannot help; say so loudly.
-            self.refused += 1
-            log.error("broker refused a spooled message; check the broker's ACL", row=row)
-        self.acked += 1
-        self._spool.acked(row)
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            if not self._link.is_connected:
-                await self._link.connected.wait()
-                continue
-            room = self.window - len(self._inflight)
-            if room <= 0:
-                await self._wait()
-                continue
-            if self._spool.fresh_generation != self._generation:
-                self._generation = self._spool.fresh_generation
-                self._backlog = True
-            rows: Sequence[tuple[int, Outgoing]]
-            if self._backlog:
-                epoch = self._epoch
-                rows = await self._spool.read_after(self._cursor, min(room, 1000))
-                if epoch != self._epoch:
-                    continue  # reconnected meanwhile: start again from the oldest row
-                if not rows:
-                    self._backlog = False
-                    continue
-            else:
-                rows = self._take_fresh(room)
-                if not rows:
-                    await self._wait()
-                    continue
-            for row_id, out in rows:
-                mid = self._link.publish(out)
-                if mid is None:
-                    break  # connection went away; `connected()` restarts from the oldest
-                self._inflight[mid] = row_id
-                self._cursor = row_id
-                self.sent += 1
-
-    def _take_fresh(self, room: int) -> list[tuple[int, Outgoing]]:
-        fresh = self._spool.fresh
-        out: list[tuple[int, Outgoing]] = []
-        while fresh and len(out) < room:
-            row_id, msg = fresh.popleft()
-            if row_id > self._cursor:
-                out.append((row_id, msg))
-        return out
-
-    async def _wait(self) -> None:
-        # No await since the caller's check, so nothing can have set it in between.
-        self._wake.clear()
-        await self._wake.wait()
 
 
 class Publisher:
@@ -197,7 +106,11 @@ class Publisher:
         self.spool.add(out, source, seq)
 
     def _samples(self, ev: Samples) -> None:
-        admitted = [s for s in ev.samples if self.filter.admit(ev.device_id, s)]
+        admitted: Sequence[Sample]
+        if self.filter.trivial:
+            admitted = ev.samples
+        else:
+            admitted = [s for s in ev.samples if self.filter.admit(ev.device_id, s)]
         if not admitted:
             return
         if self.batch_s <= 0:
@@ -213,9 +126,14 @@ class Publisher:
         if batch:
             self._send_samples(device_id, batch)
 
-    def _send_samples(self, device_id: str, samples: list[Sample]) -> None:
-        for i in range(0, len(samples), self.batch_max):
-            chunk = samples[i : i + self.batch_max]
+    def _send_samples(self, device_id: str, samples: Sequence[Sample]) -> None:
+        step = self.batch_max
+        chunks = (
+            (samples,)
+            if len(samples) <= step
+            else (samples[i : i + step] for i in range(0, len(samples), step))
+        )
+        for chunk in chunks:
             out = self.encoding.samples(device_id, chunk, self.samples_qos)
             if self.samples_qos > 0:
                 self.spool.add(out)

@@ -25,7 +25,8 @@ from cellctl.supervisor import Supervisor
 from cellctl.telemetry.broker import embedded_broker
 from cellctl.telemetry.encoding import Encoding, JobEvent, JsonEncoding, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
-from cellctl.telemetry.publisher import Publisher, SpoolSender
+from cellctl.telemetry.publisher import Publisher
+from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
 

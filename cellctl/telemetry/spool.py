@@ -2,12 +2,15 @@
 
 Events (state changes, alarms, operator requests, job/step events, audit) are
 added here, given their per-source sequence number, and committed in groups:
-whatever arrives within `commit_s` of the first pending message shares one
-transaction (and one fsync). Only committed rows are sent; a row is deleted
-once the broker acknowledged it (PUBACK). After a reconnect or a restart the
-sender starts again from the oldest row, so everything goes out in order;
-a broker that had already taken a message before the link broke gets it
-again, which is why every event carries `seq`.
+the first message after a quiet spell is committed at once, and whatever
+arrives while that commit's fsync runs shares the next transaction, so the
+group grows with the load and an idle cell waits for nothing (`commit_s` > 0
+adds a fixed window before each commit, for disks where fsync is dear).
+A row is deleted once it is both committed and acknowledged (PUBACK); the
+sender may publish an entry before its commit (cellctl/telemetry/sender.py).
+After a reconnect or a restart the sender starts again from the oldest row,
+so everything goes out in order; a broker that had already taken a message
+before the link broke gets it again, which is why every event carries `seq`.
 
 The spool is bounded by `max_rows`: past it the oldest QoS 1 samples are
 deleted; events are never dropped (the spool then grows past its bound and
@@ -31,13 +34,20 @@ log = structlog.get_logger("cellctl.mqtt.spool")
 
 # Committed rows kept in memory for the sender; past this it reads from SQLite.
 FRESH_MAX = 20_000
+# Uncommitted entries offered to the sender early; past this they wait for their commit.
+EARLY_MAX = 10_000
 
 
 @dataclass(slots=True)
-class _Pending:
+class Entry:
+    """One spooled message. `row_id` is 0 until its row is committed."""
+
     out: Outgoing
-    source: str | None
-    seq: int | None
+    source: str | None = None
+    seq: int | None = None
+    row_id: int = 0
+    acked: bool = False  # the broker took it before its row was committed
+    sent_epoch: int = -1  # the sender's connection epoch it was last sent in
 
 
 @dataclass
@@ -51,13 +61,13 @@ class SpoolCounters:
 
 @dataclass
 class _Batch:
-    rows: list[_Pending] = field(default_factory=list)
+    rows: list[Entry] = field(default_factory=list)
     acked: list[int] = field(default_factory=list)
     offline_drops: int = 0
 
 
 class Spool:
-    def __init__(self, store: Store, max_rows: int = 100_000, commit_s: float = 0.02) -> None:
+    def __init__(self, store: Store, max_rows: int = 100_000, commit_s: float = 0.0) -> None:
         self._store = store
         self.max_rows = max_rows
         self.commit_s = commit_s
@@ -66,11 +76,17 @@ class Spool:
         self._batch = _Batch()
         self._wake = asyncio.Event()
         self._over_bound_logged = False
+        self._committing = 0
         # Rows committed since the sender last read SQLite (ids ascending).
-        self.fresh: deque[tuple[int, Outgoing]] = deque()
+        self.fresh: deque[Entry] = deque()
         self.fresh_generation = 0
-        # Called after each commit that added rows (the sender's wake-up).
+        # Entries added while the sender is caught up, before their commit: the sender
+        # may publish them at once (see cellctl/telemetry/sender.py).
+        self.early: deque[Entry] = deque()
+        self.early_open = False
+        # Called after each commit that added rows, and after each add (the sender's wake-up).
         self.on_commit: Callable[[], None] = lambda: None
+        self.on_add: Callable[[], None] = lambda: None
 
     async def load(self) -> None:
         def read(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int], int]:
@@ -100,8 +116,16 @@ class Spool:
         return self._seq.get(source, 0)
 
     def add(self, out: Outgoing, source: str | None = None, seq: int | None = None) -> None:
-        self._batch.rows.append(_Pending(out, source, seq))
+        entry = Entry(out, source, seq)
+        self._batch.rows.append(entry)
         self._wake.set()
+        if self.early_open:
+            if len(self.early) < EARLY_MAX:
+                self.early.append(entry)
+                self.on_add()
+            else:
+                # Skipping one would let the next overtake it: close until caught up.
+                self.early_open = False
 
     def acked(self, row_id: int) -> None:
         # No wake-up of its own: deletes ride on the next commit of new rows (or the
@@ -116,6 +140,11 @@ class Spool:
     @property
     def pending(self) -> int:
         return len(self._batch.rows)
+
+    @property
+    def uncommitted(self) -> int:
+        """Entries added but not yet committed, the commit under way included."""
+        return len(self._batch.rows) + self._committing
 
     # --- the writer --------------------------------------------------------
 
@@ -141,6 +170,7 @@ class Spool:
             "dropped_offline": self.counters.dropped_offline,
         }
         max_rows = self.max_rows
+        depth_before = self.counters.depth
 
         def commit(conn: sqlite3.Connection) -> tuple[list[int], int, int]:
             ids: list[int] = []
@@ -169,8 +199,9 @@ class Spool:
                     )
                 trimmed = 0
                 if ids:
-                    depth = conn.execute("SELECT count(*) FROM telemetry_spool").fetchone()[0]
-                    over = int(depth) - max_rows
+                    # The depth is kept in memory: counting rows on every commit would
+                    # cost a table scan per fsync exactly when an outage filled the spool.
+                    over = depth_before + len(ids) - deleted - max_rows
                     if over > 0:
                         cur = conn.execute(
                             "DELETE FROM telemetry_spool WHERE id IN (SELECT id FROM"
@@ -191,7 +222,11 @@ class Spool:
                 )
             return ids, deleted, trimmed
 
-        ids, deleted, trimmed = await self._store.call(commit)
+        self._committing = len(batch.rows)
+        try:
+            ids, deleted, trimmed = await self._store.call(commit)
+        finally:
+            self._committing = 0
         c = self.counters
         c.depth += len(ids) - deleted - trimmed
         c.dropped_samples += trimmed
@@ -209,21 +244,28 @@ class Spool:
         elif c.depth <= self.max_rows:
             self._over_bound_logged = False
         if ids:
-            self.fresh.extend(zip(ids, (p.out for p in batch.rows), strict=True))
+            for entry, row_id in zip(batch.rows, ids, strict=True):
+                entry.row_id = row_id
+                if entry.acked:
+                    self._batch.acked.append(row_id)  # sent early and already acknowledged
+            self.fresh.extend(batch.rows)
             if len(self.fresh) > FRESH_MAX:
                 self.fresh.clear()
                 self.fresh_generation += 1
             self.on_commit()
 
-    async def read_after(self, row_id: int, limit: int) -> list[tuple[int, Outgoing]]:
-        def read(conn: sqlite3.Connection) -> list[tuple[int, Outgoing]]:
+    async def read_after(self, row_id: int, limit: int) -> list[Entry]:
+        def read(conn: sqlite3.Connection) -> list[Entry]:
             rows = conn.execute(
                 "SELECT id, topic, payload, qos, retain, kind FROM telemetry_spool"
                 " WHERE id > ? ORDER BY id LIMIT ?",
                 (row_id, limit),
             ).fetchall()
             return [
-                (int(r[0]), Outgoing(r[1], bytes(r[2]), Kind(r[5]), int(r[3]), bool(r[4])))
+                Entry(
+                    Outgoing(r[1], bytes(r[2]), Kind(r[5]), int(r[3]), bool(r[4])),
+                    row_id=int(r[0]),
+                )
                 for r in rows
             ]
 

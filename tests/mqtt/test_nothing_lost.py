@@ -105,7 +105,9 @@ async def test_broker_outage_loses_no_event(tmp_path: Path) -> None:
                 raise AssertionError(f"expected {total}, got {got}, {spool.counters}") from None
         firsts, dups = check_sequences(sub.messages)
         for dev, n in total.items():
-            assert firsts[dev] == list(range(1, n + 1)), f"{dev}: gap or disorder"
+            assert firsts[dev][:n] == list(range(1, n + 1)), f"{dev}: gap or disorder"
+            # The cell's shutdown (devices going unavailable) may follow; nothing else may.
+            assert all(seq > n for seq in firsts[dev][n:]), f"{dev}: disorder after the outage"
         print(
             f"\noutage {OUTAGE_S:.0f} s: {sum(total.values())} events in order, {dups} duplicates"
         )

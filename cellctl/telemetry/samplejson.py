@@ -1,0 +1,57 @@
+"""The samples payload written by hand: the one message kind sent at sensor rates.
+
+`json.dumps` on the samples dict cost about three times the rest of the
+samples path per message (benchmarks/telemetry.py). Device ids, metric names
+and qualities repeat, so their JSON text is cached; numbers are written as
+`json` writes them. The output parses to exactly what `json.dumps` would give
+(tests/mqtt/test_samplejson.py checks that with hypothesis).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+from cellctl.model import MetricValue, Sample
+
+_CACHE_MAX = 4096
+
+
+class SampleJson:
+    def __init__(self, version: int) -> None:
+        self._version = version
+        self._strings: dict[str, str] = {}
+
+    def text(self, value: str) -> str:
+        found = self._strings.get(value)
+        if found is None:
+            found = json.dumps(value, ensure_ascii=False)
+            if len(self._strings) < _CACHE_MAX:
+                self._strings[value] = found
+        return found
+
+    def value(self, v: MetricValue) -> str:
+        kind = type(v)
+        if kind is float:
+            # json writes NaN/Infinity as those tokens; float repr would write nan/inf.
+            return repr(v) if math.isfinite(v) else json.dumps(v)  # type: ignore[arg-type]
+        if kind is bool:
+            return "true" if v else "false"
+        if kind is int:
+            return str(v)
+        if kind is str:
+            return json.dumps(v, ensure_ascii=False)
+        return json.dumps(v, ensure_ascii=False)  # a subclass: let json decide
+
+    def encode(self, device_id: str, samples: Sequence[Sample], now: float) -> bytes:
+        text, value = self.text, self.value
+        items = ",".join(
+            [
+                f'{{"name":{text(s.name)},"value":{value(s.value)},'
+                f'"ts":{s.timestamp!r},"quality":{text(s.quality.value)}}}'
+                for s in samples
+            ]
+        )
+        head = f'{{"v":{self._version},"ts":{now!r},"device":{text(device_id)},"samples":['
+        return (head + items + "]}").encode()
