@@ -903,13 +903,13 @@ class GrblDriver:
         except Flushed as exc:
             return self._interrupted(str(exc), lineno)
         if not answer.ok:
-            code = answer.reply.code or 0
-            return StepResult(
-                StepOutcome.FAILED,
-                f"after line {lineno}: {SYNC_LINE}: {codes.describe_error(code)}",
-                self._last_acked_line,
-            )
+            return self._refused(f"after line {lineno}: {SYNC_LINE}", answer)
         return None
+
+    def _refused(self, where: str, answer: Answer) -> StepResult:
+        """The step fails where GRBL answered `error:N` to a line the driver sent itself."""
+        reason = codes.describe_error(answer.reply.code or 0)
+        return StepResult(StepOutcome.FAILED, f"{where}: {reason}", self._last_acked_line)
 
     async def _macro(self, lines: Sequence[str], epoch: int, what: str) -> StepResult | None:
         for raw in lines:
@@ -921,12 +921,7 @@ class GrblDriver:
             except Flushed as exc:
                 return self._interrupted(str(exc), None)
             if not answer.ok:
-                code = answer.reply.code or 0
-                return StepResult(
-                    StepOutcome.FAILED,
-                    f"{what} line {line!r}: {codes.describe_error(code)}",
-                    self._last_acked_line,
-                )
+                return self._refused(f"{what} line {line!r}", answer)
         return await self._sync(epoch, self._last_acked_line or 0)
 
     async def _change_tool(
