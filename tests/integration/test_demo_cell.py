@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from integration.test_daemon import NotifySocket
+from support.ports import free_port
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
 
@@ -36,12 +36,6 @@ program = { kind = "recipe", name = "7", parameters = { speed = 120.0, force = 3
 
 CUBE_GCODE = "G28\nM104 S200\nG1 X10 Y10 F3000\nG1 X20 Y20 E1\nG1 X30 Y10 E2\nM84\n"
 BRACKET_NC = "G21\nG90\nG0 X10 Y10\nG1 X20 F500\nG1 Y20\nM5\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(tmp_path: Path) -> Path:
