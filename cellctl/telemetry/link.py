@@ -182,6 +182,10 @@ class MqttLink:
         session = self._session
         if session is None or self.state != LinkState.CONNECTED:
             return None
+        if out.qos == 0 and properties is None:
+            if session.client.publish_qos0(out.topic, out.payload, out.retain):
+                self.stats.published += 1
+                return 0  # QoS 0 has no message id
         info = session.client.publish(
             out.topic, out.payload, qos=out.qos, retain=out.retain, properties=properties
         )
@@ -263,6 +267,7 @@ class MqttLink:
             protocol=protocol,
             clean_session=None if s.mqtt5 else True,
             reconnect_on_failure=False,
+            mqtt5=s.mqtt5,
         )
         client.connect_timeout = s.connect_timeout_s
         client.max_inflight_messages_set(s.max_inflight)

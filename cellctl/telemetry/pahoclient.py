@@ -9,11 +9,15 @@ message it writes. On the asyncio loop that is the samples path's largest cost
   one `send()` (what paho cannot take now stays buffered, and `want_write()`
   keeps the loop's writer registered until it is gone);
 - reports acknowledgements of QoS 1/2 messages through `on_acked` instead of
-  `on_publish`, so QoS 0 writes build nothing.
+  `on_publish`, so QoS 0 writes build nothing;
+- writes a QoS 0 PUBLISH straight into that buffer (`publish_qos0`) when
+  paho has nothing queued ahead of it: paho's `publish()` builds a message-info
+  object with its own lock for every message, which a QoS 0 sample never needs.
 
-Both hooks override paho internals (`_sock_send`, `_sock_close`,
-`_do_on_publish`), so the paho version is pinned in pyproject.toml and
-tests/mqtt/test_pahoclient.py checks them against the installed paho.
+The hooks override or read paho internals (`_sock_send`, `_sock_close`,
+`_do_on_publish`, `_out_packet`, `_call_socket_(un)register_write`), so the
+paho version is pinned in pyproject.toml, and tests/mqtt/test_link_writes.py
+checks bursts of both QoS levels on MQTT 5 and 3.1.1 against the installed paho.
 """
 
 from __future__ import annotations
@@ -28,12 +32,50 @@ from paho.mqtt.enums import MQTTErrorCode
 AckCallback = Callable[[int, bool], None]
 
 
+# MQTT's largest remaining length (four length bytes).
+_MAX_REMAINING = 268_435_455
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
+
+
 class BufferedClient(paho.Client):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, mqtt5: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_acked: AckCallback | None = None
         self._wbuf = bytearray()
         self._buffering = False
+        self._mqtt5 = mqtt5
+        self._topic_fields: dict[str, bytes] = {}
+
+    def publish_qos0(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Queue a QoS 0 PUBLISH; False when paho must do it (connection or queue state)."""
+        if self._sock is None or self._out_packet or not self.is_connected():
+            return False
+        head = self._topic_fields.get(topic)
+        if head is None:
+            raw = topic.encode()
+            if not raw or len(raw) > 65535 or "+" in topic or "#" in topic:
+                return False  # paho raises the right error for these
+            # Topic name, then (MQTT 5) an empty property list.
+            head = len(raw).to_bytes(2, "big") + raw + (b"\x00" if self._mqtt5 else b"")
+            if len(self._topic_fields) < 4096:
+                self._topic_fields[topic] = head
+        size = len(head) + len(payload)
+        if size > _MAX_REMAINING:
+            return False
+        self._wbuf += bytes((0x31 if retain else 0x30,))
+        self._wbuf += _remaining_length(size)
+        self._wbuf += head
+        self._wbuf += payload
+        self._call_socket_register_write()
+        return True
 
     def loop_write(self) -> MQTTErrorCode:
         self._buffering = True

@@ -12,6 +12,7 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from mqtt_broker import Mosquitto
 from mqtt_rig import BOUND, Subscriber
 
@@ -19,21 +20,22 @@ from cellctl.telemetry.encoding import Kind, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
 
 
-async def test_bursts_arrive_complete_in_order_and_acks_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mqtt5", [True, False], ids=["mqtt5", "mqtt311"])
+async def test_bursts_arrive_complete_in_order_and_acks_once(tmp_path: Path, mqtt5: bool) -> None:
     # Unlimited queues: Mosquitto's defaults (1000 queued per client) would drop the burst.
     broker = Mosquitto(
         tmp_path / "broker", extra="max_queued_messages 0\nmax_inflight_messages 0\n"
     )
     broker.start()
     try:
-        await _bursts(broker)
+        await _bursts(broker, mqtt5)
     finally:
         broker.stop()
 
 
-async def _bursts(broker: Mosquitto) -> None:
+async def _bursts(broker: Mosquitto, mqtt5: bool) -> None:
     sub = await Subscriber(broker.port, ["burst/#"], qos=1).start()
-    link = MqttLink(LinkSettings(port=broker.port, client_id="burst"))
+    link = MqttLink(LinkSettings(port=broker.port, client_id="burst", mqtt5=mqtt5))
     acks: Counter[int] = Counter()
     refused: list[int] = []
 
@@ -51,11 +53,15 @@ async def _bursts(broker: Mosquitto) -> None:
             # One loop turn each: the whole burst is queued before paho may write.
             for i in range(n0):
                 link.publish(Outgoing("burst/zero", str(i).encode(), Kind.SAMPLES, qos=0))
+                if i == n0 // 2:
+                    # A QoS 1 message in the middle: the QoS 0 ones behind it must wait
+                    # for paho's queue, not overtake it.
+                    link.publish(Outgoing("burst/mid", b"mid", Kind.ALARM, qos=1))
             mids = [
                 link.publish(Outgoing("burst/one", str(i).encode(), Kind.ALARM, qos=1))
                 for i in range(n1)
             ]
-            await sub.wait_for(lambda: len(sub.messages) >= n0 + n1, "both bursts")
+            await sub.wait_for(lambda: len(sub.messages) >= n0 + n1 + 1, "both bursts")
             async with asyncio.timeout(BOUND):
                 while len(acks) < n1:
                     await asyncio.sleep(0.01)
@@ -65,6 +71,9 @@ async def _bursts(broker: Mosquitto) -> None:
     finally:
         sub.stop()
 
+    order = [m.topic for m in sub.messages]
+    mid_at = order.index("burst/mid")
+    assert order[:mid_at].count("burst/zero") == n0 // 2 + 1  # sent before it, arrived before it
     zero = [int(m.payload) for m in sub.on("/zero")]
     one = [int(m.payload) for m in sub.on("/one")]
     assert zero == list(range(n0))
@@ -73,4 +82,4 @@ async def _bursts(broker: Mosquitto) -> None:
     assert None not in mids
     assert set(acks) >= set(mids) and all(acks[m] == 1 for m in mids)
     assert not refused
-    assert link.stats.published == n0 + n1 + 1
+    assert link.stats.published == n0 + n1 + 2
