@@ -36,7 +36,9 @@ AckCallback = Callable[[int, bool], None]
 _MAX_REMAINING = 268_435_455
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    if n < 128:
+        return bytes((n,))
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -70,10 +72,9 @@ class BufferedClient(paho.Client):
         size = len(head) + len(payload)
         if size > _MAX_REMAINING:
             return False
-        self._wbuf += bytes((0x31 if retain else 0x30,))
-        self._wbuf += _remaining_length(size)
-        self._wbuf += head
-        self._wbuf += payload
+        self._wbuf += b"".join(
+            (b"\x31" if retain else b"\x30", remaining_length(size), head, payload)
+        )
         self._call_socket_register_write()
         return True
 

@@ -13,9 +13,10 @@ import json
 import math
 from collections.abc import Sequence
 
-from cellctl.model import MetricValue, Sample
+from cellctl.model import MetricValue, Quality, Sample
 
 _CACHE_MAX = 4096
+_QUALITY = {q: json.dumps(q.value) for q in Quality}
 
 
 class SampleJson:
@@ -44,14 +45,16 @@ class SampleJson:
             return json.dumps(v, ensure_ascii=False)
         return json.dumps(v, ensure_ascii=False)  # a subclass: let json decide
 
-    def encode(self, device_id: str, samples: Sequence[Sample], now: float) -> bytes:
-        text, value = self.text, self.value
-        items = ",".join(
-            [
-                f'{{"name":{text(s.name)},"value":{value(s.value)},'
-                f'"ts":{s.timestamp!r},"quality":{text(s.quality.value)}}}'
-                for s in samples
-            ]
+    def item(self, s: Sample) -> str:
+        return (
+            f'{{"name":{self.text(s.name)},"value":{self.value(s.value)},'
+            f'"ts":{s.timestamp!r},"quality":{_QUALITY[s.quality]}}}'
         )
-        head = f'{{"v":{self._version},"ts":{now!r},"device":{text(device_id)},"samples":['
+
+    def encode(self, device_id: str, samples: Sequence[Sample], now: float) -> bytes:
+        if len(samples) == 1:
+            items = self.item(samples[0])  # the usual case: one sample per message
+        else:
+            items = ",".join([self.item(s) for s in samples])
+        head = f'{{"v":{self._version},"ts":{now!r},"device":{self.text(device_id)},"samples":['
         return (head + items + "]}").encode()

@@ -57,11 +57,13 @@ async def _bursts(broker: Mosquitto, mqtt5: bool) -> None:
                     # A QoS 1 message in the middle: the QoS 0 ones behind it must wait
                     # for paho's queue, not overtake it.
                     link.publish(Outgoing("burst/mid", b"mid", Kind.ALARM, qos=1))
+            big = b"x" * 200_000  # a three-byte remaining length
+            link.publish(Outgoing("burst/big", big, Kind.SAMPLES, qos=0))
             mids = [
                 link.publish(Outgoing("burst/one", str(i).encode(), Kind.ALARM, qos=1))
                 for i in range(n1)
             ]
-            await sub.wait_for(lambda: len(sub.messages) >= n0 + n1 + 1, "both bursts")
+            await sub.wait_for(lambda: len(sub.messages) >= n0 + n1 + 2, "both bursts")
             async with asyncio.timeout(BOUND):
                 while len(acks) < n1:
                     await asyncio.sleep(0.01)
@@ -82,4 +84,5 @@ async def _bursts(broker: Mosquitto, mqtt5: bool) -> None:
     assert None not in mids
     assert set(acks) >= set(mids) and all(acks[m] == 1 for m in mids)
     assert not refused
-    assert link.stats.published == n0 + n1 + 2
+    assert [m.payload for m in sub.on("/big")] == [big]
+    assert link.stats.published == n0 + n1 + 3

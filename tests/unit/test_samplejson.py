@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cellctl.model import Quality, Sample
+from cellctl.telemetry.pahoclient import remaining_length
 from cellctl.telemetry.samplejson import SampleJson
 
 values = st.one_of(
@@ -53,3 +54,14 @@ def test_cache_is_bounded() -> None:
         enc.text(f"metric-{i}")
     assert len(enc._strings) <= 4096
     assert enc.text("metric-9999") == '"metric-9999"'
+
+
+@given(st.integers(min_value=0, max_value=268_435_455))
+def testremaining_length_decodes_per_mqtt(n: int) -> None:
+    encoded = remaining_length(n)
+    value, mult = 0, 1
+    for i, byte in enumerate(encoded):
+        value += (byte & 0x7F) * mult
+        mult *= 128
+        assert bool(byte & 0x80) == (i < len(encoded) - 1)  # continuation bit on all but last
+    assert value == n and len(encoded) <= 4
