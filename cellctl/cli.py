@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cellctl.cli_remote import add_commands
 
-    add_commands(sub)  # status, jobs, submit, cancel, ack, estop: over MQTT
+    add_commands(sub)  # status, ack, estop: over MQTT
     return p
 
 
@@ -179,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `cellctl jobs | head`: the reader left, nothing is wrong
         sys.stdout = None
         return EXIT_OK
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_USAGE
     except CellError as exc:
         print(f"cellctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
