@@ -44,7 +44,7 @@ class JobBridge:
                     if name not in files:
                         # Named by index on disk: the program name is a label, not a path.
                         files[name] = Path(tmp) / f"{i}.gcode"
-                        await asyncio.to_thread(files[name].write_text, s.gcode)
+                        await asyncio.to_thread(files[name].write_bytes, s.gcode.encode())
                     program = name
                 elif s.file is not None:
                     program = s.file  # sha256:<hex> of a program already stored
