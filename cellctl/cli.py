@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from cellctl import __version__
 from cellctl.config import Cell, load
-from cellctl.errors import CellError, ConfigError
+from cellctl.errors import CellError, ConfigError, UsageError
 from cellctl.registry import Registry
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -181,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except ConfigError as exc:
         _print_problems(exc)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"cellctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CellError as exc:
         print(f"cellctl: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ from cellctl.cli_jobs_view import recent, show
 from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, add_target_options
 from cellctl.cli_submission import build_submission
 from cellctl.config import Cell, CellConfig, load, load_settings
-from cellctl.errors import ConfigError
+from cellctl.errors import ConfigError, UsageError
 from cellctl.jobs import repo
 from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.spec import JobRejected
@@ -82,7 +82,7 @@ def over_mqtt(args: argparse.Namespace) -> CellConfig | None:
     if settings.mqtt is None and args.host is None and args.port is None:
         return None
     if args.wait <= 0:
-        raise ConfigError([f"cellctl {args.command}: over MQTT --timeout must be above 0"])
+        raise UsageError(f"{args.command}: over MQTT --timeout must be above 0 (or use --local)")
     return settings
 
 
