@@ -213,6 +213,14 @@ async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: M
         assert rc == 0, err
         petg_id = out.split()[1].rstrip(":")
         await job_state(sub, petg_id, "held")  # pre-flight: PETG file, PLA loaded
+        rc, out, err = cellctl("answer", c, petg_id, "0", "resume")  # from line 1: held again
+        assert rc == 0 and f"resume {petg_id}/0: accepted" in out, (out, err)
+
+        def step_holds() -> int:
+            events = [m.json() for m in sub.on("petg/events")]
+            return sum(e["event"] == "step" and e["state"] == "held" for e in events)
+
+        await sub.wait_for(lambda: step_holds() == 2, "held again after resume")
 
         rc, out, err = cellctl("setup", c, "p1", "material=PETG", "--merge")
         assert rc == 0 and "setup of p1: done (material=PETG, nozzle=0.4)" in out, (out, err)
