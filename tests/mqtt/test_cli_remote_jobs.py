@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from jobs.conftest import REGISTRY, gcode
-from mqtt_broker import Mosquitto, free_port
+from mqtt_broker import Mosquitto, free_port, make_certs, password_file
 from mqtt_rig import Subscriber
 
 from cellctl import cli, cli_jobs
@@ -68,13 +68,14 @@ sim = {{ time_factor = 10.0, step_s = 0.2 }}
     return path
 
 
-def cellctl(*argv: str, timeout: float = BOUND) -> tuple[int, str, str]:
+def cellctl(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """The installed command line, as an operator runs it."""
     done = subprocess.run(
         [sys.executable, "-m", "cellctl", *argv],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=BOUND,
+        env={**os.environ, **(env or {})},
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -290,3 +291,46 @@ async def test_embedded_broker_speaks_311_and_the_cli_follows(tmp_path: Path) ->
             )
 
         await eventually(done, f"job {job_id} done")
+
+
+def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    pw = password_file(tmp_path, {"operator": "op-pw", "reader": "rd-pw"})
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user operator\ntopic readwrite cellctl/v1/#\nuser reader\ntopic read cellctl/v1/#\n"
+    )
+    broker = Mosquitto(
+        tmp_path / "broker",
+        anonymous=False,
+        extra=(
+            f"password_file {pw}\nacl_file {acl}\ncafile {certs.ca}\n"
+            f"certfile {certs.server_cert}\nkeyfile {certs.server_key}\n"
+            "require_certificate true\n"
+        ),
+    )
+    broker.start()
+    try:
+        cfg = write_cell(
+            tmp_path / "cell.toml",
+            broker.port,
+            mqtt_extra=(
+                f'tls = {{ ca_file = "{certs.ca}", cert_file = "{certs.client_cert}", '
+                f'key_file = "{certs.client_key}" }}'
+            ),
+        )
+        c = str(cfg)
+
+        def as_user(user: str, password: str, *argv: str) -> tuple[int, str, str]:
+            env = {"CELLCTL_MQTT_USERNAME": user, "CELLCTL_MQTT_PASSWORD": password}
+            return cellctl(*argv, env=env)
+
+        rc, _, err = as_user("operator", "wrong", "jobs", c)
+        assert rc == 1 and err.count("\n") == 1 and "refused the connection" in err, err
+        # Through TLS, logged in, subscribed, published: only the daemon is missing.
+        rc, _, err = as_user("operator", "op-pw", "jobs", c, "--timeout", "1")
+        assert rc == 1 and "the daemon may not be running" in err, err
+        rc, _, err = as_user("reader", "rd-pw", "cancel", c, "j-1", "--timeout", "1")
+        assert rc == 1 and "refused command cancel: Not authorized" in err, err
+    finally:
+        broker.stop()
