@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from cellctl import __version__
 from cellctl.config import Cell, load
-from cellctl.errors import CellError, ConfigError
+from cellctl.errors import CellError, ConfigError, UsageError
 from cellctl.registry import Registry
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cellctl.cli_remote import add_commands
 
-    add_commands(sub)  # status, jobs, submit, cancel, ack, estop: over MQTT
+    add_commands(sub)  # status, ack, estop: over MQTT
     return p
 
 
@@ -179,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `cellctl jobs | head`: the reader left, nothing is wrong
         sys.stdout = None
         return EXIT_OK
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"cellctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CellError as exc:
         print(f"cellctl: {exc}", file=sys.stderr)
         return EXIT_FAIL

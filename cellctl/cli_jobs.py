@@ -1,40 +1,36 @@
-"""The job commands of the `cellctl` command line, local forms (they read and write the store).
+"""The job commands of the `cellctl` command line: over MQTT, or local forms on the store.
 
-`cellctl jobs` reads the store directly (SQLite WAL lets it read while the daemon
-writes). The commands that change something (`submit`, `cancel`, `answer`,
-`setup`, `service`) queue a request in the store; the running daemon applies
-it through the same API the MQTT commands use, and the command waits for the
-result (`--wait`). Without a running daemon a request waits for the next start.
+When the cell's config has an `[mqtt]` section (or `--host/--port` are given)
+the commands talk to the running cell over MQTT, as an MES would
+(cli_jobs_remote.py). `--local`, or a config without `[mqtt]`, selects the
+local forms here: `cellctl jobs` reads the store directly (SQLite WAL lets it
+read while the daemon writes); the commands that change something queue a
+request in the store, the running daemon applies it through the same API the
+MQTT commands use, and the command waits for the result (`--wait`). Without a
+running daemon a request waits for the next start. `answer … fail|done` has
+no MQTT command, so it is always local.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cellctl.config import Cell, load
-from cellctl.errors import ConfigError
+from cellctl import cli_jobs_remote as remote
+from cellctl.cli_jobs_view import recent, show
+from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, add_target_options
+from cellctl.cli_submission import build_submission
+from cellctl.config import Cell, CellConfig, load, load_settings
+from cellctl.errors import ConfigError, UsageError
 from cellctl.jobs import repo
-from cellctl.jobs.gcode import scan_file
 from cellctl.jobs.programs import ProgramStore
-from cellctl.jobs.records import JobRecord
-from cellctl.jobs.spec import (
-    GCODE_SUFFIXES,
-    JobRejected,
-    JobSpec,
-    StepSpec,
-    parse_job_toml,
-    safe_program_path,
-)
+from cellctl.jobs.spec import JobRejected
 from cellctl.store import DEFAULT_FILE, Store, transaction
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -78,22 +74,22 @@ def wait_request(path: Path, request_id: int, bound_s: float) -> tuple[bool, str
         conn.close()
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _job_line(job: JobRecord) -> str:
-    done = sum(1 for s in job.steps if s.state.value == "done")
-    reason = f"  {job.reason}" if job.reason and job.reason != "accepted" else ""
-    return (
-        f"{job.id:<28} {job.state.value:<9} {done}/{len(job.steps):<4} "
-        f"prio {job.priority:<4} {_when(job.created)}{reason}"
-    )
+def over_mqtt(args: argparse.Namespace) -> CellConfig | None:
+    """The cell's settings when this command goes over MQTT; None for the local form."""
+    if args.local:
+        return None
+    settings = load_settings(args.config)  # a ConfigError ends the command: exit 2
+    if settings.mqtt is None and args.host is None and args.port is None:
+        return None
+    if args.wait <= 0:
+        raise UsageError(f"{args.command}: over MQTT --timeout must be above 0 (or use --local)")
+    return settings
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_jobs(args, settings)
     cell = _load(args.config)
     if cell is None:
         return EXIT_USAGE
@@ -101,36 +97,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no store yet at {path}: the daemon has not run", file=sys.stderr)
         return EXIT_FAIL
-    jobs = with_store(path, lambda c: repo.load_jobs(c, job_id=args.job))
-    if not args.all and args.job is None:
-        jobs = [j for j in jobs if not j.state.terminal or time.time() - j.updated < 86400]
-    if args.json:
-        print(json.dumps([j.as_dict() for j in jobs], indent=2, default=str))
-        return EXIT_OK
-    if args.job is not None:
-        if not jobs:
-            print(f"no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAIL
-        job = jobs[0]
-        print(_job_line(job))
-        for s in job.steps:
-            line = f" last line {s.last_acked_line}" if s.last_acked_line is not None else ""
-            print(
-                f"  step {s.index:<3} {s.process:<10} {s.state.value:<9} "
-                f"{s.device or '-':<10} attempt {s.attempt}{line}  {s.reason}"
-            )
-        for h in with_store(path, lambda c: repo.transitions(c, job.id)):
-            what = "job" if h["idx"] is None else f"step {h['idx']}"
-            print(
-                f"  {_when(h['at'])} {what:<8} {h['from_state'] or '-'} → {h['to_state']}"
-                f"  {h['reason']}"
-            )
-        return EXIT_OK
-    if not jobs:
-        print("no jobs")
-    for job in jobs:
-        print(_job_line(job))
-    return EXIT_OK
+    records = with_store(path, lambda c: repo.load_jobs(c, job_id=args.job))
+    jobs = [j.as_dict() for j in records]
+    if args.job is None and not args.all:
+        jobs = recent(jobs)
+    if args.job is not None and jobs:
+        job_id = args.job
+        jobs[0]["transitions"] = with_store(path, lambda c: repo.transitions(c, job_id))
+    return show(jobs, args.job, args.json)
 
 
 def _load(config: str) -> Cell | None:
@@ -160,43 +134,15 @@ def _finish(path: Path, request_id: int, wait: float, what: str) -> int:
     return EXIT_OK
 
 
-def build_submission(cell: Cell, file: Path) -> tuple[JobSpec, dict[str, Path]]:
-    """A TOML job file or a bare G-code file → (spec, program files). Raises JobRejected."""
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise JobRejected(f"{file}: cannot read: {exc.strerror}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    from cellctl.hotfolder import job_id_for
-
-    if file.suffix.lower() in GCODE_SUFFIXES:
-        info = scan_file(file)
-        spec = JobSpec(
-            id=job_id_for(file.stem, digest),
-            route=(
-                StepSpec(
-                    process=cell.config.jobs.hotfolder_process,
-                    program=file.name,
-                    setup=info.requirements(),
-                ),
-            ),
-        )
-        return spec, {file.name: file}
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JobRejected(f"{file}: not UTF-8 text (byte {exc.start})") from None
-    spec = parse_job_toml(text, str(file), job_id_for(file.stem, digest))
-    files = {n: safe_program_path(file.parent, n) for n in spec.program_files()}
-    return spec, files
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_submit(args, settings)
     cell = _load(args.config)
     if cell is None:
         return EXIT_USAGE
     try:
-        spec, files = build_submission(cell, Path(args.file))
+        spec, files = build_submission(cell.config.jobs, Path(args.file))
         programs = ProgramStore(cell.state_dir / "programs")
         stored = {}
         for name, p in files.items():
@@ -217,6 +163,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_cancel(args, settings)
     cell = _load(args.config)
     if cell is None:
         return EXIT_USAGE
@@ -226,6 +175,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
+    if args.action in ("retry", "resume"):
+        settings = over_mqtt(args)
+        if settings is not None:
+            return remote.cmd_answer(args, settings)
     cell = _load(args.config)
     if cell is None:
         return EXIT_USAGE
@@ -247,9 +200,6 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    cell = _load(args.config)
-    if cell is None:
-        return EXIT_USAGE
     setup = {}
     for pair in args.values:
         key, sep, value = pair.partition("=")
@@ -257,6 +207,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
             print(f"cellctl setup: expected KEY=VALUE, got {pair!r}", file=sys.stderr)
             return EXIT_USAGE
         setup[key] = value
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_setup(args, settings, setup)
+    cell = _load(args.config)
+    if cell is None:
+        return EXIT_USAGE
     path = store_path(cell)
     payload = {"device": args.device, "setup": setup, "merge": args.merge}
     rid = queue_request(path, "setup", payload)
@@ -264,6 +220,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_service(args, settings)
     cell = _load(args.config)
     if cell is None:
         return EXIT_USAGE
@@ -275,50 +234,61 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Hook the job commands into the `cellctl` parser's subparsers."""
-    p = sub.add_parser("jobs", help="list jobs from the local store")
-    p.add_argument("config")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("config", help="the cell's config (broker, cell name; the store if local)")
+        q.add_argument(
+            "--local",
+            action="store_true",
+            help="use the cell's store on this machine instead of MQTT",
+        )
+        add_target_options(q)
+        q.add_argument(
+            "--timeout",
+            "--wait",
+            dest="wait",
+            metavar="SECONDS",
+            type=float,
+            default=DEFAULT_TIMEOUT_S,
+            help="seconds to wait for the daemon's answer (local form: 0 queues only)",
+        )
+
+    p = sub.add_parser("jobs", help="list jobs (over MQTT, or from the store with --local)")
+    common(p)
     p.add_argument("--job", default=None, help="show one job with its steps and history")
     p.add_argument("--all", action="store_true", help="include jobs finished over a day ago")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
-    def waitable(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the daemon")
-
     p = sub.add_parser("submit", help="submit a TOML job file or a bare G-code file")
-    p.add_argument("config")
+    common(p)
     p.add_argument("file")
-    waitable(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("config")
+    common(p)
     p.add_argument("job")
     p.add_argument("--reason", default="cancelled by operator (cli)")
-    waitable(p)
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("answer", help="answer a held step: retry, resume, fail or done")
-    p.add_argument("config")
+    common(p)
     p.add_argument("job")
     p.add_argument("index", type=int)
     p.add_argument("action", choices=["retry", "resume", "fail", "done"])
     p.add_argument("--line", type=int, default=None, help="resume from this line")
-    waitable(p)
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("setup", help="record what is loaded on a device")
-    p.add_argument("config")
+    common(p)
     p.add_argument("device")
     p.add_argument("values", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--merge", action="store_true", help="change only the keys given")
-    waitable(p)
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("service", help="take a device out of service or put it back")
-    p.add_argument("config")
+    common(p)
     p.add_argument("device")
     p.add_argument("state", choices=["in", "out"])
     p.add_argument("--note", default="")
-    waitable(p)
     p.set_defaults(func=cmd_service)

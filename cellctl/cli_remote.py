@@ -1,107 +1,32 @@
-"""`cellctl status/jobs/submit/cancel/ack/estop`: the CLI talks to a running cell over MQTT.
+"""`cellctl status/ack/estop`: the CLI talks to a running cell over MQTT.
 
 It uses the same interface as any MES or dashboard: the retained topics for
 status, and the command topics (MQTT 5 response topic + correlation data)
 for everything that changes something. The broker address and the cell name
-come from the cell's config file (`-c`), or `--host/--port/--cell`.
+come from the cell's config file (`-c`), or `--host/--port/--cell`. The job
+commands (`jobs`, `submit`, `cancel` …) are in cli_jobs.py and cli_jobs_remote.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import queue
 import sys
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from cellctl.config import load
-from cellctl.errors import CellError, ConfigError
-from cellctl.telemetry.topics import DEFAULT_PREFIX, Topics
+from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
+from cellctl.config import load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-class Remote:
-    """A short-lived MQTT 5 client for one CLI invocation."""
-
-    def __init__(self, host: str, port: int, topics: Topics, timeout: float) -> None:
-        self.topics = topics
-        self.timeout = timeout
-        self.client_id = f"cellctl-cli-{uuid.uuid4().hex[:8]}"
-        self.reply_topic = f"{topics.base}/replies/{self.client_id}"
-        self.inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()
-        self.c = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        user = os.environ.get("CELLCTL_MQTT_USERNAME")
-        if user:
-            self.c.username_pw_set(user, os.environ.get("CELLCTL_MQTT_PASSWORD"))
-        self.c.on_message = lambda c, u, m: self.inbox.put(m)
-        try:
-            self.c.connect(host, port, keepalive=30)
-        except OSError as exc:
-            raise CellError(f"cannot reach the MQTT broker at {host}:{port}: {exc}") from None
-        self.c.loop_start()
-
-    def subscribe(self, topic: str) -> None:
-        self.c.subscribe(topic, 1)
-
-    def command(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.subscribe(self.reply_topic)
-        time.sleep(0.1)  # let SUBACK arrive before the reply can
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = self.reply_topic
-        corr = uuid.uuid4().bytes
-        props.CorrelationData = corr
-        props.UserProperty = [("client_id", self.client_id), ("user", getpass.getuser())]
-        self.c.publish(self.topics.command(name), json.dumps(body), qos=1, properties=props)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise CellError(
-                    f"no reply to {name} within {self.timeout:.0f} s: is the cell running?"
-                )
-            try:
-                msg = self.inbox.get(timeout=left)
-            except queue.Empty:
-                continue
-            if getattr(msg.properties, "CorrelationData", None) == corr:
-                reply: dict[str, Any] = json.loads(msg.payload)
-                return reply
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
 def _connect(args: argparse.Namespace) -> Remote:
-    host, port, cell, prefix = args.host, args.port, args.cell, DEFAULT_PREFIX
-    if args.config:
-        try:
-            parsed = load(args.config)
-        except ConfigError as exc:
-            raise CellError("\n".join(exc.problems)) from None
-        cell = cell or parsed.name
-        if parsed.config.mqtt is not None:
-            host = host or parsed.config.mqtt.host
-            port = port or parsed.config.mqtt.port
-            prefix = parsed.config.mqtt.topic_prefix
-    if not cell:
-        raise CellError("which cell? give -c CONFIG or --cell NAME")
-    return Remote(host or "127.0.0.1", port or 1883, Topics(cell, prefix), args.timeout)
+    settings = load_settings(args.config) if args.config else None  # ConfigError: exit 2
+    return Remote.connect(target_from(args, settings), args.timeout)
 
 
 def _show_reply(reply: dict[str, Any]) -> int:
@@ -117,21 +42,6 @@ def cmd_simple(args: argparse.Namespace) -> int:
     remote = _connect(args)
     try:
         return _show_reply(remote.command(args.remote_command, args.build(args)))
-    finally:
-        remote.close()
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        print(f"cellctl submit: cannot read {path}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    body = {"job": args.job or path.stem, "steps": [{"process": args.process, "gcode": text}]}
-    remote = _connect(args)
-    try:
-        return _show_reply(remote.command("submit", body))
     finally:
         remote.close()
 
@@ -215,44 +125,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Hook for cellctl.cli: adds the remote commands to its subparsers."""
 
-    taken = set(getattr(sub, "choices", {}) or {})
-
-    def free(name: str) -> bool:
-        # `cellctl jobs/submit/cancel` of the job CLI (local store) win over these.
-        return name not in taken
-
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", help="the cell's config (broker address, cell name)")
-        p.add_argument("--host", default=None)
-        p.add_argument("--port", type=int, default=None)
-        p.add_argument("--cell", default=None, help="cell name (default: from the config)")
-        p.add_argument("--timeout", type=float, default=10.0)
+        add_target_options(p)
+        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
 
     st = sub.add_parser("status", help="devices, states, jobs and requests of a running cell")
     common(st)
     st.add_argument("--watch", action="store_true", help="a live table until Ctrl-C")
     st.set_defaults(func=cmd_status)
-
-    if free("jobs"):
-        jobs = sub.add_parser("jobs", help="the job queue of a running cell")
-        common(jobs)
-        jobs.set_defaults(func=cmd_simple, remote_command="jobs", build=lambda a: {})
-
-    if free("submit"):
-        submit = sub.add_parser("submit", help="submit a G-code file as a one-step job")
-        common(submit)
-        submit.add_argument("file")
-        submit.add_argument("--job", help="job id (default: the file name)")
-        submit.add_argument("--process", default="print")
-        submit.set_defaults(func=cmd_submit)
-
-    if free("cancel"):
-        cancel = sub.add_parser("cancel", help="cancel a job")
-        common(cancel)
-        cancel.add_argument("job")
-        cancel.set_defaults(
-            func=cmd_simple, remote_command="cancel", build=lambda a: {"job": a.job}
-        )
 
     ack = sub.add_parser("ack", help="answer an operator request (material loaded, bed cleared …)")
     common(ack)

@@ -20,6 +20,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
@@ -97,20 +98,31 @@ class StepSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     process: Name
-    # Exactly one of: G-code text, a reference to an uploaded file, a program name.
+    # At most one of: G-code text, a stored program (sha256:<hex>), a robot program,
+    # a PLC recipe.
     gcode: Annotated[str, Field(max_length=50_000_000)] | None = None
     file: Name | None = None
     program: Name | None = None
+    recipe: Name | None = None
+    # The program's file name for `gcode` (kept with the step, as a job file names it).
+    name: Name | None = None
     parameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
     setup: dict[str, str] = Field(default_factory=dict)
+    reserves: Annotated[list[Name], Field(max_length=16)] = Field(default_factory=list)
     device: Name | None = None
     estimated_s: Annotated[float, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _one_program(self) -> StepSpec:
-        given = [k for k in ("gcode", "file", "program") if getattr(self, k) is not None]
+        kinds = ("gcode", "file", "program", "recipe")
+        given = [k for k in kinds if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"a step has at most one of gcode, file, program; got {given}")
+            raise ValueError(f"a step has at most one of {', '.join(kinds)}; got {given}")
+        if self.name is not None:
+            if self.gcode is None:
+                raise ValueError("name goes with gcode")
+            if self.name.startswith("sha256:"):
+                raise ValueError("name must not look like a stored program (sha256:…)")
         return self
 
 
@@ -120,10 +132,13 @@ class Submit(Command):
     job: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
     steps: Annotated[list[StepSpec], Field(min_length=1, max_length=1000)]
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    quantity: Annotated[int, Field(ge=1, le=10_000)] = 1
+    due: datetime | None = None
 
 
 class Cancel(Command):
     job: Name
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class Answer(DeviceCommand):
@@ -138,6 +153,8 @@ class SetSetup(DeviceCommand):
     """Tell the cell what is now loaded on a device (material, nozzle, tool …)."""
 
     setup: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]]
+    # True: change only the keys given; false: `setup` replaces what was recorded.
+    merge: bool = False
 
 
 class ResumeFrom(Command):
@@ -149,7 +166,10 @@ class ResumeFrom(Command):
 
 
 class ListJobs(Command):
-    """The job queue, for `cellctl jobs` and `cellctl status`."""
+    """The job queue, for `cellctl jobs` and `cellctl status`; with `job`, that one job
+    and its transitions."""
+
+    job: Name | None = None
 
 
 COMMANDS: dict[str, type[Command]] = {
@@ -180,11 +200,13 @@ class JobService(Protocol):
     """
 
     async def submit(self, cmd: Submit) -> Mapping[str, Any]: ...
-    async def cancel(self, job_id: str) -> Mapping[str, Any]: ...
+    async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]: ...
     async def answer(self, cmd: Answer) -> Mapping[str, Any]: ...
-    async def set_setup(self, device_id: str, setup: Mapping[str, str]) -> Mapping[str, Any]: ...
+    async def set_setup(
+        self, device_id: str, setup: Mapping[str, str], merge: bool
+    ) -> Mapping[str, Any]: ...
     async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]: ...
-    async def list_jobs(self) -> list[Mapping[str, Any]]: ...
+    async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]: ...
 
 
 class NoJobService:
@@ -195,19 +217,21 @@ class NoJobService:
     async def submit(self, cmd: Submit) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
-    async def cancel(self, job_id: str) -> Mapping[str, Any]:
+    async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
     async def answer(self, cmd: Answer) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
-    async def set_setup(self, device_id: str, setup: Mapping[str, str]) -> Mapping[str, Any]:
+    async def set_setup(
+        self, device_id: str, setup: Mapping[str, str], merge: bool
+    ) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
     async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
-    async def list_jobs(self) -> list[Mapping[str, Any]]:
+    async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]:
         raise NotSupported(self.REASON)
 
 
@@ -407,17 +431,17 @@ class CommandHandler:
             self._check_devices(s.device for s in cmd.steps if s.device is not None)
             result = await self.jobs.submit(cmd)
         elif isinstance(cmd, Cancel):
-            result = await self.jobs.cancel(cmd.job)
+            result = await self.jobs.cancel(cmd.job, cmd.reason)
         elif isinstance(cmd, Answer):
             self._check_devices([cmd.device])
             result = await self.jobs.answer(cmd)
         elif isinstance(cmd, SetSetup):
             self._check_devices([cmd.device])
-            result = await self.jobs.set_setup(cmd.device, cmd.setup)
+            result = await self.jobs.set_setup(cmd.device, cmd.setup, cmd.merge)
         elif isinstance(cmd, ResumeFrom):
             result = await self.jobs.resume_from(cmd.job, cmd.step, cmd.line)
         elif isinstance(cmd, ListJobs):
-            result = await self.jobs.list_jobs()
+            result = await self.jobs.list_jobs(cmd.job)
         else:
             raise Rejected(f"command {name!r} has no handler")
         # The job service committed its change; the audit row follows.

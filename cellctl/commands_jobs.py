@@ -33,13 +33,18 @@ class JobBridge:
     async def submit(self, cmd: Submit) -> Mapping[str, Any]:
         with tempfile.TemporaryDirectory(prefix="cellctl-submit-") as tmp:
             files: dict[str, Path] = {}
+            texts: dict[str, str] = {}
             route = []
             for i, s in enumerate(cmd.steps):
                 program: str | ProgramSpec | None = None
                 if s.gcode is not None:
-                    name = f"{cmd.job}-{i}.gcode"
-                    files[name] = Path(tmp) / name
-                    await asyncio.to_thread(files[name].write_text, s.gcode)
+                    name = s.name or f"{cmd.job}-{i}.gcode"
+                    if texts.setdefault(name, s.gcode) != s.gcode:
+                        raise CellError(f"step {i}: program {name!r} is given twice, differently")
+                    if name not in files:
+                        # Named by index on disk: the program name is a label, not a path.
+                        files[name] = Path(tmp) / f"{i}.gcode"
+                        await asyncio.to_thread(files[name].write_bytes, s.gcode.encode())
                     program = name
                 elif s.file is not None:
                     program = s.file  # sha256:<hex> of a program already stored
@@ -47,23 +52,35 @@ class JobBridge:
                     program = ProgramSpec(
                         kind=ProgramKind.ROBOT_PROGRAM, name=s.program, parameters=s.parameters
                     )
+                elif s.recipe is not None:
+                    program = ProgramSpec(
+                        kind=ProgramKind.PLC_RECIPE, name=s.recipe, parameters=s.parameters
+                    )
                 route.append(
                     StepSpec(
                         process=s.process,
                         program=program,
                         setup=s.setup,
+                        reserves=tuple(s.reserves),
                         estimated_s=s.estimated_s,
                     )
                 )
             try:
-                spec = JobSpec(id=cmd.job, priority=cmd.priority, route=tuple(route))
+                spec = JobSpec(
+                    id=cmd.job,
+                    priority=cmd.priority,
+                    quantity=cmd.quantity,
+                    due=cmd.due,
+                    route=tuple(route),
+                )
             except ValueError as exc:
                 raise CellError(f"invalid job: {exc}") from None
             record = await self.jobs.submit(spec, files, source="mqtt")
         return _json(record.as_dict())
 
-    async def cancel(self, job_id: str) -> Mapping[str, Any]:
-        return _json((await self.jobs.cancel(job_id, "cancelled over MQTT")).as_dict())
+    async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]:
+        record = await self.jobs.cancel(job_id, reason or "cancelled over MQTT")
+        return _json(record.as_dict())
 
     async def answer(self, cmd: Answer) -> Mapping[str, Any]:
         """Confirms the operator did what the held step on `device` asked: the step retries."""
@@ -83,8 +100,10 @@ class JobBridge:
                     return job.id, s.index
         raise CellError(f"no step is held on device {device!r}")
 
-    async def set_setup(self, device_id: str, setup: Mapping[str, str]) -> Mapping[str, Any]:
-        return _json((await self.jobs.set_setup(device_id, setup)).as_dict())
+    async def set_setup(
+        self, device_id: str, setup: Mapping[str, str], merge: bool
+    ) -> Mapping[str, Any]:
+        return _json((await self.jobs.set_setup(device_id, setup, merge=merge)).as_dict())
 
     async def set_in_service(self, device_id: str, in_service: bool, note: str) -> None:
         await self.jobs.set_in_service(device_id, in_service, note)
@@ -93,5 +112,9 @@ class JobBridge:
         record = await self.jobs.answer_hold(job_id, step, "resume", line=line, who="MQTT")
         return _json(record.as_dict())
 
-    async def list_jobs(self) -> list[Mapping[str, Any]]:
-        return [_json(j.as_dict()) for j in await self.jobs.list_jobs()]
+    async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]:
+        if job_id is None:
+            return [_json(j.as_dict()) for j in await self.jobs.list_jobs()]
+        one = {**(await self.jobs.get(job_id)).as_dict()}
+        one["transitions"] = await self.jobs.transitions(job_id)
+        return [_json(one)]

@@ -443,3 +443,17 @@ def parse(source: Path, data: Any, registry: Registry | None = None) -> Cell:
 def load(path: str | Path, registry: Registry | None = None) -> Cell:
     source = Path(path)
     return parse(source, _load_toml(source), registry)
+
+
+def load_settings(path: str | Path) -> CellConfig:
+    """The top-level sections only; device tables are left unchecked.
+
+    For clients of a running cell (the CLI over MQTT): they need its name, broker
+    and job defaults, and may run where the cell's driver packages are not installed.
+    """
+    source = Path(path)
+    data = _load_toml(source)
+    try:
+        return CellConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(source, exc)) from None

@@ -21,6 +21,10 @@ class ConfigError(CellError):
         super().__init__("\n".join(problems))
 
 
+class UsageError(CellError):
+    """A command line that cannot be carried out as given (the CLI exits 2)."""
+
+
 class DriverNotFound(CellError):
     """A driver or simulator name that no installed package provides."""
 

@@ -106,9 +106,8 @@ async def test_cancel_queued_while_daemon_is_down_applies_at_next_start(
     part.write_text(gcode(10))
     c = str(cfg)
     async with running(load(cfg, REGISTRY)) as app:
-        job = await app.jobs.submit(
-            cli_jobs.build_submission(load(cfg, REGISTRY), part)[0], {"part.gcode": part}
-        )
+        spec, _ = cli_jobs.build_submission(load(cfg, REGISTRY).config.jobs, part)
+        job = await app.jobs.submit(spec, {"part.gcode": part})
     rc, out, _ = await run_cli(capsys, "cancel", c, job.id, "--wait", "0")
     assert rc == 0 and "queued" in out
     async with running(load(cfg, REGISTRY)) as app:

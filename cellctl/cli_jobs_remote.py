@@ -1,0 +1,118 @@
+"""The job commands of `cellctl` over MQTT: the same commands and replies an MES uses.
+
+`jobs`, `submit`, `cancel`, `setup`, `service`, and `answer … retry|resume`
+each become one command (docs/mqtt.md) with an MQTT 5 reply; what they print
+matches the local forms in cli_jobs.py. `answer … fail|done` has no MQTT
+command and stays local (cli_jobs.py decides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cellctl.cli_jobs_view import recent, show
+from cellctl.cli_mqtt import Remote, target_from
+from cellctl.cli_submission import build_submission, submit_command
+from cellctl.config import CellConfig
+from cellctl.jobs.spec import JobRejected
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+Result = Any  # a reply's `result`: a job, a device, a list of jobs
+
+
+def send(
+    args: argparse.Namespace, settings: CellConfig, name: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    remote = Remote.connect(target_from(args, settings), args.wait)
+    try:
+        return remote.command(name, body)
+    finally:
+        remote.close()
+
+
+def finish(reply: Mapping[str, Any], what: str, detail: Callable[[Result], str]) -> int:
+    if reply.get("outcome") == "accepted":
+        print(f"{what}: {detail(reply.get('result'))}")
+        return EXIT_OK
+    print(f"{what}: rejected: {reply.get('reason') or 'no reason given'}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _job_state(result: Result) -> str:
+    return f"accepted (job {result.get('state')})" if isinstance(result, dict) else "accepted"
+
+
+def cmd_jobs(args: argparse.Namespace, settings: CellConfig) -> int:
+    reply = send(args, settings, "jobs", {} if args.job is None else {"job": args.job})
+    if reply.get("outcome") != "accepted":
+        print(f"cellctl jobs: {reply.get('reason')}", file=sys.stderr)
+        return EXIT_FAIL
+    jobs = list(reply.get("result") or [])
+    if not args.all and args.job is None:
+        jobs = recent(jobs)
+    return show(jobs, args.job, args.json)
+
+
+def cmd_submit(args: argparse.Namespace, settings: CellConfig) -> int:
+    try:
+        spec, files = build_submission(settings.jobs, Path(args.file))
+        body = submit_command(spec, files)
+    except JobRejected as exc:
+        print(f"cellctl submit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return finish(send(args, settings, "submit", body), f"job {spec.id}", _job_state)
+
+
+def cmd_cancel(args: argparse.Namespace, settings: CellConfig) -> int:
+    reply = send(args, settings, "cancel", {"job": args.job, "reason": args.reason})
+    return finish(reply, f"cancel {args.job}", _job_state)
+
+
+def cmd_answer(args: argparse.Namespace, settings: CellConfig) -> int:
+    """retry → `answer` on the step's device; resume → `resume_from` a line."""
+    key = f"{args.job}/{args.index}"
+    reply = send(args, settings, "jobs", {"job": args.job})
+    if reply.get("outcome") != "accepted":
+        print(f"cellctl answer: {reply.get('reason')}", file=sys.stderr)
+        return EXIT_FAIL
+    steps = (reply.get("result") or [{}])[0].get("steps", [])
+    if not 0 <= args.index < len(steps):
+        print(f"cellctl answer: no step {args.index} in job {args.job!r}", file=sys.stderr)
+        return EXIT_FAIL
+    step = steps[args.index]
+    if args.action == "resume":
+        line = args.line if args.line is not None else (step.get("last_acked_line") or 0) + 1
+        body = {"job": args.job, "step": args.index, "line": line}
+        return finish(send(args, settings, "resume_from", body), f"resume {key}", _job_state)
+    device = step.get("device") or step.get("pinned")
+    if not device:
+        print(
+            f"cellctl answer: step {key} has no device to answer on over MQTT; use --local",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    body = {"device": device, "kind": "acknowledge", "step": key, "note": "retry (cli)"}
+    return finish(send(args, settings, "answer", body), f"retry {key}", _job_state)
+
+
+def cmd_setup(args: argparse.Namespace, settings: CellConfig, setup: dict[str, str]) -> int:
+    body = {"device": args.device, "setup": setup, "merge": args.merge}
+
+    def loaded(result: Result) -> str:
+        got = result.get("setup", {}) if isinstance(result, dict) else {}
+        return "done (" + ", ".join(f"{k}={v}" for k, v in sorted(got.items())) + ")"
+
+    return finish(send(args, settings, "set_setup", body), f"setup of {args.device}", loaded)
+
+
+def cmd_service(args: argparse.Namespace, settings: CellConfig) -> int:
+    if args.state == "in":
+        name, body = "into_service", {"device": args.device}
+    else:
+        name, body = "out_of_service", {"device": args.device, "reason": args.note}
+    reply = send(args, settings, name, body)
+    return finish(reply, f"{args.device} {args.state} of service", lambda r: "done")

@@ -1,0 +1,111 @@
+"""What `cellctl submit FILE` submits: a TOML job file or a bare G-code file, as a job.
+
+Both forms of the command start here, so that the same file becomes the same
+job: the local form queues the JobSpec with its program files in the store,
+the MQTT form sends it as a `submit` command with the G-code in the payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cellctl.config import JobsSection
+from cellctl.jobs.gcode import scan_file
+from cellctl.jobs.spec import (
+    GCODE_SUFFIXES,
+    SHA_REF,
+    JobRejected,
+    JobSpec,
+    StepSpec,
+    parse_job_toml,
+    safe_program_path,
+)
+from cellctl.model import ProgramKind
+
+
+def build_submission(jobs: JobsSection, file: Path) -> tuple[JobSpec, dict[str, Path]]:
+    """A TOML job file or a bare G-code file → (spec, program files). Raises JobRejected."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise JobRejected(f"{file}: cannot read: {exc.strerror}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    from cellctl.hotfolder import job_id_for
+
+    suffix = file.suffix.lower()
+    if suffix in GCODE_SUFFIXES:
+        info = scan_file(file)
+        spec = JobSpec(
+            id=job_id_for(file.stem, digest),
+            route=(
+                StepSpec(
+                    # As the hot folder does: a CNC program asks for milling, not printing.
+                    process=jobs.hotfolder_suffix_process.get(suffix, jobs.hotfolder_process),
+                    program=file.name,
+                    setup=info.requirements(),
+                ),
+            ),
+        )
+        return spec, {file.name: file}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobRejected(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    spec = parse_job_toml(text, str(file), job_id_for(file.stem, digest))
+    files = {n: safe_program_path(file.parent, n) for n in spec.program_files()}
+    return spec, files
+
+
+def submit_command(spec: JobSpec, files: dict[str, Path]) -> dict[str, Any]:
+    """The `submit` command (cellctl.commands.Submit) for this job. Raises JobRejected."""
+    steps: list[dict[str, Any]] = []
+    texts: dict[str, str] = {}
+    for pos, step in enumerate(spec.route):
+        prog = step.program_spec()
+        out: dict[str, Any] = {"process": step.process}
+        if step.setup:
+            out["setup"] = dict(step.setup)
+        if step.reserves:
+            out["reserves"] = list(step.reserves)
+        if step.estimated_s is not None:
+            out["estimated_s"] = step.estimated_s
+        if prog.kind == ProgramKind.GCODE:
+            name = prog.file or ""
+            if SHA_REF.match(name):
+                out["file"] = name
+            else:
+                if name not in texts:
+                    texts[name] = _gcode_text(pos, name, files)
+                out["gcode"] = texts[name]
+                out["name"] = name
+        elif prog.kind in (ProgramKind.ROBOT_PROGRAM, ProgramKind.PLC_RECIPE):
+            key = "program" if prog.kind == ProgramKind.ROBOT_PROGRAM else "recipe"
+            out[key] = prog.name
+            if prog.parameters:
+                out["parameters"] = dict(prog.parameters)
+        steps.append(out)
+    body: dict[str, Any] = {"job": spec.id, "steps": steps, "priority": spec.priority}
+    if spec.quantity != 1:
+        body["quantity"] = spec.quantity
+    if spec.due is not None:
+        body["due"] = spec.due.isoformat()
+    return body
+
+
+def _gcode_text(pos: int, name: str, files: dict[str, Path]) -> str:
+    path = files.get(name)
+    if path is None:
+        raise JobRejected(f"step {pos}: program file {name!r} was not provided")
+    try:
+        raw = path.read_bytes()  # bytes: "\r\n" must reach the cell as it is (same hash)
+    except OSError as exc:
+        raise JobRejected(f"program {name!r}: cannot read {path}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobRejected(
+            f"program {name!r}: not UTF-8 text (byte {exc.start}), which a JSON command "
+            "cannot carry; submit it with --local on the cell's PC"
+        ) from None
