@@ -45,36 +45,36 @@ def value_from(options: ModbusOptions, tag: Tag, words: list[int]) -> MetricValu
     return raw
 
 
-Decoder = Callable[[list[int]], MetricValue]
+Decoder = Callable[[list[int], int], MetricValue]
+"""The value of a tag from a read's whole answer and the tag's offset in it."""
 
 
 def decoder(options: ModbusOptions, tag: Tag) -> Decoder:
-    """A function from the tag's own registers to its value, with the common cases direct."""
+    """A decoder for the tag, with the common cases direct (no slice, no codec call)."""
     dtype = tag.dtype
     if dtype == DataType.BOOL and tag.bit is None:
-        return lambda w: w[0] != 0
+        return lambda w, at: w[at] != 0
     word, byte = options.word_order_of(tag), options.byte_order_of(tag)
     if dtype == DataType.UINT16 and not tag.scaled and byte == Order.BIG:
-        return lambda w: w[0]
+        return lambda w, at: w[at]
+    size = tag.size
     if tag.scaled:
         scale, offset = tag.scale, tag.offset
-        return lambda w: decode(w, dtype, word, byte) * scale + offset  # type: ignore[operator]
-    return lambda w: decode(w, dtype, word, byte, tag.length, tag.bit)
+        return lambda w, at: decode(w[at : at + size], dtype, word, byte) * scale + offset  # type: ignore[operator]
+    length, bit = tag.length, tag.bit
+    return lambda w, at: decode(w[at : at + size], dtype, word, byte, length, bit)
 
 
-def compile_read(options: ModbusOptions, read: Read) -> list[tuple[str, int, int, Decoder]]:
-    """(name, offset in the answer, size, decoder) for each tag a read serves."""
+def compile_read(options: ModbusOptions, read: Read) -> list[tuple[str, int, Decoder]]:
+    """(name, offset in the answer, decoder) for each tag a read serves."""
     return [
-        (s.name, s.address - read.address, s.size, decoder(options, options.tags[s.name]))
+        (s.name, s.address - read.address, decoder(options, options.tags[s.name]))
         for s in read.spans
     ]
 
 
 def values_of_read(options: ModbusOptions, read: Read, words: list[int]) -> dict[str, MetricValue]:
-    return {
-        name: fn(words[start : start + size])
-        for name, start, size, fn in compile_read(options, read)
-    }
+    return {name: fn(words, at) for name, at, fn in compile_read(options, read)}
 
 
 def words_for(options: ModbusOptions, name: str, value: MetricValue) -> list[int]:
