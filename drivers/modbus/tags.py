@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 
 from cellctl.errors import StepFailed
 from cellctl.model import MetricSpec, MetricType, MetricValue
 
-from .codec import DataType, EncodeError, Order, decode, encode
+from .codec import STRUCT_FORMAT, DataType, EncodeError, Order, decode, encode
 from .options import ModbusOptions, Tag
 from .plan import Read, Span
 
@@ -50,19 +51,53 @@ Decoder = Callable[[list[int], int], MetricValue]
 
 
 def decoder(options: ModbusOptions, tag: Tag) -> Decoder:
-    """A decoder for the tag, with the common cases direct (no slice, no codec call)."""
+    """A decoder for the tag, with its layout worked out once (see codec.decode for the rules).
+
+    Polling decodes every tag of every answer, so each decoder does only what
+    its tag needs: an index for a plain register or a coil, precompiled structs
+    for the rest.
+    """
     dtype = tag.dtype
-    if dtype == DataType.BOOL and tag.bit is None:
-        return lambda w, at: w[at] != 0
+    if dtype == DataType.BOOL:
+        if tag.bit is None:
+            return lambda w, at: w[at] != 0
+        bit = tag.bit
+        return lambda w, at: (w[at] >> bit) & 1 == 1
     word, byte = options.word_order_of(tag), options.byte_order_of(tag)
-    if dtype == DataType.UINT16 and not tag.scaled and byte == Order.BIG:
-        return lambda w, at: w[at]
     size = tag.size
-    if tag.scaled:
-        scale, offset = tag.scale, tag.offset
-        return lambda w, at: decode(w[at : at + size], dtype, word, byte) * scale + offset  # type: ignore[operator]
-    length, bit = tag.length, tag.bit
-    return lambda w, at: decode(w[at : at + size], dtype, word, byte, length, bit)
+    swap = byte == Order.LITTLE
+    if dtype == DataType.STRING:
+        length = tag.length
+        pack_words = struct.Struct(f">{size}H").pack
+
+        def text(w: list[int], at: int) -> MetricValue:
+            words = w[at : at + size]
+            if swap:
+                words = [((x & 0xFF) << 8) | (x >> 8) for x in words]
+            data = pack_words(*words)[:length]
+            # A PLC pads with NUL or spaces; garbage bytes are shown, not fatal.
+            return data.split(b"\x00", 1)[0].decode("utf-8", errors="replace").rstrip(" ")
+
+        return text
+    if size == 1 and not swap and not tag.scaled:
+        if dtype == DataType.UINT16:
+            return lambda w, at: w[at]
+        return lambda w, at: w[at] - 0x10000 if w[at] & 0x8000 else w[at]  # int16
+    pack_words = struct.Struct(f">{size}H").pack
+    unpack = struct.Struct(">" + STRUCT_FORMAT[dtype]).unpack
+    reverse = word == Order.LITTLE and size > 1
+    scale, offset, scaled = tag.scale, tag.offset, tag.scaled
+
+    def number(w: list[int], at: int) -> MetricValue:
+        words = w[at : at + size]
+        if swap:
+            words = [((x & 0xFF) << 8) | (x >> 8) for x in words]
+        if reverse:
+            words.reverse()
+        value: int | float = unpack(pack_words(*words))[0]
+        return value * scale + offset if scaled else value
+
+    return number
 
 
 def compile_read(options: ModbusOptions, read: Read) -> list[tuple[str, int, Decoder]]:
