@@ -30,7 +30,7 @@ import contextlib
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -60,7 +60,7 @@ from cellctl.model import (
 )
 
 from .codec import INT_RANGES, DataType
-from .link import ExceptionResponse, Link, Unconfirmed
+from .link import ExceptionResponse, Link, Reader, Unconfirmed
 from .options import ModbusOptions, Tag, Write
 from .plan import Read, plan
 from .tags import Decoder, compile_read, metric_spec, span, words_for
@@ -81,10 +81,10 @@ class Handshake:
 
 @dataclass(eq=False, slots=True)
 class _Job:
-    """One planned read, made ready once: the request, what to call it, its decoders."""
+    """One planned read, made ready once: its request and its decoders."""
 
     read: Read
-    fetch: Callable[[], Awaitable[list[int]]]
+    reader: Reader
     parts: list[tuple[str, int, Decoder]] = field(default_factory=list)
 
 
@@ -155,8 +155,8 @@ class ModbusDriver:
             def what() -> str:
                 return "reading " + read.describe()
 
-            fetch = self.link.reader(read.table, read.address, read.count, what)
-            job = _Job(read, fetch, compile_read(self.options, read))
+            reader = self.link.reader(read.table, read.address, read.count, what)
+            job = _Job(read, reader, compile_read(self.options, read))
             self._jobs[read] = job
         return job
 
@@ -225,8 +225,7 @@ class ModbusDriver:
 
     # --- reading ------------------------------------------------------------------
 
-    async def _read(self, job: _Job) -> dict[str, MetricValue]:
-        words = await job.fetch()
+    def _decode(self, job: _Job, words: list[int]) -> dict[str, MetricValue]:
         try:
             return {name: fn(words, at) for name, at, fn in job.parts}
         except (ValueError, IndexError, TypeError, struct.error) as exc:  # garbage: log, survive
@@ -234,18 +233,20 @@ class ModbusDriver:
             return {}
 
     async def _read_all(self, jobs: Sequence[_Job]) -> dict[str, MetricValue]:
+        # Decoding is a plain call, not a coroutine: see Link.call on frames per request.
         if len(jobs) == 1:
-            out = await self._read(jobs[0])
+            job = jobs[0]
+            out = self._decode(job, job.reader.words(await job.reader.send()))
         else:
             out = {}
             for job in jobs:
-                out.update(await self._read(job))
+                out.update(self._decode(job, job.reader.words(await job.reader.send())))
         self.values.update(out)
         return out
 
-    async def read_group(self, group: str) -> dict[str, MetricValue]:
+    def read_group(self, group: str) -> Coroutine[Any, Any, dict[str, MetricValue]]:
         """Read one polling group now (the requests its plan lists, no more)."""
-        return await self._read_all(self._group_jobs[group])
+        return self._read_all(self._group_jobs[group])
 
     async def read_tag(self, name: str) -> MetricValue:
         tag = self._tag(name)
@@ -276,7 +277,7 @@ class ModbusDriver:
             now = time.time()
             for job in jobs:
                 try:
-                    values = await self._read(job)
+                    values = self._decode(job, job.reader.words(await job.reader.send()))
                 except ExceptionResponse as exc:
                     if job not in self._failing:
                         self._failing.add(job)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -183,8 +183,10 @@ class Link:
         With `resend=False` a request whose connection dropped is not sent again
         after the reconnect: Unconfirmed tells the caller to look first.
         """
-        # acquire/release rather than `async with`: two coroutine frames fewer on
-        # every request, and an uncontended acquire never suspends.
+        # Every coroutine frame between a poll and pymodbus is paid twice per request
+        # (suspend, resume), so this is the only one: the lock is taken without
+        # `async with` (an uncontended acquire never suspends) and the checks before
+        # and after the answer are plain functions.
         lock = self._lock
         await lock.acquire()
         try:
@@ -192,7 +194,16 @@ class Link:
             attempts = 0
             while True:
                 try:
-                    return await self._once(call, what)
+                    client, task = self._sending()
+                    try:
+                        resp = await call(client)
+                    except (asyncio.CancelledError, ModbusException, OSError) as exc:
+                        self._waiting = None
+                        if (meaning := self._failure(exc, client, task, what)) is exc:
+                            raise
+                        raise meaning from exc
+                    self._waiting = None
+                    return self._answer(resp, task, what)
                 except _Lost:
                     if reconnected:
                         raise LinkError(f"{_text(what)}: connection to {self.where} lost") from None
@@ -213,7 +224,7 @@ class Link:
         finally:
             lock.release()
 
-    async def _once(self, call: Callable[[Any], Awaitable[Any]], what: What) -> Any:
+    def _sending(self) -> tuple[Any, asyncio.Task[Any]]:
         client = self._client
         if self._lost or client is None:
             raise _Lost()
@@ -223,27 +234,26 @@ class Link:
         # pymodbus times the answer out itself (timeout_s); a disconnect cancels the
         # wait at once (see _watch) instead of letting it run into that timeout.
         self._waiting = task
-        try:
-            resp = await call(client)
-        except asyncio.CancelledError:
+        return client, task
+
+    def _failure(
+        self, exc: BaseException, client: Any, task: asyncio.Task[Any], what: What
+    ) -> BaseException:
+        """What a failed request means to `call`: _Lost, TimeoutError, LinkError, or exc itself."""
+        if isinstance(exc, asyncio.CancelledError):
             if self._cut_sent:
                 self._cut_sent = False
                 if task.uncancel() == 0:
-                    raise _Lost() from None
-            raise
-        except ModbusIOException as exc:
+                    return _Lost()
+            return exc
+        if isinstance(exc, OSError) or self._lost or not client.connected:
+            return _Lost()
+        if isinstance(exc, ModbusIOException):
             # No answer in time, or an answer to an earlier, abandoned request.
-            if self._lost or not client.connected:
-                raise _Lost() from exc
-            raise TimeoutError(str(exc)) from exc
-        except ModbusException as exc:
-            if self._lost or not client.connected:
-                raise _Lost() from exc
-            raise LinkError(f"{_text(what)}: {exc}") from exc
-        except OSError as exc:
-            raise _Lost() from exc
-        finally:
-            self._waiting = None
+            return TimeoutError(str(exc))
+        return LinkError(f"{_text(what)}: {exc}")
+
+    def _answer(self, resp: Any, task: asyncio.Task[Any], what: What) -> Any:
         if self._cut_sent:
             task.uncancel()  # the answer came with the disconnect; it is still good
             self._cut_sent = False
@@ -259,38 +269,13 @@ class Link:
 
     # --- typed requests ---------------------------------------------------
 
-    def reader(
-        self, table: Table, address: int, count: int, what: What
-    ) -> Callable[[], Awaitable[list[int]]]:
-        """A read made once and sent many times: polling pays no per-request set-up."""
-        name = _READ_METHOD[table]
-        unit = self._o.unit_id
-        call = self.call
-
-        def request(c: Any) -> Any:
-            return getattr(c, name)(address, count=count, device_id=unit)
-
-        if table.is_bits:
-
-            async def read_bits() -> list[int]:
-                bits = (await call(request, what)).bits
-                if len(bits) < count:
-                    raise LinkError(f"{_text(what)}: short answer ({len(bits)} of {count} bits)")
-                return [1 if b else 0 for b in bits[:count]]
-
-            return read_bits
-
-        async def read_registers() -> list[int]:
-            regs: list[int] = (await call(request, what)).registers
-            if len(regs) != count:
-                raise LinkError(f"{_text(what)}: short answer ({len(regs)} of {count} registers)")
-            return regs
-
-        return read_registers
+    def reader(self, table: Table, address: int, count: int, what: What) -> Reader:
+        return Reader(self, table, address, count, what)
 
     async def read(self, table: Table, address: int, count: int, what: What) -> list[int]:
         """Registers (ints) or bits (0/1 ints) of one table."""
-        return await self.reader(table, address, count, what)()
+        reader = self.reader(table, address, count, what)
+        return reader.words(await reader.send())
 
     async def write(
         self, table: Table, address: int, values: list[int], what: What, resend: bool = True
@@ -307,3 +292,40 @@ class Link:
             return await c.write_registers(address, values, device_id=unit)
 
         await self.call(go, what, resend)
+
+
+class Reader:
+    """A read made once and sent many times: polling pays no per-request set-up.
+
+    `send()` is the request (a coroutine from Link.call, no frame of its own) and
+    `words()` checks and unpacks its answer.
+    """
+
+    __slots__ = ("_address", "_bits", "_count", "_link", "_name", "_unit", "_what")
+
+    def __init__(self, link: Link, table: Table, address: int, count: int, what: What) -> None:
+        self._link = link
+        self._name = _READ_METHOD[table]
+        self._bits = table.is_bits
+        self._count = count
+        self._unit = link._o.unit_id
+        self._what = what
+        self._address = address
+
+    def _request(self, client: Any) -> Any:
+        return getattr(client, self._name)(self._address, count=self._count, device_id=self._unit)
+
+    def send(self) -> Coroutine[Any, Any, Any]:
+        return self._link.call(self._request, self._what)
+
+    def words(self, resp: Any) -> list[int]:
+        count = self._count
+        if self._bits:
+            bits = resp.bits
+            if len(bits) < count:
+                raise LinkError(f"{_text(self._what)}: short answer ({len(bits)} of {count} bits)")
+            return [1 if b else 0 for b in bits[:count]]
+        regs: list[int] = resp.registers
+        if len(regs) != count:
+            raise LinkError(f"{_text(self._what)}: short answer ({len(regs)} of {count} registers)")
+        return regs
