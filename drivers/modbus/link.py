@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import termios
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -83,7 +84,10 @@ class Link:
     def __init__(self, options: ModbusOptions, endpoint: str | None = None) -> None:
         self._o = options
         self._host, self._port = options.host, options.port
-        if endpoint:
+        self._device = options.serial.port if options.serial is not None else ""
+        if endpoint and options.transport == "rtu":
+            self._device = endpoint  # a simulator's pseudo-terminal
+        elif endpoint:
             host, _, port = endpoint.rpartition(":")
             self._host, self._port = host or options.host, int(port)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
@@ -98,8 +102,8 @@ class Link:
 
     @property
     def where(self) -> str:
-        if self._o.transport == "rtu" and self._o.serial is not None:
-            return f"{self._o.serial.port} unit {self._o.unit_id}"
+        if self._o.transport == "rtu":
+            return f"{self._device} unit {self._o.unit_id}"
         return f"{self._host}:{self._port} unit {self._o.unit_id}"
 
     def make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -110,7 +114,7 @@ class Link:
         if o.transport == "rtu":
             assert o.serial is not None
             return AsyncModbusSerialClient(
-                o.serial.port,
+                self._device,
                 framer=FramerType.RTU,
                 baudrate=o.serial.baudrate,
                 bytesize=o.serial.bytesize,
@@ -160,6 +164,13 @@ class Link:
         except (OSError, ModbusException) as exc:
             self.close()
             raise LinkError(f"cannot connect to {self.where}: {exc}") from exc
+        except termios.error as exc:
+            # pyserial lets the port's refusal of a setting through as it is (a
+            # pseudo-terminal refuses parity, some adapters a baud rate).
+            self.close()
+            s = self._o.serial
+            settings = f"{s.baudrate} {s.bytesize}{s.parity}{s.stopbits}" if s else "?"
+            raise LinkError(f"{self.where}: the port refuses {settings}: {exc}") from exc
         if not ok:
             self.close()
             raise LinkError(f"cannot connect to {self.where}")
