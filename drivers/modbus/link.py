@@ -209,11 +209,11 @@ class Link:
                     try:
                         resp = await call(client)
                     except (asyncio.CancelledError, ModbusException, OSError) as exc:
-                        self._waiting = None
                         if (meaning := self._failure(exc, client, task, what)) is exc:
                             raise
                         raise meaning from exc
-                    self._waiting = None
+                    finally:
+                        self._waiting = None
                     return self._answer(resp, task, what)
                 except _Lost:
                     if reconnected:
