@@ -83,10 +83,12 @@ def decoder(options: ModbusOptions, tag: Tag) -> Decoder:
         if dtype == DataType.UINT16:
             return lambda w, at: w[at]
         return lambda w, at: w[at] - 0x10000 if w[at] & 0x8000 else w[at]  # int16
-    pack_words = struct.Struct(f">{size}H").pack
-    unpack = struct.Struct(">" + STRUCT_FORMAT[dtype]).unpack
     reverse = word == Order.LITTLE and size > 1
     scale, offset, scaled = tag.scale, tag.offset, tag.scaled
+    if size == 2 and not swap and not scaled:
+        return _two_words(dtype, 1 if reverse else 0)
+    pack_words = struct.Struct(f">{size}H").pack
+    unpack = struct.Struct(">" + STRUCT_FORMAT[dtype]).unpack
 
     def number(w: list[int], at: int) -> MetricValue:
         words = w[at : at + size]
@@ -98,6 +100,22 @@ def decoder(options: ModbusOptions, tag: Tag) -> Decoder:
         return value * scale + offset if scaled else value
 
     return number
+
+
+_PACK_TWO = struct.Struct(">HH").pack
+_UNPACK_FLOAT32 = struct.Struct(">f").unpack
+
+
+def _two_words(dtype: DataType, high: int) -> Decoder:
+    """32-bit values, the most common PLC layouts (ABCD, CDAB), without a slice."""
+    low = 1 - high
+    if dtype == DataType.UINT32:
+        return lambda w, at: (w[at + high] << 16) | w[at + low]
+    if dtype == DataType.INT32:
+        return lambda w, at: (
+            ((w[at + high] << 16) | w[at + low]) - (0x1_0000_0000 if w[at + high] & 0x8000 else 0)
+        )
+    return lambda w, at: _UNPACK_FLOAT32(_PACK_TWO(w[at + high], w[at + low]))[0]
 
 
 def compile_read(options: ModbusOptions, read: Read) -> list[tuple[str, int, Decoder]]:
