@@ -31,7 +31,7 @@ import struct
 import time
 import zlib
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -85,7 +85,7 @@ class _Job:
 
     read: Read
     reader: Reader
-    parts: list[tuple[str, int, Decoder]] = field(default_factory=list)
+    parts: list[tuple[str, int, Decoder]]
 
 
 def step_token(key: str, modulo: int) -> int:
