@@ -111,6 +111,14 @@ async def test_a_pulled_cable_while_requesting_does_not_request_twice(rtu_sim: P
     assert rtu_sim.request_sets == 1 and rtu_sim.request_edges == 1
 
 
+async def test_a_cable_pulled_again_and_again_is_survived(rtu_sim: PlcSim) -> None:
+    rtu_sim.drop_every = 7
+    async with running(rtu_sim, rtu_options()) as driver, asyncio.timeout(BOUND):
+        for _ in range(20):
+            assert await driver.read_tag("door_closed") is True
+    assert rtu_sim.connections_dropped >= 2 and driver.link.reconnects >= 2
+
+
 async def test_parity_a_pseudo_terminal_refuses_is_a_link_error(rtu_sim: PlcSim) -> None:
     options = plc_options(transport="rtu", serial={**SERIAL, "parity": "E", "stopbits": 1})
     driver = ModbusDriver(DriverContext("plc", endpoint=rtu_sim.endpoint), options)
