@@ -41,6 +41,8 @@ _STRUCT = {
     DataType.FLOAT64: ("d", 4),
 }
 
+STRUCT_FORMAT = {t: fmt for t, (fmt, _) in _STRUCT.items()}
+
 INT_RANGES = {
     DataType.INT16: (-(2**15), 2**15 - 1),
     DataType.UINT16: (0, 2**16 - 1),

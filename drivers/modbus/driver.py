@@ -30,7 +30,7 @@ import contextlib
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -60,7 +60,7 @@ from cellctl.model import (
 )
 
 from .codec import INT_RANGES, DataType
-from .link import ExceptionResponse, Link, Unconfirmed
+from .link import ExceptionResponse, Link, Reader, Unconfirmed
 from .options import ModbusOptions, Tag, Write
 from .plan import Read, plan
 from .tags import Decoder, compile_read, metric_spec, span, words_for
@@ -77,6 +77,15 @@ class Handshake:
     busy: bool
     token: int | None
     progress: float | None
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One planned read, made ready once: its request and its decoders."""
+
+    read: Read
+    reader: Reader
+    parts: list[tuple[str, int, Decoder]]
 
 
 def step_token(key: str, modulo: int) -> int:
@@ -117,13 +126,16 @@ class ModbusDriver:
         # What a never-read tag shows when published with bad quality.
         blanks: dict[DataType, MetricValue] = {DataType.BOOL: False, DataType.STRING: ""}
         self._blank = {n: blanks.get(t.dtype, 0) for n, t in o.tags.items()}
-        self._compiled: dict[Read, list[tuple[str, int, int, Decoder]]] = {}
+        self._jobs: dict[Read, _Job] = {}
+        self._group_jobs = {g: self._jobs_for(reads) for g, reads in self.group_reads.items()}
+        self._status_jobs = self._jobs_for(self._status_reads)
+        self._hs_jobs = self._jobs_for(self._hs_reads)
         self._step_key: str | None = None
         self._estop_sent = False
         self._held_sent = False
         self._stop_requested = asyncio.Event()
         self._closed = False
-        self._failing: set[Read] = set()  # reads whose exception was logged (log once)
+        self._failing: set[_Job] = set()  # reads whose exception was logged (log once)
         self.issued: list[str] = []  # step keys whose request this driver set (tests, logs)
 
     # --- planning ------------------------------------------------------------
@@ -136,6 +148,21 @@ class ModbusDriver:
         unique = dict.fromkeys(names)
         return self._plan([span(n, self.options.tags[n]) for n in unique])
 
+    def _job(self, read: Read) -> _Job:
+        job = self._jobs.get(read)
+        if job is None:
+
+            def what() -> str:
+                return "reading " + read.describe()
+
+            reader = self.link.reader(read.table, read.address, read.count, what)
+            job = _Job(read, reader, compile_read(self.options, read))
+            self._jobs[read] = job
+        return job
+
+    def _jobs_for(self, reads: Iterable[Read]) -> list[_Job]:
+        return [self._job(r) for r in reads]
+
     # --- contract: lifecycle --------------------------------------------------
 
     def metrics(self) -> Sequence[MetricSpec]:
@@ -147,7 +174,7 @@ class ModbusDriver:
         self.log.info("modbus connected", link=self.link.where)
         await self._check_identity()
         try:
-            await self._read_all(self._status_reads)
+            await self._read_all(self._status_jobs)
         except ExceptionResponse as exc:
             self.log.error("cannot read the PLC's status tags", error=str(exc))
             raise
@@ -159,7 +186,7 @@ class ModbusDriver:
         if not expected:
             return
         try:
-            got = await self._read_all(self._plan_names(expected))
+            got = await self._read_all(self._jobs_for(self._plan_names(expected)))
         except ExceptionResponse as exc:
             raise WrongDevice(f"{self.link.where}: identity tags unreadable: {exc}") from exc
         wrong = [
@@ -183,12 +210,12 @@ class ModbusDriver:
     async def serve(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                for group, reads in self.group_reads.items():
-                    tg.create_task(self._poll_loop(group, reads), name=f"poll:{group}")
+                for group, jobs in self._group_jobs.items():
+                    tg.create_task(self._poll_loop(group, jobs), name=f"poll:{group}")
                 if self.options.heartbeat is not None:
                     tg.create_task(self._heartbeat_loop(), name="heartbeat")
                 if not self.group_reads and self.options.heartbeat is None:
-                    tg.create_task(self._poll_loop("status", self._status_reads), name="status")
+                    tg.create_task(self._poll_loop("status", self._status_jobs), name="status")
         except* CellError as eg:
             # One reason is enough for the supervisor (a lost link, a refused heartbeat).
             raise eg.exceptions[0] from None
@@ -198,33 +225,32 @@ class ModbusDriver:
 
     # --- reading ------------------------------------------------------------------
 
-    async def _read(self, read: Read) -> dict[str, MetricValue]:
-        words = await self.link.read(
-            read.table, read.address, read.count, lambda: "reading " + read.describe()
-        )
-        parts = self._compiled.get(read)
-        if parts is None:
-            parts = self._compiled[read] = compile_read(self.options, read)
+    def _decode(self, job: _Job, words: list[int]) -> dict[str, MetricValue]:
         try:
-            return {name: fn(words[at : at + size]) for name, at, size, fn in parts}
+            return {name: fn(words, at) for name, at, fn in job.parts}
         except (ValueError, IndexError, TypeError, struct.error) as exc:  # garbage: log, survive
-            self.log.warning("undecodable answer", read=read.describe(), error=str(exc))
+            self.log.warning("undecodable answer", read=job.read.describe(), error=str(exc))
             return {}
 
-    async def _read_all(self, reads: Sequence[Read]) -> dict[str, MetricValue]:
-        out: dict[str, MetricValue] = {}
-        for read in reads:
-            out.update(await self._read(read))
+    async def _read_all(self, jobs: Sequence[_Job]) -> dict[str, MetricValue]:
+        # Decoding is a plain call, not a coroutine: see Link.call on frames per request.
+        if len(jobs) == 1:
+            job = jobs[0]
+            out = self._decode(job, job.reader.words(await job.reader.send()))
+        else:
+            out = {}
+            for job in jobs:
+                out.update(self._decode(job, job.reader.words(await job.reader.send())))
         self.values.update(out)
         return out
 
-    async def read_group(self, group: str) -> dict[str, MetricValue]:
+    def read_group(self, group: str) -> Coroutine[Any, Any, dict[str, MetricValue]]:
         """Read one polling group now (the requests its plan lists, no more)."""
-        return await self._read_all(self.group_reads[group])
+        return self._read_all(self._group_jobs[group])
 
     async def read_tag(self, name: str) -> MetricValue:
         tag = self._tag(name)
-        values = await self._read_all(self._plan([span(name, tag)]))
+        values = await self._read_all(self._jobs_for(self._plan([span(name, tag)])))
         return values[name]
 
     async def write_tag(self, name: str, value: MetricValue, resend: bool = True) -> None:
@@ -243,30 +269,29 @@ class ModbusDriver:
         except KeyError:
             raise StepFailed(f"no tag named {name!r} in this PLC's map") from None
 
-    async def _poll_loop(self, group: str, reads: list[Read]) -> None:
+    async def _poll_loop(self, group: str, jobs: list[_Job]) -> None:
         interval = self.options.interval_of(group)
         while True:
             started = time.monotonic()
             samples: list[Sample] = []
             now = time.time()
-            for read in reads:
-                key = read
+            for job in jobs:
                 try:
-                    values = await self._read(read)
+                    values = self._decode(job, job.reader.words(await job.reader.send()))
                 except ExceptionResponse as exc:
-                    if key not in self._failing:
-                        self._failing.add(key)
+                    if job not in self._failing:
+                        self._failing.add(job)
                         self.log.error("PLC refused a read", error=str(exc))
                     samples += [
                         Sample(
                             s.name, self.values.get(s.name, self._blank[s.name]), now, Quality.BAD
                         )
-                        for s in read.spans
+                        for s in job.read.spans
                     ]
                     continue
-                if key in self._failing:
-                    self._failing.discard(key)
-                    self.log.info("PLC answers the read again", read=key.describe())
+                if job in self._failing:
+                    self._failing.discard(job)
+                    self.log.info("PLC answers the read again", read=job.read.describe())
                 self.values.update(values)
                 samples += [Sample(n, v, now) for n, v in values.items()]
             self._update_state()
@@ -314,7 +339,7 @@ class ModbusDriver:
             self._tracker.set(DeviceState.IDLE)
 
     async def _refresh(self) -> None:
-        await self._read_all(self._status_reads)
+        await self._read_all(self._status_jobs)
         self._update_state()
 
     # --- commands ----------------------------------------------------------------
@@ -367,7 +392,7 @@ class ModbusDriver:
     async def _read_handshake(self) -> Handshake:
         r = self.options.recipe
         assert r is not None
-        v = await self._read_all(self._hs_reads)
+        v = await self._read_all(self._hs_jobs)
         self._update_state()
         progress: float | None = None
         if r.progress is not None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import termios
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -83,7 +84,10 @@ class Link:
     def __init__(self, options: ModbusOptions, endpoint: str | None = None) -> None:
         self._o = options
         self._host, self._port = options.host, options.port
-        if endpoint:
+        self._device = options.serial.port if options.serial is not None else ""
+        if endpoint and options.transport == "rtu":
+            self._device = endpoint  # a simulator's pseudo-terminal
+        elif endpoint:
             host, _, port = endpoint.rpartition(":")
             self._host, self._port = host or options.host, int(port)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
@@ -98,8 +102,8 @@ class Link:
 
     @property
     def where(self) -> str:
-        if self._o.transport == "rtu" and self._o.serial is not None:
-            return f"{self._o.serial.port} unit {self._o.unit_id}"
+        if self._o.transport == "rtu":
+            return f"{self._device} unit {self._o.unit_id}"
         return f"{self._host}:{self._port} unit {self._o.unit_id}"
 
     def make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -110,7 +114,7 @@ class Link:
         if o.transport == "rtu":
             assert o.serial is not None
             return AsyncModbusSerialClient(
-                o.serial.port,
+                self._device,
                 framer=FramerType.RTU,
                 baudrate=o.serial.baudrate,
                 bytesize=o.serial.bytesize,
@@ -160,6 +164,13 @@ class Link:
         except (OSError, ModbusException) as exc:
             self.close()
             raise LinkError(f"cannot connect to {self.where}: {exc}") from exc
+        except termios.error as exc:
+            # pyserial lets the port's refusal of a setting through as it is (a
+            # pseudo-terminal refuses parity, some adapters a baud rate).
+            self.close()
+            s = self._o.serial
+            settings = f"{s.baudrate} {s.bytesize}{s.parity}{s.stopbits}" if s else "?"
+            raise LinkError(f"{self.where}: the port refuses {settings}: {exc}") from exc
         if not ok:
             self.close()
             raise LinkError(f"cannot connect to {self.where}")
@@ -175,49 +186,6 @@ class Link:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected and not self._lost
 
-    async def _once(self, call: Callable[[Any], Awaitable[Any]], what: What) -> Any:
-        if self._lost or self._client is None:
-            raise _Lost()
-        self.requests += 1
-        task = asyncio.current_task()
-        assert task is not None
-        # pymodbus times the answer out itself (timeout_s); a disconnect cancels the
-        # wait at once (see _watch) instead of letting it run into that timeout.
-        self._waiting = task
-        try:
-            resp = await call(self._client)
-        except asyncio.CancelledError:
-            if self._cut_sent:
-                self._cut_sent = False
-                if task.uncancel() == 0:
-                    raise _Lost() from None
-            raise
-        except ModbusIOException as exc:
-            # No answer in time, or an answer to an earlier, abandoned request.
-            if self._lost or not self._client.connected:
-                raise _Lost() from exc
-            raise TimeoutError(str(exc)) from exc
-        except ModbusException as exc:
-            if self._lost or not self._client.connected:
-                raise _Lost() from exc
-            raise LinkError(f"{_text(what)}: {exc}") from exc
-        except OSError as exc:
-            raise _Lost() from exc
-        finally:
-            self._waiting = None
-        if self._cut_sent:
-            task.uncancel()  # the answer came with the disconnect; it is still good
-        self._cut_sent = False
-        if task.cancelling():
-            # CPython 3.11's wait_for (inside pymodbus) returns the answer and drops a
-            # cancellation that arrives with it; honour the cancellation here.
-            raise asyncio.CancelledError()
-        if resp.isError():
-            code = int(getattr(resp, "exception_code", 0) or 0)
-            raise ExceptionResponse(code, _text(what))
-        self.last_ok = time.monotonic()
-        return resp
-
     async def call(
         self, call: Callable[[Any], Awaitable[Any]], what: What, resend: bool = True
     ) -> Any:
@@ -226,12 +194,27 @@ class Link:
         With `resend=False` a request whose connection dropped is not sent again
         after the reconnect: Unconfirmed tells the caller to look first.
         """
-        async with self._lock:
+        # Every coroutine frame between a poll and pymodbus is paid twice per request
+        # (suspend, resume), so this is the only one: the lock is taken without
+        # `async with` (an uncontended acquire never suspends) and the checks before
+        # and after the answer are plain functions.
+        lock = self._lock
+        await lock.acquire()
+        try:
             reconnected = False
             attempts = 0
             while True:
                 try:
-                    return await self._once(call, what)
+                    client, task = self._sending()
+                    try:
+                        resp = await call(client)
+                    except (asyncio.CancelledError, ModbusException, OSError) as exc:
+                        if (meaning := self._failure(exc, client, task, what)) is exc:
+                            raise
+                        raise meaning from exc
+                    finally:
+                        self._waiting = None
+                    return self._answer(resp, task, what)
                 except _Lost:
                     if reconnected:
                         raise LinkError(f"{_text(what)}: connection to {self.where} lost") from None
@@ -249,27 +232,61 @@ class Link:
                             f"{_text(what)}: no answer from {self.where} "
                             f"after {attempts} tries of {self._o.timeout_s:g} s"
                         ) from None
+        finally:
+            lock.release()
+
+    def _sending(self) -> tuple[Any, asyncio.Task[Any]]:
+        client = self._client
+        if self._lost or client is None:
+            raise _Lost()
+        self.requests += 1
+        task = asyncio.current_task()
+        assert task is not None
+        # pymodbus times the answer out itself (timeout_s); a disconnect cancels the
+        # wait at once (see _watch) instead of letting it run into that timeout.
+        self._waiting = task
+        return client, task
+
+    def _failure(
+        self, exc: BaseException, client: Any, task: asyncio.Task[Any], what: What
+    ) -> BaseException:
+        """What a failed request means to `call`: _Lost, TimeoutError, LinkError, or exc itself."""
+        if isinstance(exc, asyncio.CancelledError):
+            if self._cut_sent:
+                self._cut_sent = False
+                if task.uncancel() == 0:
+                    return _Lost()
+            return exc
+        if isinstance(exc, OSError) or self._lost or not client.connected:
+            return _Lost()
+        if isinstance(exc, ModbusIOException):
+            # No answer in time, or an answer to an earlier, abandoned request.
+            return TimeoutError(str(exc))
+        return LinkError(f"{_text(what)}: {exc}")
+
+    def _answer(self, resp: Any, task: asyncio.Task[Any], what: What) -> Any:
+        if self._cut_sent:
+            task.uncancel()  # the answer came with the disconnect; it is still good
+            self._cut_sent = False
+        if task.cancelling():
+            # CPython 3.11's wait_for (inside pymodbus) returns the answer and drops a
+            # cancellation that arrives with it; honour the cancellation here.
+            raise asyncio.CancelledError()
+        if resp.isError():
+            code = int(getattr(resp, "exception_code", 0) or 0)
+            raise ExceptionResponse(code, _text(what))
+        self.last_ok = time.monotonic()
+        return resp
 
     # --- typed requests ---------------------------------------------------
 
+    def reader(self, table: Table, address: int, count: int, what: What) -> Reader:
+        return Reader(self, table, address, count, what)
+
     async def read(self, table: Table, address: int, count: int, what: What) -> list[int]:
         """Registers (ints) or bits (0/1 ints) of one table."""
-        unit = self._o.unit_id
-        name = _READ_METHOD[table]
-
-        def go(c: Any) -> Any:
-            return getattr(c, name)(address, count=count, device_id=unit)
-
-        resp = await self.call(go, what)
-        if table.is_bits:
-            bits = list(resp.bits)
-            if len(bits) < count:
-                raise LinkError(f"{_text(what)}: short answer ({len(bits)} of {count} bits)")
-            return [1 if b else 0 for b in bits[:count]]
-        regs = list(resp.registers)
-        if len(regs) != count:
-            raise LinkError(f"{_text(what)}: short answer ({len(regs)} of {count} registers)")
-        return regs
+        reader = self.reader(table, address, count, what)
+        return reader.words(await reader.send())
 
     async def write(
         self, table: Table, address: int, values: list[int], what: What, resend: bool = True
@@ -286,3 +303,40 @@ class Link:
             return await c.write_registers(address, values, device_id=unit)
 
         await self.call(go, what, resend)
+
+
+class Reader:
+    """A read made once and sent many times: polling pays no per-request set-up.
+
+    `send()` is the request (a coroutine from Link.call, no frame of its own) and
+    `words()` checks and unpacks its answer.
+    """
+
+    __slots__ = ("_address", "_bits", "_count", "_link", "_name", "_unit", "_what")
+
+    def __init__(self, link: Link, table: Table, address: int, count: int, what: What) -> None:
+        self._link = link
+        self._name = _READ_METHOD[table]
+        self._bits = table.is_bits
+        self._count = count
+        self._unit = link._o.unit_id
+        self._what = what
+        self._address = address
+
+    def _request(self, client: Any) -> Any:
+        return getattr(client, self._name)(self._address, count=self._count, device_id=self._unit)
+
+    def send(self) -> Coroutine[Any, Any, Any]:
+        return self._link.call(self._request, self._what)
+
+    def words(self, resp: Any) -> list[int]:
+        count = self._count
+        if self._bits:
+            bits = resp.bits
+            if len(bits) < count:
+                raise LinkError(f"{_text(self._what)}: short answer ({len(bits)} of {count} bits)")
+            return [1 if b else 0 for b in bits[:count]]
+        regs: list[int] = resp.registers
+        if len(regs) != count:
+            raise LinkError(f"{_text(self._what)}: short answer ({len(regs)} of {count} registers)")
+        return regs

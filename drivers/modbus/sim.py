@@ -1,4 +1,7 @@
-"""A simulated PLC on a real pymodbus TCP server: conveyor, clamp, door, counters, recipes.
+"""A simulated PLC on a real pymodbus server: conveyor, clamp, door, counters, recipes.
+
+It serves Modbus TCP, or with `transport = "rtu"` Modbus RTU on a pseudo-terminal
+(see serial_line.py); `endpoint` is then the device path a client opens.
 
 The process model runs in PLC time (`time_factor` times real time); the
 heartbeat watchdog counts real seconds, because it watches the host.
@@ -53,18 +56,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as PmDataType
 from pymodbus.simulator import SimData, SimDevice
 
 from cellctl.driver import SimOptions
 
 from .options import MAX_BITS, MAX_REGISTERS, Table
+from .serial_line import SerialLine
 
 _FC_TABLE = {
     1: Table.COIL,
@@ -154,6 +159,8 @@ class InjectedException(BaseModel):
 
 
 class PlcSimOptions(SimOptions):
+    # "rtu": Modbus RTU on a pseudo-terminal (8N1 or 8N2: a pseudo-terminal refuses parity).
+    transport: Literal["tcp", "rtu"] = "tcp"
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)  # 0: a free port
     unit_id: int = Field(default=1, ge=0, le=255)  # 0: answer every unit id
@@ -295,7 +302,8 @@ class PlcSim:
         self.drop_on_request = False
         self.connections_dropped = 0
         self.restarts = 0
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._line: SerialLine | None = None
         self._port = o.port
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
@@ -336,6 +344,9 @@ class PlcSim:
 
     @property
     def endpoint(self) -> str:
+        """host:port for TCP; for RTU the path of the serial device to open."""
+        if self._line is not None:
+            return self._line.path
         return f"{self.options.host}:{self._port}"
 
     async def _start_server(self) -> None:
@@ -343,9 +354,20 @@ class PlcSim:
         placeholder = SimDevice(
             id=self.options.unit_id, simdata=SimData(1, values=0, datatype=PmDataType.REGISTERS)
         )
-        server = ModbusTcpServer(
-            placeholder, address=(self.options.host, self._port), trace_pdu=self._trace_pdu
-        )
+        server: ModbusTcpServer | ModbusSerialServer
+        if self._line is not None:
+            server = ModbusSerialServer(
+                placeholder,
+                framer=FramerType.RTU,
+                port=self._line.server_port,
+                stopbits=2,  # no parity: the spec's 8N2
+                parity="N",
+                trace_pdu=self._trace_pdu,
+            )
+        else:
+            server = ModbusTcpServer(
+                placeholder, address=(self.options.host, self._port), trace_pdu=self._trace_pdu
+            )
         server.context = self.memory  # type: ignore[assignment]
         await server.serve_forever(background=True)
         sockets = getattr(server.transport, "sockets", None) or []
@@ -362,7 +384,16 @@ class PlcSim:
             await server.shutdown()  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> Self:
-        await self._start_server()
+        if self.options.transport == "rtu":
+            self._line = SerialLine()
+            await self._line.__aenter__()
+        try:
+            await self._start_server()
+        except BaseException:
+            line, self._line = self._line, None
+            if line is not None:
+                await line.__aexit__(None, None, None)
+            raise
         self._last_tick = time.monotonic()
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop(), name="plc-sim")
         return self
@@ -379,11 +410,21 @@ class PlcSim:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         await self._stop_server()
+        line, self._line = self._line, None
+        if line is not None:
+            await line.__aexit__(None, None, None)
 
     # --- fault injection -----------------------------------------------------
 
     def drop_connections(self) -> int:
-        """Close every client connection now (the server keeps listening)."""
+        """Close every client connection now (the server keeps listening).
+
+        Over RTU there is no connection: the client's cable is pulled and plugged
+        back in, and what was on the wire is lost."""
+        if self._line is not None:
+            self._line.unplug_client()
+            self.connections_dropped += 1
+            return 1
         if self._server is None:
             return 0
         conns = list(self._server.active_connections.values())
