@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from cellctl_drivers.modbus.driver import ModbusDriver
@@ -74,10 +77,43 @@ async def rate(n: int, one: Any) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def main(quick: bool) -> None:
+@contextlib.asynccontextmanager
+async def plc(in_process: bool) -> AsyncIterator[str]:
+    """The simulated PLC's endpoint. By default in its own process, as a PLC is its own
+    device: in this process its server's work would be charged to the client side."""
+    if in_process:
+        async with PlcSim(PlcSimOptions(strict_map=False)) as sim:
+            yield sim.endpoint
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cellctl",
+        "sim",
+        "modbus-plc",
+        "--set",
+        "strict_map=false",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            endpoint = (await proc.stdout.readline()).decode().strip()
+        if not endpoint:
+            raise RuntimeError("the simulated PLC did not start")
+        yield endpoint
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def main(quick: bool, in_process: bool) -> None:
     rounds, per_round, polls = (5, 200, 20) if quick else (15, 1000, 100)
-    async with PlcSim(PlcSimOptions(strict_map=False)) as sim:
-        host, _, port = sim.endpoint.rpartition(":")
+    where = "in this process" if in_process else "in its own process"
+    print(f"simulated PLC {where}")
+    async with plc(in_process) as endpoint:
+        host, _, port = endpoint.rpartition(":")
         raw = AsyncModbusTcpClient(host, port=int(port), timeout=2.0, reconnect_delay=0)
         assert await raw.connect()
 
@@ -89,7 +125,7 @@ async def main(quick: bool) -> None:
                 }
             }
         )
-        driver = ModbusDriver(DriverContext("bench", endpoint=sim.endpoint), one)
+        driver = ModbusDriver(DriverContext("bench", endpoint=endpoint), one)
         async with driver:
 
             async def raw_read() -> None:
@@ -116,7 +152,7 @@ async def main(quick: bool) -> None:
 
         # --- 2. values/s, scattered map --------------------------------------------
         options = ModbusOptions.model_validate(scattered_map())
-        driver = ModbusDriver(DriverContext("bench", endpoint=sim.endpoint), options)
+        driver = ModbusDriver(DriverContext("bench", endpoint=endpoint), options)
         tags = list(options.tags.items())
         async with driver:
             reads = driver.group_reads["default"]
@@ -174,4 +210,8 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--in-process", action="store_true", help="run the simulated PLC in this process"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.in_process))
