@@ -40,6 +40,8 @@ from cellctl.driver import DriverContext
 from cellctl.model import Event, Samples
 
 NS = "urn:cellctl:sim:robot"
+# Simulator processes by role, for the CPU accounting of the printers part.
+SIM_PIDS: dict[str, list[int]] = {"robot": [], "printers": []}
 
 
 @contextlib.asynccontextmanager
@@ -65,8 +67,11 @@ async def robot_process(items: int, rate_hz: float) -> AsyncIterator[str]:
         endpoint = line.decode().strip()
         if not endpoint.startswith("opc.tcp://"):
             raise SystemExit(f"simulator did not start: {line!r}")
+        SIM_PIDS["robot"].append(proc.pid)
         yield endpoint
     finally:
+        if proc.pid in SIM_PIDS["robot"]:
+            SIM_PIDS["robot"].remove(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         with contextlib.suppress(TimeoutError):
@@ -213,6 +218,60 @@ async def write_lag(endpoint: str, writes: int) -> dict[str, float]:
     }
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:9]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU seconds per wall second over one phase: this process, one of its threads
+    (the OPC UA client thread), the simulators by role, and the whole machine."""
+
+    def __init__(self, thread_ident: int | None = None) -> None:
+        self.clock = time.pthread_getcpuclockid(thread_ident) if thread_ident else None
+        self.result: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        busy, total = _machine_jiffies()
+        out = {
+            "wall": time.perf_counter(),
+            "process": time.process_time(),
+            "busy": float(busy),
+            "total": float(total),
+        }
+        for role, pids in SIM_PIDS.items():
+            out[role] = sum(_proc_cpu(p) for p in pids)
+        if self.clock is not None:
+            out["client_thread"] = time.clock_gettime(self.clock)
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        wall = end["wall"] - self._start["wall"]
+        for key in end:
+            if key not in ("wall", "busy", "total"):
+                self.result[key] = (end[key] - self._start[key]) / wall
+        total = end["total"] - self._start["total"]
+        cores = os.cpu_count() or 1
+        self.result["machine"] = cores * (end["busy"] - self._start["busy"]) / total if total else 0
+
+
 def marlin_available() -> bool:
     try:
         from cellctl.registry import Registry
@@ -249,8 +308,10 @@ async def marlin_processes(n: int) -> AsyncIterator[list[str]]:
             if not line.startswith("/"):
                 raise SystemExit(f"printer simulator did not start: {line!r}")
             paths.append(line)
+        SIM_PIDS["printers"] = [p.pid for p in procs]
         yield paths
     finally:
+        SIM_PIDS["printers"] = []
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.terminate()
@@ -261,7 +322,10 @@ async def marlin_processes(n: int) -> AsyncIterator[list[str]]:
 
 
 async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
-    """Stream the file to every printer at once; aggregate lines/s."""
+    """Stream the file to every printer at once; aggregate lines/s.
+
+    The clock starts when every printer is connected: a handshake retried on a
+    loaded machine costs seconds, and it is not streaming."""
     from cellctl_drivers.marlin.driver import MarlinDriver, MarlinOptions
 
     from cellctl.errors import LinkError
@@ -280,9 +344,14 @@ async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
                     raise
         raise AssertionError("unreachable")
 
+    all_connected = asyncio.Barrier(len(paths))
+    started: list[float] = []
+
     async def one(i: int, path: str) -> None:
         driver = await connected(i, path)
         try:
+            if await all_connected.wait() == 0:
+                started.append(time.perf_counter())
             async with asyncio.TaskGroup() as tg:
                 serving = tg.create_task(driver.serve())
                 step = Step("bench", i, "print", Program(ProgramKind.GCODE, path=gcode))
@@ -293,11 +362,10 @@ async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
         if result.outcome != StepOutcome.DONE:
             raise SystemExit(f"printer {i}: stream failed: {result}")
 
-    t = time.perf_counter()
     async with asyncio.TaskGroup() as tg:
         for i, path in enumerate(paths):
             tg.create_task(one(i, path))
-    return len(paths) * lines / (time.perf_counter() - t)
+    return len(paths) * lines / (time.perf_counter() - started[0])
 
 
 async def printers_with_and_without(
@@ -311,14 +379,15 @@ async def printers_with_and_without(
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     lines = 1500 if quick else 5000
-    reps = 1 if quick else 3
+    reps = 3 if quick else 5
     alone: list[float] = []
     loaded: list[float] = []
     delivery: list[float] = []
     lag_alone: list[float] = []
     lag_loaded: list[float] = []
-    cpu_alone: list[float] = []
-    cpu_loaded: list[float] = []
+    cpu_alone: list[dict[str, float]] = []
+    cpu_loaded: list[dict[str, float]] = []
+    per_change: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         gcode = Path(d) / "short.gcode"
         write_short_segments(gcode, lines)
@@ -326,10 +395,10 @@ async def printers_with_and_without(
             await stream_printers(paths, gcode, min(lines, 300))  # warm up
             for _ in range(reps):
                 lag: list[float] = []
-                c0, t0 = time.process_time(), time.perf_counter()
-                async with loop_lag(lag, 0.01):
-                    alone.append(await stream_printers(paths, gcode, lines))
-                cpu_alone.append((time.process_time() - c0) / (time.perf_counter() - t0))
+                with CpuMeter() as meter:
+                    async with loop_lag(lag, 0.01):
+                        alone.append(await stream_printers(paths, gcode, lines))
+                cpu_alone.append(meter.result)
                 lag_alone.append(p99(lag))
                 counter = _Counter()
                 driver = bulk_driver(endpoint, items, "subscribe", counter)
@@ -338,18 +407,27 @@ async def printers_with_and_without(
                     await asyncio.sleep(1.0)
                     lag = []
                     counter.on = True
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    async with loop_lag(lag, 0.01):
-                        loaded.append(await stream_printers(paths, gcode, lines))
+                    thread = driver.client_thread.thread
+                    t0 = time.perf_counter()
+                    with CpuMeter(thread.ident if thread else None) as meter:
+                        async with loop_lag(lag, 0.01):
+                            loaded.append(await stream_printers(paths, gcode, lines))
                     elapsed = time.perf_counter() - t0
-                    cpu_loaded.append((time.process_time() - c0) / elapsed)
+                    cpu_loaded.append(meter.result)
                     lag_loaded.append(p99(lag))
                     counter.on = False
                     serving.cancel()
                 delivery.append(counter.distinct() / (items * rate_hz * elapsed))
+                changes_per_s = counter.distinct() / elapsed
+                if changes_per_s:
+                    per_change.append(meter.result.get("client_thread", 0.0) / changes_per_s)
     a, b = statistics.median(alone), statistics.median(loaded)
     med = statistics.median
-    return {
+
+    def cpu(phases: list[dict[str, float]], key: str) -> float:
+        return med([p.get(key, 0.0) for p in phases])
+
+    out = {
         "alone": a,
         "loaded": b,
         "loss": 1 - b / a,
@@ -357,9 +435,12 @@ async def printers_with_and_without(
         "reps": float(reps),
         "lag_alone_ms": 1000 * med(lag_alone),
         "lag_loaded_ms": 1000 * med(lag_loaded),
-        "cpu_alone": med(cpu_alone),
-        "cpu_loaded": med(cpu_loaded),
+        "us_per_change": 1e6 * med(per_change) if per_change else 0.0,
     }
+    for key in ("process", "client_thread", "robot", "printers", "machine"):
+        out[f"cpu_{key}_alone"] = cpu(cpu_alone, key)
+        out[f"cpu_{key}_loaded"] = cpu(cpu_loaded, key)
+    return out
 
 
 class _Counter:
@@ -417,10 +498,20 @@ async def main() -> None:
                 f"(medians of {p['reps']:.0f})"
             )
             print(
-                f"printers: this process: loop lag p99 {p['lag_alone_ms']:.1f} ms alone vs "
-                f"{p['lag_loaded_ms']:.1f} ms loaded; CPU {p['cpu_alone']:.2f} vs "
-                f"{p['cpu_loaded']:.2f} s/s; machine load average {os.getloadavg()[0]:.1f} "
-                f"on {os.cpu_count()} CPUs (the simulators run in other processes)"
+                f"printers: loop lag p99 {p['lag_alone_ms']:.1f} ms alone vs "
+                f"{p['lag_loaded_ms']:.1f} ms loaded; machine load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+            )
+            print(
+                "printers: CPU s/s alone -> loaded: "
+                f"daemon process {p['cpu_process_alone']:.2f} -> {p['cpu_process_loaded']:.2f} "
+                f"(of which the OPC UA client thread {p['cpu_client_thread_loaded']:.2f}, "
+                f"{p['us_per_change']:.1f} us per data change); "
+                f"robot simulator {p['cpu_robot_alone']:.2f} -> {p['cpu_robot_loaded']:.2f}; "
+                f"printer simulators {p['cpu_printers_alone']:.2f} -> "
+                f"{p['cpu_printers_loaded']:.2f}; whole machine busy "
+                f"{p['cpu_machine_alone']:.2f} -> {p['cpu_machine_loaded']:.2f} "
+                f"of {os.cpu_count()} cores"
             )
         else:
             print(

@@ -14,7 +14,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cellctl.errors import CellError, LinkError
 
@@ -39,10 +39,16 @@ class ClientThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        # False from the moment stop() is asked: the loop may still be alive for a
+        # moment, but work handed to it now might never run.
+        self._accepting = False
+        # Work handed over and not finished: failed at thread exit, so that no
+        # caller waits for a loop that is gone.
+        self._pending: set[concurrent.futures.Future[Any]] = set()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._accepting and self._thread is not None and self._thread.is_alive()
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -52,6 +58,7 @@ class ClientThread:
         if self.alive:
             return
         self._ready.clear()
+        self._accepting = True
         self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self._thread.start()
         # The new loop is up in microseconds; waiting on a thread event is bounded
@@ -61,7 +68,12 @@ class ClientThread:
                 await asyncio.sleep(0.001)
 
     def _main(self) -> None:
-        asyncio.run(self._serve())
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._accepting = False
+            for fut in list(self._pending):
+                fut.cancel()
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -89,8 +101,15 @@ class ClientThread:
             cfut = asyncio.run_coroutine_threadsafe(bounded(), loop)
         except RuntimeError:  # the loop closed between the check and now
             raise LinkError(f"{self.name}: client thread not running") from None
+        self._pending.add(cfut)
+        cfut.add_done_callback(self._pending.discard)
+        if not self.alive:  # stopped meanwhile: _main may have swept _pending already
+            cfut.cancel()
+        # A backstop on this side too, in case the client loop stalls outright.
+        backstop = None if within is None else within + 5.0
         try:
-            return await asyncio.wrap_future(cfut)
+            async with asyncio.timeout(backstop):
+                return await asyncio.wrap_future(cfut)
         except CellError:
             raise
         except TimeoutError:
@@ -106,18 +125,12 @@ class ClientThread:
         except Exception as exc:
             raise self._translate(exc) from None
 
-    def call_soon(self, callback: Callable[[], object]) -> None:
-        """Schedule a plain callback on the client loop (from any thread)."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(callback)
-
     async def stop(self, within: float = 5.0) -> None:
         """Stop the loop and join the thread; bounded, never raises."""
         thread = self._thread
         if thread is None:
             return
+        self._accepting = False
         stop, loop = self._stop, self._loop
         if stop is not None and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):

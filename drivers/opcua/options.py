@@ -200,8 +200,10 @@ class OpcUaOptions(DriverOptions):
     publishing_interval_ms: float = Field(default=100.0, gt=0)
     sampling_interval_ms: float = Field(default=50.0, ge=0)
     queue_size: int = Field(default=1, ge=0)
-    # Bounds one publish response: each is decoded in one piece on the event loop.
-    max_notifications_per_publish: int = Field(default=200, ge=1)
+    # Bounds one publish response. Decoding happens on the client thread, so a big
+    # response delays no printer; fewer, bigger responses cost fewer round trips
+    # and wake-ups than many small ones.
+    max_notifications_per_publish: int = Field(default=1000, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_nodes_per_read: int = Field(default=1000, ge=1)
     max_writes_per_s: float = Field(default=20.0, gt=0)  # e-stop is never held back
