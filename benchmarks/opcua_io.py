@@ -7,9 +7,12 @@
 3. Event-loop lag p99 while many writes are issued at once: raw asyncua
    unthrottled vs through the driver's rate limiter.
 4. Four simulated Marlin printers streaming G-code in this same event loop,
-   alone and with the 1,000-item subscription running: lines/s lost (target
-   ≤ 2 %), delivery meanwhile, this process's loop lag and CPU. (Needs the
-   Marlin driver; without it the part is reported as pending.)
+   alone and with the 1,000-item subscription running in this process (the
+   driver's client thread): lines/s lost (target ≤ 2 %), delivery meanwhile,
+   loop lag, and CPU per phase: this process, the client thread (and per data
+   change), the simulators, the whole machine. As a reference, the same
+   subscription in another process: the same CPU on the machine, no shared GIL.
+   (Needs the Marlin driver; without it the part is reported as pending.)
 
 The simulated robot runs in its own process (`cellctl sim opcua-robot`), as a
 real controller would, so the client's event loop is measured alone.
@@ -382,6 +385,8 @@ async def printers_with_and_without(
     reps = 3 if quick else 5
     alone: list[float] = []
     loaded: list[float] = []
+    elsewhere: list[float] = []
+    lag_elsewhere: list[float] = []
     delivery: list[float] = []
     lag_alone: list[float] = []
     lag_loaded: list[float] = []
@@ -421,6 +426,13 @@ async def printers_with_and_without(
                 changes_per_s = counter.distinct() / elapsed
                 if changes_per_s:
                     per_change.append(meter.result.get("client_thread", 0.0) / changes_per_s)
+                # Reference: the same subscription in another process. Same CPU work on
+                # the machine, but no share of this process's GIL.
+                async with subscriber_process(endpoint, items):
+                    lag = []
+                    async with loop_lag(lag, 0.01):
+                        elsewhere.append(await stream_printers(paths, gcode, lines))
+                    lag_elsewhere.append(p99(lag))
     a, b = statistics.median(alone), statistics.median(loaded)
     med = statistics.median
 
@@ -431,6 +443,9 @@ async def printers_with_and_without(
         "alone": a,
         "loaded": b,
         "loss": 1 - b / a,
+        "elsewhere": med(elsewhere),
+        "loss_elsewhere": 1 - med(elsewhere) / a,
+        "lag_elsewhere_ms": 1000 * med(lag_elsewhere),
         "delivery": med(delivery),
         "reps": float(reps),
         "lag_alone_ms": 1000 * med(lag_alone),
@@ -459,11 +474,60 @@ class _Counter:
         return sum(len(v) for v in self.per_item.values())
 
 
+async def subscriber(endpoint: str, items: int) -> None:
+    """`--subscriber`: the same subscription through the driver, in this process only,
+    until stdin closes (the reference phase of `printers_with_and_without`)."""
+    counter = _Counter()
+    driver = bulk_driver(endpoint, items, "subscribe", counter)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with driver, asyncio.TaskGroup() as tg:
+        serving = tg.create_task(driver.serve())
+        print("subscribed", flush=True)
+        async with asyncio.timeout(600):
+            await reader.read()  # EOF: the benchmark is done with us
+        serving.cancel()
+
+
+@contextlib.asynccontextmanager
+async def subscriber_process(endpoint: str, items: int) -> AsyncIterator[None]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--subscriber",
+        endpoint,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            line = await proc.stdout.readline()
+        if line.strip() != b"subscribed":
+            raise SystemExit(f"subscriber did not start: {line!r}")
+        await asyncio.sleep(1.0)
+        yield
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
+    parser.add_argument("--subscriber", metavar="ENDPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     quiet_asyncua()
+    if args.subscriber:
+        await subscriber(args.subscriber, 1000)
+        return
     items, rate = 1000, 10.0
     rounds = 3 if args.quick else 7
     window = 5.0 if args.quick else 20.0
@@ -493,9 +557,14 @@ async def main() -> None:
             print(
                 f"printers: 4 simulated Marlin printers (115200 baud) streaming: "
                 f"{p['alone']:,.0f} lines/s alone vs {p['loaded']:,.0f} lines/s with the "
-                f"{items}-item subscription in the same loop: {100 * p['loss']:.1f} % lost "
+                f"{items}-item subscription in this process: {100 * p['loss']:.1f} % lost "
                 f"(target <= 2 %); subscription delivered/ideal meanwhile {p['delivery']:.3f} "
                 f"(medians of {p['reps']:.0f})"
+            )
+            print(
+                f"printers: reference, the same subscription in another process: "
+                f"{p['elsewhere']:,.0f} lines/s, {100 * p['loss_elsewhere']:.1f} % lost, "
+                f"loop lag p99 {p['lag_elsewhere_ms']:.1f} ms (the CPU cost without the GIL share)"
             )
             print(
                 f"printers: loop lag p99 {p['lag_alone_ms']:.1f} ms alone vs "

@@ -10,8 +10,9 @@ Threading: the asyncua client (session, subscription, reads, writes, calls,
 keepalive) runs on its own event loop in a thread this driver owns
 (`clientthread`), started on connect and joined on exit; `session` is the only
 code that touches asyncua. Data changes come back to the daemon's loop in
-batches (`tagmap.Coalescer`); everything that decides (PackML state, program
-steps, heartbeat, rate limits) stays on the daemon's loop.
+batches (`tagmap.Coalescer`) into the value cache (`cache`); everything that
+decides (PackML state, program steps in `handshake`, heartbeat, rate limits)
+stays on the daemon's loop.
 
 A lost session is re-created within `reconnect_grace_s`, every monitored item
 restored; meanwhile every metric is published once with quality BAD and the
@@ -37,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -45,21 +46,19 @@ from typing import Any, ClassVar, Self, TypeVar
 from cellctl.driver import DriverContext, ProgressSink
 from cellctl.errors import CellError, LinkError, NotSupported, WrongDevice
 from cellctl.model import (
-    Alarm,
     DeviceState,
     DeviceStatus,
     MetricSpec,
     MetricValue,
     Quality,
     Sample,
-    Samples,
     Setup,
-    StateChanged,
     Step,
     StepResult,
 )
 
 from .boundary import AccessDenied, Refused, translate
+from .cache import TagCache
 from .clientthread import ClientThread
 from .handshake import ProgramRun, SessionLost, program_number
 from .options import ActionSpec, OpcUaOptions, TagSpec
@@ -106,11 +105,14 @@ class OpcUaDriver:
             f"opcua-{ctx.device_id}", lambda exc: translate(exc, f"OPC UA {self.url}")
         )
         self._link: _Link | None = None
-        self._state = DeviceState.UNAVAILABLE
-        self._detail = ""
-        self._values: dict[str, Sample] = {}
-        self._changed = asyncio.Event()
         self._connected = asyncio.Event()
+        self.cache = TagCache(
+            ctx.device_id,
+            lambda: self.ctx.emit,
+            options.state,
+            self.tags.metric_tags,
+            self._connected.is_set,
+        )
         self._dead = asyncio.Event()
         self._generation = 0
         self._limiter = RateLimiter(
@@ -119,7 +121,6 @@ class OpcUaDriver:
         self._step_lock = asyncio.Lock()
         self.stop_requested = False
         self._heartbeat = 0
-        self._alarm = ""
         self.reconnects = 0
         self.metric_tags = self.tags.metric_tags
         self.poll_tags = self.tags.poll_tags
@@ -134,19 +135,18 @@ class OpcUaDriver:
         ]
 
     def status(self) -> DeviceStatus:
-        return DeviceStatus(state=self._state, detail=self._detail)
+        return DeviceStatus(state=self.cache.state, detail=self.cache.detail)
 
     @property
     def state(self) -> DeviceState:
-        return self._state
+        return self.cache.state
 
     @property
     def detail(self) -> str:
-        return self._detail
+        return self.cache.detail
 
     def value(self, tag: str) -> MetricValue | None:
-        s = self._values.get(tag)
-        return None if s is None else s.value
+        return self.cache.value(tag)
 
     @property
     def client_thread(self) -> ClientThread:
@@ -165,7 +165,7 @@ class OpcUaDriver:
             await self._thread.stop()
             raise
         self._connected.set()
-        self._derive_state()
+        self.cache.derive_state()
         return self
 
     async def __aexit__(
@@ -180,7 +180,7 @@ class OpcUaDriver:
         if link is not None:
             await self._close(link)
         await self._thread.stop()
-        self._set_state(DeviceState.UNAVAILABLE, "disconnected")
+        self.cache.set_state(DeviceState.UNAVAILABLE, "disconnected")
 
     async def _close(self, link: _Link) -> None:
         link.sink.close()  # nothing from this session is delivered any more
@@ -200,7 +200,7 @@ class OpcUaDriver:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(holder[0].set_lost, reason)
 
-        sink = Coalescer(loop, self._deliver)
+        sink = Coalescer(loop, self.cache.publish)
         session = Session(
             url=self.url,
             device_id=self.ctx.device_id,
@@ -219,69 +219,8 @@ class OpcUaDriver:
             sink.close()
             raise
         self._generation += 1
-        kept = self._store(fresh)
-        if kept:
-            self.ctx.emit(Samples(self.ctx.device_id, tuple(kept)))
+        self.cache.publish(fresh)
         return link
-
-    # --- values from the client thread ------------------------------------------
-
-    def _deliver(self, batch: list[Sample]) -> None:
-        """One batch of data changes or polled values (daemon's loop, via the Coalescer)."""
-        kept = self._store(batch)
-        if kept:
-            self.ctx.emit(Samples(self.ctx.device_id, tuple(kept)))
-        self._notify()
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    def _store(self, samples: Iterable[Sample]) -> list[Sample]:
-        """Update the cache; drop samples older than what is known (replays)."""
-        kept = []
-        for s in samples:
-            old = self._values.get(s.name)
-            if old is not None and s.timestamp < old.timestamp and old.quality == Quality.GOOD:
-                continue
-            self._values[s.name] = s
-            kept.append(s)
-        if kept:
-            self._derive_state()
-        return kept
-
-    def _derive_state(self) -> None:
-        spec = self.o.state
-        if spec is None or not self._connected.is_set():
-            if self._connected.is_set() and self._state == DeviceState.UNAVAILABLE:
-                self._set_state(DeviceState.IDLE, "connected")
-            return
-        sample = self._values.get(spec.tag)
-        if sample is None or sample.quality == Quality.BAD:
-            self._set_state(DeviceState.STOPPED, "robot state unknown (bad quality)")
-            return
-        raw = str(sample.value)
-        state = spec.values.get(raw)
-        if state is None:
-            self._set_state(DeviceState.STOPPED, f"unmapped robot state {raw!r}")
-        else:
-            self._set_state(state, raw)
-        if spec.alarm_tag:
-            alarm = self._values.get(spec.alarm_tag)
-            text = str(alarm.value) if alarm is not None else ""
-            if text != self._alarm:
-                if text:
-                    self.ctx.emit(Alarm(self.ctx.device_id, "robot", text, True))
-                elif self._alarm:
-                    self.ctx.emit(Alarm(self.ctx.device_id, "robot", self._alarm, False))
-                self._alarm = text
-            self._detail = f"{raw}: {text}" if text else raw
-
-    def _set_state(self, state: DeviceState, reason: str) -> None:
-        self._detail = reason
-        if state != self._state:
-            previous, self._state = self._state, state
-            self.ctx.emit(StateChanged(self.ctx.device_id, state, previous, reason))
 
     def _live(self) -> _Link:
         link = self._link
@@ -338,7 +277,7 @@ class OpcUaDriver:
         reason = old.reason or "session lost"
         self.log.warning("OPC UA session lost; re-creating it", reason=reason)
         old.sink.close()  # before the stale marks: no good value of the old session after them
-        self._mark_stale(reason)
+        self.cache.mark_stale(reason)
         await self._close(old)
         deadline = time.monotonic() + self.o.reconnect_grace_s
         delay = 0.2
@@ -361,23 +300,9 @@ class OpcUaDriver:
         self._link = link
         self._connected.set()
         self.reconnects += 1
-        self._derive_state()
+        self.cache.derive_state()
         self.log.info("OPC UA session re-created; subscriptions restored")
-        self._notify()
-
-    def _mark_stale(self, reason: str) -> None:
-        """Link down: the last values are published once more, as BAD, and nothing good."""
-        now = time.time()
-        stale = tuple(
-            Sample(s.name, s.value, now, Quality.BAD)
-            for s in self._values.values()
-            if s.name in self.metric_tags
-        )
-        for s in stale:
-            self._values[s.name] = s
-        if stale:
-            self.ctx.emit(Samples(self.ctx.device_id, stale))
-        self._set_state(DeviceState.UNAVAILABLE, f"reconnecting: {reason}")
+        self.cache.notify()
 
     # --- reading ------------------------------------------------------------------
 
@@ -405,7 +330,7 @@ class OpcUaDriver:
         if self._link is not link or link.lost.is_set():
             # The session died while the answer travelled: it decides nothing.
             raise SessionLost(link.reason or "link lost")
-        self._store(samples)
+        self.cache.store(samples)
         return {s.name: s.value for s in samples if s.quality != Quality.BAD}
 
     # --- waiting on the cache ------------------------------------------------------
@@ -425,9 +350,7 @@ class OpcUaDriver:
                     if pred():
                         return True
                     # Wake on value changes and, at least every 0.2 s, to notice a dropped link.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.2):
-                            await self._changed.wait()
+                    await self.cache.changed(0.2)
         except TimeoutError:
             return False
 
