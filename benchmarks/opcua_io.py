@@ -7,9 +7,12 @@
 3. Event-loop lag p99 while many writes are issued at once: raw asyncua
    unthrottled vs through the driver's rate limiter.
 4. Four simulated Marlin printers streaming G-code in this same event loop,
-   alone and with the 1,000-item subscription running: lines/s lost (target
-   ≤ 2 %), delivery meanwhile, this process's loop lag and CPU. (Needs the
-   Marlin driver; without it the part is reported as pending.)
+   alone and with the 1,000-item subscription running in this process (the
+   driver's client thread): lines/s lost (target ≤ 2 %), delivery meanwhile,
+   loop lag, and CPU per phase: this process, the client thread (and per data
+   change), the simulators, the whole machine. As a reference, the same
+   subscription in another process: the same CPU on the machine, no shared GIL.
+   (Needs the Marlin driver; without it the part is reported as pending.)
 
 The simulated robot runs in its own process (`cellctl sim opcua-robot`), as a
 real controller would, so the client's event loop is measured alone.
@@ -40,6 +43,8 @@ from cellctl.driver import DriverContext
 from cellctl.model import Event, Samples
 
 NS = "urn:cellctl:sim:robot"
+# Simulator processes by role, for the CPU accounting of the printers part.
+SIM_PIDS: dict[str, list[int]] = {"robot": [], "printers": []}
 
 
 @contextlib.asynccontextmanager
@@ -65,8 +70,11 @@ async def robot_process(items: int, rate_hz: float) -> AsyncIterator[str]:
         endpoint = line.decode().strip()
         if not endpoint.startswith("opc.tcp://"):
             raise SystemExit(f"simulator did not start: {line!r}")
+        SIM_PIDS["robot"].append(proc.pid)
         yield endpoint
     finally:
+        if proc.pid in SIM_PIDS["robot"]:
+            SIM_PIDS["robot"].remove(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         with contextlib.suppress(TimeoutError):
@@ -213,6 +221,60 @@ async def write_lag(endpoint: str, writes: int) -> dict[str, float]:
     }
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:9]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU seconds per wall second over one phase: this process, one of its threads
+    (the OPC UA client thread), the simulators by role, and the whole machine."""
+
+    def __init__(self, thread_ident: int | None = None) -> None:
+        self.clock = time.pthread_getcpuclockid(thread_ident) if thread_ident else None
+        self.result: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        busy, total = _machine_jiffies()
+        out = {
+            "wall": time.perf_counter(),
+            "process": time.process_time(),
+            "busy": float(busy),
+            "total": float(total),
+        }
+        for role, pids in SIM_PIDS.items():
+            out[role] = sum(_proc_cpu(p) for p in pids)
+        if self.clock is not None:
+            out["client_thread"] = time.clock_gettime(self.clock)
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        wall = end["wall"] - self._start["wall"]
+        for key in end:
+            if key not in ("wall", "busy", "total"):
+                self.result[key] = (end[key] - self._start[key]) / wall
+        total = end["total"] - self._start["total"]
+        cores = os.cpu_count() or 1
+        self.result["machine"] = cores * (end["busy"] - self._start["busy"]) / total if total else 0
+
+
 def marlin_available() -> bool:
     try:
         from cellctl.registry import Registry
@@ -249,8 +311,10 @@ async def marlin_processes(n: int) -> AsyncIterator[list[str]]:
             if not line.startswith("/"):
                 raise SystemExit(f"printer simulator did not start: {line!r}")
             paths.append(line)
+        SIM_PIDS["printers"] = [p.pid for p in procs]
         yield paths
     finally:
+        SIM_PIDS["printers"] = []
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.terminate()
@@ -261,7 +325,10 @@ async def marlin_processes(n: int) -> AsyncIterator[list[str]]:
 
 
 async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
-    """Stream the file to every printer at once; aggregate lines/s."""
+    """Stream the file to every printer at once; aggregate lines/s.
+
+    The clock starts when every printer is connected: a handshake retried on a
+    loaded machine costs seconds, and it is not streaming."""
     from cellctl_drivers.marlin.driver import MarlinDriver, MarlinOptions
 
     from cellctl.errors import LinkError
@@ -280,9 +347,14 @@ async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
                     raise
         raise AssertionError("unreachable")
 
+    all_connected = asyncio.Barrier(len(paths))
+    started: list[float] = []
+
     async def one(i: int, path: str) -> None:
         driver = await connected(i, path)
         try:
+            if await all_connected.wait() == 0:
+                started.append(time.perf_counter())
             async with asyncio.TaskGroup() as tg:
                 serving = tg.create_task(driver.serve())
                 step = Step("bench", i, "print", Program(ProgramKind.GCODE, path=gcode))
@@ -293,11 +365,10 @@ async def stream_printers(paths: list[str], gcode: Any, lines: int) -> float:
         if result.outcome != StepOutcome.DONE:
             raise SystemExit(f"printer {i}: stream failed: {result}")
 
-    t = time.perf_counter()
     async with asyncio.TaskGroup() as tg:
         for i, path in enumerate(paths):
             tg.create_task(one(i, path))
-    return len(paths) * lines / (time.perf_counter() - t)
+    return len(paths) * lines / (time.perf_counter() - started[0])
 
 
 async def printers_with_and_without(
@@ -311,14 +382,17 @@ async def printers_with_and_without(
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     lines = 1500 if quick else 5000
-    reps = 1 if quick else 3
+    reps = 3 if quick else 5
     alone: list[float] = []
     loaded: list[float] = []
+    elsewhere: list[float] = []
+    lag_elsewhere: list[float] = []
     delivery: list[float] = []
     lag_alone: list[float] = []
     lag_loaded: list[float] = []
-    cpu_alone: list[float] = []
-    cpu_loaded: list[float] = []
+    cpu_alone: list[dict[str, float]] = []
+    cpu_loaded: list[dict[str, float]] = []
+    per_change: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         gcode = Path(d) / "short.gcode"
         write_short_segments(gcode, lines)
@@ -326,10 +400,10 @@ async def printers_with_and_without(
             await stream_printers(paths, gcode, min(lines, 300))  # warm up
             for _ in range(reps):
                 lag: list[float] = []
-                c0, t0 = time.process_time(), time.perf_counter()
-                async with loop_lag(lag, 0.01):
-                    alone.append(await stream_printers(paths, gcode, lines))
-                cpu_alone.append((time.process_time() - c0) / (time.perf_counter() - t0))
+                with CpuMeter() as meter:
+                    async with loop_lag(lag, 0.01):
+                        alone.append(await stream_printers(paths, gcode, lines))
+                cpu_alone.append(meter.result)
                 lag_alone.append(p99(lag))
                 counter = _Counter()
                 driver = bulk_driver(endpoint, items, "subscribe", counter)
@@ -338,28 +412,50 @@ async def printers_with_and_without(
                     await asyncio.sleep(1.0)
                     lag = []
                     counter.on = True
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    async with loop_lag(lag, 0.01):
-                        loaded.append(await stream_printers(paths, gcode, lines))
+                    thread = driver.client_thread.thread
+                    t0 = time.perf_counter()
+                    with CpuMeter(thread.ident if thread else None) as meter:
+                        async with loop_lag(lag, 0.01):
+                            loaded.append(await stream_printers(paths, gcode, lines))
                     elapsed = time.perf_counter() - t0
-                    cpu_loaded.append((time.process_time() - c0) / elapsed)
+                    cpu_loaded.append(meter.result)
                     lag_loaded.append(p99(lag))
                     counter.on = False
                     serving.cancel()
                 delivery.append(counter.distinct() / (items * rate_hz * elapsed))
+                changes_per_s = counter.distinct() / elapsed
+                if changes_per_s:
+                    per_change.append(meter.result.get("client_thread", 0.0) / changes_per_s)
+                # Reference: the same subscription in another process. Same CPU work on
+                # the machine, but no share of this process's GIL.
+                async with subscriber_process(endpoint, items):
+                    lag = []
+                    async with loop_lag(lag, 0.01):
+                        elsewhere.append(await stream_printers(paths, gcode, lines))
+                    lag_elsewhere.append(p99(lag))
     a, b = statistics.median(alone), statistics.median(loaded)
     med = statistics.median
-    return {
+
+    def cpu(phases: list[dict[str, float]], key: str) -> float:
+        return med([p.get(key, 0.0) for p in phases])
+
+    out = {
         "alone": a,
         "loaded": b,
         "loss": 1 - b / a,
+        "elsewhere": med(elsewhere),
+        "loss_elsewhere": 1 - med(elsewhere) / a,
+        "lag_elsewhere_ms": 1000 * med(lag_elsewhere),
         "delivery": med(delivery),
         "reps": float(reps),
         "lag_alone_ms": 1000 * med(lag_alone),
         "lag_loaded_ms": 1000 * med(lag_loaded),
-        "cpu_alone": med(cpu_alone),
-        "cpu_loaded": med(cpu_loaded),
+        "us_per_change": 1e6 * med(per_change) if per_change else 0.0,
     }
+    for key in ("process", "client_thread", "robot", "printers", "machine"):
+        out[f"cpu_{key}_alone"] = cpu(cpu_alone, key)
+        out[f"cpu_{key}_loaded"] = cpu(cpu_loaded, key)
+    return out
 
 
 class _Counter:
@@ -378,11 +474,60 @@ class _Counter:
         return sum(len(v) for v in self.per_item.values())
 
 
+async def subscriber(endpoint: str, items: int) -> None:
+    """`--subscriber`: the same subscription through the driver, in this process only,
+    until stdin closes (the reference phase of `printers_with_and_without`)."""
+    counter = _Counter()
+    driver = bulk_driver(endpoint, items, "subscribe", counter)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with driver, asyncio.TaskGroup() as tg:
+        serving = tg.create_task(driver.serve())
+        print("subscribed", flush=True)
+        async with asyncio.timeout(600):
+            await reader.read()  # EOF: the benchmark is done with us
+        serving.cancel()
+
+
+@contextlib.asynccontextmanager
+async def subscriber_process(endpoint: str, items: int) -> AsyncIterator[None]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--subscriber",
+        endpoint,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            line = await proc.stdout.readline()
+        if line.strip() != b"subscribed":
+            raise SystemExit(f"subscriber did not start: {line!r}")
+        await asyncio.sleep(1.0)
+        yield
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
+    parser.add_argument("--subscriber", metavar="ENDPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     quiet_asyncua()
+    if args.subscriber:
+        await subscriber(args.subscriber, 1000)
+        return
     items, rate = 1000, 10.0
     rounds = 3 if args.quick else 7
     window = 5.0 if args.quick else 20.0
@@ -412,15 +557,30 @@ async def main() -> None:
             print(
                 f"printers: 4 simulated Marlin printers (115200 baud) streaming: "
                 f"{p['alone']:,.0f} lines/s alone vs {p['loaded']:,.0f} lines/s with the "
-                f"{items}-item subscription in the same loop: {100 * p['loss']:.1f} % lost "
+                f"{items}-item subscription in this process: {100 * p['loss']:.1f} % lost "
                 f"(target <= 2 %); subscription delivered/ideal meanwhile {p['delivery']:.3f} "
                 f"(medians of {p['reps']:.0f})"
             )
             print(
-                f"printers: this process: loop lag p99 {p['lag_alone_ms']:.1f} ms alone vs "
-                f"{p['lag_loaded_ms']:.1f} ms loaded; CPU {p['cpu_alone']:.2f} vs "
-                f"{p['cpu_loaded']:.2f} s/s; machine load average {os.getloadavg()[0]:.1f} "
-                f"on {os.cpu_count()} CPUs (the simulators run in other processes)"
+                f"printers: reference, the same subscription in another process: "
+                f"{p['elsewhere']:,.0f} lines/s, {100 * p['loss_elsewhere']:.1f} % lost, "
+                f"loop lag p99 {p['lag_elsewhere_ms']:.1f} ms (the CPU cost without the GIL share)"
+            )
+            print(
+                f"printers: loop lag p99 {p['lag_alone_ms']:.1f} ms alone vs "
+                f"{p['lag_loaded_ms']:.1f} ms loaded; machine load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+            )
+            print(
+                "printers: CPU s/s alone -> loaded: "
+                f"daemon process {p['cpu_process_alone']:.2f} -> {p['cpu_process_loaded']:.2f} "
+                f"(of which the OPC UA client thread {p['cpu_client_thread_loaded']:.2f}, "
+                f"{p['us_per_change']:.1f} us per data change); "
+                f"robot simulator {p['cpu_robot_alone']:.2f} -> {p['cpu_robot_loaded']:.2f}; "
+                f"printer simulators {p['cpu_printers_alone']:.2f} -> "
+                f"{p['cpu_printers_loaded']:.2f}; whole machine busy "
+                f"{p['cpu_machine_alone']:.2f} -> {p['cpu_machine_loaded']:.2f} "
+                f"of {os.cpu_count()} cores"
             )
         else:
             print(
