@@ -39,6 +39,8 @@ from cellctl_drivers.opcua.driver import OpcUaDriver
 from cellctl_drivers.opcua.options import OpcUaOptions
 from cellctl_drivers.opcua.quiet import quiet_asyncua
 
+from cellctl.app import apply_thread_switch
+from cellctl.config import SupervisorSection
 from cellctl.driver import DriverContext
 from cellctl.model import Event, Samples
 
@@ -523,7 +525,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
     parser.add_argument("--subscriber", metavar="ENDPOINT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--switch-ms",
+        type=float,
+        default=SupervisorSection().thread_switch_ms,
+        help="interpreter-lock switch interval (default: the daemon's, [supervisor])",
+    )
     args = parser.parse_args()
+    # What the daemon does at start (App.run), so the drivers here run as they would there.
+    apply_thread_switch(SupervisorSection(thread_switch_ms=args.switch_ms))
     quiet_asyncua()
     if args.subscriber:
         await subscriber(args.subscriber, 1000)
@@ -531,7 +541,10 @@ async def main() -> None:
     items, rate = 1000, 10.0
     rounds = 3 if args.quick else 7
     window = 5.0 if args.quick else 20.0
-    print(f"opcua_io: {items} items, {'quick' if args.quick else 'full'} run, pid {os.getpid()}")
+    print(
+        f"opcua_io: {items} items, {'quick' if args.quick else 'full'} run, pid {os.getpid()}, "
+        f"thread switch interval {sys.getswitchinterval() * 1000:g} ms"
+    )
     async with robot_process(items, rate) as endpoint:
         r = await batched_vs_single(endpoint, items, rounds)
         print(

@@ -92,6 +92,10 @@ class SupervisorSection(Strict):
     stable_after_s: float = Field(default=30.0, ge=0)
     # SIGTERM/SIGINT: the daemon exits within this bound.
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # How long a worker thread (an OPC UA client, the store) may hold Python's
+    # interpreter lock before the event loop, which streams to every printer, gets
+    # it back. Python's default, 5 ms, is tuned for throughput, not for latency.
+    thread_switch_ms: float = Field(default=1.0, gt=0, le=100)
 
 
 class MqttTls(Strict):

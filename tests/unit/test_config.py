@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.fake import FakeDriver, FakeSim
 
+from cellctl.app import apply_thread_switch
 from cellctl.config import load, parse
 from cellctl.errors import ConfigError
 from cellctl.registry import Registry
@@ -229,3 +231,17 @@ def test_any_bytes_give_a_cell_or_a_config_error(
         load(path, REG)
     except ConfigError as exc:
         assert exc.problems and all(p.startswith(str(path)) for p in exc.problems)
+
+
+def test_thread_switch_interval_is_bounded_and_applied(tmp_path: Path) -> None:
+    bad = GOOD.replace("backoff_initial_s = 0.5", "backoff_initial_s = 0.5\nthread_switch_ms = 0")
+    (line,) = problems(tmp_path, bad)
+    assert "supervisor.thread_switch_ms" in line and "greater than 0" in line
+    cell = load(write(tmp_path, GOOD), REG)
+    assert cell.config.supervisor.thread_switch_ms == 1.0
+    before = sys.getswitchinterval()
+    try:
+        apply_thread_switch(cell.config.supervisor)
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+    finally:
+        sys.setswitchinterval(before)
