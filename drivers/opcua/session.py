@@ -35,21 +35,23 @@ from .tagmap import VARIANT_FOR, Coalescer, TagMap, variant
 
 
 class TrustList:
-    """Server certificates we accept, pinned by fingerprint; warns once when empty."""
+    """Server certificates we accept (drivers/opcua/certs.py: pinned, or signed by a
+    trusted CA); warns once when the list is empty."""
 
     def __init__(self, log: Any) -> None:
         self.log = log
-        self.fingerprints: set[str] = set()
+        self.trust = certs.Trust()
         self._warned = False
 
     def load(self, options: OpcUaOptions) -> None:
         try:
-            self.fingerprints = certs.trusted_fingerprints(list(options.trusted_server_certs))
+            found = certs.trusted_certificates(list(options.trusted_server_certs))
         except (OSError, ValueError) as exc:
             raise AccessDenied(f"trusted_server_certs: cannot read a certificate: {exc}") from None
+        self.trust = certs.Trust.of(found)
 
     def check(self, cert: Any) -> None:
-        if not self.fingerprints:
+        if self.trust.empty:
             if not self._warned:
                 self._warned = True
                 self.log.warning(
@@ -57,11 +59,9 @@ class TrustList:
                     fingerprint=certs.fingerprint(cert),
                 )
             return
-        if certs.fingerprint(cert) not in self.fingerprints:
-            raise UntrustedServer(
-                "the server's certificate is not in trusted_server_certs "
-                f"(sha256 {certs.fingerprint(cert)[:16]}…)"
-            )
+        why = self.trust.refusal(cert)
+        if why is not None:
+            raise UntrustedServer(why)
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
