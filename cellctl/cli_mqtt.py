@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -43,6 +43,9 @@ class Target:
     topics: Topics
     mqtt5: bool = True
     tls: MqttTls | None = None
+    # The config's credentials; CELLCTL_MQTT_USERNAME/_PASSWORD override them.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def where(self) -> str:
@@ -59,6 +62,8 @@ def target_from(args: argparse.Namespace, settings: CellConfig | None) -> Target
     """The config's [mqtt] section, overridden by --host/--port/--cell."""
     host, port, cell = args.host, args.port, args.cell
     prefix, mqtt5, tls = DEFAULT_PREFIX, True, None
+    username: str | None = None
+    password: str | None = None
     if settings is not None:
         cell = cell or settings.cell.name
         mqtt = settings.mqtt
@@ -70,9 +75,13 @@ def target_from(args: argparse.Namespace, settings: CellConfig | None) -> Target
             # which `connect` finds out by trying.
             mqtt5 = mqtt.protocol == "5"
             tls = mqtt.tls
+            username = mqtt.username
+            password = mqtt.password.reveal() if mqtt.password is not None else None
     if not cell:
         raise CellError("which cell? give a config or --cell NAME")
-    return Target(host or "127.0.0.1", port or 1883, Topics(cell, prefix), mqtt5, tls)
+    return Target(
+        host or "127.0.0.1", port or 1883, Topics(cell, prefix), mqtt5, tls, username, password
+    )
 
 
 class Remote:
@@ -98,6 +107,8 @@ class Remote:
         user = os.environ.get("CELLCTL_MQTT_USERNAME")
         if user:
             self.c.username_pw_set(user, os.environ.get("CELLCTL_MQTT_PASSWORD"))
+        elif target.username:
+            self.c.username_pw_set(target.username, target.password)
         if target.tls is not None:
             tls = target.tls
             self.c.tls_set(

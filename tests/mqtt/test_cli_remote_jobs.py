@@ -332,5 +332,19 @@ def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> No
         assert rc == 1 and "the daemon may not be running" in err, err
         rc, _, err = as_user("reader", "rd-pw", "cancel", c, "j-1", "--timeout", "1")
         assert rc == 1 and "refused command cancel: Not authorized" in err, err
+        # No environment: the config's own username and password secret are used.
+        secret = tmp_path / "op.pw"
+        secret.write_text("op-pw\n")
+        with_login = write_cell(
+            tmp_path / "login.toml",
+            broker.port,
+            mqtt_extra=(
+                f'username = "operator"\npassword = {{ file = "{secret}" }}\n'
+                f'tls = {{ ca_file = "{certs.ca}", cert_file = "{certs.client_cert}", '
+                f'key_file = "{certs.client_key}" }}'
+            ),
+        )
+        rc, _, err = cellctl("jobs", str(with_login), "--timeout", "1")
+        assert rc == 1 and "the daemon may not be running" in err, err
     finally:
         broker.stop()
