@@ -175,10 +175,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    if args.action in ("retry", "resume"):
-        settings = over_mqtt(args)
-        if settings is not None:
-            return remote.cmd_answer(args, settings)
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_answer(args, settings)
     cell = _load(args.config)
     if cell is None:
         return EXIT_USAGE

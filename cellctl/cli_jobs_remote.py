@@ -73,7 +73,7 @@ def cmd_cancel(args: argparse.Namespace, settings: CellConfig) -> int:
 
 
 def cmd_answer(args: argparse.Namespace, settings: CellConfig) -> int:
-    """retry → `answer` on the step's device; resume → `resume_from` a line."""
+    """`answer_hold`, naming the attempt shown now: a hold replaced meanwhile is not answered."""
     key = f"{args.job}/{args.index}"
     reply = send(args, settings, "jobs", {"job": args.job})
     if reply.get("outcome") != "accepted":
@@ -83,20 +83,15 @@ def cmd_answer(args: argparse.Namespace, settings: CellConfig) -> int:
     if not 0 <= args.index < len(steps):
         print(f"cellctl answer: no step {args.index} in job {args.job!r}", file=sys.stderr)
         return EXIT_FAIL
-    step = steps[args.index]
-    if args.action == "resume":
-        line = args.line if args.line is not None else (step.get("last_acked_line") or 0) + 1
-        body = {"job": args.job, "step": args.index, "line": line}
-        return finish(send(args, settings, "resume_from", body), f"resume {key}", _job_state)
-    device = step.get("device") or step.get("pinned")
-    if not device:
-        print(
-            f"cellctl answer: step {key} has no device to answer on over MQTT; use --local",
-            file=sys.stderr,
-        )
-        return EXIT_FAIL
-    body = {"device": device, "kind": "acknowledge", "step": key, "note": "retry (cli)"}
-    return finish(send(args, settings, "answer", body), f"retry {key}", _job_state)
+    body: dict[str, Any] = {
+        "job": args.job,
+        "step": args.index,
+        "action": args.action,
+        "attempt": steps[args.index].get("attempt"),
+    }
+    if args.line is not None:
+        body["line"] = args.line
+    return finish(send(args, settings, "answer_hold", body), f"{args.action} {key}", _job_state)
 
 
 def cmd_setup(args: argparse.Namespace, settings: CellConfig, setup: dict[str, str]) -> int:

@@ -165,6 +165,19 @@ class ResumeFrom(Command):
     line: Annotated[int, Field(ge=0)]
 
 
+class AnswerHold(Command):
+    """Answer a held step: retry it, resume it from a line, fail it, or confirm it done.
+
+    `attempt` (the step's attempt shown with the hold) makes a stale answer a
+    rejection instead of answering a newer hold of the same step."""
+
+    job: Name
+    step: Annotated[int, Field(ge=0)]
+    action: Literal["retry", "resume", "fail", "done"]
+    line: Annotated[int, Field(ge=1)] | None = None
+    attempt: Annotated[int, Field(ge=0)] | None = None
+
+
 class ListJobs(Command):
     """The job queue, for `cellctl jobs` and `cellctl status`; with `job`, that one job
     and its transitions."""
@@ -185,6 +198,7 @@ COMMANDS: dict[str, type[Command]] = {
     "answer": Answer,
     "set_setup": SetSetup,
     "resume_from": ResumeFrom,
+    "answer_hold": AnswerHold,
     "jobs": ListJobs,
 }
 
@@ -206,6 +220,7 @@ class JobService(Protocol):
         self, device_id: str, setup: Mapping[str, str], merge: bool
     ) -> Mapping[str, Any]: ...
     async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]: ...
+    async def answer_hold(self, cmd: AnswerHold) -> Mapping[str, Any]: ...
     async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]: ...
 
 
@@ -229,6 +244,9 @@ class NoJobService:
         raise NotSupported(self.REASON)
 
     async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def answer_hold(self, cmd: AnswerHold) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
     async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]:
@@ -440,6 +458,8 @@ class CommandHandler:
             result = await self.jobs.set_setup(cmd.device, cmd.setup, cmd.merge)
         elif isinstance(cmd, ResumeFrom):
             result = await self.jobs.resume_from(cmd.job, cmd.step, cmd.line)
+        elif isinstance(cmd, AnswerHold):
+            result = await self.jobs.answer_hold(cmd)
         elif isinstance(cmd, ListJobs):
             result = await self.jobs.list_jobs(cmd.job)
         else:

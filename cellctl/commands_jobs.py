@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cellctl.commands import Answer, Submit
+from cellctl.commands import Answer, AnswerHold, Submit
 from cellctl.errors import CellError
 from cellctl.jobs.service import JobService
 from cellctl.jobs.spec import JobSpec, ProgramSpec, StepSpec
@@ -110,6 +110,12 @@ class JobBridge:
 
     async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]:
         record = await self.jobs.answer_hold(job_id, step, "resume", line=line, who="MQTT")
+        return _json(record.as_dict())
+
+    async def answer_hold(self, cmd: AnswerHold) -> Mapping[str, Any]:
+        record = await self.jobs.answer_hold(
+            cmd.job, cmd.step, cmd.action, line=cmd.line, attempt=cmd.attempt, who="MQTT"
+        )
         return _json(record.as_dict())
 
     async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]:

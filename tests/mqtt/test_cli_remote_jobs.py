@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from jobs.conftest import REGISTRY, gcode
 from mqtt_broker import Mosquitto, free_port, make_certs, password_file
-from mqtt_rig import Subscriber
+from mqtt_rig import Commander, Subscriber
 
 from cellctl import cli, cli_jobs
 from cellctl.config import load
@@ -239,6 +239,26 @@ async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: M
         await job_state(sub, wide_id, "cancelled")
         rc, out, err = cellctl("service", c, "p1", "in")
         assert rc == 0, err
+
+        # A PLA job on p1, which now holds PETG: held by pre-flight, then failed by hand.
+        pla = tmp_path / "pla.toml"
+        (tmp_path / "pla.gcode").write_text(gcode(10, material="PLA"))
+        pla.write_text('id = "pla"\n[[route]]\nprocess = "print"\nprogram = "pla.gcode"\n')
+        rc, out, err = cellctl("submit", c, str(pla))
+        assert rc == 0, err
+        pla_id = out.split()[1].rstrip(":")
+        await job_state(sub, pla_id, "held")
+        # An answer naming an attempt that is not the current hold's is refused.
+        replies = await Subscriber(broker.port, ["replies/#"]).start()
+        try:
+            stale = {"job": pla_id, "step": 0, "action": "retry", "attempt": 99}
+            r = await Commander(replies, Topics("rj")).send("answer_hold", stale)
+        finally:
+            replies.stop()
+        assert r["outcome"] == "rejected" and "attempt 99 is gone" in r["reason"], r
+        rc, out, err = cellctl("answer", c, pla_id, "0", "fail")
+        assert rc == 0 and f"fail {pla_id}/0: accepted" in out, (out, err)
+        await job_state(sub, pla_id, "failed")
 
         rc, out, err = cellctl("cancel", c, "nope")
         assert rc == 1 and err.strip() == "cancel nope: rejected: no job 'nope'", err
