@@ -134,9 +134,10 @@ class MqttSection(Strict):
     samples_qos: Literal[0, 1] = 0
     # Spooled messages kept at most; past it samples go first, events never.
     spool_max: int = Field(default=100_000, ge=100)
-    # Group commit: 0 commits at once, and what arrives during an fsync shares the next
-    # transaction; a window > 0 waits that long first (fewer fsyncs, more latency).
-    spool_commit_s: float = Field(default=0.0, ge=0)
+    # Group commit: events arriving within this window share one transaction (one
+    # fsync); 0 commits at once and groups what arrives during an fsync. Events are
+    # sent while their commit is pending, so the window costs no latency.
+    spool_commit_s: float = Field(default=0.02, ge=0)
     max_inflight: int = Field(default=1000, ge=1, le=65535)
 
 

@@ -2,12 +2,12 @@
 
 Events (state changes, alarms, operator requests, job/step events, audit) are
 added here, given their per-source sequence number, and committed in groups:
-the first message after a quiet spell is committed at once, and whatever
-arrives while that commit's fsync runs shares the next transaction, so the
-group grows with the load and an idle cell waits for nothing (`commit_s` > 0
-adds a fixed window before each commit, for disks where fsync is dear).
-A row is deleted once it is both committed and acknowledged (PUBACK); the
-sender may publish an entry before its commit (cellctl/telemetry/sender.py).
+whatever arrives within `commit_s` of the first pending message shares one
+transaction (one fsync; with `commit_s = 0` the first is committed at once and
+what arrives during its fsync shares the next). The sender does not wait for
+the commit (cellctl/telemetry/sender.py), so the window saves fsyncs, which an
+edge PC's flash storage counts, without adding latency.
+A row is deleted once it is both committed and acknowledged (PUBACK).
 After a reconnect or a restart the sender starts again from the oldest row,
 so everything goes out in order; a broker that had already taken a message
 before the link broke gets it again, which is why every event carries `seq`.
@@ -67,7 +67,7 @@ class _Batch:
 
 
 class Spool:
-    def __init__(self, store: Store, max_rows: int = 100_000, commit_s: float = 0.0) -> None:
+    def __init__(self, store: Store, max_rows: int = 100_000, commit_s: float = 0.02) -> None:
         self._store = store
         self.max_rows = max_rows
         self.commit_s = commit_s
@@ -76,7 +76,7 @@ class Spool:
         self._batch = _Batch()
         self._wake = asyncio.Event()
         self._over_bound_logged = False
-        self._committing = 0
+        self._committing: list[Entry] = []
         # Rows committed since the sender last read SQLite (ids ascending).
         self.fresh: deque[Entry] = deque()
         self.fresh_generation = 0
@@ -141,10 +141,9 @@ class Spool:
     def pending(self) -> int:
         return len(self._batch.rows)
 
-    @property
-    def uncommitted(self) -> int:
-        """Entries added but not yet committed, the commit under way included."""
-        return len(self._batch.rows) + self._committing
+    def uncommitted(self) -> list[Entry]:
+        """Entries added but not yet committed, in order, the commit under way included."""
+        return [*self._committing, *self._batch.rows]
 
     # --- the writer --------------------------------------------------------
 
@@ -222,11 +221,11 @@ class Spool:
                 )
             return ids, deleted, trimmed
 
-        self._committing = len(batch.rows)
+        self._committing = batch.rows
         try:
             ids, deleted, trimmed = await self._store.call(commit)
         finally:
-            self._committing = 0
+            self._committing = []
         c = self.counters
         c.depth += len(ids) - deleted - trimmed
         c.dropped_samples += trimmed

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from mqtt_broker import Mosquitto
 from mqtt_rig import BOUND, Subscriber
 
@@ -39,11 +40,11 @@ class Pipeline:
 
 
 @asynccontextmanager
-async def pipeline(port: int, db: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(port: int, db: Path, commit_s: float) -> AsyncIterator[Pipeline]:
     bus = EventBus()
     sub = bus.subscribe("mqtt", lossless=True)
     async with Store(db) as store:
-        spool = Spool(store)
+        spool = Spool(store, commit_s=commit_s)
         await spool.load()
         link = MqttLink(
             LinkSettings(
@@ -70,7 +71,10 @@ async def pipeline(port: int, db: Path) -> AsyncIterator[Pipeline]:
                     t.cancel()
 
 
-async def test_events_in_order_through_outage_with_early_sends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("commit_s", [0.0, 0.02], ids=["commit-on-idle", "window-20ms"])
+async def test_events_in_order_through_outage_with_early_sends(
+    tmp_path: Path, commit_s: float
+) -> None:
     # Unlimited queues: Mosquitto's defaults would drop part of the subscriber's backlog.
     broker = Mosquitto(
         tmp_path / "broker",
@@ -90,7 +94,7 @@ async def test_events_in_order_through_outage_with_early_sends(tmp_path: Path) -
             await asyncio.sleep(0.002)
 
     try:
-        async with pipeline(broker.port, tmp_path / "spool.db") as p:
+        async with pipeline(broker.port, tmp_path / "spool.db", commit_s) as p:
             await p.link.wait_connected(BOUND)
             await produce(p, 100)  # connected and caught up: most go out early
             early_before = p.sender.sent_early
