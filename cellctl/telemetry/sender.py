@@ -144,11 +144,10 @@ class SpoolSender:
 
         Everything not committed yet goes first, in order, so nothing added later
         can overtake it."""
-        pending = self._spool.uncommitted()
-        if len(pending) >= EARLY_MAX:
+        if self._spool.uncommitted_count >= EARLY_MAX:
             return  # a flood: the durable path, in commit-sized groups, is cheaper
         self._spool.early.clear()
-        self._spool.early.extend(pending)
+        self._spool.early.extend(self._spool.uncommitted())
         self._spool.early_open = True
 
     def _take_early(self, room: int) -> list[Entry]:

@@ -141,6 +141,10 @@ class Spool:
     def pending(self) -> int:
         return len(self._batch.rows)
 
+    @property
+    def uncommitted_count(self) -> int:
+        return len(self._committing) + len(self._batch.rows)
+
     def uncommitted(self) -> list[Entry]:
         """Entries added but not yet committed, in order, the commit under way included."""
         return [*self._committing, *self._batch.rows]
