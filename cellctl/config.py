@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cellctl.driver import DriverOptions, SimOptions
+from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.registry import Registry
 
@@ -29,36 +29,6 @@ ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Secret(Strict):
-    """A secret named by where it lives, never written in the config itself."""
-
-    env: str | None = None
-    file: Path | None = None
-    _value: str = PrivateAttr(default="")
-
-    @model_validator(mode="after")
-    def _resolve(self) -> Secret:
-        if (self.env is None) == (self.file is None):
-            raise ValueError('expected exactly one of env = "VAR" or file = "/path"')
-        if self.env is not None:
-            if self.env not in os.environ:
-                raise ValueError(f"environment variable {self.env} is not set")
-            self._value = os.environ[self.env]
-        else:
-            assert self.file is not None
-            try:
-                self._value = self.file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
-        return self
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret(env={self.env!r}, file={self.file!r})"
 
 
 class CellSection(Strict):

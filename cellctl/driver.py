@@ -13,13 +13,15 @@ starts that simulator and hands its endpoint to the driver in the context.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import structlog
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from cellctl.model import (
     DeviceState,
@@ -44,6 +46,44 @@ class DriverOptions(BaseModel):
     """Base for a driver's config section: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Secret(BaseModel):
+    """A secret named by where it lives (`env` or `file`), never written in the config.
+
+    Here rather than in cellctl.config so that drivers' options can take one too.
+    Resolved when the config is loaded: a missing variable or file is a start-up
+    error naming the key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    env: str | None = None
+    file: Path | None = None
+    _value: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Secret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError('expected exactly one of env = "VAR" or file = "/path"')
+        if self.env is not None:
+            if self.env not in os.environ:
+                raise ValueError(f"environment variable {self.env} is not set")
+            self._value = os.environ[self.env]
+        else:
+            assert self.file is not None
+            try:
+                self._value = self.file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+        return self
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r}, file={self.file!r})"
+
+    __str__ = __repr__
 
 
 class SimOptions(BaseModel):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cellctl.driver import DriverOptions
+from cellctl.driver import DriverOptions, Secret
 from cellctl.model import DeviceState, MetricType, MetricValue
 
 
@@ -32,42 +31,6 @@ def check_node(node: str) -> str:
             "or nsu=urn:vendor:robot;s=Robot.State"
         )
     return node
-
-
-class Password(_Strict):
-    """A password named by where it lives (`env` or `file`), never written in the config.
-
-    The driver's own type: drivers depend on cellctl.driver, .model and .errors only,
-    so it does not borrow the daemon's config types. Resolved when the config is
-    loaded, so a missing variable or file is a start-up error naming the key."""
-
-    env: str | None = None
-    file: Path | None = None
-    _value: str = PrivateAttr(default="")
-
-    @model_validator(mode="after")
-    def _resolve(self) -> Self:
-        if (self.env is None) == (self.file is None):
-            raise ValueError('expected exactly one of env = "VAR" or file = "/path"')
-        if self.env is not None:
-            if self.env not in os.environ:
-                raise ValueError(f"environment variable {self.env} is not set")
-            self._value = os.environ[self.env]
-        else:
-            assert self.file is not None
-            try:
-                self._value = self.file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read password file {self.file}: {exc.strerror}") from None
-        return self
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Password(env={self.env!r}, file={self.file!r})"
-
-    __str__ = __repr__
 
 
 class TagSpec(_Strict):
@@ -191,7 +154,7 @@ class OpcUaOptions(DriverOptions):
     # Server certificates (files or directories) accepted; empty: any (logged once).
     trusted_server_certs: tuple[Path, ...] = ()
     username: str | None = None
-    password: Password | None = None
+    password: Secret | None = None
     timeout_s: float = Field(default=4.0, gt=0)  # per request
     # Half-open links are probed this often; each probe may take as long. A closed
     # socket is noticed at once regardless.

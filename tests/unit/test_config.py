@@ -162,7 +162,7 @@ def test_bad_device_id(tmp_path: Path) -> None:
 
 
 def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cellctl.config import Secret
+    from cellctl.driver import Secret
 
     monkeypatch.setenv("CELL_PW", "hunter2")
     assert Secret(env="CELL_PW").reveal() == "hunter2"
