@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-LAUNCH = Path(__file__).resolve().parents[1] / "support" / "launch.py"
+from support.daemon import LAUNCH
 
 CONFIG = """
 [cell]

@@ -28,6 +28,7 @@ from typing import Any
 
 from jobs.conftest import gcode
 from jobs.jobdevice import FAIL_MARK
+from support.daemon import LAUNCH
 
 from cellctl.cli_jobs import queue_request
 from cellctl.hotfolder import job_id_for
@@ -36,7 +37,6 @@ from cellctl.jobs.records import JobRecord
 from cellctl.jobs.states import JOB_TRANSITIONS, STEP_TRANSITIONS, derive_job_state
 from cellctl.model import JobState, StepState
 
-LAUNCHER = Path(__file__).resolve().parents[1] / "support" / "launch.py"
 KILLS = 22
 SEED = 7
 
@@ -291,7 +291,7 @@ async def _spawn(config: Path, errlog: Path) -> asyncio.subprocess.Process:
     try:
         return await asyncio.create_subprocess_exec(
             sys.executable,
-            str(LAUNCHER),
+            str(LAUNCH),
             str(config),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=err,

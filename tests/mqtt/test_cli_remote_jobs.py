@@ -18,12 +18,12 @@ import pytest
 from jobs.conftest import REGISTRY, gcode
 from mqtt_broker import Mosquitto, free_port, make_certs, password_file
 from mqtt_rig import Commander, Subscriber
+from support.daemon import spawn
 
 from cellctl import cli, cli_jobs
 from cellctl.config import load
 from cellctl.telemetry.topics import Topics
 
-LAUNCH = Path(__file__).resolve().parents[1] / "support" / "launch.py"
 BOUND = 20.0
 
 
@@ -78,17 +78,6 @@ def cellctl(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, st
         env={**os.environ, **(env or {})},
     )
     return done.returncode, done.stdout, done.stderr
-
-
-def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as err:
-        return subprocess.Popen(
-            [sys.executable, str(LAUNCH), str(config)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
 
 
 @contextlib.asynccontextmanager

@@ -6,31 +6,18 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from mqtt_broker import Mosquitto, free_port
 from mqtt_rig import Message, Subscriber, load, running_app, service, sims, write_config
+from support.daemon import spawn
 
 from cellctl.telemetry.topics import Topics
 
 # A 30 s outage: long enough for several failed reconnects with backoff and a spool
 # that grows past its first group commits. CELLCTL_MQTT_OUTAGE_S shortens it locally.
 OUTAGE_S = float(os.environ.get("CELLCTL_MQTT_OUTAGE_S", "30"))
-LAUNCH = Path(__file__).resolve().parents[1] / "support" / "launch.py"
-
-
-def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as err:
-        return subprocess.Popen(
-            [sys.executable, str(LAUNCH), str(config)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
 
 
 def check_sequences(messages: list[Message]) -> tuple[dict[str, list[int]], int]:
