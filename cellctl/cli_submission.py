@@ -13,12 +13,12 @@ from typing import Any
 
 from cellctl.config import JobsSection
 from cellctl.jobs.gcode import scan_file
+from cellctl.jobs.jobfiles import gcode_job, job_id_for
 from cellctl.jobs.spec import (
     GCODE_SUFFIXES,
     SHA_REF,
     JobRejected,
     JobSpec,
-    StepSpec,
     parse_job_toml,
     safe_program_path,
 )
@@ -32,23 +32,8 @@ def build_submission(jobs: JobsSection, file: Path) -> tuple[JobSpec, dict[str, 
     except OSError as exc:
         raise JobRejected(f"{file}: cannot read: {exc.strerror}") from None
     digest = hashlib.sha256(raw).hexdigest()
-    from cellctl.hotfolder import job_id_for
-
-    suffix = file.suffix.lower()
-    if suffix in GCODE_SUFFIXES:
-        info = scan_file(file)
-        spec = JobSpec(
-            id=job_id_for(file.stem, digest),
-            route=(
-                StepSpec(
-                    # As the hot folder does: a CNC program asks for milling, not printing.
-                    process=jobs.hotfolder_suffix_process.get(suffix, jobs.hotfolder_process),
-                    program=file.name,
-                    setup=info.requirements(),
-                ),
-            ),
-        )
-        return spec, {file.name: file}
+    if file.suffix.lower() in GCODE_SUFFIXES:
+        return gcode_job(jobs, file, digest, scan_file(file)), {file.name: file}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

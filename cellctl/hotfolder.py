@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,13 +34,13 @@ import structlog
 
 from cellctl.config import JobsSection
 from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
+from cellctl.jobs.jobfiles import gcode_job, job_id_for
 from cellctl.jobs.service import JobService
 from cellctl.jobs.spec import (
     GCODE_SUFFIXES,
     SHA_REF,
     JobRejected,
     JobSpec,
-    StepSpec,
     parse_job_toml,
     safe_program_path,
 )
@@ -73,13 +72,6 @@ def _signature(path: Path) -> Signature | None:
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def job_id_for(stem: str, digest: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:100] or "job"
-    if not clean[0].isalnum():
-        clean = "j" + clean
-    return f"{clean}-{digest[:12]}"
 
 
 def _ignored(name: str) -> bool:
@@ -218,20 +210,8 @@ class HotFolder:
             digest, info = await asyncio.to_thread(_hash_and_scan, path)
         except OSError as exc:
             return await self._reject(path, [], f"cannot read: {exc}")
-        settings = self._settings()
         try:
-            spec = JobSpec(
-                id=job_id_for(path.stem, digest),
-                route=(
-                    StepSpec(
-                        process=settings.hotfolder_suffix_process.get(
-                            path.suffix.lower(), settings.hotfolder_process
-                        ),
-                        program=path.name,
-                        setup=info.requirements(),
-                    ),
-                ),
-            )
+            spec = gcode_job(self._settings(), path, digest, info)
         except ValueError as exc:
             return await self._reject(path, [], str(exc))
         return await self._submit(path, spec, {path.name: path})

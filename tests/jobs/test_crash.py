@@ -31,8 +31,8 @@ from jobs.jobdevice import FAIL_MARK
 from support.daemon import LAUNCH
 
 from cellctl.cli_jobs import queue_request
-from cellctl.hotfolder import job_id_for
 from cellctl.jobs import repo
+from cellctl.jobs.jobfiles import job_id_for
 from cellctl.jobs.records import JobRecord
 from cellctl.jobs.states import JOB_TRANSITIONS, STEP_TRANSITIONS, derive_job_state
 from cellctl.model import JobState, StepState
