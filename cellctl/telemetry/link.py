@@ -267,7 +267,6 @@ class MqttLink:
             protocol=protocol,
             clean_session=None if s.mqtt5 else True,
             reconnect_on_failure=False,
-            mqtt5=s.mqtt5,
         )
         client.connect_timeout = s.connect_timeout_s
         client.max_inflight_messages_set(s.max_inflight)

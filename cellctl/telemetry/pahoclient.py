@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 AckCallback = Callable[[int, bool], None]
 
@@ -48,12 +48,12 @@ def remaining_length(n: int) -> bytes:
 
 
 class BufferedClient(paho.Client):
-    def __init__(self, *args: Any, mqtt5: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_acked: AckCallback | None = None
         self._wbuf = bytearray()
         self._buffering = False
-        self._mqtt5 = mqtt5
+        self._mqtt5 = self.protocol == MQTTProtocolVersion.MQTTv5
         self._topic_fields: dict[str, bytes] = {}
 
     def publish_qos0(self, topic: str, payload: bytes, retain: bool = False) -> bool:

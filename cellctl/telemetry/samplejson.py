@@ -41,9 +41,7 @@ class SampleJson:
             return "true" if v else "false"
         if kind is int:
             return str(v)
-        if kind is str:
-            return json.dumps(v, ensure_ascii=False)
-        return json.dumps(v, ensure_ascii=False)  # a subclass: let json decide
+        return json.dumps(v, ensure_ascii=False)  # strings, and subclasses: json decides
 
     def item(self, s: Sample) -> str:
         return (

@@ -138,10 +138,6 @@ class Spool:
         self._batch.offline_drops += n
 
     @property
-    def pending(self) -> int:
-        return len(self._batch.rows)
-
-    @property
     def uncommitted_count(self) -> int:
         return len(self._committing) + len(self._batch.rows)
 
