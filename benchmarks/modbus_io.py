@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,6 +31,7 @@ from cellctl_drivers.modbus.driver import ModbusDriver
 from cellctl_drivers.modbus.options import ModbusOptions, Table
 from cellctl_drivers.modbus.sim import PlcSim, PlcSimOptions
 from pymodbus.client import AsyncModbusTcpClient
+from simproc import sim_process
 
 from cellctl.driver import DriverContext
 
@@ -85,27 +85,8 @@ async def plc(in_process: bool) -> AsyncIterator[str]:
         async with PlcSim(PlcSimOptions(strict_map=False)) as sim:
             yield sim.endpoint
         return
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cellctl",
-        "sim",
-        "modbus-plc",
-        "--set",
-        "strict_map=false",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(20):
-            endpoint = (await proc.stdout.readline()).decode().strip()
-        if not endpoint:
-            raise RuntimeError("the simulated PLC did not start")
+    async with sim_process("modbus-plc", {"strict_map": "false"}, start_s=20) as (endpoint, _):
         yield endpoint
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
 
 
 async def main(quick: bool, in_process: bool) -> None:

@@ -38,6 +38,7 @@ from asyncua.client.client import Client
 from cellctl_drivers.opcua.driver import OpcUaDriver
 from cellctl_drivers.opcua.options import OpcUaOptions
 from cellctl_drivers.opcua.quiet import quiet_asyncua
+from simproc import sim_process
 
 from cellctl.app import apply_thread_switch
 from cellctl.config import SupervisorSection
@@ -51,37 +52,15 @@ SIM_PIDS: dict[str, list[int]] = {"robot": [], "printers": []}
 
 @contextlib.asynccontextmanager
 async def robot_process(items: int, rate_hz: float) -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cellctl",
-        "sim",
-        "opcua-robot",
-        "--set",
-        f"bulk_tags={items}",
-        "--set",
-        f"bulk_rate_hz={rate_hz}",
-        "--set",
-        "heartbeat_timeout_s=0",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(60):
-            line = await proc.stdout.readline()
-        endpoint = line.decode().strip()
+    settings = {"bulk_tags": items, "bulk_rate_hz": rate_hz, "heartbeat_timeout_s": 0}
+    async with sim_process("opcua-robot", settings) as (endpoint, pid):
         if not endpoint.startswith("opc.tcp://"):
-            raise SystemExit(f"simulator did not start: {line!r}")
-        SIM_PIDS["robot"].append(proc.pid)
-        yield endpoint
-    finally:
-        if proc.pid in SIM_PIDS["robot"]:
-            SIM_PIDS["robot"].remove(proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await proc.wait()
+            raise SystemExit(f"simulator did not start: {endpoint!r}")
+        SIM_PIDS["robot"].append(pid)
+        try:
+            yield endpoint
+        finally:
+            SIM_PIDS["robot"].remove(pid)
 
 
 def bulk_driver(endpoint: str, items: int, read: str, sink: Any) -> OpcUaDriver:
