@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from cellctl_drivers.opcua.simconfig import sim_robot_table
 
 from cellctl.driver import DriverContext
 from cellctl.model import Event
+
+PASSWORD_ENV = "CELLCTL_TEST_OPCUA_PASSWORD"
 
 
 class Certs:
@@ -70,8 +73,42 @@ def make_driver(
 
 @pytest.fixture
 def secret_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("CELLCTL_TEST_OPCUA_PASSWORD", "s3cret")
-    yield "CELLCTL_TEST_OPCUA_PASSWORD"
+    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+    yield PASSWORD_ENV
 
 
 __all__ = ["CertPair", "Certs", "fresh", "make_driver"]
+
+
+@contextlib.asynccontextmanager
+async def secured(sim: RobotSim, server: CertPair, certs: Certs) -> AsyncIterator[RobotSim]:
+    """The area's simulator, its listener restarted with SignAndEncrypt, `server` as its
+    certificate, our client certificate trusted and one user (operator / s3cret)."""
+    await fresh(sim, time_factor=4.0)
+    await sim.set_security(
+        "sign_and_encrypt",
+        certificate=server.certificate,
+        private_key=server.private_key,
+        trusted_clients=(certs.client.certificate,),
+        users={"operator": "s3cret"},
+    )
+    try:
+        yield sim
+    finally:
+        await sim.set_security("none")
+
+
+def secure_table(certs: Certs, **over: Any) -> dict[str, Any]:
+    """Driver options for `secured`: our client certificate, the user's password from
+    PASSWORD_ENV, and the server's certificate trusted unless `over` says otherwise."""
+    table: dict[str, Any] = {
+        "security_policy": "Basic256Sha256",
+        "security_mode": "SignAndEncrypt",
+        "certificate": str(certs.client.certificate),
+        "private_key": str(certs.client.private_key),
+        "trusted_server_certs": [str(certs.server.certificate)],
+        "username": "operator",
+        "password": {"env": PASSWORD_ENV},
+    }
+    table.update(over)
+    return table

@@ -21,40 +21,15 @@ from cellctl.model import DeviceState, Event, Program, ProgramKind, Samples, Ste
 from cellctl.registry import Registry
 from cellctl.supervisor import DeviceRunner
 
-from .conftest import Certs, fresh, make_driver
+from .conftest import PASSWORD_ENV, Certs, make_driver, secure_table, secured
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-PASSWORD_ENV = "CELLCTL_TEST_OPCUA_PASSWORD"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def secure_sim(robot_sim: RobotSim, certs: Certs) -> AsyncIterator[RobotSim]:
-    # The area's simulator, its listener restarted with security and a user list.
-    await fresh(robot_sim, time_factor=4.0)
-    await robot_sim.set_security(
-        "sign_and_encrypt",
-        certificate=certs.server.certificate,
-        private_key=certs.server.private_key,
-        trusted_clients=(certs.client.certificate,),
-        users={"operator": "s3cret"},
-    )
-    yield robot_sim
-    await robot_sim.set_security("none")
-
-
-def _secure(certs: Certs, **over: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "security_policy": "Basic256Sha256",
-        "security_mode": "SignAndEncrypt",
-        "certificate": str(certs.client.certificate),
-        "private_key": str(certs.client.private_key),
-        "trusted_server_certs": [str(certs.server.certificate)],
-        "username": "operator",
-        "password": {"env": PASSWORD_ENV},
-    }
-    table.update(over)
-    return table
+    async with secured(robot_sim, certs.server, certs) as sim:
+        yield sim
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +41,7 @@ async def test_sign_and_encrypt_with_user_runs_a_program(
     secure_sim: RobotSim, certs: Certs
 ) -> None:
     events: list[Event] = []
-    driver = make_driver(secure_sim.endpoint, events, **_secure(certs))
+    driver = make_driver(secure_sim.endpoint, events, **secure_table(certs))
     async with driver, asyncio.TaskGroup() as tg:
         serving = tg.create_task(driver.serve())
         assert driver.status().state == DeviceState.IDLE
@@ -103,7 +78,7 @@ async def test_wrong_password_is_refused_clearly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "guess")
-    err = await _refused(secure_sim.endpoint, caplog, **_secure(certs))
+    err = await _refused(secure_sim.endpoint, caplog, **secure_table(certs))
     assert "wrong user name or password" in str(err)
     assert "guess" not in str(err)
 
@@ -112,7 +87,7 @@ async def test_anonymous_login_is_refused(
     secure_sim: RobotSim, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
     err = await _refused(
-        secure_sim.endpoint, caplog, **_secure(certs, username=None, password=None)
+        secure_sim.endpoint, caplog, **secure_table(certs, username=None, password=None)
     )
     assert "login" in str(err) or "Identity" in str(err)
 
@@ -120,7 +95,7 @@ async def test_anonymous_login_is_refused(
 async def test_untrusted_server_certificate_is_refused(
     secure_sim: RobotSim, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    table = _secure(certs, trusted_server_certs=[str(certs.rogue_server.certificate)])
+    table = secure_table(certs, trusted_server_certs=[str(certs.rogue_server.certificate)])
     err = await _refused(secure_sim.endpoint, caplog, **table)
     assert "not in trusted_server_certs" in str(err)
 
@@ -128,7 +103,7 @@ async def test_untrusted_server_certificate_is_refused(
 async def test_untrusted_client_certificate_is_refused(
     secure_sim: RobotSim, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    table = _secure(
+    table = secure_table(
         certs,
         certificate=str(certs.rogue_client.certificate),
         private_key=str(certs.rogue_client.private_key),
@@ -142,7 +117,7 @@ async def test_supervisor_reports_a_wrong_password_once_and_backs_off(
 ) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "guess")
     options = OpcUaOptions.model_validate(
-        sim_robot_table(endpoint=secure_sim.endpoint, **_secure(certs))
+        sim_robot_table(endpoint=secure_sim.endpoint, **secure_table(certs))
     )
     config = DeviceConfig(id="robot", common=DeviceCommon(driver="opcua"), options=options)
     policy = SupervisorSection(backoff_initial_s=0.1, backoff_max_s=30.0)
@@ -162,11 +137,13 @@ async def test_supervisor_reports_a_wrong_password_once_and_backs_off(
 async def test_missing_certificate_files_are_one_clear_error(certs: Certs, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.pem"
     driver = make_driver(
-        "opc.tcp://127.0.0.1:1/never", **_secure(certs, trusted_server_certs=[str(missing)])
+        "opc.tcp://127.0.0.1:1/never", **secure_table(certs, trusted_server_certs=[str(missing)])
     )
     with pytest.raises(AccessDenied, match="trusted_server_certs"):
         await driver.__aenter__()
     await driver.__aexit__(None, None, None)
-    driver = make_driver("opc.tcp://127.0.0.1:1/never", **_secure(certs, private_key=str(missing)))
+    driver = make_driver(
+        "opc.tcp://127.0.0.1:1/never", **secure_table(certs, private_key=str(missing))
+    )
     with pytest.raises(AccessDenied, match="private_key"):
         await driver.__aenter__()

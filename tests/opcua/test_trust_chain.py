@@ -22,9 +22,7 @@ from cellctl_drivers.opcua.sim import RobotSim
 
 from cellctl.model import DeviceState
 
-from .conftest import Certs, fresh, make_driver
-
-PASSWORD_ENV = "CELLCTL_TEST_OPCUA_PASSWORD"
+from .conftest import PASSWORD_ENV, Certs, make_driver, secure_table, secured
 
 
 class Chain:
@@ -90,28 +88,12 @@ def test_a_forged_issuer_name_is_refused(chain: Chain, tmp_path: Path) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def ca_signed_sim(robot_sim: RobotSim, certs: Certs, chain: Chain) -> AsyncIterator[RobotSim]:
-    await fresh(robot_sim, time_factor=4.0)
-    await robot_sim.set_security(
-        "sign_and_encrypt",
-        certificate=chain.server.certificate,
-        private_key=chain.server.private_key,
-        trusted_clients=(certs.client.certificate,),
-        users={"operator": "s3cret"},
-    )
-    yield robot_sim
-    await robot_sim.set_security("none")
+    async with secured(robot_sim, chain.server, certs) as sim:
+        yield sim
 
 
 def _table(certs: Certs, trusted: CertPair) -> dict[str, object]:
-    return {
-        "security_policy": "Basic256Sha256",
-        "security_mode": "SignAndEncrypt",
-        "certificate": str(certs.client.certificate),
-        "private_key": str(certs.client.private_key),
-        "trusted_server_certs": [str(trusted.certificate)],
-        "username": "operator",
-        "password": {"env": PASSWORD_ENV},
-    }
+    return secure_table(certs, trusted_server_certs=[str(trusted.certificate)])
 
 
 @pytest.mark.asyncio(loop_scope="session")
