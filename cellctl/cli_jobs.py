@@ -134,6 +134,15 @@ def _finish(path: Path, request_id: int, wait: float, what: str) -> int:
     return EXIT_OK
 
 
+def _request(args: argparse.Namespace, kind: str, payload: dict[str, Any], what: str) -> int:
+    """The local form: queue `kind` in the cell's store for the daemon, then wait for it."""
+    cell = _load(args.config)
+    if cell is None:
+        return EXIT_USAGE
+    path = store_path(cell)
+    return _finish(path, queue_request(path, kind, payload), args.wait, what)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     settings = over_mqtt(args)
     if settings is not None:
@@ -166,12 +175,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     settings = over_mqtt(args)
     if settings is not None:
         return remote.cmd_cancel(args, settings)
-    cell = _load(args.config)
-    if cell is None:
-        return EXIT_USAGE
-    path = store_path(cell)
-    rid = queue_request(path, "cancel", {"job": args.job, "reason": args.reason})
-    return _finish(path, rid, args.wait, f"cancel {args.job}")
+    return _request(args, "cancel", {"job": args.job, "reason": args.reason}, f"cancel {args.job}")
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
@@ -209,26 +213,16 @@ def cmd_setup(args: argparse.Namespace) -> int:
     settings = over_mqtt(args)
     if settings is not None:
         return remote.cmd_setup(args, settings, setup)
-    cell = _load(args.config)
-    if cell is None:
-        return EXIT_USAGE
-    path = store_path(cell)
     payload = {"device": args.device, "setup": setup, "merge": args.merge}
-    rid = queue_request(path, "setup", payload)
-    return _finish(path, rid, args.wait, f"setup of {args.device}")
+    return _request(args, "setup", payload, f"setup of {args.device}")
 
 
 def cmd_service(args: argparse.Namespace) -> int:
     settings = over_mqtt(args)
     if settings is not None:
         return remote.cmd_service(args, settings)
-    cell = _load(args.config)
-    if cell is None:
-        return EXIT_USAGE
-    path = store_path(cell)
     payload = {"device": args.device, "in_service": args.state == "in", "note": args.note}
-    rid = queue_request(path, "service", payload)
-    return _finish(path, rid, args.wait, f"{args.device} {args.state} of service")
+    return _request(args, "service", payload, f"{args.device} {args.state} of service")
 
 
 def add_commands(sub: Any) -> None:
