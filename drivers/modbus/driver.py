@@ -62,6 +62,7 @@ from cellctl.model import (
 from .codec import INT_RANGES, DataType
 from .link import ExceptionResponse, Link, Reader, Unconfirmed
 from .options import ModbusOptions, Tag, Write
+from .overlap import Overlap
 from .plan import Read, plan
 from .tags import Decoder, compile_read, metric_spec, span, words_for
 
@@ -238,9 +239,10 @@ class ModbusDriver:
             job = jobs[0]
             out = self._decode(job, job.reader.words(await job.reader.send()))
         else:
-            out = {}
+            later = Overlap(self._decode)
             for job in jobs:
-                out.update(self._decode(job, job.reader.words(await job.reader.send())))
+                later.add(job, job.reader.words(await job.reader.send()))
+            out = later.drain()
         self.values.update(out)
         return out
 
@@ -275,9 +277,10 @@ class ModbusDriver:
             started = time.monotonic()
             samples: list[Sample] = []
             now = time.time()
+            later = Overlap(self._decode)
             for job in jobs:
                 try:
-                    values = self._decode(job, job.reader.words(await job.reader.send()))
+                    words = job.reader.words(await job.reader.send())
                 except ExceptionResponse as exc:
                     if job not in self._failing:
                         self._failing.add(job)
@@ -292,8 +295,10 @@ class ModbusDriver:
                 if job in self._failing:
                     self._failing.discard(job)
                     self.log.info("PLC answers the read again", read=job.read.describe())
-                self.values.update(values)
-                samples += [Sample(n, v, now) for n, v in values.items()]
+                later.add(job, words)
+            values = later.drain()
+            self.values.update(values)
+            samples += [Sample(n, v, now) for n, v in values.items()]
             self._update_state()
             if samples:
                 self.ctx.emit(Samples(self.ctx.device_id, tuple(samples)))

@@ -28,6 +28,7 @@ from pymodbus.framer import FramerType
 
 from cellctl.errors import DeviceFault, LinkError
 
+from .answers import READ_ANSWERS
 from .options import ModbusOptions, Table
 
 EXCEPTION_NAMES = {
@@ -111,9 +112,10 @@ class Link:
         o = self._o
         # Our own retry loop and reconnects: pymodbus's would re-send silently
         # and reconnect from background tasks nobody owns.
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient
         if o.transport == "rtu":
             assert o.serial is not None
-            return AsyncModbusSerialClient(
+            client = AsyncModbusSerialClient(
                 self._device,
                 framer=FramerType.RTU,
                 baudrate=o.serial.baudrate,
@@ -125,14 +127,18 @@ class Link:
                 reconnect_delay=0,
                 trace_connect=self._watch(),
             )
-        return AsyncModbusTcpClient(
-            self._host,
-            port=self._port,
-            timeout=o.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-            trace_connect=self._watch(),
-        )
+        else:
+            client = AsyncModbusTcpClient(
+                self._host,
+                port=self._port,
+                timeout=o.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=self._watch(),
+            )
+        for answer in READ_ANSWERS:
+            client.register(answer)
+        return client
 
     def _watch(self) -> Callable[[bool], None]:
         """A disconnect callback for one client: a closed earlier client reports late."""
@@ -284,9 +290,10 @@ class Link:
         return Reader(self, table, address, count, what)
 
     async def read(self, table: Table, address: int, count: int, what: What) -> list[int]:
-        """Registers (ints) or bits (0/1 ints) of one table."""
+        """Registers (ints) or bits (0/1 ints) of one table, exactly `count` of them."""
         reader = self.reader(table, address, count, what)
-        return reader.words(await reader.send())
+        words = reader.words(await reader.send())
+        return [int(w) for w in words[:count]]
 
     async def write(
         self, table: Table, address: int, values: list[int], what: What, resend: bool = True
@@ -330,12 +337,15 @@ class Reader:
         return self._link.call(self._request, self._what)
 
     def words(self, resp: Any) -> list[int]:
+        """The answer's registers; for bits, its bools (bool is an int), as many as the
+        answer's whole bytes hold: decoders index by offset, so the padding is never read
+        and not worth a copy."""
         count = self._count
         if self._bits:
-            bits = resp.bits
+            bits: list[int] = resp.bits
             if len(bits) < count:
                 raise LinkError(f"{_text(self._what)}: short answer ({len(bits)} of {count} bits)")
-            return [1 if b else 0 for b in bits[:count]]
+            return bits
         regs: list[int] = resp.registers
         if len(regs) != count:
             raise LinkError(f"{_text(self._what)}: short answer ({len(regs)} of {count} registers)")

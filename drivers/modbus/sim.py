@@ -68,6 +68,7 @@ from pymodbus.simulator import SimData, SimDevice
 
 from cellctl.driver import SimOptions
 
+from .answers import READ_REQUESTS
 from .options import MAX_BITS, MAX_REGISTERS, Table
 from .serial_line import SerialLine
 
@@ -363,10 +364,14 @@ class PlcSim:
                 stopbits=2,  # no parity: the spec's 8N2
                 parity="N",
                 trace_pdu=self._trace_pdu,
+                custom_pdu=list(READ_REQUESTS),
             )
         else:
             server = ModbusTcpServer(
-                placeholder, address=(self.options.host, self._port), trace_pdu=self._trace_pdu
+                placeholder,
+                address=(self.options.host, self._port),
+                trace_pdu=self._trace_pdu,
+                custom_pdu=list(READ_REQUESTS),
             )
         server.context = self.memory  # type: ignore[assignment]
         await server.serve_forever(background=True)
