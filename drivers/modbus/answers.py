@@ -55,6 +55,10 @@ def _byte_count(pdu: ModbusPDU, data: bytes) -> int:
 
 def _registers(pdu: ModbusPDU, data: bytes) -> list[int]:
     n = _byte_count(pdu, data)
+    if n % 2:
+        raise ModbusIOException(
+            f"odd byte count {n} for registers", function_code=pdu.function_code
+        )
     return list(_unpack_words(n // 2).unpack_from(data, 1))
 
 

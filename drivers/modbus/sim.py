@@ -69,6 +69,7 @@ from pymodbus.simulator import SimData, SimDevice
 from cellctl.driver import SimOptions
 
 from .answers import READ_REQUESTS
+from .cells import ADDRESSES, Cells
 from .options import MAX_BITS, MAX_REGISTERS, Table
 from .serial_line import SerialLine
 
@@ -183,7 +184,7 @@ class PlcSimOptions(SimOptions):
 
 
 class PlcMemory:
-    """The PLC's four tables as sparse maps; a missing address answers Illegal Data Address.
+    """The PLC's four tables; reading an unmapped address answers Illegal Data Address.
 
     This is the datastore interface pymodbus's request PDUs call
     (`async_getValues` / `async_setValues`). The sim provides it directly
@@ -193,11 +194,10 @@ class PlcMemory:
 
     def __init__(self, sim: PlcSim) -> None:
         self.sim = sim
-        self.tables: dict[Table, dict[int, int]] = {t: {} for t in Table}
+        self.tables: dict[Table, Cells] = {t: Cells() for t in Table}
 
     def define(self, table: Table, address: int, count: int) -> None:
-        for a in range(address, address + count):
-            self.tables[table].setdefault(a, 0)
+        self.tables[table].define(address, count)
 
     def device_ids(self) -> list[int]:
         return [self.sim.options.unit_id]
@@ -222,10 +222,9 @@ class PlcMemory:
                     return ExcCodes.DEVICE_FAILURE
         cells = self.tables[table]
         if writing or self.sim.options.strict_map:
-            for a in range(address, address + count):
-                if a not in cells:
-                    return ExcCodes.ILLEGAL_ADDRESS
-        elif address + count > 65536:
+            if not cells.all_mapped(address, count):
+                return ExcCodes.ILLEGAL_ADDRESS
+        elif address + count > ADDRESSES:
             return ExcCodes.ILLEGAL_ADDRESS
         return None
 
@@ -236,11 +235,8 @@ class PlcMemory:
             await asyncio.sleep(self.sim.slow_s)
         if (err := self._check(device_id, func_code, address, count, False)) is not None:
             return err
-        table = _FC_TABLE[func_code]
-        cells = self.tables[table]
-        if table.is_bits:
-            return [bool(cells.get(a, 0)) for a in range(address, address + count)]
-        return [cells.get(a, 0) for a in range(address, address + count)]
+        # Bits as 0/1: the answer classes (answers.py) pack them by truth.
+        return self.tables[_FC_TABLE[func_code]].block(address, count)
 
     async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
