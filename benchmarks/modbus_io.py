@@ -178,7 +178,9 @@ async def main(quick: bool, in_process: bool) -> None:
         print(f"values/s, scattered map: {len(tags)} tags in 4 tables -> {len(reads)} requests")
         print(f"  raw, one tag/request  median {v_raw:8.0f} values/s")
         print(f"  cellctl merged poll   median {v_drv:8.0f} values/s")
+        paired_v = statistics.median(d / r for d, r in zip(drv_v, raw_v, strict=True))
         print(f"  speed-up              {v_drv / v_raw:.2f}x   (batching factor {factor:.2f})")
+        print(f"  same, paired by round {paired_v:.2f}x")
         print(
             f"  raw, the same {len(reads)} merged requests, no decoding: {v_merged:8.0f} values/s"
         )

@@ -25,6 +25,9 @@ from typing import Any
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
+from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
 
 from cellctl.errors import DeviceFault, LinkError
 
@@ -44,11 +47,11 @@ EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 
-_READ_METHOD = {
-    Table.COIL: "read_coils",
-    Table.DISCRETE_INPUT: "read_discrete_inputs",
-    Table.HOLDING: "read_holding_registers",
-    Table.INPUT: "read_input_registers",
+_READ_REQUEST: dict[Table, type[ModbusPDU]] = {
+    Table.COIL: ReadCoilsRequest,
+    Table.DISCRETE_INPUT: ReadDiscreteInputsRequest,
+    Table.HOLDING: ReadHoldingRegistersRequest,
+    Table.INPUT: ReadInputRegistersRequest,
 }
 
 
@@ -319,19 +322,18 @@ class Reader:
     `words()` checks and unpacks its answer.
     """
 
-    __slots__ = ("_address", "_bits", "_count", "_link", "_name", "_unit", "_what")
+    __slots__ = ("_bits", "_count", "_link", "_pdu", "_what")
 
     def __init__(self, link: Link, table: Table, address: int, count: int, what: What) -> None:
         self._link = link
-        self._name = _READ_METHOD[table]
         self._bits = table.is_bits
         self._count = count
-        self._unit = link._o.unit_id
         self._what = what
-        self._address = address
+        # The request is built once; pymodbus gives it a new transaction id each time.
+        self._pdu = _READ_REQUEST[table](address=address, count=count, dev_id=link._o.unit_id)
 
     def _request(self, client: Any) -> Any:
-        return getattr(client, self._name)(self._address, count=self._count, device_id=self._unit)
+        return client.execute(False, self._pdu)
 
     def send(self) -> Coroutine[Any, Any, Any]:
         return self._link.call(self._request, self._what)
