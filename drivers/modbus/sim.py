@@ -53,7 +53,7 @@ import enum
 import math
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
@@ -86,6 +86,9 @@ _FC_TABLE = {
     4: Table.INPUT,
 }
 READ_FCS = (1, 2, 3, 4)
+
+
+REQUEST_LOG = 10_000
 
 
 class PlcState(enum.IntEnum):
@@ -292,7 +295,8 @@ class PlcSim:
         self.set("model", o.model)
         self.set("program_version", 3)
         self.requests: Counter[int] = Counter()  # function code → requests seen
-        self.request_log: list[tuple[int, int, int]] = []  # (fc, address, count)
+        # (fc, address, count) of the latest requests: bounded, as the sim may run for weeks.
+        self.request_log: deque[tuple[int, int, int]] = deque(maxlen=REQUEST_LOG)
         self.request_edges = 0  # rising edges of cycle_request (cycles asked for)
         self.request_sets = 0  # write requests that set cycle_request true, changed or not
         # Fault injection: drop every connection while answering the next request write.

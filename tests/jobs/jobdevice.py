@@ -1,7 +1,8 @@
 """An in-test machine for the job tests: a driver and its simulator, obeying cellctl.driver.
 
-No real drivers exist on this branch yet, so the job service is built and tested
-against this pair. The simulator models what matters to jobs: a G-code program
+The job service's own tests use this pair rather than a real driver, so that a
+step's timing, failures and link losses are scripted exactly. The simulator
+models what matters to jobs: a G-code program
 takes time per line and acknowledges lines as it goes, a step can be stopped,
 resumed from a line, fail on the device, or lose its link. It appends every
 step it starts and finishes to a log file (one `write()` per line, fsync'd):
