@@ -255,14 +255,18 @@ class ModbusDriver:
         values = await self._read_all(self._jobs_for(self._plan([span(name, tag)])))
         return values[name]
 
-    async def write_tag(self, name: str, value: MetricValue, resend: bool = True) -> None:
-        """Write one tag. Raises StepFailed for a bad value, DeviceFault for a refusal."""
+    async def write_tag(
+        self, name: str, value: MetricValue, resend: bool = True, urgent: bool = False
+    ) -> None:
+        """Write one tag. Raises StepFailed for a bad value, DeviceFault for a refusal.
+
+        An `urgent` write goes before every request waiting for the link."""
         tag = self._tag(name)
         if not tag.writable:
             raise StepFailed(f"tag {name!r} ({tag.where()}) is not writable = true in config")
         words = words_for(self.options, name, value)
         what = f"writing tag {name!r} ({tag.where()})"
-        await self.link.write(tag.table, tag.address, words, what, resend)
+        await self.link.write(tag.table, tag.address, words, what, resend, urgent)
         self.values[name] = value
 
     def _tag(self, name: str) -> Tag:
@@ -349,17 +353,17 @@ class ModbusDriver:
 
     # --- commands ----------------------------------------------------------------
 
-    async def _command(self, name: str, writes: tuple[Write, ...]) -> None:
+    async def _command(self, name: str, writes: tuple[Write, ...], urgent: bool = False) -> None:
         if not writes:
             raise NotSupported(f"no writes configured for commands.{name}")
         for w in writes:
-            await self.write_tag(w.tag, w.value)
+            await self.write_tag(w.tag, w.value, urgent=urgent)
         pulses = [w for w in writes if w.pulse_s is not None]
         if pulses:
             await asyncio.sleep(max(w.pulse_s or 0.0 for w in pulses))
             for w in pulses:
                 back: MetricValue = not w.value if isinstance(w.value, bool) else 0
-                await self.write_tag(w.tag, back)
+                await self.write_tag(w.tag, back, urgent=urgent)
 
     async def pause(self) -> None:
         await self._command("pause", self.options.commands.pause)
@@ -381,7 +385,8 @@ class ModbusDriver:
         self._estop_sent = True
         self._stop_requested.set()
         self._update_state()
-        await self._command("emergency_stop", self.options.commands.emergency_stop)
+        # Urgent: it waits for the request on the wire, not for the polls queued behind it.
+        await self._command("emergency_stop", self.options.commands.emergency_stop, urgent=True)
 
     async def reset(self) -> None:
         await self._command("reset", self.options.commands.reset)

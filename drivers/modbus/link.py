@@ -33,6 +33,7 @@ from cellctl.errors import DeviceFault, LinkError
 
 from .answers import READ_ANSWERS
 from .options import ModbusOptions, Table
+from .turns import Turns
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -83,7 +84,7 @@ class Unconfirmed(LinkError):
 
 
 class Link:
-    """A connected Modbus client. Not re-entrant: requests run one at a time."""
+    """A connected Modbus client. Requests take turns (turns.py): one at a time."""
 
     def __init__(self, options: ModbusOptions, endpoint: str | None = None) -> None:
         self._o = options
@@ -95,7 +96,7 @@ class Link:
             host, _, port = endpoint.rpartition(":")
             self._host, self._port = host or options.host, int(port)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._lock = asyncio.Lock()
+        self._turns = Turns()
         self._waiting: asyncio.Task[Any] | None = None  # the task awaiting an answer
         self._cut_sent = False
         self._lost = False
@@ -196,19 +197,24 @@ class Link:
         return self._client is not None and self._client.connected and not self._lost
 
     async def call(
-        self, call: Callable[[Any], Awaitable[Any]], what: What, resend: bool = True
+        self,
+        call: Callable[[Any], Awaitable[Any]],
+        what: What,
+        resend: bool = True,
+        urgent: bool = False,
     ) -> Any:
         """One request with timeouts, retries and at most one reconnect.
 
         With `resend=False` a request whose connection dropped is not sent again
-        after the reconnect: Unconfirmed tells the caller to look first.
+        after the reconnect: Unconfirmed tells the caller to look first. An
+        `urgent` request goes before every request waiting for the link.
         """
         # Every coroutine frame between a poll and pymodbus is paid twice per request
-        # (suspend, resume), so this is the only one: the lock is taken without
-        # `async with` (an uncontended acquire never suspends) and the checks before
-        # and after the answer are plain functions.
-        lock = self._lock
-        await lock.acquire()
+        # (suspend, resume), so this is the only one: a free turn is taken without a
+        # coroutine, and the checks before and after the answer are plain functions.
+        turns = self._turns
+        if not turns.take():
+            await turns.wait(urgent)
         try:
             reconnected = False
             attempts = 0
@@ -242,7 +248,7 @@ class Link:
                             f"after {attempts} tries of {self._o.timeout_s:g} s"
                         ) from None
         finally:
-            lock.release()
+            turns.done()
 
     def _sending(self) -> tuple[Any, asyncio.Task[Any]]:
         client = self._client
@@ -299,7 +305,13 @@ class Link:
         return [int(w) for w in words[:count]]
 
     async def write(
-        self, table: Table, address: int, values: list[int], what: What, resend: bool = True
+        self,
+        table: Table,
+        address: int,
+        values: list[int],
+        what: What,
+        resend: bool = True,
+        urgent: bool = False,
     ) -> None:
         unit = self._o.unit_id
 
@@ -312,7 +324,7 @@ class Link:
                 return await c.write_register(address, values[0], device_id=unit)
             return await c.write_registers(address, values, device_id=unit)
 
-        await self.call(go, what, resend)
+        await self.call(go, what, resend, urgent)
 
 
 class Reader:
