@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import cast
+from typing import ClassVar, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -88,7 +88,7 @@ def _text(pdu: ModbusPDU, what: str, count: int) -> str:
     )
 
 
-class HoldingRegisters(ReadHoldingRegistersResponse):
+class _RegisterCoding(ModbusPDU):
     def encode(self) -> bytes:
         return _pack_registers(self.registers)
 
@@ -99,18 +99,7 @@ class HoldingRegisters(ReadHoldingRegistersResponse):
         return _text(self, "registers", len(self.registers))
 
 
-class InputRegisters(ReadInputRegistersResponse):
-    def encode(self) -> bytes:
-        return _pack_registers(self.registers)
-
-    def decode(self, data: bytes) -> None:
-        self.registers = _registers(self, data)
-
-    def __str__(self) -> str:
-        return _text(self, "registers", len(self.registers))
-
-
-class Coils(ReadCoilsResponse):
+class _BitCoding(ModbusPDU):
     def encode(self) -> bytes:
         return _pack_bits(self.bits)
 
@@ -121,49 +110,53 @@ class Coils(ReadCoilsResponse):
         return _text(self, "bits", len(self.bits))
 
 
-class DiscreteInputs(ReadDiscreteInputsResponse):
-    def encode(self) -> bytes:
-        return _pack_bits(self.bits)
-
-    def decode(self, data: bytes) -> None:
-        self.bits = _bits(self, data)
-
-    def __str__(self) -> str:
-        return _text(self, "bits", len(self.bits))
+class HoldingRegisters(_RegisterCoding, ReadHoldingRegistersResponse):
+    pass
 
 
-async def _answer(
-    request: ModbusPDU, context: ModbusServerContext, device_id: int, answer: type[ModbusPDU]
-) -> ModbusPDU:
-    values = await context.async_getValues(
-        device_id, request.function_code, request.address, request.count
-    )
-    if isinstance(values, ExcCodes):
-        return ExceptionResponse(request.function_code, values)
-    if answer in (Coils, DiscreteInputs):
-        bits = cast(list[bool], values)
-        return answer(dev_id=device_id, transaction_id=request.transaction_id, bits=bits)
-    return answer(dev_id=device_id, transaction_id=request.transaction_id, registers=values)
+class InputRegisters(_RegisterCoding, ReadInputRegistersResponse):
+    pass
 
 
-class _ReadCoils(ReadCoilsRequest):
+class Coils(_BitCoding, ReadCoilsResponse):
+    pass
+
+
+class DiscreteInputs(_BitCoding, ReadDiscreteInputsResponse):
+    pass
+
+
+class _Answering(ModbusPDU):
+    """A read request that the simulated PLC answers with one of the classes above."""
+
+    answer: ClassVar[type[ModbusPDU]]
+
     async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
-        return await _answer(self, context, device_id, Coils)
+        values = await context.async_getValues(
+            device_id, self.function_code, self.address, self.count
+        )
+        if isinstance(values, ExcCodes):
+            return ExceptionResponse(self.function_code, values)
+        if issubclass(self.answer, _BitCoding):
+            bits = cast(list[bool], values)
+            return self.answer(dev_id=device_id, transaction_id=self.transaction_id, bits=bits)
+        return self.answer(dev_id=device_id, transaction_id=self.transaction_id, registers=values)
 
 
-class _ReadDiscreteInputs(ReadDiscreteInputsRequest):
-    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
-        return await _answer(self, context, device_id, DiscreteInputs)
+class _ReadCoils(_Answering, ReadCoilsRequest):
+    answer = Coils
 
 
-class _ReadHoldingRegisters(ReadHoldingRegistersRequest):
-    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
-        return await _answer(self, context, device_id, HoldingRegisters)
+class _ReadDiscreteInputs(_Answering, ReadDiscreteInputsRequest):
+    answer = DiscreteInputs
 
 
-class _ReadInputRegisters(ReadInputRegistersRequest):
-    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
-        return await _answer(self, context, device_id, InputRegisters)
+class _ReadHoldingRegisters(_Answering, ReadHoldingRegistersRequest):
+    answer = HoldingRegisters
+
+
+class _ReadInputRegisters(_Answering, ReadInputRegistersRequest):
+    answer = InputRegisters
 
 
 READ_REQUESTS: tuple[type[ModbusPDU], ...] = (
