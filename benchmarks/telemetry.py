@@ -36,8 +36,7 @@ from cellctl.model import Alarm, Sample, Samples
 from cellctl.store import Store
 from cellctl.telemetry.encoding import JsonEncoding, Kind, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
-from cellctl.telemetry.publisher import Publisher
-from cellctl.telemetry.sender import SpoolSender
+from cellctl.telemetry.pipeline import Pipeline
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
 
@@ -209,23 +208,21 @@ async def _pipeline(
     sub = bus.subscribe("mqtt", lossless=True)
     db = workdir / f"bench-{time.monotonic_ns()}.db"
     async with Store(db) as store:
-        spool = Spool(store, 1_000_000, MqttSection().spool_commit_s)
-        await spool.load()
         link = MqttLink(LinkSettings(port=port, client_id=f"bench-{time.monotonic_ns()}"))
-        sender = SpoolSender(spool, link, 1000)
-        pub = Publisher(JsonEncoding(topics), spool, link, TelemetrySection())
-        link.on_ack = sender.on_ack
-        link.on_connected = sender.connected
+        pipe = await Pipeline.open(
+            store,
+            link,
+            JsonEncoding(topics),
+            TelemetrySection(),
+            window=1000,
+            spool_max=1_000_000,
+            commit_s=MqttSection().spool_commit_s,
+        )
         async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(link.run()),
-                tg.create_task(pub.consume(sub)),
-                tg.create_task(spool.run()),
-                tg.create_task(sender.run()),
-            ]
+            tasks = pipe.start(tg, sub)
             await link.wait_connected(10)
             try:
-                return await body(bus, link, spool)
+                return await body(bus, link, pipe.spool)
             finally:
                 await link.close()
                 for t in tasks:

@@ -25,6 +25,7 @@ from cellctl.supervisor import Supervisor
 from cellctl.telemetry.broker import embedded_broker
 from cellctl.telemetry.encoding import Encoding, JobEvent, JsonEncoding, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
+from cellctl.telemetry.pipeline import Pipeline
 from cellctl.telemetry.publisher import Publisher
 from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
@@ -95,8 +96,6 @@ class MqttService:
     async def _serve(self, store: Store, mqtt5: bool) -> None:
         cfg = self.cfg
         enc = self.encoding
-        spool = Spool(store, cfg.spool_max, cfg.spool_commit_s)
-        await spool.load()
         settings = LinkSettings.from_config(cfg, f"cellctl-{self.cell.name}")
         if not mqtt5:
             settings = LinkSettings(**{**settings.__dict__, "mqtt5": False})
@@ -105,8 +104,17 @@ class MqttService:
             will=enc.status(False, "connection lost", self.boot),
             subscriptions=[(self.topics.commands, 1)],
         )
-        sender = SpoolSender(spool, link, cfg.max_inflight)
-        publisher = Publisher(enc, spool, link, self.cell.config.telemetry, cfg.samples_qos)
+        pipe = await Pipeline.open(
+            store,
+            link,
+            enc,
+            self.cell.config.telemetry,
+            window=cfg.max_inflight,
+            spool_max=cfg.spool_max,
+            commit_s=cfg.spool_commit_s,
+            samples_qos=cfg.samples_qos,
+        )
+        spool, sender, publisher = pipe.spool, pipe.sender, pipe.publisher
 
         def reply(out: Outgoing, correlation: bytes | None) -> None:
             link.publish(out, link.reply_properties(correlation))
@@ -127,19 +135,14 @@ class MqttService:
             publisher.publish_spool_stats(force=True)
 
         link.on_message = commands.on_message
-        link.on_ack = sender.on_ack
         link.on_connected = connected
-        link.on_disconnected = sender.disconnected
         self.link, self.spool, self.publisher = link, spool, publisher
         self.sender, self.commands = sender, commands
 
         sub = self._sub
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(link.run(), name="mqtt-link")
-                tg.create_task(publisher.consume(sub), name="mqtt-events")
-                tg.create_task(spool.run(), name="mqtt-spool")
-                tg.create_task(sender.run(), name="mqtt-sender")
+                pipe.start(tg, sub)
                 tg.create_task(publisher.batcher(), name="mqtt-batcher")
                 tg.create_task(publisher.spool_stats(), name="mqtt-spool-stats")
                 tg.create_task(commands.run(), name="mqtt-commands")

@@ -25,14 +25,14 @@ from cellctl.model import Alarm
 from cellctl.store import Store
 from cellctl.telemetry.encoding import JsonEncoding
 from cellctl.telemetry.link import LinkSettings, MqttLink
-from cellctl.telemetry.publisher import Publisher
+from cellctl.telemetry.pipeline import Pipeline
 from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
 
 
 @dataclass
-class Pipeline:
+class Rig:
     bus: EventBus
     link: MqttLink
     spool: Spool
@@ -40,31 +40,22 @@ class Pipeline:
 
 
 @asynccontextmanager
-async def pipeline(port: int, db: Path, commit_s: float) -> AsyncIterator[Pipeline]:
+async def pipeline(port: int, db: Path, commit_s: float) -> AsyncIterator[Rig]:
     bus = EventBus()
     sub = bus.subscribe("mqtt", lossless=True)
     async with Store(db) as store:
-        spool = Spool(store, commit_s=commit_s)
-        await spool.load()
         link = MqttLink(
             LinkSettings(
                 port=port, client_id="sender", reconnect_initial_s=0.05, reconnect_max_s=0.2
             )
         )
-        sender = SpoolSender(spool, link, window=50)
-        pub = Publisher(JsonEncoding(Topics("t")), spool, link, TelemetrySection())
-        link.on_ack = sender.on_ack
-        link.on_connected = sender.connected
-        link.on_disconnected = sender.disconnected
+        pipe = await Pipeline.open(
+            store, link, JsonEncoding(Topics("t")), TelemetrySection(), window=50, commit_s=commit_s
+        )
         async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(link.run()),
-                tg.create_task(pub.consume(sub)),
-                tg.create_task(spool.run()),
-                tg.create_task(sender.run()),
-            ]
+            tasks = pipe.start(tg, sub)
             try:
-                yield Pipeline(bus, link, spool, sender)
+                yield Rig(bus, link, pipe.spool, pipe.sender)
             finally:
                 await link.close()
                 for t in tasks:
@@ -86,7 +77,7 @@ async def test_events_in_order_through_outage_with_early_sends(
     sub.client.reconnect_delay_set(0.05, 0.2)
     sent = {"a": 0, "b": 0}
 
-    async def produce(p: Pipeline, n: int) -> None:
+    async def produce(p: Rig, n: int) -> None:
         for _ in range(n):
             for dev in sent:
                 sent[dev] += 1
