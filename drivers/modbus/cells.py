@@ -22,9 +22,6 @@ class Cells:
     def define(self, address: int, count: int) -> None:
         self._mapped.update(range(address, address + count))
 
-    def __contains__(self, address: object) -> bool:
-        return address in self._mapped
-
     def __getitem__(self, address: int) -> int:
         return self._values[address]
 
