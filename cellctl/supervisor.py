@@ -4,7 +4,11 @@ Each device runs in its own task inside the supervisor's TaskGroup. Whatever a
 driver does (raise, hang on connect, lose its link) stays inside that task:
 the supervisor catches it at this boundary, marks the device unavailable,
 waits out a jittered exponential backoff and tries again. One bad device
-never takes another down, nor the daemon.
+never takes another down, nor the daemon. The device's life and each of its
+connections run in child tasks of the device task (`DeviceRunner.run`), so
+even a driver that raises CancelledError or a BaseException, or leaves a
+cancel request on its task, only ends one connection: logged as an error,
+restarted after backoff. Only the cell's shutdown (or a reload) ends a device.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -24,6 +28,7 @@ from cellctl.driver import Driver, DriverContext, EventSink, ProgressSink, Simul
 from cellctl.errors import CellError, LinkError, WrongDevice
 from cellctl.model import DeviceState, Event, StateChanged, Step, StepOutcome, StepResult
 from cellctl.registry import Registry
+from cellctl.tasks import TaskGroup
 
 log = structlog.get_logger("cellctl.supervisor")
 
@@ -99,11 +104,63 @@ class DeviceRunner:
             self._emit_outer(StateChanged(self.id, DeviceState.UNAVAILABLE, previous, reason))
 
     async def run(self) -> None:
-        """Run until cancelled. Never raises anything but CancelledError."""
+        """Run until cancelled: never returns, never raises anything but CancelledError.
+
+        The device's life (its simulator, then connection after connection) runs
+        in a task of its own, and each connection in a task of its own again, so
+        nothing a driver or simulator does can end or poison this task: not an
+        exception of any class, not a CancelledError it raises itself, not a
+        cancel request it leaves behind on its task. Whatever ends that life
+        other than our own cancellation is logged as an error and the device
+        starts again after a backoff.
+        """
         self._set_unavailable("starting")
+        while True:
+            fault = await self._isolated(self._life(), "life")
+            self._fault("device", fault or RuntimeError("device life returned"))
+            await self._wait_backoff()
+
+    async def _life(self) -> None:
         async with self._endpoint() as endpoint:
             while True:
-                await self._one_connection(endpoint)
+                fault = await self._isolated(self._one_connection(endpoint), "connection")
+                if fault is not None:
+                    self._fault("connection", fault)
+                await self._wait_backoff()
+
+    async def _isolated(self, work: Coroutine[Any, Any, None], what: str) -> BaseException | None:
+        """Run `work` in a task of its own; return what it raised, or None if it returned.
+
+        A CancelledError from `work` comes back as a value: only our own
+        cancellation (shutdown, reload) is raised here, after `work` has stopped.
+        The task is owned right here: awaited, and cancelled if we are.
+        """
+        task = asyncio.get_running_loop().create_task(work, name=f"device:{self.id}:{what}")
+        try:
+            await asyncio.wait((task,))
+        finally:
+            while not task.done():  # we were cancelled: stop `work` before we go
+                task.cancel()
+                await asyncio.wait((task,), timeout=self._policy.disconnect_timeout_s)
+                if not task.done():
+                    self.log.error("driver ignores cancellation; still waiting", task=what)
+        try:
+            task.result()
+        except BaseException as exc:  # whatever it was: the caller reports it
+            return exc
+        return None
+
+    def _fault(self, where: str, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = self.last_failure = f"{where} ended: {type(exc).__name__}: {exc}"
+        self.connected.clear()
+        self.driver = None
+        self._set_unavailable("driver fault")
+        self.log.error(
+            "device task ended unexpectedly; restarting after backoff",
+            error=self.last_error,
+            exc_info=exc,
+        )
 
     @contextlib.asynccontextmanager
     async def _endpoint(self) -> AsyncIterator[str | None]:
@@ -142,46 +199,47 @@ class DeviceRunner:
             self.log.error("device driver raised unexpectedly", error=message, exc_info=exc)
 
     async def _one_connection(self, endpoint: str | None) -> None:
+        """Connect, serve until the link is lost, close. Runs in a task of its own."""
         driver_cls = self._registry.driver(self.config.driver)
         ctx = DriverContext(device_id=self.id, emit=self._emit, endpoint=endpoint, log=self.log)
         driver = driver_cls(ctx, self.config.options)
         try:
-            async with asyncio.timeout(self._policy.connect_timeout_s):
-                await driver.__aenter__()
-        except Exception as exc:
-            reason = "connect timed out" if isinstance(exc, TimeoutError) else str(exc)
-            self._failed(f"{type(exc).__name__}: {reason}", exc)
-            await self._close(driver)
-            if isinstance(exc, WrongDevice):
-                self.backoff.exhaust()
-            await self._wait_backoff()
-            return
-        connected_at = self._clock.monotonic()
-        self.connects += 1
-        if self.last_error:
-            self.log.info("device connected after failures", failures=self.failures)
-        else:
-            self.log.info("device connected")
-        self.last_error = ""
-        self.driver = driver
-        self.state = driver.status().state
-        self._emit_outer(StateChanged(self.id, self.state, DeviceState.UNAVAILABLE, "connected"))
-        self.connected.set()
-        try:
-            await driver.serve()
-            reason = "link closed"
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self._failed(reason, exc)
+            try:
+                async with asyncio.timeout(self._policy.connect_timeout_s):
+                    await driver.__aenter__()
+            except Exception as exc:
+                reason = "connect timed out" if isinstance(exc, TimeoutError) else str(exc)
+                self._failed(f"{type(exc).__name__}: {reason}", exc)
+                if isinstance(exc, WrongDevice):
+                    self.backoff.exhaust()
+                return
+            connected_at = self._clock.monotonic()
+            self.connects += 1
+            if self.last_error:
+                self.log.info("device connected after failures", failures=self.failures)
+            else:
+                self.log.info("device connected")
+            self.last_error = ""
+            self.driver = driver
+            self.state = driver.status().state
+            self._emit_outer(
+                StateChanged(self.id, self.state, DeviceState.UNAVAILABLE, "connected")
+            )
+            self.connected.set()
+            try:
+                await driver.serve()
+                reason = "link closed"
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self._failed(reason, exc)
+            if self._clock.monotonic() - connected_at >= self._policy.stable_after_s:
+                self.backoff.reset()
+            self.log.info("device disconnected", reason=reason)
         finally:
             self.connected.clear()
             self.driver = None
             self._set_unavailable("disconnected")
             await self._close(driver)
-        if self._clock.monotonic() - connected_at >= self._policy.stable_after_s:
-            self.backoff.reset()
-        self.log.info("device disconnected", reason=reason)
-        await self._wait_backoff()
 
     async def _wait_backoff(self) -> None:
         delay = self.backoff.next()
@@ -227,7 +285,7 @@ class Supervisor:
         self._configs = dict(devices)
         self.runners: dict[str, DeviceRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._tg: asyncio.TaskGroup | None = None
+        self._tg: TaskGroup | None = None
         self.started = asyncio.Event()
 
     def _start(self, cfg: DeviceConfig) -> None:
@@ -245,7 +303,7 @@ class Supervisor:
                 await task
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             self._tg = tg
             for cfg in self._configs.values():
                 if cfg.common.enabled:
