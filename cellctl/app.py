@@ -29,6 +29,7 @@ from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
 from cellctl.store import DEFAULT_FILE, Store
 from cellctl.supervisor import Supervisor
+from cellctl.tasks import TaskGroup
 from cellctl.telemetry.service import MqttService
 
 log = structlog.get_logger("cellctl.app")
@@ -92,7 +93,7 @@ class App:
             devices=len(self.cell.devices),
         )
         try:
-            async with self.store, asyncio.TaskGroup() as tg:
+            async with self.store, TaskGroup() as tg:
                 tg.create_task(self.supervisor.run(), name="supervisor")
                 for name, component in self.components.items():
                     tg.create_task(component(), name=name)

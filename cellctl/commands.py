@@ -30,6 +30,7 @@ from cellctl.errors import CellError, NotSupported
 from cellctl.model import DeviceState, RequestKind
 from cellctl.store import Store, transaction
 from cellctl.supervisor import DeviceRunner
+from cellctl.tasks import TaskGroup
 from cellctl.telemetry.encoding import PAYLOAD_VERSION, AuditRecord, Kind, Outgoing, dumps
 from cellctl.telemetry.link import Incoming
 from cellctl.telemetry.topics import Topics
@@ -329,7 +330,7 @@ class CommandHandler:
             self._queue.put_nowait(msg)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(self._worker(self._queue), name="commands")
             tg.create_task(self._worker(self._estops), name="estop")
 
@@ -547,7 +548,7 @@ class CommandHandler:
             except Exception as exc:  # every device gets its stop, whatever one of them does
                 failed[dev_id] = f"{type(exc).__name__}: {exc}"
 
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             for dev_id, driver in targets.items():
                 tg.create_task(one(dev_id, driver), name=f"estop:{dev_id}")
         start = msg.received or loop.time()

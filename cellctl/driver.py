@@ -35,6 +35,9 @@ from cellctl.model import (
     StepResult,
 )
 
+# Drivers take their TaskGroup from here (asyncio's leaks cancel requests on 3.11/3.12).
+from cellctl.tasks import TaskGroup as TaskGroup
+
 EventSink = Callable[[Event], None]
 """Non-blocking: puts an event on the app's bus. Never awaits, never raises."""
 

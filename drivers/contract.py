@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from cellctl.driver import Driver, DriverContext, DriverOptions, SimOptions, Simulator
+from cellctl.driver import Driver, DriverContext, DriverOptions, SimOptions, Simulator, TaskGroup
 from cellctl.errors import CellError, LinkError
 from cellctl.model import (
     DeviceState,
@@ -71,7 +71,7 @@ async def connected(case: ContractCase) -> AsyncIterator[tuple[Driver, Simulator
     try:
         async with asyncio.timeout(case.bound_s):
             await driver.__aenter__()
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             serving = tg.create_task(driver.serve(), name="serve")
             try:
                 yield driver, sim
@@ -135,7 +135,7 @@ class DriverContract:
             )
 
     async def test_stop_cancels_a_running_step(self) -> None:
-        async with connected(self.case) as (driver, _), asyncio.TaskGroup() as tg:
+        async with connected(self.case) as (driver, _), TaskGroup() as tg:
             task = tg.create_task(driver.run(self.case.long_step, lambda p: None))
             await _wait_for(
                 lambda: driver.status().state == DeviceState.EXECUTE, self.case.bound_s, "executing"
@@ -148,7 +148,7 @@ class DriverContract:
     async def test_pause_and_resume(self) -> None:
         if not self.case.supports_pause:
             pytest.skip("this device has no pause")
-        async with connected(self.case) as (driver, _), asyncio.TaskGroup() as tg:
+        async with connected(self.case) as (driver, _), TaskGroup() as tg:
             task = tg.create_task(driver.run(self.case.long_step, lambda p: None))
             await _wait_for(
                 lambda: driver.status().state == DeviceState.EXECUTE, self.case.bound_s, "executing"
@@ -170,7 +170,7 @@ class DriverContract:
                 await task
 
     async def test_emergency_stop_aborts_and_reset_recovers(self) -> None:
-        async with connected(self.case) as (driver, _), asyncio.TaskGroup() as tg:
+        async with connected(self.case) as (driver, _), TaskGroup() as tg:
             task = tg.create_task(driver.run(self.case.long_step, lambda p: None))
             await _wait_for(
                 lambda: driver.status().state == DeviceState.EXECUTE, self.case.bound_s, "executing"

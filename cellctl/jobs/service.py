@@ -61,6 +61,7 @@ from cellctl.model import (
 )
 from cellctl.store import Store, transaction
 from cellctl.supervisor import DeviceRunner, Supervisor
+from cellctl.tasks import TaskGroup
 
 log = structlog.get_logger("cellctl.jobs")
 
@@ -100,7 +101,7 @@ class JobService:
         self._acked: dict[str, tuple[str, int, int]] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._tg: asyncio.TaskGroup | None = None
+        self._tg: TaskGroup | None = None
         self._next_seq = 1
         self.ready = asyncio.Event()
         self.dispatch_rounds = 0
@@ -112,7 +113,7 @@ class JobService:
         await self._load_and_recover()
         events = self._bus.subscribe("jobs", maxsize=1000)
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._flush_progress_loop(), name="jobs:progress")
                 tg.create_task(self._request_loop(), name="jobs:requests")

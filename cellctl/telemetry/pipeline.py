@@ -14,6 +14,7 @@ from typing import Any
 from cellctl.config import TelemetrySection
 from cellctl.events import Subscription
 from cellctl.store import Store
+from cellctl.tasks import TaskGroup
 from cellctl.telemetry.encoding import Encoding
 from cellctl.telemetry.link import MqttLink
 from cellctl.telemetry.publisher import Publisher
@@ -53,7 +54,7 @@ class Pipeline:
         link.on_disconnected = sender.disconnected
         return cls(spool, link, sender, publisher)
 
-    def start(self, tg: asyncio.TaskGroup, events: Subscription) -> list[asyncio.Task[Any]]:
+    def start(self, tg: TaskGroup, events: Subscription) -> list[asyncio.Task[Any]]:
         """Its four loops, in `tg`: the link, the bus consumer, the spool writer, the sender."""
         return [
             tg.create_task(self.link.run(), name="mqtt-link"),

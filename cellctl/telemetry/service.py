@@ -22,6 +22,7 @@ from cellctl.config import Cell, MqttSection
 from cellctl.events import EventBus, Subscription
 from cellctl.store import Store
 from cellctl.supervisor import Supervisor
+from cellctl.tasks import TaskGroup
 from cellctl.telemetry.broker import embedded_broker
 from cellctl.telemetry.encoding import Encoding, JobEvent, JsonEncoding, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
@@ -141,7 +142,7 @@ class MqttService:
 
         sub = self._sub
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 pipe.start(tg, sub)
                 tg.create_task(publisher.batcher(), name="mqtt-batcher")
                 tg.create_task(publisher.spool_stats(), name="mqtt-spool-stats")

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator
 
-from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
+from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker, TaskGroup
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed, WrongDevice
 from cellctl.model import (
     Alarm,
@@ -372,7 +372,7 @@ class MarlinDriver:
             raise LinkError("not connected")
         self._serving = True
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 tg.create_task(self._reader(), name=f"{self.ctx.device_id}:reader")
                 tg.create_task(self._pollers(), name=f"{self.ctx.device_id}:pollers")
                 tg.create_task(self._watchdog(), name=f"{self.ctx.device_id}:watchdog")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from cellctl.driver import DriverContext, ProgressSink, StateTracker
+from cellctl.driver import DriverContext, ProgressSink, StateTracker, TaskGroup
 from cellctl.errors import (
     CellError,
     DeviceFault,
@@ -210,7 +210,7 @@ class ModbusDriver:
 
     async def serve(self) -> None:
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 for group, jobs in self._group_jobs.items():
                     tg.create_task(self._poll_loop(group, jobs), name=f"poll:{group}")
                 if self.options.heartbeat is not None:

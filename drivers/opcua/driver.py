@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-from cellctl.driver import DriverContext, ProgressSink
+from cellctl.driver import DriverContext, ProgressSink, TaskGroup
 from cellctl.errors import CellError, LinkError, NotSupported, WrongDevice
 from cellctl.model import (
     DeviceState,
@@ -234,7 +234,7 @@ class OpcUaDriver:
         while True:
             link = self._live()
             try:
-                async with asyncio.TaskGroup() as tg:
+                async with TaskGroup() as tg:
                     # The subscription needs no task here: asyncua's publish loop on
                     # the client thread feeds the Coalescer.
                     tg.create_task(self._on_client(link.session.poll, None), name="opcua-poll")

@@ -49,7 +49,7 @@ from cellctl_drivers.opcua.quiet import quiet_asyncua
 from cellctl_drivers.opcua.robot import Robot, RobotState
 from pydantic import Field
 
-from cellctl.driver import SimOptions
+from cellctl.driver import SimOptions, TaskGroup
 
 SIM_APP_URI = "urn:cellctl:sim:robot-server"
 
@@ -167,7 +167,7 @@ class RobotSim:
         self._trusted: set[str] = set()
         self.security = o.security
         self._users = _Users(dict(o.users))
-        self._tg: asyncio.TaskGroup | None = None
+        self._tg: TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._up = asyncio.Event()
         self._bulk_value = 0.0
@@ -187,7 +187,7 @@ class RobotSim:
         if o.trusted_clients:
             self._trusted = trusted_fingerprints(list(o.trusted_clients))
         await self._start_server()
-        self._tg = asyncio.TaskGroup()
+        self._tg = TaskGroup()
         await self._tg.__aenter__()
         self._tasks.append(self._tg.create_task(self._tick_loop(), name="robot-sim-tick"))
         if self._bulk:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Self
 import structlog
 from pydantic import Field
 
-from cellctl.driver import SimOptions
+from cellctl.driver import SimOptions, TaskGroup
 
 from .emulation import LinkTiming
 from .faults import FaultPlan, Faults
@@ -71,7 +71,7 @@ class SerialFirmware:
         )
         self.inbox: deque[Received] = deque()
         self._inbox_event = asyncio.Event()
-        self._tg: asyncio.TaskGroup | None = None
+        self._tg: TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._t0 = time.monotonic()
         self._parse_debt = 0.0
@@ -90,7 +90,7 @@ class SerialFirmware:
 
     async def __aenter__(self) -> Self:
         await self.host.__aenter__()
-        self._tg = asyncio.TaskGroup()
+        self._tg = TaskGroup()
         await self._tg.__aenter__()
         self.spawn(self._receive_loop(), "receive")
         self.spawn(self._command_loop(), "commands")
