@@ -83,6 +83,7 @@ class DeviceRunner:
         self.last_failure = ""  # kept: what went wrong last, for status displays
         self.connects = 0
         self.failures = 0
+        self.faults = 0  # ends that were no clean driver error: a driver bug, logged as error
         self.delays: list[float] = []
         self.step_lock = asyncio.Lock()
         self.connected = asyncio.Event()
@@ -152,6 +153,7 @@ class DeviceRunner:
 
     def _fault(self, where: str, exc: BaseException) -> None:
         self.failures += 1
+        self.faults += 1
         self.last_error = self.last_failure = f"{where} ended: {type(exc).__name__}: {exc}"
         self.connected.clear()
         self.driver = None
