@@ -17,9 +17,7 @@ async def test_marlin_printer_killed_three_times_comes_back_and_prints(tmp_path:
     program = tmp_path / "short.gcode"
     write_moves(program, 20, length_mm=5, feed=3000)
     link = tmp_path / "ttyACM-printer"
-    device = FreshSim(
-        lambda: MarlinSim(MarlinSimOptions(time_factor=50, emulate_link=False)), link
-    )
+    device = FreshSim(lambda: MarlinSim(MarlinSimOptions(time_factor=50, emulate_link=False)), link)
 
     def step(i: int) -> Step:
         return Step(f"job{i}", 0, "print", Program(ProgramKind.GCODE, path=program))

@@ -132,8 +132,9 @@ async def kill_and_return(
                 connects = runner.connects
                 await device.kill()
                 await until(
-                    lambda: runner.state == DeviceState.UNAVAILABLE
-                    and not runner.connected.is_set(),
+                    lambda: (
+                        runner.state == DeviceState.UNAVAILABLE and not runner.connected.is_set()
+                    ),
                     f"round {i}: the supervisor sees the device gone",
                 )
                 await device.start()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal, Self
 
 import pytest
+from structlog.testing import capture_logs
 from support.fake import ATTEMPTS, FakeDriver, FakeOptions, FakeSim, FakeSimOptions
 
 from cellctl.config import DeviceCommon, DeviceConfig, SupervisorSection
+from cellctl.errors import LinkError
 from cellctl.model import DeviceState, Event, Program, ProgramKind, StateChanged, Step
 from cellctl.registry import Registry
 from cellctl.supervisor import DeviceRunner, Supervisor, supervisor_backoff
@@ -187,3 +192,144 @@ async def test_summary_counts_states(summary_devices: int) -> None:
         expected = f"{summary_devices} devices: " + ("2 idle" if summary_devices else "none")
         assert sup.summary() == expected
         t.cancel()
+
+
+# --- a driver that ends its task in every way a driver can (issue 14) -----------------
+
+
+class DriverBug(BaseException):
+    """Not an Exception: what a driver bug or a library may raise past `except Exception`."""
+
+
+class RogueOptions(FakeOptions):
+    # What the first `times` connections do; later ones behave.
+    rogue: Literal["none", "serve-cancelled", "serve-base", "connect-cancelled", "leak-cancel"]
+    times: int = 1
+
+
+CLOSED: Counter[str] = Counter()
+
+
+class RogueDriver(FakeDriver):
+    options: RogueOptions
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        CLOSED[self.ctx.device_id] += 1
+        await super().__aexit__(et, e, tb)
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        if self._rogue("connect-cancelled"):
+            raise asyncio.CancelledError()  # as the Modbus link did with a leaked request
+        return self
+
+    async def serve(self) -> None:
+        await asyncio.sleep(0.01)
+        if self._rogue("serve-cancelled"):
+            raise asyncio.CancelledError()
+        if self._rogue("serve-base"):
+            raise DriverBug("a driver bug past `except Exception`")
+        if self._rogue("leak-cancel"):
+            # Cancel its own task, swallow it, never uncancel: a request left behind,
+            # as a TaskGroup on 3.11/3.12 leaves one. Then lose the link cleanly.
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+            raise LinkError(f"link lost with cancelling() == {task.cancelling()}")
+        await super().serve()
+
+    def _rogue(self, what: str) -> bool:
+        return self.options.rogue == what and ATTEMPTS[self.ctx.device_id] <= self.options.times
+
+
+ROGUE_REG = Registry(extra_drivers={"rogue": RogueDriver}, extra_sims={"fake": FakeSim})
+
+
+def rogue(dev_id: str, what: str, times: int = 1) -> DeviceConfig:
+    ATTEMPTS.pop(dev_id, None)
+    return DeviceConfig(
+        id=dev_id,
+        common=DeviceCommon(driver="rogue", backend="real"),
+        options=RogueOptions(rogue=what, times=times),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("what", ["serve-cancelled", "serve-base", "connect-cancelled"])
+async def test_a_driver_ending_its_task_is_logged_as_an_error_and_restarted(what: str) -> None:
+    clock = FakeClock()
+    with capture_logs() as logs:
+        runner = DeviceRunner(rogue(f"r-{what}", what, times=2), ROGUE_REG, noop, POLICY, clock)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(runner.run())
+            await until(lambda: runner.connected.is_set() and ATTEMPTS[runner.id] == 3)
+            await asyncio.sleep(0.1)  # it stays connected
+            assert runner.connected.is_set() and not task.done()
+            assert runner.state == DeviceState.IDLE
+            task.cancel()
+    assert runner.faults == 2
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert len(errors) == 2
+    cause = "CancelledError" if "cancelled" in what else "DriverBug"
+    for e in errors:
+        assert e["event"] == "device task ended unexpectedly; restarting after backoff"
+        assert cause in e["error"] and e["exc_info"] is not None
+    # Restarted after a backoff each time, per the policy (1 s, then 2 s, ±20 %).
+    assert len(clock.slept) == 2 and 0.8 <= clock.slept[0] <= 1.2 and 1.6 <= clock.slept[1] <= 2.4
+
+
+async def test_a_cancel_request_a_driver_leaves_behind_ends_with_its_connection() -> None:
+    runner = DeviceRunner(
+        rogue("leaky", "leak-cancel", times=3), ROGUE_REG, noop, POLICY, FakeClock()
+    )
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(runner.run())
+        await until(lambda: runner.connects == 4 and runner.connected.is_set(), bound=30)
+        task.cancel()
+    # Each connection had its own task: the request left behind never reached the next one,
+    # whose connect (under asyncio.timeout, which counts cancel requests) went through.
+    assert "cancelling() == 1" in runner.last_failure
+    assert runner.faults == 0 and runner.failures == 3
+
+
+async def test_shutdown_is_no_fault_and_closes_the_connected_driver() -> None:
+    with capture_logs() as logs:
+        runner = DeviceRunner(rogue("calm", "none"), ROGUE_REG, noop, POLICY, FakeClock())
+        task = asyncio.get_running_loop().create_task(runner.run())
+        await until(runner.connected.is_set)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert runner.faults == 0 and not runner.connected.is_set() and runner.driver is None
+    assert runner.state == DeviceState.UNAVAILABLE
+    assert not [e for e in logs if e["log_level"] == "error"]
+    assert CLOSED["calm"] == 1, "the driver's __aexit__ ran"
+
+
+class CrashingSim(FakeSim):
+    starts = 0
+
+    async def __aenter__(self) -> Self:
+        CrashingSim.starts += 1
+        if CrashingSim.starts == 1:
+            raise DriverBug("simulator died at start")
+        return await super().__aenter__()
+
+
+async def test_a_simulator_raising_a_base_exception_is_restarted() -> None:
+    reg = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": CrashingSim})
+    CrashingSim.starts = 0
+    runner = DeviceRunner(device("simbug"), reg, noop, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(runner.run())
+        await until(runner.connected.is_set)
+        task.cancel()
+    assert CrashingSim.starts == 2 and runner.faults == 1
+    assert "DriverBug: simulator died at start" in runner.last_failure
+
+
+def noop(_: Event) -> None:
+    return None
