@@ -147,7 +147,9 @@ class DeviceRunner:
                     self.log.error("driver ignores cancellation; still waiting", task=what)
         try:
             task.result()
-        except BaseException as exc:  # whatever it was: the caller reports it
+        except (KeyboardInterrupt, SystemExit):
+            raise  # asyncio stops the loop for these anyway: the process is ending
+        except BaseException as exc:  # whatever else it was: the caller reports it
             return exc
         return None
 
