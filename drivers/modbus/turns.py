@@ -39,7 +39,7 @@ class Turns:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self.done()  # handed the turn as it was cancelled: pass it on
-            else:
+            elif turn in self._waiting:  # done() may have dropped it already, cancelled
                 self._waiting.remove(turn)
             raise
 
