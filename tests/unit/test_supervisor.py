@@ -19,6 +19,7 @@ from cellctl.errors import LinkError
 from cellctl.model import DeviceState, Event, Program, ProgramKind, StateChanged, Step
 from cellctl.registry import Registry
 from cellctl.supervisor import DeviceRunner, Supervisor, supervisor_backoff
+from cellctl.tasks import TaskGroup
 
 REG = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": FakeSim})
 POLICY = SupervisorSection(
@@ -333,3 +334,43 @@ async def test_a_simulator_raising_a_base_exception_is_restarted() -> None:
 
 def noop(_: Event) -> None:
     return None
+
+
+class SimWithDyingTask(FakeSim):
+    """Runs a background task in a TaskGroup entered from the device's task, as the
+    serial and OPC UA simulators do; in its first life that task crashes, and the
+    group cancels the task that entered it."""
+
+    lives = 0
+
+    async def __aenter__(self) -> Self:
+        SimWithDyingTask.lives += 1
+        self._tg = TaskGroup()
+        await self._tg.__aenter__()
+        if SimWithDyingTask.lives == 1:
+            self._tg.create_task(self._die())
+        return await super().__aenter__()
+
+    async def _die(self) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("simulator task crashed")
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await self._tg.__aexit__(None, None, None)
+        await super().__aexit__(et, e, tb)
+
+
+async def test_a_simulator_task_cancelling_the_device_is_logged_and_restarted() -> None:
+    reg = Registry(extra_drivers={"fake": FakeDriver}, extra_sims={"fake": SimWithDyingTask})
+    SimWithDyingTask.lives = 0
+    runner = DeviceRunner(device("simtask"), reg, noop, POLICY, FakeClock())
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(runner.run())
+        await until(lambda: SimWithDyingTask.lives == 2 and runner.connected.is_set())
+        await asyncio.sleep(0.1)
+        assert runner.connected.is_set() and not task.done()
+        task.cancel()
+    assert runner.faults == 1 and "device ended: CancelledError" in runner.last_failure
