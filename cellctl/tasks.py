@@ -4,11 +4,13 @@ On 3.11 and 3.12, when a child fails while the body of the group has already
 finished (the parent task waits in `__aexit__`), the group cancels its parent
 to wake it, swallows that cancellation, and never takes the request back:
 `current_task().cancelling()` stays one higher for the rest of the task's
-life (CPython gh-116720, fixed in 3.13 only). Every later `asyncio.timeout`,
-TaskGroup or "was I cancelled?" check in that task then misreads it, and
-a `serve()` shaped like `async with TaskGroup() as tg: tg.create_task(...)`
-leaks one request per lost link. Use this class wherever a TaskGroup is
-needed: on 3.13 and later it is asyncio's own.
+life (CPython gh-116720, fixed in 3.13 only). Every later "was I cancelled?"
+check in that task (`task.cancelling()`, as the Modbus link and the OPC UA
+client thread ask) then answers yes, and a `serve()` shaped like
+`async with TaskGroup() as tg: tg.create_task(...)` leaks one request per lost
+link. It also swallows an outside cancellation that races a child's failure;
+3.13 delivers it again, and so does this class. Use it wherever a TaskGroup
+is needed: on 3.13 and later it is asyncio's own.
 """
 
 from __future__ import annotations
