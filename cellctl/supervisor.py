@@ -290,13 +290,40 @@ class Supervisor:
         self.runners: dict[str, DeviceRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: TaskGroup | None = None
+        self._closing = False
         self.started = asyncio.Event()
 
     def _start(self, cfg: DeviceConfig) -> None:
-        assert self._tg is not None
         runner = self._factory(cfg, self._registry, self._emit, self._policy, self._clock)
         self.runners[cfg.id] = runner
-        self._tasks[cfg.id] = self._tg.create_task(runner.run(), name=f"device:{cfg.id}")
+        self._spawn(runner)
+
+    def _spawn(self, runner: DeviceRunner) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(runner.run(), name=f"device:{runner.id}")
+        task.add_done_callback(lambda t: self._ended(runner, t))
+        self._tasks[runner.id] = task
+
+    def _ended(self, runner: DeviceRunner, task: asyncio.Task[None]) -> None:
+        """Only shutdown and `_stop` (reload) may end a device task. Any other end is
+        logged as an error; a stray cancellation restarts the device after its backoff
+        (an exception, which `DeviceRunner.run` never lets out, takes the group down)."""
+        if self._closing or self._tasks.get(runner.id) is not task:
+            return
+        del self._tasks[runner.id]
+        runner.faults += 1
+        if not task.cancelled():
+            runner.log.error("device task failed", error=repr(task.exception()))
+            return
+        runner.log.error("device task cancelled unexpectedly; restarting after backoff")
+        assert self._tg is not None
+        delay = runner.backoff.next()
+        self._tg.create_task(self._respawn(runner, delay), name=f"respawn:{runner.id}")
+
+    async def _respawn(self, runner: DeviceRunner, delay: float) -> None:
+        await (self._clock or RealClock()).sleep(delay)
+        if self.runners.get(runner.id) is runner and runner.id not in self._tasks:
+            self._spawn(runner)
 
     async def _stop(self, dev_id: str) -> None:
         task = self._tasks.pop(dev_id, None)
@@ -313,7 +340,10 @@ class Supervisor:
                 if cfg.common.enabled:
                     self._start(cfg)
             self.started.set()
-            await asyncio.Event().wait()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self._closing = True  # the group now cancels every device: no restarts
 
     def all_tried(self) -> bool:
         """Every device connected or failed at least once: the moment for READY=1."""

@@ -374,3 +374,22 @@ async def test_a_simulator_task_cancelling_the_device_is_logged_and_restarted() 
         assert runner.connected.is_set() and not task.done()
         task.cancel()
     assert runner.faults == 1 and "device ended: CancelledError" in runner.last_failure
+
+
+async def test_a_stray_cancellation_of_a_device_task_is_logged_and_restarted() -> None:
+    clock = FakeClock()
+    with capture_logs() as logs:
+        sup = Supervisor({"stray": device("stray")}, REG, noop, POLICY, clock)
+        async with asyncio.TaskGroup() as tg:
+            run = tg.create_task(sup.run())
+            await until(lambda: "stray" in sup.runners and sup.runners["stray"].connects == 1)
+            runner, first = sup.runners["stray"], sup._tasks["stray"]
+            first.cancel()  # nobody asked the supervisor: not a shutdown, not a reload
+            await until(lambda: runner.connects == 2 and runner.connected.is_set())
+            assert sup._tasks["stray"] is not first and sup.runners["stray"] is runner
+            run.cancel()
+    assert runner.faults == 1
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "device task cancelled unexpectedly; restarting after backoff"
+    ]
+    assert clock.slept and 0.8 <= clock.slept[-1] <= 1.2
