@@ -49,6 +49,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
@@ -239,6 +240,7 @@ class MarlinDriver:
         self.resend_ok = True  # an `ok` follows `Resend:` (set per connection)
         self._resyncing = False
         self._probe: _Probe | None = None
+        self._firmware_error = ""
         self._max_b = -1
         self._keepalive = False
         self._job: Job | None = None
@@ -335,9 +337,12 @@ class MarlinDriver:
         self._killed = False
         self._max_b = -1
         assert self.link is not None
+        # A printer that did not reset may still run what an earlier connection
+        # queued, and answer it: an `ok` of those must not pass for M110's.
+        deadline = time.monotonic() + self.opt.boot_timeout_s
+        await self._quiet(0.2, self.opt.boot_timeout_s)
         # M110 N0 as line 0 resets the firmware's counter; repeat until it answers
         # (a board that resets on open is still booting for a second or two).
-        deadline = time.monotonic() + self.opt.boot_timeout_s
         answered = False
         while time.monotonic() < deadline:
             self._reset_protocol()
@@ -390,6 +395,16 @@ class MarlinDriver:
                 Sample("uuid", self.info.uuid),
             ]
         )
+
+    async def _quiet(self, quiet_s: float, bound_s: float) -> None:
+        """Wait until the firmware has sent no `ok`, `Resend:` or `busy:` for quiet_s."""
+        end = time.monotonic() + bound_s
+        while time.monotonic() < end:
+            mark = self._last_progress
+            try:
+                await self._until(partial(self._progress_since, mark), quiet_s, "quiet")
+            except TimeoutError:
+                return
 
     def _choose_window(self) -> None:
         if self.opt.in_flight is not None:
@@ -818,9 +833,12 @@ class MarlinDriver:
             self._on_killed(text)
             return
         self.log.warning("marlin error", error=text)
+        self._firmware_error = text  # the reason, when `Printer halted` follows
         self.ctx.emit(Alarm(self.ctx.device_id, "marlin_error", text))
 
     def _on_killed(self, text: str) -> None:
+        if "halted" in text.lower() and self._firmware_error:
+            text = f"{self._firmware_error} ({text})"
         if not self._killed:
             self.log.error("printer aborted", cause=text)
             self.ctx.emit(Alarm(self.ctx.device_id, "killed", text))
@@ -840,6 +858,7 @@ class MarlinDriver:
     def _on_busy(self, s: str) -> None:
         self._last_progress = time.monotonic()
         self._keepalive = True
+        self._notify()
         job = self._job
         if "paused for user" in s or "paused for input" in s:
             if job is not None and not job.user_hold and job.outcome is None:
@@ -989,37 +1008,55 @@ class MarlinDriver:
 
     async def _resync(self) -> None:
         """After a stream fault: let the firmware answer what is still in flight,
-        then number lines from 0 again and prove it with an M105. Failing that,
-        the link is closed, and the supervisor reconnects with a full handshake."""
-        self._resyncing = True
-        stopped = StepFailed("the stream stopped before this command was sent")
-        for entry in [*self._window.values(), *self._host_q, *self._unproven.values()]:
-            if entry.done is not None and not entry.done.done():
-                entry.done.set_exception(stopped)
-        self._window.clear()
-        self._host_q.clear()
-        self._unproven.clear()
-        self._acked = self._send_ptr - 1 if self._send_ptr <= self._next_n else self._next_n - 1
-        self._send_ptr = self._acked + 1
-        self._next_n = self._send_ptr
+        then number lines from 0 again and prove it with an M105 (three tries).
+        Failing that, the link is closed, and the supervisor reconnects with a full
+        handshake."""
         try:
-            async with asyncio.timeout(15.0):
-                while time.monotonic() - self._last_progress < 0.5:
-                    await asyncio.sleep(0.05)
-            self._reset_protocol()
-            self._next_n = self._send_ptr = 0
-            self._acked = -1
-            self._resyncing = False
-            fut = self._queue_host("M110 N0", wait=True)
-            fence = self._queue_host("M105", wait=True, proof=True)
-            await self._until(lambda: fut.done() and fence.done(), 10.0, "resync")
-            self.log.info("line numbering resynchronised after a stream fault")
+            for attempt in range(3):
+                self._resyncing = True
+                self._drop_window(StepFailed("the stream stopped before this command was sent"))
+                await self._quiet(0.5, 15.0)
+                self._reset_protocol()
+                self._next_n = self._send_ptr = 0
+                self._acked = -1
+                self._resyncing = False
+                # Nothing may follow M110 until it has run: it sets the counter again
+                # when it runs, undoing lines accepted after it (as Marlin's M110 does).
+                m110 = self._queue_host("M110 N0", wait=True)
+                with contextlib.suppress(TimeoutError):
+                    await self._until(partial(self._settled, m110), 5.0, "resync")
+                fence = self._queue_host("M105", wait=True, proof=True)
+                with contextlib.suppress(TimeoutError):
+                    await self._until(partial(self._settled, fence), 5.0, "resync")
+                if m110.done() and fence.done() and not self._dirty:
+                    self.log.info("line numbering resynchronised after a stream fault")
+                    return
+                self.log.warning("resynchronising with the printer failed", attempt=attempt + 1)
+            raise LinkError("no consistent answer to M110 N0 + M105")
         except (CellError, TimeoutError) as exc:
             self.log.error("could not resynchronise with the printer; reconnecting", error=str(exc))
+            self._dirty = False
             if self.link is not None:
                 await self.link.close()
         finally:
             self._resyncing = False
+
+    def _settled(self, fut: asyncio.Future[None]) -> bool:
+        return fut.done() or self._dirty
+
+    def _progress_since(self, mark: float) -> bool:
+        return self._last_progress != mark
+
+    def _drop_window(self, why: CellError) -> None:
+        for entry in [*self._window.values(), *self._host_q, *self._unproven.values()]:
+            if entry.done is not None and not entry.done.done():
+                entry.done.set_exception(why)
+        self._window.clear()
+        self._host_q.clear()
+        self._unproven.clear()
+        self._acked = self._next_n - 1
+        self._send_ptr = self._next_n
+        self._bytes = 0
 
     def _check_lines(self, step: Step) -> None:
         """Pre-flight: every line fits the firmware's line buffer as sent and has no
