@@ -962,7 +962,8 @@ class MarlinDriver:
         if step.program.path is None:
             return StepResult(StepOutcome.FAILED, "a Marlin step needs a G-code file")
         try:
-            self._check_lines(step)
+            # a whole-file read: off the event loop, which streams to other printers
+            await asyncio.to_thread(self._check_lines, step, self._next_n)
             feed = JobFeed(step.program.path, step.start_line)
         except StepFailed as exc:
             return StepResult(StepOutcome.FAILED, str(exc))
@@ -1058,13 +1059,13 @@ class MarlinDriver:
         self._send_ptr = self._next_n
         self._bytes = 0
 
-    def _check_lines(self, step: Step) -> None:
+    def _check_lines(self, step: Step, first_n: int) -> None:
         """Pre-flight: every line fits the firmware's line buffer as sent and has no
         control bytes (Marlin ends a line at CR too). Raises StepFailed naming it."""
         assert step.program.path is not None
         feed = JobFeed(step.program.path, step.start_line)
         try:
-            n = self._next_n
+            n = first_n
             while (nxt := feed.next()) is not None:
                 line_no, command, _ = nxt
                 n += 1
@@ -1082,7 +1083,7 @@ class MarlinDriver:
     async def preflight(self, step: Step) -> None:
         if step.program.path is None:
             raise StepFailed("a Marlin step needs a G-code file")
-        self._check_lines(step)
+        await asyncio.to_thread(self._check_lines, step, self._next_n)
 
     async def _stream(self, job: Job, progress: ProgressSink) -> None:
         await self._await_job(
