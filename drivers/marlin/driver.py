@@ -805,6 +805,12 @@ class MarlinDriver:
                 + (f" (last error: {error.text})" if error else "")
             )
             return
+        if n > self._next_n:
+            self._fault(
+                f"the printer asks for line {n}, but only lines up to {self._next_n - 1} "
+                "were sent: its line counter does not match the host's"
+            )
+            return
         if n >= self._send_ptr:
             if n - 1 > self._acked:
                 # The firmware has every line we sent (it asks for the next one): their

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from cellctl_drivers.marlin.driver import MarlinOptions
+from cellctl_drivers.marlin.replies import classify
 from cellctl_drivers.marlin.samples import write_short_segments
 from cellctl_drivers.marlin.sim import MarlinSimOptions
 from hypothesis import HealthCheck, Phase, given, settings
@@ -180,3 +181,22 @@ async def test_a_host_that_overfills_the_receive_buffer_is_caught(
         assert result.outcome == StepOutcome.DONE, result.message
         assert sim.rx_lost_bytes == 0
         assert ran_job(list(sim.executed), program(path)) == program(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "last"),
+    [
+        ("Line Number is not Last Line Number+1, Last Line: 41", "line number", 41),
+        ("checksum mismatch, Last Line: 7", "checksum", 7),
+        ("No Checksum with line number, Last Line: 3", "checksum", 3),
+        ("expected line 12 got 13", "line number", 11),
+        ("Checksum mismatch", "checksum", None),
+        ("Wrong checksum", "checksum", None),
+        ("Missing checksum", "checksum", None),
+        ("No Line Number with checksum, Last Line: 9", "format", 9),
+    ],
+)
+def test_line_errors_in_every_wording(text: str, kind: str, last: int | None) -> None:
+    found = classify(text)
+    assert found is not None and found.kind.value == kind and found.last_line == last
+    assert classify("Thermal Runaway, system stopped! Heater_ID: 0") is None
