@@ -101,7 +101,7 @@ class MarlinOptions(DriverOptions):
     in_flight: int | None = Field(None, ge=1)  # lines in flight; None: ADVANCED_OK, else counted
     max_in_flight: int = Field(32, ge=1)
     rx_buffer: int = Field(128, ge=32)  # the firmware's RX_BUFFER_SIZE (bytes)
-    rx_margin: int = Field(8, ge=0)  # bytes kept free (M108/M112 written out of band)
+    rx_margin: int = Field(1, ge=0)  # a ring buffer holds one byte less than its size
     queue_lines: int = Field(4, ge=1)  # the firmware's BUFSIZE (command ring)
     max_line: int = Field(95, ge=16)  # MAX_CMD_SIZE - 1: longest line as sent, `N… *cs` in
     max_resends: int = Field(10, ge=1)  # errors for one line before the step fails

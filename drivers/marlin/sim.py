@@ -289,7 +289,8 @@ class MarlinSim(SerialFirmware):
         return self._rng.random()
 
     def rx_capacity(self) -> int | None:
-        return self.opt.rx_buffer_size or None
+        # Marlin's serial ring keeps one slot free to tell full from empty.
+        return self.opt.rx_buffer_size - 1 if self.opt.rx_buffer_size else None
 
     async def ready_for_line(self) -> None:
         # get_serial_commands() returns at once while the ring is full: the line

@@ -30,7 +30,7 @@ async def test_20000_lines_with_1pct_corruption_run_exactly_once_in_order(
     sim_opts = MarlinSimOptions(**STOCK_FAST, corrupt_p=0.01, seed=2026)
     async with marlin(sim_opts) as (sim, driver):
         assert not driver.advanced_ok and driver.resend_ok
-        assert driver.window_size == 4 and driver.byte_limit == 120
+        assert driver.window_size == 4 and driver.byte_limit == 127
         async with asyncio.timeout(50):
             result = await driver.run(step_for(path), lambda p: None)
         assert result.outcome == StepOutcome.DONE, result.message
