@@ -13,6 +13,12 @@ the wire rate so that the wire is the limit. Printed, all from this run:
   frame, and the adapter's hold time min(latency timer, time for 62 bytes of
   `ok`s to gather at rate R) (with W > 1 the 62-byte rule often beats the timer);
 - the same for a naive sender with one line in flight (how most hosts stream);
+- stock Marlin (ADVANCED_OK off, BUFSIZE 4, RX_BUFFER_SIZE 128 bytes): the
+  driver's counted window (bytes and lines in flight against the receive
+  buffer and the ring) vs the naive sender, the ratio between them, and the
+  bytes the simulated board lost to a full receive buffer (must be 0). The
+  ADVANCED_OK rows above model a 32-bit board built with ADVANCED_OK and a
+  1024-byte receive buffer (both ends told so);
 - eight simulated printers (simulators in other processes, `cellctl sim
   marlin`) streamed by one event loop at once: aggregate ÷ 8 × capacity,
   p99 from reading an `ok` to writing the next line, event-loop lag p99.
@@ -43,10 +49,20 @@ from cellctl.driver import DriverContext
 from cellctl.model import Program, ProgramKind, Step, StepOutcome
 
 WINDOW = 8  # the simulated firmware's BUFSIZE (ADVANCED_OK reports it)
+BIG_RX = 1024  # RX_BUFFER_SIZE of the ADVANCED_OK board
+STOCK_RX = 128  # stock RX_BUFFER_SIZE
 OK_BYTES = len("ok N12345 P15 B7\n")
+STOCK_OK_BYTES = len("ok\n")
 
 
-def sim_options(baud: int, latency_ms: float, window: int = WINDOW) -> MarlinSimOptions:
+def sim_options(
+    baud: int, latency_ms: float, window: int = WINDOW, stock: bool = False
+) -> MarlinSimOptions:
+    if stock:  # stock Marlin: no ADVANCED_OK, BUFSIZE 4, RX 128 (the simulator's defaults)
+        return MarlinSimOptions(
+            baud=baud, latency_ms=latency_ms, parse_rate=50_000, time_factor=1_000_000,
+            planner_size=64,
+        )  # fmt: skip
     return MarlinSimOptions(
         baud=baud,
         latency_ms=latency_ms,
@@ -54,17 +70,21 @@ def sim_options(baud: int, latency_ms: float, window: int = WINDOW) -> MarlinSim
         time_factor=1_000_000,
         buffer_size=window,
         planner_size=64,
+        advanced_ok=True,
+        rx_buffer_size=BIG_RX,
     )
 
 
-def window_bound(framed_per_line: float, baud: int, latency_ms: float, w: int) -> float:
+def window_bound(
+    framed_per_line: float, baud: int, latency_ms: float, w: float, ok_bytes: int = OK_BYTES
+) -> float:
     """Lines/s a window of w lines allows over this link (see the module docstring)."""
     cap = baud / 10
     wire = cap / framed_per_line
-    fixed = framed_per_line / cap + OK_BYTES / cap + 0.001
+    fixed = framed_per_line / cap + ok_bytes / cap + 0.001
 
     def allowed(rate: float) -> float:
-        hold = min(latency_ms / 1000, 62 / (rate * OK_BYTES)) if w > 1 else latency_ms / 1000
+        hold = min(latency_ms / 1000, 62 / (rate * ok_bytes)) if w > 1 else latency_ms / 1000
         return w / (fixed + hold)
 
     if allowed(wire) >= wire:
@@ -76,8 +96,13 @@ def window_bound(framed_per_line: float, baud: int, latency_ms: float, w: int) -
     return lo
 
 
-def driver_options(in_flight: int | None) -> MarlinOptions:
-    return MarlinOptions(position_interval_s=0, in_flight=in_flight, ok_timeout_s=30)
+def driver_options(in_flight: int | None, stock: bool = False) -> MarlinOptions:
+    return MarlinOptions(
+        position_interval_s=0,
+        in_flight=in_flight,
+        ok_timeout_s=30,
+        rx_buffer=STOCK_RX if stock else BIG_RX,
+    )
 
 
 def job_stats(path: Path) -> tuple[int, int, int]:
@@ -94,9 +119,10 @@ def job_stats(path: Path) -> tuple[int, int, int]:
 
 
 async def stream(
-    endpoint: str, path: Path, in_flight: int | None
+    endpoint: str, path: Path, in_flight: int | None, stock: bool = False
 ) -> tuple[float, MarlinDriver, list[float]]:
-    driver = MarlinDriver(DriverContext("bench", endpoint=endpoint), driver_options(in_flight))
+    opts = driver_options(in_flight, stock)
+    driver = MarlinDriver(DriverContext("bench", endpoint=endpoint), opts)
     async with driver, asyncio.TaskGroup() as tg:
         serving = tg.create_task(driver.serve())
         step = Step("bench", 0, "print", Program(ProgramKind.GCODE, path=path))
@@ -112,17 +138,29 @@ async def stream(
 
 
 async def single(
-    path: Path, baud: int, latency_ms: float, in_flight: int | None, window: int = WINDOW
+    path: Path,
+    baud: int,
+    latency_ms: float,
+    in_flight: int | None,
+    window: int = WINDOW,
+    stock: bool = False,
 ) -> dict:
-    async with MarlinSim(sim_options(baud, latency_ms, window)) as sim:
+    async with MarlinSim(sim_options(baud, latency_ms, window, stock)) as sim:
         before = sim.host.bytes_in
-        elapsed, driver, _ = await stream(sim.endpoint, path, in_flight)
+        elapsed, driver, _ = await stream(sim.endpoint, path, in_flight, stock)
         wire_bytes = sim.host.bytes_in - before
+        lost = sim.rx_lost_bytes
     lines, payload, framed = job_stats(path)
     cap = baud / 10
+    w: float = driver.window_size
+    if driver.byte_limit is not None:  # lines of this file that fit the byte window
+        w = max(1.0, min(w, driver.byte_limit // (framed / lines)))
+    ok_bytes = OK_BYTES if driver.advanced_ok else STOCK_OK_BYTES
+    bound = window_bound(framed / lines, baud, latency_ms, w, ok_bytes)
     window = driver.window_size
-    bound = window_bound(framed / lines, baud, latency_ms, window)
     return {
+        "lost": lost,
+        "w": w,
         "lines_s": lines / elapsed,
         "wire": wire_bytes / elapsed / cap,
         "payload": payload / elapsed / cap,
@@ -141,7 +179,9 @@ async def external_sims(
     exe = Path(sys.executable).with_name("cellctl")
     opts = sim_options(baud, latency_ms)
     sets = []
-    for key in ("baud", "latency_ms", "parse_rate", "buffer_size", "planner_size"):
+    keys = ("baud", "latency_ms", "parse_rate", "buffer_size", "planner_size", "advanced_ok",
+            "rx_buffer_size")  # fmt: skip
+    for key in keys:
         sets += ["--set", f"{key}={getattr(opts, key)}"]
     procs = [
         await asyncio.create_subprocess_exec(
@@ -255,6 +295,29 @@ async def main() -> None:
                         f"{median_of(runs, 'lines_s'):>8.1f} {median_of(runs, 'wire'):>8.3f} "
                         f"{median_of(runs, 'payload'):>11.3f} {median_of(runs, 'bound'):>9.1f} "
                         f"{median_of(runs, 'vs_bound'):>8.3f}"
+                    )
+        print(
+            "stock Marlin (no ADVANCED_OK, BUFSIZE 4, RX 128 B): counted window vs naive\n"
+            f"{'baud':>7} {'lat ms':>6} {'sender':>12} {'lines/s':>8} {'wire/cap':>8} "
+            f"{'bound l/s':>9} {'vs bound':>8} {'RX lost B':>9} {'× naive':>8}"
+        )
+        for baud in (115200, 250000):
+            for latency in (0.0, 1.0, 16.0):
+                rows = {}
+                for label, in_flight, p in (("window", None, path), ("naive", 1, naive_path)):
+                    runs = [
+                        await single(p, baud, latency, in_flight, stock=True) for _ in range(reps)
+                    ]
+                    rows[label] = runs
+                ratio = median_of(rows["window"], "lines_s") / median_of(rows["naive"], "lines_s")
+                for label, runs in rows.items():
+                    w = median_of(runs, "w")
+                    print(
+                        f"{baud:>7} {latency:>6.0f} {label + f'(W~{w:.0f})':>12} "
+                        f"{median_of(runs, 'lines_s'):>8.1f} {median_of(runs, 'wire'):>8.3f} "
+                        f"{median_of(runs, 'bound'):>9.1f} {median_of(runs, 'vs_bound'):>8.3f} "
+                        f"{max(r['lost'] for r in runs):>9d} "
+                        + (f"{ratio:>8.2f}" if label == "window" else f"{'':>8}")
                     )
         eight_lines = 1000 if args.quick else 5000
         eight_path = Path(d) / "eight.gcode"

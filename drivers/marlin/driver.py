@@ -2,10 +2,25 @@
 
 Every line goes out framed (`N<n> <cmd>*<xor>`) and stays in a resend window
 until the firmware acknowledges it. With ADVANCED_OK (`ok N<n> P<p> B<b>`)
-as many lines stay in flight as the firmware's command ring holds; without
-it, `in_flight` lines (default 1). Sending is driven by the reader: each `ok`
-frees a slot and the next line is written in the same callback, so an `ok`
-costs no scheduling round trip. `M112` goes out ahead of everything queued.
+as many lines stay in flight as the firmware's command ring holds. Without
+it (stock Marlin) the window counts bytes and lines in flight against the
+firmware's receive buffer (`rx_buffer` less `rx_margin`) and command ring
+(`queue_lines`), so it never overflows the buffer. Sending is driven by the
+reader: each `ok` frees room and the next line is written in the same
+callback, so an `ok` costs no scheduling round trip. `M112` goes out ahead of
+everything queued.
+
+Stock Marlin's `ok` carries no line number, so it is counted. Whether an
+`ok` follows `Resend:` differs by version (2.1: yes; some 2.0.x: no; 2.0.0:
+usually): it is detected per connection with one deliberately damaged line
+at connect (`ok_after_resend` overrides). The count is checked against what
+the firmware states outright: `Resend: n` / `Last Line: n` (it accepted
+every line before n), `ok N<n>` (ADVANCED_OK) and the `ok T:` of an `M105`
+line (it ran that line). A `Resend:` for a line already counted as
+acknowledged fails the step; and a step is `done` only when an `M105` sent
+after the last line (and an `M400`) is answered with its `ok T:`: the
+firmware accepts line n only after every line before it, so that answer
+proves that it accepted the whole program, once and in order.
 
 State mapping (machine → PackML):
 
@@ -34,10 +49,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker, TaskGroup
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed, WrongDevice
@@ -60,7 +76,8 @@ from cellctl.model import (
 
 from ..serial import SerialLink
 from .feed import JobFeed, MachineState
-from .gcode import code_of, frame
+from .gcode import checksum, code_of, frame
+from .replies import LineError, LineErrorKind, classify
 
 DEFAULT_PREAMBLE = (
     "M140 S{bed}",
@@ -81,10 +98,14 @@ class MarlinOptions(DriverOptions):
     expected_uuid: str | None = None  # refuse the port if M115 reports another UUID
     expected_name: str | None = None  # … or a FIRMWARE_NAME / MACHINE_TYPE without this text
     boot_timeout_s: float = Field(8.0, gt=0)  # wait this long for the firmware to answer
-    in_flight: int | None = Field(None, ge=1)  # lines in flight; None: from ADVANCED_OK, else 1
+    in_flight: int | None = Field(None, ge=1)  # lines in flight; None: ADVANCED_OK, else counted
     max_in_flight: int = Field(32, ge=1)
-    max_resends: int = Field(10, ge=1)  # resends of one line before the step fails
-    ok_after_resend: bool = False  # firmware (Marlin < 2.0) sends `ok` after `Resend:`
+    rx_buffer: int = Field(128, ge=32)  # the firmware's RX_BUFFER_SIZE (bytes)
+    rx_margin: int = Field(1, ge=0)  # a ring buffer holds one byte less than its size
+    queue_lines: int = Field(4, ge=1)  # the firmware's BUFSIZE (command ring)
+    max_line: int = Field(95, ge=16)  # MAX_CMD_SIZE - 1: longest line as sent, `N… *cs` in
+    max_resends: int = Field(10, ge=1)  # errors for one line before the step fails
+    ok_after_resend: bool | None = None  # does `ok` follow `Resend:`? None: detect at connect
     busy_interval_s: int = Field(2, ge=0, le=60)  # M113; 0 keeps the firmware's
     ok_timeout_s: float = Field(6.0, gt=0)  # silence (no ok/busy) before re-sending
     ok_timeout_no_keepalive_s: float = Field(60.0, gt=0)
@@ -97,6 +118,15 @@ class MarlinOptions(DriverOptions):
     cancel_gcode: tuple[str, ...] = ("M104 S0", "M140 S0", "M107", "G91", "G1 Z5 F600", "G90")
     resume_preamble: tuple[str, ...] = DEFAULT_PREAMBLE
     reset_method: Literal["m999", "dtr"] = "m999"
+
+    @model_validator(mode="after")
+    def _line_fits_window(self) -> Self:
+        if self.max_line > self.rx_buffer - self.rx_margin:
+            raise ValueError(
+                f"max_line ({self.max_line}) must fit the receive window "
+                f"(rx_buffer - rx_margin = {self.rx_buffer - self.rx_margin})"
+            )
+        return self
 
     @field_validator("resume_preamble")
     @classmethod
@@ -145,7 +175,9 @@ class Sent:
     file_line: int | None = None  # job lines only
     end_offset: int = 0
     done: asyncio.Future[None] | None = None  # host commands someone waits for
-    resends: int = 0
+    resends: int = 0  # errors about this line itself, and timeouts
+    echoes: int = 0  # line-number errors while it was the line asked for
+    proof: bool = False  # `done` only on the firmware's own word, never on a counted `ok`
 
 
 @dataclass
@@ -159,6 +191,12 @@ class Job:
     bytes_done: int = 0
     lines_done: int = 0
     user_hold: bool = False
+
+
+@dataclass
+class _Probe:
+    resend_seen: bool = False
+    oks: int = 0  # bare `ok`s after the `Resend:`
 
 
 @dataclass
@@ -197,7 +235,12 @@ class MarlinDriver:
         self._in_handshake = False
         self._reset_protocol()
         self.window_size = 1
+        self.byte_limit: int | None = None  # framed bytes in flight (the receive buffer)
         self.advanced_ok = False
+        self.resend_ok = True  # an `ok` follows `Resend:` (set per connection)
+        self._resyncing = False
+        self._probe: _Probe | None = None
+        self._firmware_error = ""
         self._max_b = -1
         self._keepalive = False
         self._job: Job | None = None
@@ -214,15 +257,24 @@ class MarlinDriver:
         self._send_ptr = 1
         self._acked = 0
         self._host_q: deque[Sent] = deque()
-        self._bad_line = False  # the last line error was about the line itself
-        self._swallow_oks = 0
+        self._line_error: LineError | None = None  # the error the next `Resend:` answers
+        self._expect_resend_ok = False  # the next line, if a bare `ok`, belongs to a `Resend:`
+        self._m105s: deque[int] = deque()  # numbers of M105 lines, whose `ok T:` names them
+        self._unproven: dict[int, Sent] = {}  # counted as acknowledged, waiting for proof
+        self._bytes = 0  # framed bytes of the lines in flight
         self._oob_pending = 0
         self._last_progress = time.monotonic()
         self._last_error = ""
+        self._dirty = False  # a stream fault left lines the firmware may still answer
 
     @property
     def in_flight(self) -> int:
         return self._send_ptr - 1 - self._acked
+
+    @property
+    def window_full(self) -> bool:
+        """The window holds all it may: the next line waits for an `ok`."""
+        return self.in_flight >= self.window_size or self._send_ptr < self._next_n
 
     def _notify(self) -> None:
         ev, self._changed = self._changed, asyncio.Event()
@@ -285,9 +337,12 @@ class MarlinDriver:
         self._killed = False
         self._max_b = -1
         assert self.link is not None
+        # A printer that did not reset may still run what an earlier connection
+        # queued, and answer it: an `ok` of those must not pass for M110's.
+        deadline = time.monotonic() + self.opt.boot_timeout_s
+        await self._quiet(0.2, self.opt.boot_timeout_s)
         # M110 N0 as line 0 resets the firmware's counter; repeat until it answers
         # (a board that resets on open is still booting for a second or two).
-        deadline = time.monotonic() + self.opt.boot_timeout_s
         answered = False
         while time.monotonic() < deadline:
             self._reset_protocol()
@@ -318,19 +373,20 @@ class MarlinDriver:
             await self._command("M85 S0", 5.0)  # a timer left armed by an interrupted job
         if self.info.caps.get("AUTOREPORT_TEMP"):
             await self._command(f"M155 S{self.opt.temp_interval_s}", 5.0)
-        if self.opt.in_flight is not None:
-            self.window_size = self.opt.in_flight
-        elif self.advanced_ok and self._max_b >= 0:
-            self.window_size = max(1, min(self.opt.max_in_flight, self._max_b + 1))
-        else:
-            self.window_size = 1
+        if self.opt.ok_after_resend is not None:
+            self.resend_ok = self.opt.ok_after_resend
+        elif not self.advanced_ok:
+            self.resend_ok = await self._probe_resend_ok()
+        self._choose_window()
         self._in_handshake = False
         self._state.set(DeviceState.ABORTED if self._killed else DeviceState.IDLE, "connected")
         self.log.info(
             "marlin connected",
             firmware=self.info.describe(),
             advanced_ok=self.advanced_ok,
+            ok_after_resend=self.resend_ok,
             window=self.window_size,
+            window_bytes=self.byte_limit,
         )
         self._emit_samples(
             [
@@ -339,6 +395,47 @@ class MarlinDriver:
                 Sample("uuid", self.info.uuid),
             ]
         )
+
+    async def _quiet(self, quiet_s: float, bound_s: float) -> None:
+        """Wait until the firmware has sent no `ok`, `Resend:` or `busy:` for quiet_s."""
+        end = time.monotonic() + bound_s
+        while time.monotonic() < end:
+            mark = self._last_progress
+            try:
+                await self._until(partial(self._progress_since, mark), quiet_s, "quiet")
+            except TimeoutError:
+                return
+
+    def _choose_window(self) -> None:
+        if self.opt.in_flight is not None:
+            self.window_size = self.opt.in_flight
+        elif self.advanced_ok and self._max_b >= 0:
+            self.window_size = max(1, min(self.opt.max_in_flight, self._max_b + 1))
+        else:
+            self.window_size = self.opt.queue_lines
+        # Lines waiting for a free ring slot wait in the receive buffer, ADVANCED_OK
+        # or not, and what does not fit there is lost: count the bytes too.
+        self.byte_limit = self.opt.rx_buffer - self.opt.rx_margin
+
+    async def _probe_resend_ok(self) -> bool:
+        """Send one line with a wrong checksum, then an M105: count the bare `ok`s
+        between the firmware's `Resend:` and the M105's `ok T:`."""
+        assert self.link is not None
+        probe = _Probe()
+        self._probe = probe
+        try:
+            body = f"N{self._next_n} M105".encode()
+            self.link.write_nowait(body + b"*%d\n" % (checksum(body) ^ 0x55))
+            self._last_sent_at = time.monotonic()
+            try:
+                await self._until(lambda: probe.resend_seen, 3.0, "probe")
+            except TimeoutError:
+                self.log.warning("no `Resend:` for a damaged line; assuming an `ok` follows one")
+                return True
+            await self._command("M105", 5.0)
+            return probe.oks > 0
+        finally:
+            self._probe = None
 
     def _check_identity(self) -> None:
         found = self.info.describe()
@@ -455,9 +552,11 @@ class MarlinDriver:
 
     # --- sending ---
 
-    def _queue_host(self, command: str, wait: bool = False) -> asyncio.Future[None]:
+    def _queue_host(
+        self, command: str, wait: bool = False, proof: bool = False
+    ) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._host_q.append(Sent(-1, b"", command, done=fut if wait else None))
+        self._host_q.append(Sent(-1, b"", command, done=fut if wait else None, proof=proof))
         if not wait:
             fut.set_result(None)
         self._pump()
@@ -469,6 +568,7 @@ class MarlinDriver:
         if link is None or self._lost is not None or self._killed:
             return
         out: list[bytes] = []
+        limit = self.byte_limit
         try:
             while self.in_flight < self.window_size:
                 if self._send_ptr < self._next_n:
@@ -484,13 +584,20 @@ class MarlinDriver:
                         break
                     line_no, command, end = nxt
                     entry = Sent(-1, b"", command, file_line=line_no, end_offset=end)
+                    if len(frame(self._next_n, command)) - 1 > self.opt.max_line:
+                        self._fault(self._too_long(line_no, command, self._next_n))
+                        break
                     self._assign(entry)
                 else:
                     break
+                size = len(entry.data)
+                if limit is not None and self._bytes + size > limit and self.in_flight > 0:
+                    break  # assigned, not sent: it goes first when room frees
                 now = time.monotonic()
                 if self.in_flight == 0:
                     self._last_progress = now  # silence counts from the first line out
                 out.append(entry.data)
+                self._bytes += size
                 self._send_ptr += 1
                 self._last_sent_at = now
             if out:
@@ -503,39 +610,66 @@ class MarlinDriver:
         entry.data = frame(entry.n, entry.command)
         self._window[entry.n] = entry
         self._next_n += 1
+        if code_of(entry.command) == "M105":
+            self._m105s.append(entry.n)
+
+    def _too_long(self, file_line: int, command: str, n: int) -> str:
+        framed = len(frame(n, command)) - 1
+        return (
+            f"file line {file_line} is {framed} characters as sent (`N{n} … *cs` included), "
+            f"over the printer's max_line {self.opt.max_line}: the firmware would cut it "
+            f"and its checksum: `{_shown(command)}`"
+        )
 
     def _rewind(self, n: int, reason: str, counts: bool = True) -> None:
         """Send again from line n. `counts`: the line itself failed (bad checksum,
-        no answer), as opposed to an echo of the line-number check."""
+        no answer); otherwise a line-number error, which the lines in flight behind
+        a bad one echo, so it weighs 1/(window+1)."""
         entry = self._window.get(n)
         if entry is None:
             return
-        entry.resends += counts
+        if counts:
+            entry.resends += 1
+        else:
+            entry.echoes += 1
         self.resends_total += 1
-        if entry.resends > self.opt.max_resends:
+        echo_limit = self.opt.max_resends * (self.window_size + 1)
+        if entry.resends > self.opt.max_resends or entry.echoes > echo_limit:
             where = f" (file line {entry.file_line})" if entry.file_line else ""
+            times = entry.resends if entry.resends > self.opt.max_resends else entry.echoes
             self._fault(
-                f"line {n}{where} `{entry.command}` failed {entry.resends - 1} times "
+                f"line {n}{where} `{_shown(entry.command)}` failed {times - 1} times "
                 f"({reason}; last error: {self._last_error or 'none'})"
             )
             return
         self._send_ptr = n
+        self._bytes = sum(len(self._window[k].data) for k in range(self._acked + 1, n))
         self._pump()
 
     def _fault(self, message: str) -> None:
         self.log.error("marlin stream fault", error=message)
         self._feeding = False
+        self._dirty = True
         job = self._job
         if job is not None and job.outcome is None:
             job.outcome = StepOutcome.FAILED
             job.message = message
         self._notify()
 
-    def _ack_through(self, n: int) -> None:
+    def _ack_through(self, n: int, proven: bool = False) -> None:
+        """Lines up to n are acknowledged: by counting `ok`s, or `proven` by the
+        firmware's own word (then waiting `proof` entries up to n are done too)."""
         job = self._job
+        if proven and self._unproven:
+            self._prove_through(n)
         for k in range(self._acked + 1, n + 1):
             entry = self._window.pop(k, None)
             if entry is None:
+                continue
+            if k < self._send_ptr:
+                self._bytes -= len(entry.data)
+            if entry.proof and not proven:
+                self._unproven[k] = entry
                 continue
             if entry.file_line is not None and job is not None:
                 job.last_line = entry.file_line
@@ -548,6 +682,13 @@ class MarlinDriver:
         self._acked = n
         if self._send_ptr <= n:
             self._send_ptr = n + 1
+            self._bytes = 0
+
+    def _prove_through(self, n: int) -> None:
+        for k in sorted(k for k in self._unproven if k <= n):
+            entry = self._unproven.pop(k)
+            if entry.done is not None and not entry.done.done():
+                entry.done.set_result(None)
 
     # --- receiving ---
 
@@ -561,6 +702,14 @@ class MarlinDriver:
             self.log.warning("unparseable line from the printer", line=s[:200], error=str(exc))
 
     def _dispatch(self, s: str) -> None:
+        expect, self._expect_resend_ok = self._expect_resend_ok, False
+        if expect and s == "ok":
+            # Taken as the `ok` Marlin prints after `Resend:`. Were it a line's (2.0.0
+            # omits that `ok` at times), the count would lag one line behind: an M105,
+            # whose `ok T:` names its own line, sets it right.
+            if not self.advanced_ok and not self._m105s and self._probe is None:
+                self._queue_host("M105")
+            return
         if s.startswith("ok"):
             self._on_ok(s)
         elif s.startswith("Resend:") or s.startswith("rs "):
@@ -598,26 +747,34 @@ class MarlinDriver:
         now = time.monotonic()
         self._last_progress = now
         rest = s[2:]
+        probe = self._probe
+        if probe is not None and probe.resend_seen and not rest.strip():
+            probe.oks += 1
+            return
         m = _N.search(rest)
         b = _B.search(rest)
         if b is not None:
             self._max_b = max(self._max_b, int(b.group(1)))
         if "T:" in rest:
             self._on_temps(rest)
-        if m is not None:
+            if self._m105s:
+                # M105 answers `ok T:…` itself, after every line before it ran.
+                k = self._m105s.popleft()
+                if k > self._acked:
+                    self._ack_through(k, proven=True)
+                else:
+                    self._prove_through(k)
+            elif self.in_flight > 0 and not self.advanced_ok:
+                self._ack_through(self._acked + 1)
+        elif m is not None:
             self.advanced_ok = True
             n = int(m.group(1))
             if self._acked < n < self._send_ptr:
-                self._ack_through(n)
-        elif "T:" in rest:
-            if self.in_flight > 0:
-                self._ack_through(self._acked + 1)
+                self._ack_through(n, proven=True)
         elif self._oob_pending > 0:
             self._oob_pending -= 1
         elif self.advanced_ok:
             pass  # an `ok` without N in ADVANCED_OK mode answers no numbered line
-        elif self._swallow_oks > 0:
-            self._swallow_oks -= 1
         elif self.in_flight > 0:
             self._ack_through(self._acked + 1)
         self._pump()
@@ -625,36 +782,56 @@ class MarlinDriver:
 
     def _on_resend(self, s: str) -> None:
         self._last_progress = time.monotonic()
+        error, self._line_error = self._line_error, None
         digits = re.search(r"(\d+)", s)
         if digits is None:
             return
         n = int(digits.group(1))
-        if self.opt.ok_after_resend:
-            self._swallow_oks += 1
-        if n >= self._send_ptr and n - 1 > self._acked:
-            # The firmware has every line we sent (it asks for the next one): their
-            # `ok`s were lost. This is how a re-send after a timeout ends.
-            self._ack_through(n - 1)
-            self._pump()
-            self._notify()
+        if self._probe is not None:
+            self._probe.resend_seen = True
             return
-        if n <= self._acked or n >= self._send_ptr:
-            # Asks for a line already acknowledged, or for one not sent yet: nothing
-            # to re-send (the firmware's line check still keeps order).
-            self.log.debug("resend request outside the window ignored", line=n)
+        self._expect_resend_ok = self.resend_ok
+        if self._resyncing:
+            return
+        if n <= self._acked:
+            # The firmware never accepted line n, yet an `ok` was counted for it (or
+            # its line counter went back): what it ran can no longer be matched.
+            entry = self._window.get(n) or self._unproven.get(n)
+            where = f" (file line {entry.file_line})" if entry and entry.file_line else ""
+            self._fault(
+                f"the printer asks for line {n}{where} again, which was counted as "
+                f"acknowledged (through line {self._acked}); stopped: the lines it ran "
+                f"cannot be matched with the program"
+                + (f" (last error: {error.text})" if error else "")
+            )
+            return
+        if n > self._next_n:
+            self._fault(
+                f"the printer asks for line {n}, but only lines up to {self._next_n - 1} "
+                "were sent: its line counter does not match the host's"
+            )
+            return
+        if n >= self._send_ptr:
+            if n - 1 > self._acked:
+                # The firmware has every line we sent (it asks for the next one): their
+                # `ok`s were lost. This is how a re-send after a timeout ends.
+                self._ack_through(n - 1, proven=True)
+                self._pump()
+                self._notify()
             return
         # Every request is honoured: the firmware empties its receive buffer with
         # each error, so lines re-sent after an earlier request may be gone. Its
         # line-number check keeps anything from running twice.
-        counts, self._bad_line = self._bad_line, False
+        counts = error is None or error.kind != LineErrorKind.LINE_NUMBER
         self._rewind(n, reason="resend requested", counts=counts)
         self._notify()
 
     def _on_error(self, s: str) -> None:
         text = s.split(":", 1)[1].strip() if ":" in s else s
-        if "Last Line" in text:
+        line_error = classify(text)
+        if line_error is not None:
+            self._line_error = line_error
             self._last_error = text
-            self._bad_line = "Line Number" not in text
             self.log.debug("marlin line error", error=text)
             return
         low = text.lower()
@@ -662,10 +839,14 @@ class MarlinDriver:
             self._on_killed(text)
             return
         self.log.warning("marlin error", error=text)
+        self._firmware_error = text  # the reason, when `Printer halted` follows
         self.ctx.emit(Alarm(self.ctx.device_id, "marlin_error", text))
 
     def _on_killed(self, text: str) -> None:
+        if "halted" in text.lower() and self._firmware_error:
+            text = f"{self._firmware_error} ({text})"
         if not self._killed:
+            self.log.error("printer aborted", cause=text)
             self.ctx.emit(Alarm(self.ctx.device_id, "killed", text))
         self._killed = True
         self._feeding = False
@@ -683,6 +864,7 @@ class MarlinDriver:
     def _on_busy(self, s: str) -> None:
         self._last_progress = time.monotonic()
         self._keepalive = True
+        self._notify()
         job = self._job
         if "paused for user" in s or "paused for input" in s:
             if job is not None and not job.user_hold and job.outcome is None:
@@ -786,11 +968,14 @@ class MarlinDriver:
         if step.program.path is None:
             return StepResult(StepOutcome.FAILED, "a Marlin step needs a G-code file")
         try:
+            # a whole-file read: off the event loop, which streams to other printers
+            await asyncio.to_thread(self._check_lines, step, self._next_n)
             feed = JobFeed(step.program.path, step.start_line)
         except StepFailed as exc:
             return StepResult(StepOutcome.FAILED, str(exc))
         job = Job(step, feed)
         self._job = job
+        self._last_error = ""
         self._state.set(DeviceState.EXECUTE, f"job {step.key}")
         try:
             if self.opt.deadman_s > 0:
@@ -804,8 +989,11 @@ class MarlinDriver:
             self._pump()
             await self._stream(job, progress)
             if job.outcome is None:
-                fut = self._queue_host("M400", wait=True)  # done = the moves have finished
-                await self._await_job(job, fut.done, progress)
+                # done = the moves have finished (M400), and the firmware's own answer
+                # to the M105 after it proves that it accepted every line before.
+                self._queue_host("M400")
+                fence = self._queue_host("M105", wait=True, proof=True)
+                await self._await_job(job, fence.done, progress)
             outcome = job.outcome or StepOutcome.DONE
             if outcome == StepOutcome.DONE:
                 job.bytes_done = job.feed.total  # trailing comments count as done too
@@ -817,11 +1005,91 @@ class MarlinDriver:
             self._feeding = False
             feed.close()
             self._job = None
+            if self._dirty and self._lost is None and not self._killed:
+                await self._resync()
             if self.opt.deadman_s > 0 and self._lost is None and not self._killed:
                 self._queue_host("M85 S0")  # cancelled or failed: disarm all the same
             if self._state.state in (DeviceState.EXECUTE, DeviceState.HELD, DeviceState.HOLDING):
                 if self._lost is None and not self._killed:
                     self._state.set(DeviceState.IDLE, "job ended")
+
+    async def _resync(self) -> None:
+        """After a stream fault: let the firmware answer what is still in flight,
+        then number lines from 0 again and prove it with an M105 (three tries).
+        Failing that, the link is closed, and the supervisor reconnects with a full
+        handshake."""
+        try:
+            for attempt in range(3):
+                self._resyncing = True
+                self._drop_window(StepFailed("the stream stopped before this command was sent"))
+                await self._quiet(0.5, 15.0)
+                self._reset_protocol()
+                self._next_n = self._send_ptr = 0
+                self._acked = -1
+                self._resyncing = False
+                # Nothing may follow M110 until it has run: it sets the counter again
+                # when it runs, undoing lines accepted after it (as Marlin's M110 does).
+                m110 = self._queue_host("M110 N0", wait=True)
+                with contextlib.suppress(TimeoutError):
+                    await self._until(partial(self._settled, m110), 5.0, "resync")
+                fence = self._queue_host("M105", wait=True, proof=True)
+                with contextlib.suppress(TimeoutError):
+                    await self._until(partial(self._settled, fence), 5.0, "resync")
+                if m110.done() and fence.done() and not self._dirty:
+                    self.log.info("line numbering resynchronised after a stream fault")
+                    return
+                self.log.warning("resynchronising with the printer failed", attempt=attempt + 1)
+            raise LinkError("no consistent answer to M110 N0 + M105")
+        except (CellError, TimeoutError) as exc:
+            self.log.error("could not resynchronise with the printer; reconnecting", error=str(exc))
+            self._dirty = False
+            if self.link is not None:
+                await self.link.close()
+        finally:
+            self._resyncing = False
+
+    def _settled(self, fut: asyncio.Future[None]) -> bool:
+        return fut.done() or self._dirty
+
+    def _progress_since(self, mark: float) -> bool:
+        return self._last_progress != mark
+
+    def _drop_window(self, why: CellError) -> None:
+        for entry in [*self._window.values(), *self._host_q, *self._unproven.values()]:
+            if entry.done is not None and not entry.done.done():
+                entry.done.set_exception(why)
+        self._window.clear()
+        self._host_q.clear()
+        self._unproven.clear()
+        self._acked = self._next_n - 1
+        self._send_ptr = self._next_n
+        self._bytes = 0
+
+    def _check_lines(self, step: Step, first_n: int) -> None:
+        """Pre-flight: every line fits the firmware's line buffer as sent and has no
+        control bytes (Marlin ends a line at CR too). Raises StepFailed naming it."""
+        assert step.program.path is not None
+        feed = JobFeed(step.program.path, step.start_line)
+        try:
+            n = first_n
+            while (nxt := feed.next()) is not None:
+                line_no, command, _ = nxt
+                n += 1
+                bad = next((c for c in command if ord(c) < 32 or ord(c) == 127), None)
+                if bad is not None:
+                    raise StepFailed(
+                        f"file line {line_no} holds the control byte {bad!r}: `{_shown(command)}`"
+                    )
+                # the number this line gets, one digit to spare for host commands between
+                if len(frame(n * 10, command)) - 1 > self.opt.max_line:
+                    raise StepFailed(self._too_long(line_no, command, n * 10))
+        finally:
+            feed.close()
+
+    async def preflight(self, step: Step) -> None:
+        if step.program.path is None:
+            raise StepFailed("a Marlin step needs a G-code file")
+        await asyncio.to_thread(self._check_lines, step, self._next_n)
 
     async def _stream(self, job: Job, progress: ProgressSink) -> None:
         await self._await_job(
@@ -980,6 +1248,13 @@ def _first(eg: BaseExceptionGroup[Any], kind: type[CellError]) -> CellError | No
         elif isinstance(exc, kind):
             return exc
     return None
+
+
+def _shown(command: str, limit: int = 80) -> str:
+    """A command as a log or a reason may show it: escaped, at most `limit` characters."""
+    text = command.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(c if 32 <= ord(c) < 127 else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _dedupe(samples: list[Sample]) -> list[Sample]:

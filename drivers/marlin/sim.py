@@ -1,24 +1,33 @@
-"""A simulated Marlin 2.x printer behind a real pseudo-terminal.
+"""A simulated Marlin printer behind a real pseudo-terminal: stock Marlin 2.1 by default.
 
-It speaks the host protocol as Marlin's src/gcode/queue.cpp does: a line is
-checked (line number, checksum) when it moves from the serial receive buffer
-into the command ring (`buffer_size` slots, Marlin's BUFSIZE); a bad line
-gets `Error:<why>, Last Line: <n>`, empties the receive buffer and asks
-`Resend: <n+1>` (older builds also sent `ok`: `ok_after_resend`). Commands
-run in order from the ring; each answers `ok` (ADVANCED_OK:
-`ok N<n> P<planner free> B<ring free>`). Moves fill a planner of
-`planner_size` blocks that drains at move speed; M109/M190 wait for heaters
-that heat over time; G4, G28, G29, M400, M0/M1, M600 block, with busy
-keepalive (M113). The emergency parser acts on M108, M112 and M410 the moment
-they arrive. After M112 the printer is killed: it answers nothing until M999
-(which stands for the reset a DTR pulse or power cycle gives a real board).
+It speaks the host protocol as Marlin's src/gcode/queue.cpp does. Bytes wait
+in a serial receive buffer (`rx_buffer_size`, RX_BUFFER_SIZE, 128 bytes):
+bytes that arrive while it is full are lost, as on a real board, and counted
+(`rx_lost_bytes`). A line leaves the buffer only while the command ring
+(`buffer_size` slots, BUFSIZE, 4) has room; then its line number is checked
+first (`N` must be the last accepted N + 1, except on M110), then its
+checksum. A bad line gets `Error:<why>, Last Line: <n>`, the receive buffer
+is emptied, and the firmware asks `Resend: <n+1>`. Whether an `ok` follows
+differs by version (`resend_ok`): "always" as 2.1's flush_and_request_resend,
+"never" as some 2.0.x multi-serial builds, "sometimes" as 2.0.0's
+ok_to_send(). `error_style = "octoprint"` words errors as OctoPrint's virtual
+printer does (`expected line N got M`, `Checksum mismatch`, `Missing
+checksum`, `Resend:N`). Commands run in order from the ring; each answers
+`ok` (with `advanced_ok`: `ok N<n> P<planner free> B<ring free>`; off in
+stock builds). Moves fill a planner of `planner_size` blocks that drains at
+move speed; M109/M190 wait for heaters that heat over time; G4, G28, G29,
+M400, M0/M1, M600 block, with busy keepalive (M113). The emergency parser
+acts on M108, M112 and M410 the moment they arrive. After M112 the printer
+is killed: it answers nothing until M999 (which stands for the reset a DTR
+pulse or power cycle gives a real board).
 
 Physics runs `time_factor` times faster than the clock. The link (baud,
 latency timer), the parse rate and the host-facing timers (M113 keepalive,
 M155 autoreport, M85 inactivity) run in real time.
 
 `executed` records every command run, in order, without framing, so a test
-can compare it with the file that was sent.
+can compare it with the file that was sent; `deadman_armed` tells whether an
+M85 inactivity timer is set.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -42,11 +51,16 @@ class MarlinSimOptions(SerialSimOptions):
     firmware_name: str = "Marlin 2.1.2.5 (cellctl sim)"
     machine_type: str = "cellctl SimPrinter"
     uuid: str = "cede2a2f-41a2-4748-9b12-c55c62f367ff"
-    advanced_ok: bool = True
+    advanced_ok: bool = False  # ADVANCED_OK: off in stock Configuration_adv.h
     autoreport_temp: bool = True
     emergency_parser: bool = True
-    ok_after_resend: bool = False  # Marlin before 2.0.x printed `ok` after `Resend:`
+    # Does an `ok` follow `Resend:`? 2.1: always; some 2.0.x: never; 2.0.0: sometimes.
+    resend_ok: Literal["always", "never", "sometimes"] = "always"
+    resend_ok_p: float = Field(0.7, ge=0, le=1)  # with "sometimes"
+    error_style: Literal["marlin", "octoprint"] = "marlin"
     buffer_size: int = Field(4, ge=1)  # BUFSIZE: command ring slots
+    rx_buffer_size: int = Field(128, ge=0)  # RX_BUFFER_SIZE in bytes; 0: unbounded
+    max_cmd_size: int = Field(96, ge=8)  # MAX_CMD_SIZE: a longer line is cut at 95 characters
     planner_size: int = Field(16, ge=1)  # BLOCK_BUFFER_SIZE
     ambient_c: float = 22.0
     hotend_rate: float = Field(4.0, gt=0)  # °C per simulated second while heating
@@ -222,6 +236,7 @@ class MarlinSim(SerialFirmware):
     async def execute(self, item: Received) -> None:
         raw = item.data.decode("ascii", "replace")
         text = strip_comment(raw.replace("\r", "").replace("\n", ""))
+        text = text[: self.opt.max_cmd_size - 1]  # the rest of an overlong line is skipped
         if self.killed:
             if "M999" in text:
                 self.reset()
@@ -240,14 +255,14 @@ class MarlinSim(SerialFirmware):
             n = _leading_int(npos[1:])
             if n != self.last_n + 1 and not is_m110:
                 self.counters.line_number_errors += 1
-                return self._line_error("Line Number is not Last Line Number+1, Last Line: ")
+                return self._line_error("line", n)
             star = command.rfind("*")
             if star < 0:
                 self.counters.no_checksum_errors += 1
-                return self._line_error("No Checksum with line number, Last Line: ")
+                return self._line_error("no_checksum", n)
             if _leading_int(command[star + 1 :]) != checksum(command[:star].encode()):
                 self.counters.checksum_errors += 1
-                return self._line_error("checksum mismatch, Last Line: ")
+                return self._line_error("checksum", n)
             self.last_n = n if n is not None else self.last_n
             body = command[:star]
             # drop the `N<n> ` prefix: the command is what follows
@@ -265,9 +280,6 @@ class MarlinSim(SerialFirmware):
         ):
             self.counters.spurious_resends += 1
             self.reply(f"Resend: {n}")
-        while len(self.ring) >= self.opt.buffer_size and not self.killed:
-            self._ring_changed.clear()
-            await self._ring_changed.wait()
         if self.killed:
             return
         self.ring.append((command, n))
@@ -276,12 +288,43 @@ class MarlinSim(SerialFirmware):
     def _rng_random(self) -> float:
         return self._rng.random()
 
-    def _line_error(self, message: str) -> None:
-        self.reply(f"Error:{message}{self.last_n}")
+    def rx_capacity(self) -> int | None:
+        # Marlin's serial ring keeps one slot free to tell full from empty.
+        return self.opt.rx_buffer_size - 1 if self.opt.rx_buffer_size else None
+
+    async def ready_for_line(self) -> None:
+        # get_serial_commands() returns at once while the ring is full: the line
+        # stays in the receive buffer, and later bytes pile up behind it.
+        while len(self.ring) >= self.opt.buffer_size and not self.killed:
+            self._ring_changed.clear()
+            await self._ring_changed.wait()
+
+    @property
+    def deadman_armed(self) -> bool:
+        return self.inactive_limit_s > 0
+
+    def _line_error(self, kind: str, got: int | None) -> None:
+        last = self.last_n
+        if self.opt.error_style == "octoprint":
+            text = {
+                "line": f"expected line {last + 1} got {got}",
+                "no_checksum": "Missing checksum",
+                "checksum": "Checksum mismatch",
+            }[kind]
+            self.reply(f"Error: {text}")
+        else:
+            text = {
+                "line": "Line Number is not Last Line Number+1",
+                "no_checksum": "No Checksum with line number",
+                "checksum": "checksum mismatch",
+            }[kind]
+            self.reply(f"Error:{text}, Last Line: {last}")
         self.clear_inbox()  # Marlin empties its receive buffer
         self.counters.resends_asked += 1
-        self.reply(f"Resend: {self.last_n + 1}")
-        if self.opt.ok_after_resend:
+        space = "" if self.opt.error_style == "octoprint" else " "
+        self.reply(f"Resend:{space}{last + 1}")
+        mode = self.opt.resend_ok
+        if mode == "always" or (mode == "sometimes" and self._rng_random() < self.opt.resend_ok_p):
             self.reply("ok")
 
     # --- the command ring ---

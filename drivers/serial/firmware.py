@@ -70,6 +70,8 @@ class SerialFirmware:
             emulate=self.options.emulate_link,
         )
         self.inbox: deque[Received] = deque()
+        self.inbox_bytes = 0  # bytes waiting in the receive buffer
+        self.rx_lost_bytes = 0  # bytes that arrived to a full receive buffer (rx_capacity)
         self._inbox_event = asyncio.Event()
         self._tg: TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -129,6 +131,14 @@ class SerialFirmware:
     def on_realtime(self, byte: int) -> None:
         """Called for each byte in `realtime` as it arrives."""
 
+    def rx_capacity(self) -> int | None:
+        """Receive-buffer size in bytes; bytes arriving beyond it are lost. None: unbounded."""
+        return None
+
+    async def ready_for_line(self) -> None:
+        """Wait until the firmware takes the next line out of its receive buffer
+        (Marlin reads nothing while its command ring is full)."""
+
     async def execute(self, item: Received) -> None:
         """Process one line from the inbox (its b'\\n' still attached)."""
         raise NotImplementedError
@@ -147,6 +157,7 @@ class SerialFirmware:
 
     def clear_inbox(self) -> None:
         self.inbox.clear()
+        self.inbox_bytes = 0
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Start a task owned by the simulator's TaskGroup."""
@@ -174,7 +185,17 @@ class SerialFirmware:
                 item = Received(data, item.corrupted)
             if self.on_arrival(item):
                 continue
+            cap = self.rx_capacity()
+            if cap is not None and self.inbox_bytes + len(item.data) > cap:
+                # A full UART buffer drops what does not fit, line end included:
+                # the rest merges with the next line, as on a real board.
+                room = max(0, cap - self.inbox_bytes)
+                self.rx_lost_bytes += len(item.data) - room
+                if room == 0:
+                    continue
+                item = Received(item.data[:room], True)
             self.inbox.append(item)
+            self.inbox_bytes += len(item.data)
             self._inbox_event.set()
 
     async def _next_line(self) -> Received:
@@ -185,6 +206,7 @@ class SerialFirmware:
                 self._inbox_event.clear()
                 await self._inbox_event.wait()
             item = self.inbox.popleft()
+            self.inbox_bytes -= len(item.data)
             parts.append(item)
             if item.data.endswith(b"\n"):
                 break
@@ -194,6 +216,7 @@ class SerialFirmware:
 
     async def _command_loop(self) -> None:
         while True:
+            await self.ready_for_line()
             item = await self._next_line()
             await self._pace_parse()
             await self.execute(item)

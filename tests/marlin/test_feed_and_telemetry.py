@@ -114,7 +114,7 @@ async def test_standalone_simulator_prints_a_path_any_client_can_use(tmp_path: P
         opts = MarlinOptions(expected_uuid="abc")
         driver = MarlinDriver(DriverContext("p", endpoint=endpoint), opts)
         async with asyncio.timeout(10), driver:
-            assert driver.info.uuid == "abc" and driver.advanced_ok
+            assert driver.info.uuid == "abc" and not driver.advanced_ok and driver.resend_ok
             proc.send_signal(signal.SIGUSR1)  # unplug for half a second
             with pytest.raises(LinkError, match="went away"):
                 await driver.serve()
