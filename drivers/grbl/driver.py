@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
 from cellctl.errors import (
@@ -123,6 +123,24 @@ class GrblOptions(DriverOptions):
     # GRBL idle this long while lines are unanswered means an `ok` was lost: fail the step.
     answer_timeout_s: float = Field(3.0, gt=0)
     command_timeout_s: float = Field(30.0, gt=0)  # `$H`, a stop's hold and reset …
+
+    @field_validator("tool_change_macro", "tool_probe_macro")
+    @classmethod
+    def _macro_lines(cls, lines: tuple[str, ...]) -> tuple[str, ...]:
+        # Checked here, not when a tool change is half done: GRBL would drop a
+        # non-ASCII byte (or act on it: 0x84 opens the door) and act on `?` `!` `~`.
+        for i, raw in enumerate(lines):
+            if not raw.isascii():
+                raise ValueError(f"line {i + 1} {raw!r}: GRBL takes ASCII only")
+            line = clean_line(raw.replace("{tool}", "255"))
+            if any(c in line for c in "?!~\x18"):
+                raise ValueError(f"line {i + 1} {raw!r}: ? ! ~ are GRBL realtime commands")
+            if len(line) > MAX_LINE_CHARS:
+                raise ValueError(
+                    f"line {i + 1} {raw!r}: {len(line)} characters without spaces and "
+                    f"comments; GRBL takes at most {MAX_LINE_CHARS}"
+                )
+        return lines
 
     def warnings(self) -> list[str]:
         name = self.expected_build_info

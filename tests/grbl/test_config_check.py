@@ -43,3 +43,25 @@ def test_a_name_too_long_for_grbl_says_so(
 ) -> None:
     err = check(tmp_path, "M" * 80, capsys)
     assert "cannot be stored" in err and "79-character line" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("G0 Z\u00e9", "ASCII only"),
+        ("G0 Z5 ; ok?", None),  # a `?` inside a comment never leaves the host
+        ("G4 P1 !", "realtime"),
+        ("G1 X" + "1" * 80, "at most 79"),
+    ],
+)
+def test_macro_lines_grbl_would_mangle_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, why: str | None
+) -> None:
+    path = tmp_path / "cell.toml"
+    path.write_text(CONFIG.format(name="MILL-1") + f"tool_change_macro = [{line!r}]\n")
+    code = main(["check", str(path)])
+    err = capsys.readouterr().err
+    if why is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and "devices.mill.tool_change_macro" in err and why in err, err
