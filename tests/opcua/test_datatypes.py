@@ -187,3 +187,19 @@ async def test_the_simulator_refuses_other_types_as_other_stacks_do(sim: RobotSi
         assert info.value.code == StatusCodes.BadTypeMismatch
         assert await beat.read_data_type_as_variant_type() == ua.VariantType.Byte
     assert sim.robot.starts == []
+
+
+async def test_subtypes_and_enumerations_resolve_to_their_builtin_type(sim: RobotSim) -> None:
+    # Standard nodes of every server: ServerStatus.State is the ServerState enumeration
+    # (an Int32 on the wire), StartTime a UtcTime (a DateTime subtype).
+    ua_ns = "nsu=http://opcfoundation.org/UA/;"
+    table = sim_robot_table("handshake")
+    table["tags"]["server_state"] = {"node": ua_ns + "i=2259", "type": "int", "read": "poll"}
+    table["tags"]["started"] = {"node": ua_ns + "i=2257", "type": "string", "read": "poll"}
+    driver = make_driver(sim.endpoint, tags=table["tags"])
+    async with driver:
+        assert driver._link is not None
+        vtypes = driver._link.session.vtypes
+        assert vtypes["server_state"] == ua.VariantType.Int32
+        assert vtypes["started"] == ua.VariantType.DateTime
+        assert vtypes["progress"] == ua.VariantType.Double
