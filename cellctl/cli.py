@@ -54,6 +54,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return EXIT_USAGE
     print(summarize(cell))
+    for dev in cell.devices.values():
+        for warning in dev.options.warnings():
+            print(f"warning: {cell.source}: devices.{dev.id}.{warning}", file=sys.stderr)
     print("config OK")
     return EXIT_OK
 

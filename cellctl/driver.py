@@ -50,6 +50,10 @@ class DriverOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def warnings(self) -> list[str]:
+        """Valid but probably not what was meant: `key: why`, one each (`cellctl check`)."""
+        return []
+
 
 class Secret(BaseModel):
     """A secret named by where it lives (`env` or `file`), never written in the config.

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
 from cellctl.errors import (
@@ -84,12 +84,14 @@ from .protocol import (
     ReplyKind,
     StatusReport,
     StatusTracker,
+    build_info_changes,
     classify,
     clean_line,
     needs_send_response,
     parse_build_info,
     parse_setting,
     parse_status,
+    stored_build_info,
     tool_change,
     tool_select,
 )
@@ -121,6 +123,42 @@ class GrblOptions(DriverOptions):
     # GRBL idle this long while lines are unanswered means an `ok` was lost: fail the step.
     answer_timeout_s: float = Field(3.0, gt=0)
     command_timeout_s: float = Field(30.0, gt=0)  # `$H`, a stop's hold and reset …
+
+    @field_validator("tool_change_macro", "tool_probe_macro")
+    @classmethod
+    def _macro_lines(cls, lines: tuple[str, ...]) -> tuple[str, ...]:
+        # Checked here, not when a tool change is half done: GRBL would drop a
+        # non-ASCII byte (or act on it: 0x84 opens the door) and act on `?` `!` `~`.
+        for i, raw in enumerate(lines):
+            if not raw.isascii():
+                raise ValueError(f"line {i + 1} {raw!r}: GRBL takes ASCII only")
+            line = clean_line(raw.replace("{tool}", "255"))
+            if any(c in line for c in "?!~\x18"):
+                raise ValueError(f"line {i + 1} {raw!r}: ? ! ~ are GRBL realtime commands")
+            if len(line) > MAX_LINE_CHARS:
+                raise ValueError(
+                    f"line {i + 1} {raw!r}: {len(line)} characters without spaces and "
+                    f"comments; GRBL takes at most {MAX_LINE_CHARS}"
+                )
+        return lines
+
+    def warnings(self) -> list[str]:
+        name = self.expected_build_info
+        if name is None:
+            return []
+        why = build_info_changes(name)
+        if not why:
+            return []
+        stored = stored_build_info(name)
+        if stored is None:
+            return [
+                f"expected_build_info: {name!r} cannot be stored with `$I=` ({'; '.join(why)}); "
+                "no GRBL can report it"
+            ]
+        return [
+            f"expected_build_info: GRBL stores `$I={name}` as {stored!r} ({'; '.join(why)}); "
+            f"the machine is checked against {stored!r}"
+        ]
 
 
 class Flushed(CellError):
@@ -194,6 +232,9 @@ class GrblDriver:
         self._stopping = False
         self._last_acked_line: int | None = None
         self._last_answer_at = 0.0
+        # The step preflight() passed last: run() does not check it again (the job
+        # service's program_check and `preflight = true` make one `$C` per step).
+        self._checked: Step | None = None
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -372,9 +413,15 @@ class GrblDriver:
             raise WrongDevice(
                 f"{self.path}: expected GRBL {want_v}, found {self.build.version or '?'}"
             )
-        if want_i is not None and self.build.info != want_i:
+        if want_i is None:
+            return
+        # GRBL normalises `$I=mill-1` to MILL-1 before storing it: compare the stored forms
+        # (also of the answer, for firmware that keeps the case).
+        want = stored_build_info(want_i)
+        if want is None or want != stored_build_info(self.build.info):
+            stored = f" (stored by GRBL as {want!r})" if want not in (None, want_i) else ""
             raise WrongDevice(
-                f"{self.path}: expected machine {want_i!r}, found {self.build.info!r} ($I)"
+                f"{self.path}: expected machine {want_i!r}{stored}, found {self.build.info!r} ($I)"
             )
 
     def _alarm_code(self) -> str:
@@ -755,8 +802,10 @@ class GrblDriver:
         try:
             self._ensure_ready()
             program = await asyncio.to_thread(self._load, step)
-            if self.options.preflight:
+            checked, self._checked = self._checked, None
+            if self.options.preflight and checked != step:
                 await self.preflight(step)
+                self._checked = None  # used here
         except StepFailed as exc:
             return StepResult(StepOutcome.FAILED, str(exc))
         except LinkError as exc:
@@ -788,6 +837,7 @@ class GrblDriver:
         done_lines = done_bytes = 0
         last_report = 0.0
         last_tool: int | None = None
+        tool_changes = 0
 
         def report(force: bool = False) -> None:
             nonlocal last_report
@@ -864,6 +914,11 @@ class GrblDriver:
                     if bad is not None:
                         return await fail(bad)
                     self._last_acked_line = lineno
+                    # The host did the M6: its line is done, with the bytes GRBL never got.
+                    tool_changes += 1
+                    done_bytes += len(line) + 1 - (len(tc.rest) + 1 if tc.rest else 0)
+                    done_lines += 0 if tc.rest else 1
+                    report(force=True)
                     continue
                 t = tool_select(line)
                 if t is not None:
@@ -886,7 +941,8 @@ class GrblDriver:
         except Flushed as exc:
             return self._interrupted(str(exc), None)
         report(force=True)
-        return StepResult(StepOutcome.DONE, f"{total} lines", self._last_acked_line)
+        changes = f", {tool_changes} tool change(s) by the host (M6)" if tool_changes else ""
+        return StepResult(StepOutcome.DONE, f"{total} lines{changes}", self._last_acked_line)
 
     def _interrupted(self, why: str, lineno: int | None) -> StepResult:
         if self._stopping:
@@ -969,6 +1025,7 @@ class GrblDriver:
     async def preflight(self, step: Step) -> None:
         """Run the program through GRBL's `$C` check mode; raise StepFailed naming the
         first line GRBL refuses. `M6` lines are the host's and are not checked."""
+        self._checked = None
         program = await asyncio.to_thread(self._load, step)
         if self._running is not None:
             raise StepFailed(f"device is busy with step {self._running.key}")
@@ -1015,6 +1072,7 @@ class GrblDriver:
             raise StepFailed(
                 f"pre-flight ($C) refused line {lineno} {line!r}: {codes.describe_error(code)}"
             )
+        self._checked = step
 
     # --- operator and safety commands -----------------------------------------------
 

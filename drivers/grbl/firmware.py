@@ -25,11 +25,17 @@ from __future__ import annotations
 import enum
 import math
 import re
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cellctl_drivers.grbl.protocol import MAX_LINE_CHARS, clean_line, needs_send_response
+from cellctl_drivers.grbl.protocol import (
+    grbl_line,
+    isr_filter,
+    needs_send_response,
+    stored_build_info,
+)
 
 VERSION = "1.1h"
 BUILD_DATE = "20190825"
@@ -114,6 +120,7 @@ class Counters:
     rx_peak: int = 0
     rx_full_hits: int = 0
     status_reports: int = 0
+    check_runs: int = 0  # times `$C` check mode was entered
 
 
 @dataclass
@@ -139,6 +146,25 @@ _KNOWN_G = {0, 1, 2, 3, 4, 10, 17, 18, 19, 20, 21, 28, 28.1, 30, 30.1, 38.2, 38.
 _KNOWN_M = {0, 1, 2, 3, 4, 5, 7, 8, 9, 30, 56}
 
 
+_FLAG_SETTINGS = frozenset({0, 1, 2, 3, 4, 5, 6, 10, 13, 20, 21, 22, 23, 26, 32})
+_BOOL_SETTINGS = frozenset({4, 5, 6, 13, 20, 21, 22, 32})
+_FLOAT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+
+
+def _read_float(text: str, pos: int) -> tuple[float, int] | None:
+    """GRBL's read_float: sign, digits, one point; no exponent, no inf/nan."""
+    m = _FLOAT_NUMBER.match(text, pos)
+    return (float(m.group()), m.end()) if m else None
+
+
+def _f32(value: float) -> float:
+    """Rounded to the AVR's 32-bit float, as GRBL keeps a setting."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:
+        return math.inf
+
+
 def _parse_words(line: str) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     pos = 0
@@ -158,7 +184,8 @@ class GrblFirmware:
     def __init__(self, config: FirmwareConfig, now: float) -> None:
         self.cfg = config
         self.settings = {**DEFAULT_SETTINGS, **config.settings}
-        self.build_info = config.build_info
+        # As if typed with `$I=`: GRBL keeps it normalised (MILL-1 for mill-1).
+        self.build_info = stored_build_info(config.build_info) or ""
         self.counters = Counters()
         self.executed: list[str] = []
         self.checked: list[str] = []
@@ -241,7 +268,7 @@ class GrblFirmware:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the host. Realtime bytes act at once; the rest enter the RX buffer."""
         self.advance(now)
-        plain = data.translate(None, _REALTIME)
+        plain = isr_filter(data)
         if len(plain) != len(data):
             for b in data:
                 if b in _REALTIME_SET:
@@ -331,8 +358,8 @@ class GrblFirmware:
             end = min(nl, cr) if nl >= 0 and cr >= 0 else max(nl, cr)
             if end < 0:
                 return
-            raw = self._rx[:end].decode("ascii", "replace")
-            line = clean_line(raw)
+            # What GRBL keeps of the line: upper-cased, no spaces, comments or `/`.
+            line, overflow = grbl_line(bytes(self._rx[:end])).astuple()
             is_gcode = bool(line) and not line.startswith("$")
             if is_gcode and self.state != MachineState.CHECK:
                 if len(self._planner) >= self.cfg.planner_blocks:
@@ -342,7 +369,7 @@ class GrblFirmware:
                 self.counters.eeprom_violations += 1
                 del self._rx[end + 1 :]  # reception stops while EEPROM is written
             del self._rx[: end + 1]
-            self._answer(line)
+            self._answer(line, overflow)
 
     def _finish_wait(self) -> bool:
         """True when no wait holds the current line's answer back (any more)."""
@@ -370,8 +397,8 @@ class GrblFirmware:
             self._emit("ok")
         return True
 
-    def _answer(self, line: str) -> None:
-        if len(line) > MAX_LINE_CHARS:
+    def _answer(self, line: str, overflow: bool = False) -> None:
+        if overflow:
             self._error(line, 11)
             return
         try:
@@ -443,6 +470,7 @@ class GrblFirmware:
             if self.state != MachineState.IDLE:
                 raise GCodeError(8)
             self.state = MachineState.CHECK
+            self.counters.check_runs += 1
             self._emit("[MSG:Enabled]")
         elif cmd == "X":
             if self.state == MachineState.ALARM:
@@ -475,19 +503,50 @@ class GrblFirmware:
         elif cmd.startswith("N") and "=" in cmd:
             self._require_idle()
         elif "=" in cmd:
-            key, _, value = cmd.partition("=")
-            if not key.isdigit() or int(key) not in self.settings:
-                raise GCodeError(3)
-            try:
-                v = float(value)
-            except ValueError:
-                raise GCodeError(2) from None
-            if v < 0:
-                raise GCodeError(4)
             self._require_idle()
-            self.settings[int(key)] = value
+            self._store_setting(cmd)
         elif cmd == "SLP":
             pass
+        else:
+            raise GCodeError(3)
+
+    def _store_setting(self, cmd: str) -> None:
+        """`$<n>=<value>` as GRBL 1.1h stores it (system.c, settings.c): numbers read
+        without exponents, flags and small integers truncated (and reported as such),
+        other values reported with 3 decimals (rpm with none), unknown numbers refused."""
+        got = _read_float(cmd, 0)
+        if got is None:
+            raise GCodeError(2)
+        param, pos = got
+        if cmd[pos : pos + 1] != "=":
+            raise GCodeError(3)
+        got = _read_float(cmd, pos + 1)
+        if got is None:
+            raise GCodeError(2)
+        value, pos = got
+        if pos != len(cmd) or param > 255:
+            raise GCodeError(3)
+        n = int(param)  # GRBL casts the setting number to uint8_t
+        if value < 0:
+            raise GCodeError(4)
+        if n >= 100:
+            if n % 10 >= 3 or n > 132:
+                raise GCodeError(3)
+            self.settings[n] = f"{_f32(value):.3f}"
+            return
+        low = int(value) % 256  # uint8_t int_value = trunc(value)
+        if n in _FLAG_SETTINGS:
+            if n == 0 and low < 3:
+                raise GCodeError(6)
+            if n == 20 and low and self.settings.get(22) != "1":
+                raise GCodeError(10)  # soft limits need homing
+            self.settings[n] = str(int(bool(low))) if n in _BOOL_SETTINGS else str(low)
+            if n == 22 and not low:
+                self.settings[20] = "0"  # no homing: no soft limits either
+        elif n in (30, 31):
+            self.settings[n] = f"{_f32(value):.0f}"
+        elif n in (11, 12, 24, 25, 27):
+            self.settings[n] = f"{_f32(value):.3f}"
         else:
             raise GCodeError(3)
 

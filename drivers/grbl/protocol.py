@@ -39,6 +39,93 @@ def clean_line(raw: str) -> str:
     return "" if text == "%" else text
 
 
+# --- what GRBL itself makes of the bytes it receives (serial.c ISR, protocol.c main loop) ---
+
+# Picked off by the serial interrupt, never in the RX buffer: `?` `!` `~` ctrl-X, and
+# every byte above 0x7F (0x84 door, 0x85 jog cancel, 0x90-0xA1 overrides act; the others
+# are thrown away). So a non-ASCII character never reaches a line, and may act on its way.
+_ISR_PICKED = bytes([0x3F, 0x21, 0x7E, 0x18, *range(0x80, 0x100)])
+
+
+def isr_filter(data: bytes) -> bytes:
+    """The bytes GRBL's serial interrupt passes on to its RX buffer."""
+    return data.translate(None, _ISR_PICKED)
+
+
+@dataclass(frozen=True)
+class GrblLine:
+    text: str  # what the parser sees
+    overflow: bool  # more than MAX_LINE_CHARS kept characters: GRBL answers error:11
+
+    def astuple(self) -> tuple[str, bool]:
+        return self.text, self.overflow
+
+
+def grbl_line(data: bytes) -> GrblLine:
+    """One line (no line end, realtime bytes already gone) as GRBL 1.1's protocol loop
+    keeps it: bytes up to space (whitespace, control characters) and `/` (block delete,
+    unsupported) dropped; `(` up to `)` and `;` to the end dropped as comments; letters
+    upper-cased; DEL and `%` kept (the parser then refuses them). Past 79 kept characters
+    the rest is dropped and the line is an overflow."""
+    out = bytearray()
+    paren = rest = overflow = False
+    for c in data:
+        if paren or rest or overflow:
+            if paren and c == 0x29:  # `)` ends a `(` comment; the line resumes
+                paren = False
+            continue
+        if c <= 0x20 or c == 0x2F:
+            continue
+        if c == 0x28:
+            paren = True
+        elif c == 0x3B:
+            rest = True
+        elif len(out) >= MAX_LINE_CHARS:
+            overflow = True
+        elif 0x61 <= c <= 0x7A:
+            out.append(c - 0x20)
+        else:
+            out.append(c)
+    return GrblLine(out.decode("latin-1"), overflow)
+
+
+_BUILD_INFO_PREFIX = b"$I="
+
+
+def stored_build_info(name: str) -> str | None:
+    """What GRBL stores and reports (`[VER:…:<info>]`) after `$I=<name>`; None when the
+    line is too long and GRBL refuses it (error:11) and stores nothing."""
+    data = isr_filter(name.encode("utf-8"))
+    for end in (b"\r", b"\n"):
+        data = data.split(end, 1)[0]  # a line end ends the command
+    line = grbl_line(_BUILD_INFO_PREFIX + data)
+    return None if line.overflow else line.text[len(_BUILD_INFO_PREFIX) :]
+
+
+def build_info_changes(name: str) -> list[str]:
+    """Why GRBL would store `name` differently from how it is written (empty: it would not)."""
+    why: list[str] = []
+    raw = name.encode("utf-8")
+    if any(c > 0x7F for c in raw):
+        why.append("non-ASCII bytes are dropped (some act as realtime commands: 0x84 door …)")
+    if any(ch in name for ch in "?!~\x18"):
+        why.append("? ! ~ are realtime commands (status, feed hold, resume), not text")
+    if "\r" in name or "\n" in name:
+        why.append("a line end ends the command")
+    kept = isr_filter(raw)
+    if any(c <= 0x20 for c in kept if c not in (0x0A, 0x0D)):
+        why.append("spaces and control characters are dropped")
+    if b"/" in kept:
+        why.append("'/' is dropped")
+    if b"(" in kept or b";" in kept:
+        why.append("'(' … ')' and ';' … are comments")
+    if any(0x61 <= c <= 0x7A for c in kept):
+        why.append("letters are upper-cased")
+    if stored_build_info(name) is None:
+        why.append(f"longer than GRBL's {MAX_LINE_CHARS}-character line with '$I='")
+    return why
+
+
 def words(line: str) -> list[tuple[str, float]]:
     """The (letter, value) words of a cleaned G-code line, letters upper-cased."""
     return [(m.group(1), float(m.group(2))) for m in _WORD.finditer(line.upper())]

@@ -22,7 +22,8 @@ from .firmware import FirmwareConfig, GrblFirmware
 
 
 class GrblSimOptions(SerialSimOptions):
-    build_info: str = ""  # the `$I` string: what a driver's expected_build_info checks
+    # As typed with `$I=`; reported as GRBL stores it (`mill-1` as MILL-1).
+    build_info: str = ""
     rx_buffer: int = Field(128, ge=16)  # grblHAL: 1024
     planner_blocks: int = Field(15, ge=1)
     status_mask: int = Field(1, ge=0, le=3)  # `$10`: 1 = MPos (else WPos), 2 = Bf:

@@ -32,6 +32,11 @@ class Refused(WrongDevice):
         self.status = status
 
 
+class TypeMismatch(WrongDevice):
+    """A value does not fit the DataType the server declares for a node or a method
+    argument. Found before anything is sent: the session is fine, nothing was written."""
+
+
 class UntrustedServer(Exception):
     """Raised inside asyncua's certificate check; translated to AccessDenied."""
 

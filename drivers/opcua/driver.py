@@ -57,15 +57,16 @@ from cellctl.model import (
     StepResult,
 )
 
-from .boundary import AccessDenied, Refused, translate
+from .boundary import AccessDenied, Refused, TypeMismatch, translate
 from .cache import TagCache
 from .clientthread import ClientThread
+from .datatypes import next_beat
 from .handshake import ProgramRun, SessionLost, program_number
 from .options import ActionSpec, OpcUaOptions, TagSpec
 from .quiet import quiet_asyncua
 from .ratelimit import RateLimiter
 from .session import Session, TrustList
-from .tagmap import Coalescer, TagMap
+from .tagmap import VARIANT_FOR, Coalescer, TagMap
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ class OpcUaDriver:
         )
         self._step_lock = asyncio.Lock()
         self.stop_requested = False
-        self._heartbeat = 0
+        self._heartbeat: MetricValue = 0  # the last beat written
         self.reconnects = 0
         self.metric_tags = self.tags.metric_tags
         self.poll_tags = self.tags.poll_tags
@@ -261,8 +262,11 @@ class OpcUaDriver:
         hb = self.o.heartbeat
         if hb is None:
             return
+        # Wraps at the node's own type (a Byte after 255, an Int16 after 32767), or
+        # toggles a Boolean: every beat is a change the robot can see, for ever.
+        vtype = link.session.vtypes.get(hb.tag) or VARIANT_FOR[self.o.tags[hb.tag].type]
         while True:
-            self._heartbeat = (self._heartbeat + 1) % 2_147_483_647
+            self._heartbeat = next_beat(self._heartbeat, vtype)
             try:
                 await self._write(link, hb.tag, self._heartbeat)
             except LinkError as exc:
@@ -460,4 +464,4 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-__all__ = ["AccessDenied", "OpcUaDriver", "OpcUaOptions", "TagSpec"]
+__all__ = ["AccessDenied", "OpcUaDriver", "OpcUaOptions", "TagSpec", "TypeMismatch"]

@@ -25,7 +25,7 @@ from cellctl.model import (
     StepResult,
 )
 
-from .boundary import Refused
+from .boundary import Refused, TypeMismatch
 from .options import ProgramSpec
 
 
@@ -111,6 +111,9 @@ class ProgramRun:
                 failed = await self._start_method()
             else:
                 failed = await self._start_handshake()
+        except TypeMismatch as exc:
+            # Found before it was sent: the robot was not asked to start anything.
+            return StepResult(StepOutcome.FAILED, f"program {number} not started: {exc}")
         except (SessionLost, LinkError) as exc:
             # We do not know whether the robot took the start: look, never retry.
             return await self._after_lost_start(counter0, str(exc))

@@ -15,23 +15,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.common.ua_utils import data_type_to_variant_type
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography import x509
 
 from cellctl.errors import CellError, LinkError, WrongDevice
 from cellctl.model import MetricValue, Sample
 
 from . import certs
-from .boundary import IO_EXC, AccessDenied, Refused, UntrustedServer, status_name
+from .boundary import IO_EXC, AccessDenied, Refused, TypeMismatch, UntrustedServer, status_name
 from .boundary import translate as _translate
+from .datatypes import HEARTBEAT, to_variant
 from .options import OpcUaOptions
-from .tagmap import VARIANT_FOR, Coalescer, TagMap, variant
+from .tagmap import VARIANT_FOR, Coalescer, TagMap
+
+# Raised by asyncua while encoding a value that does not fit its Variant type: the
+# request never left, so the session is fine (not an I/O failure).
+_ENCODE_EXC = (struct.error, OverflowError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One declared input argument of a method (its InputArguments property)."""
+
+    name: str
+    vtype: ua.VariantType | None  # None: the server's DataType is abstract or unknown
+    array: bool
 
 
 class TrustList:
@@ -95,7 +114,8 @@ class Session:
         self.what = f"OPC UA {url}"
         self.client: Client | None = None
         self.nodes: dict[str, ua.NodeId] = {}
-        self.vtypes: dict[str, ua.VariantType] = {}
+        self.vtypes: dict[str, ua.VariantType] = {}  # tag → its node's DataType, at connect
+        self.signatures: dict[str, tuple[Argument, ...] | None] = {}  # method node → inputs
         self._handles: dict[int, str] = {}
         self._ns_array: list[str] = []
         self._default_ns: int | None = None
@@ -243,9 +263,82 @@ class Session:
                         f"({status_name(dv.StatusCode.value)})"
                     )
                 dt = dv.Value.Value if dv.Value is not None else None
-                if isinstance(dt, ua.NodeId) and dt.NamespaceIndex == 0:
-                    with contextlib.suppress(ValueError):
-                        self.vtypes[name] = ua.VariantType(int(dt.Identifier))
+                vtype = await self._variant_type(dt)
+                if vtype is None:
+                    vtype = await self._value_type(self.nodes[name])
+                if vtype is not None:
+                    self.vtypes[name] = vtype
+        hb = o.heartbeat
+        if hb is not None:
+            vtype = self.vtypes.get(hb.tag) or VARIANT_FOR[o.tags[hb.tag].type]
+            if vtype not in HEARTBEAT:
+                raise WrongDevice(
+                    f"heartbeat.tag: node {o.tags[hb.tag].node!r} is a {vtype.name}; "
+                    "a heartbeat needs an integer or Boolean node"
+                )
+        for method in self._configured_methods():
+            self.signatures[method] = await self._signature(method)
+
+    def _configured_methods(self) -> list[str]:
+        o = self.o
+        out: list[str] = []
+        if o.program is not None and o.program.start == "method" and o.program.method:
+            out.append(o.program.method)
+        for key in ("pause", "resume", "stop", "emergency_stop", "reset"):
+            action = getattr(o, key)
+            if action is not None and action.method is not None:
+                out.append(action.method)
+        return out
+
+    async def _variant_type(self, datatype: object) -> ua.VariantType | None:
+        """The built-in type a DataType node id encodes as; None when abstract or unknown."""
+        if not isinstance(datatype, ua.NodeId):
+            return None
+        if datatype.NamespaceIndex == 0 and isinstance(datatype.Identifier, int):
+            if 1 <= datatype.Identifier <= 25:
+                return ua.VariantType(datatype.Identifier)
+        try:
+            # A subtype (UtcTime, Duration, a vendor's Int16 …) or an enumeration.
+            vtype = await data_type_to_variant_type(self._live().get_node(datatype))
+        except (*IO_EXC, ValueError):
+            return None
+        return None if vtype == ua.VariantType.Variant else vtype
+
+    async def _value_type(self, node: ua.NodeId) -> ua.VariantType | None:
+        """An abstract DataType (BaseDataType, Number …): the type of the value it holds."""
+        try:
+            dv = (await self._live().uaclient.read_attributes([node], AttributeIds.Value))[0]
+        except IO_EXC:
+            return None
+        vtype = dv.Value.VariantType if dv.Value is not None else None
+        return None if vtype in (None, ua.VariantType.Null) else vtype
+
+    async def _signature(self, method: str) -> tuple[Argument, ...] | None:
+        """A method's declared input arguments; None when the server does not say."""
+        client = self._live()
+        node = client.get_node(self.nodeid(method, "method"))
+        try:
+            prop = await node.get_child("0:InputArguments")
+        except UaStatusCodeError as exc:
+            if exc.code == StatusCodes.BadNoMatch:
+                return ()  # no InputArguments property: the method takes none
+            self.log.warning("method signature unknown", method=method, why=str(exc))
+            return None
+        except IO_EXC as exc:
+            self.log.warning("method signature unknown", method=method, why=str(exc))
+            return None
+        try:
+            declared = await prop.read_value()
+        except IO_EXC as exc:
+            self.log.warning("method signature unknown", method=method, why=str(exc))
+            return None
+        out: list[Argument] = []
+        for arg in declared or ():
+            vtype = await self._variant_type(getattr(arg, "DataType", None))
+            rank = getattr(arg, "ValueRank", -1)
+            array = rank is not None and rank >= 0
+            out.append(Argument(str(getattr(arg, "Name", "")), vtype, array))
+        return tuple(out)
 
     # --- subscription --------------------------------------------------------------
 
@@ -337,26 +430,57 @@ class Session:
 
     async def write(self, tag: str, value: MetricValue) -> None:
         client = self._live()
+        # The node's DataType as read at connect; the config's type if the server hid it.
         vtype = self.vtypes.get(tag) or VARIANT_FOR[self.o.tags[tag].type]
+        what = f"write {tag}"
+        v = to_variant(value, vtype, what)
         try:
             results = await client.uaclient.write_attributes(
-                [self.nodes[tag]], [ua.DataValue(ua.Variant(value, vtype))], AttributeIds.Value
+                [self.nodes[tag]], [ua.DataValue(v)], AttributeIds.Value
             )
         except IO_EXC as exc:
-            raise self._io_failed(exc, f"write {tag}") from None
+            raise self._io_failed(exc, what) from None
+        except _ENCODE_EXC as exc:
+            raise TypeMismatch(f"{what}: {value!r} cannot be sent as {vtype.name}: {exc}") from None
         if not results[0].is_good():
-            raise Refused(f"write {tag}", status_name(results[0].value))
+            raise Refused(what, status_name(results[0].value))
+
+    async def arguments(self, method: str, args: Sequence[MetricValue]) -> list[ua.Variant]:
+        """`args` as the method declares them (read at connect, or now for another method)."""
+        if method not in self.signatures:
+            self.signatures[method] = await self._signature(method)
+        declared = self.signatures[method]
+        what = f"call {method}"
+        if declared is None:
+            return [to_variant(a, None, f"{what} argument {i}") for i, a in enumerate(args, 1)]
+        if len(declared) != len(args):
+            types = ", ".join(d.vtype.name if d.vtype else "?" for d in declared)
+            raise TypeMismatch(
+                f"{what}: the method takes {len(declared)} argument(s) ({types}), {len(args)} given"
+            )
+        out = []
+        for i, (d, a) in enumerate(zip(declared, args, strict=True), 1):
+            where = f"{what} argument {i}" + (f" ({d.name})" if d.name else "")
+            if d.array:
+                raise TypeMismatch(f"{where}: the method wants an array; cellctl sends scalars")
+            out.append(to_variant(a, d.vtype, where))
+        return out
 
     async def call(self, obj: str, method: str, args: Sequence[MetricValue]) -> list[Any]:
         client = self._live()
         request = ua.CallMethodRequest()
         request.ObjectId = self.nodeid(obj, "object")
         request.MethodId = self.nodeid(method, "method")
-        request.InputArguments = [variant(a) for a in args]
+        try:
+            request.InputArguments = await self.arguments(method, args)
+        except IO_EXC as exc:
+            raise self._io_failed(exc, f"call {method}") from None
         try:
             results = await client.uaclient.call([request])
         except IO_EXC as exc:
             raise self._io_failed(exc, f"call {method}") from None
+        except _ENCODE_EXC as exc:
+            raise TypeMismatch(f"call {method}: arguments cannot be encoded: {exc}") from None
         res = results[0]
         if not res.StatusCode.is_good():
             raise Refused(f"call {method}", status_name(res.StatusCode.value))

@@ -12,9 +12,17 @@ Address space (namespace `namespace_uri`, string node ids):
     Robot.ActiveProgram, Robot.RunCounter (Int32), Robot.Progress, Robot.CycleTime (Double)
     Robot.J1 … Robot.J6 (Double, degrees), Robot.DoorClosed, Robot.ZoneClear (Boolean)
     Robot.Heartbeat (Int32, writable), Robot.WatchdogOk (Boolean), Robot.Alarm (String)
+    Robot.SpeedOverride (Double, writable): a setpoint the model accepts and ignores
     Robot.PauseRequest/ResumeRequest/StopRequest/ResetRequest/EStopRequest (Boolean,
         writable, cleared by the robot once acted on)
     Methods on Robot: StartProgram(Int32) -> Int32, Pause, Resume, Stop, EmergencyStop, Reset
+
+Data types other controllers use are options (stock: the types above):
+`heartbeat_type` (Boolean or an integer type), `program_number_type` (Robot.ProgramNumber
+and StartProgram's argument) and `float_type` (Double or Float: Progress, CycleTime,
+J1…J6, SpeedOverride). Like node-opcua, StartProgram refuses an argument of another
+type (BadInvalidArgument, its InputArgumentResult BadTypeMismatch); asyncua itself
+refuses a write of another type (BadTypeMismatch). `retype()` changes them at run time.
     Bulk.B0000 … (Double, `bulk_tags` of them, changed at `bulk_rate_hz`): load for benchmarks
 
 Fault injection: `restart(downtime_s)` tears the server down and rebuilds it on
@@ -31,6 +39,7 @@ import logging
 import socket
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -78,7 +87,10 @@ _TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
     "StopRequest": (_V.Boolean, False, True),
     "ResetRequest": (_V.Boolean, False, True),
     "EStopRequest": (_V.Boolean, False, True),
+    "SpeedOverride": (_V.Double, 100.0, True),
 }
+_FLOATS = ("Progress", "CycleTime", *(f"J{i}" for i in range(1, 7)), "SpeedOverride")
+IntType = Literal["SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64"]
 _COMMAND_BITS = ("PauseRequest", "ResumeRequest", "StopRequest", "ResetRequest", "EStopRequest")
 
 
@@ -113,6 +125,29 @@ class RobotSimOptions(SimOptions):
     bulk_rate_hz: float = Field(default=10.0, gt=0)
     slow_s: float = Field(default=0.0, ge=0)
     fail_start_status: str = ""  # e.g. "BadResourceUnavailable"
+    heartbeat_type: IntType | Literal["Boolean"] = "Int32"
+    program_number_type: IntType = "Int32"
+    float_type: Literal["Double", "Float"] = "Double"
+
+
+def tag_types(o: RobotSimOptions) -> dict[str, ua.VariantType]:
+    """Each tag's DataType under these options."""
+    out = {name: vtype for name, (vtype, _, _) in _TAGS.items()}
+    out["Heartbeat"] = _V.__members__[o.heartbeat_type]
+    out["ProgramNumber"] = _V.__members__[o.program_number_type]
+    for name in _FLOATS:
+        out[name] = _V.__members__[o.float_type]
+    return out
+
+
+def _initial(vtype: ua.VariantType, value: Any) -> Any:
+    if vtype == _V.Boolean:
+        return bool(value)
+    if vtype in (_V.Float, _V.Double):
+        return float(value)
+    if vtype == _V.String:
+        return value
+    return int(value)
 
 
 class _Users(UserManager):
@@ -169,6 +204,9 @@ class RobotSim:
         self._users = _Users(dict(o.users))
         self._tg: TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._vtypes = tag_types(o)
+        self._robot_node: Any = None
+        self.heartbeats: deque[Any] = deque(maxlen=1000)  # each new heartbeat value seen
         self._up = asyncio.Event()
         self._bulk_value = 0.0
         self.bulk_writes = 0
@@ -264,21 +302,11 @@ class RobotSim:
         server.set_certificate_validator(self._validate_client)
         idx = await server.register_namespace(o.namespace_uri)
         objects = server.nodes.objects
-        robot = await objects.add_object(_nid("Robot", idx), "Robot")
+        robot = self._robot_node = await objects.add_object(_nid("Robot", idx), "Robot")
         self._nodes = {}
-        for name, (vtype, initial, writable) in _TAGS.items():
-            if writable:  # a controller keeps its inputs when only its server restarts
-                initial = self._inputs.get(name, initial)
-            var = await robot.add_variable(
-                _nid(f"Robot.{name}", idx), name, ua.Variant(initial, vtype)
-            )
-            if writable:
-                await var.set_writable()
-            self._nodes[name] = var.nodeid
-        i32 = [ua.VariantType.Int32]
-        await robot.add_method(
-            _nid("Robot.StartProgram", idx), "StartProgram", self._m_start, i32, i32
-        )
+        for name in _TAGS:
+            await self._add_tag(name, idx)
+        await self._add_start_method(idx)
         for mname, fn in (
             ("Pause", self.robot.pause),
             ("Resume", self.robot.resume),
@@ -297,6 +325,84 @@ class RobotSim:
         server.subscribe_server_callback(CallbackType.PreWrite, self._slow_cb)
         self._paused_server = server
         await self.start_server()
+
+    async def _add_tag(self, name: str, idx: int) -> None:
+        _, initial, writable = _TAGS[name]
+        vtype = self._vtypes[name]
+        if writable:  # a controller keeps its inputs when only its server restarts
+            initial = self._inputs.get(name, initial)
+        var = await self._robot_node.add_variable(
+            _nid(f"Robot.{name}", idx), name, ua.Variant(_initial(vtype, initial), vtype)
+        )
+        if writable:
+            await var.set_writable()
+        self._nodes[name] = var.nodeid
+
+    def _start_argument(self) -> ua.Argument:
+        arg = ua.Argument()
+        arg.Name = "Program"
+        arg.DataType = ua.NodeId(ua.Int32(self._vtypes["ProgramNumber"].value), ua.Int16(0))
+        arg.ValueRank = -1
+        return arg
+
+    async def _add_start_method(self, idx: int) -> None:
+        await self._robot_node.add_method(
+            _nid("Robot.StartProgram", idx),
+            "StartProgram",
+            self._m_start,
+            [self._start_argument()],
+            [_V.Int32],
+        )
+
+    async def retype(
+        self,
+        *,
+        heartbeat_type: str | None = None,
+        program_number_type: str | None = None,
+        float_type: str | None = None,
+    ) -> None:
+        """Give the typed nodes other DataTypes, as another controller would (tests share
+        one server across types: building one takes seconds). Connect clients after."""
+        update = {
+            k: v
+            for k, v in (
+                ("heartbeat_type", heartbeat_type),
+                ("program_number_type", program_number_type),
+                ("float_type", float_type),
+            )
+            if v is not None
+        }
+        self.options = RobotSimOptions.model_validate({**self.options.model_dump(), **update})
+        new = tag_types(self.options)
+        changed = [n for n, vt in new.items() if vt != self._vtypes[n]]
+        method_changed = new["ProgramNumber"] != self._vtypes["ProgramNumber"]
+        self._vtypes = new
+        server = self._server or self._paused_server
+        assert server is not None
+        for name in changed:
+            # In place (deleting a monitored node trips asyncua): the DataType, then a
+            # null value, which lets the first value of the new type in.
+            vtype, node = new[name], self._nodes[name]
+            datatype = ua.NodeId(ua.Int32(vtype.value), ua.Int16(0))
+            await server.write_attribute_value(
+                node, ua.DataValue(ua.Variant(datatype, _V.NodeId)), AttributeIds.DataType
+            )
+            await server.write_attribute_value(
+                node,
+                ua.DataValue(
+                    StatusCode=ua.StatusCode(ua.UInt32(StatusCodes.BadWaitingForInitialData))
+                ),
+            )
+            self._inputs.pop(name, None)  # the old value may not fit the new type
+            value = _initial(vtype, _TAGS[name][1])
+            await server.write_attribute_value(node, ua.DataValue(ua.Variant(value, vtype)))
+            self._published.pop(name, None)
+        if method_changed:
+            method = server.get_node(
+                _nid("Robot.StartProgram", self._robot_node.nodeid.NamespaceIndex)
+            )
+            prop = await method.get_child("0:InputArguments")
+            await prop.write_value(ua.Variant([self._start_argument()], _V.ExtensionObject))
 
     async def _secure(self, server: Server) -> None:
         """Apply the current security settings; they take effect at each listener start."""
@@ -362,12 +468,23 @@ class RobotSim:
         if self.slow_s > 0:
             await asyncio.sleep(self.slow_s)
 
-    async def _m_start(self, parent: ua.NodeId, program: ua.Variant | int) -> Any:
+    async def _m_start(self, parent: ua.NodeId, *args: ua.Variant) -> Any:
         if self.slow_s > 0:
             await asyncio.sleep(self.slow_s)
         if self.fail_start_status:
             return ua.StatusCode(getattr(StatusCodes, self.fail_start_status))
-        number = program.Value if isinstance(program, ua.Variant) else program
+        # As node-opcua does (asyncua's server checks nothing): the declared argument
+        # type only. Part 4 §5.11.2: BadInvalidArgument, the argument's BadTypeMismatch.
+        if len(args) != 1:
+            code = StatusCodes.BadArgumentsMissing if not args else StatusCodes.BadTooManyArguments
+            return ua.StatusCode(ua.UInt32(code))
+        program = args[0]
+        if program.VariantType != self._vtypes["ProgramNumber"]:
+            result = ua.CallMethodResult()
+            result.StatusCode = ua.StatusCode(ua.UInt32(StatusCodes.BadInvalidArgument))
+            result.InputArgumentResults = [ua.StatusCode(ua.UInt32(StatusCodes.BadTypeMismatch))]
+            return result
+        number = program.Value
         code = self.robot.start(int(number), "method")
         await self._publish()
         return [ua.Variant(int(code), ua.VariantType.Int32)]
@@ -391,7 +508,7 @@ class RobotSim:
 
     async def _write(self, name: str, value: Any) -> None:
         assert self._server is not None
-        vtype = _TAGS[name][0]
+        vtype = self._vtypes[name]
         now = _now()
         dv = _SharedValue(ua.Variant(value, vtype), SourceTimestamp=now, ServerTimestamp=now)
         await self._server.write_attribute_value(self._nodes[name], dv)
@@ -410,9 +527,12 @@ class RobotSim:
             if self._read(name):
                 fn()
                 await self._write(name, False)
-        for name in ("ProgramNumber", "StartRequest", "Heartbeat"):
+        for name in ("ProgramNumber", "StartRequest", "Heartbeat", "SpeedOverride"):
             self._inputs[name] = self._read(name)
-        r.heartbeat(int(self._inputs["Heartbeat"] or 0), now)
+        beat = self._inputs["Heartbeat"]
+        if not self.heartbeats or self.heartbeats[-1] != beat:
+            self.heartbeats.append(beat)
+        r.heartbeat(int(beat or 0), now)
         request = bool(self._inputs["StartRequest"])
         if request and not self._ack and not self.deaf:
             if self._request_seen_at is None:  # a rising edge: act on it once

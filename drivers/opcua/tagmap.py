@@ -60,19 +60,6 @@ def convert(kind: MetricType, value: Any) -> MetricValue:
     return str(value)
 
 
-def variant(value: MetricValue, vtype: ua.VariantType | None = None) -> ua.Variant:
-    if vtype is None:
-        if isinstance(value, bool):
-            vtype = ua.VariantType.Boolean
-        elif isinstance(value, int):
-            vtype = ua.VariantType.Int32
-        elif isinstance(value, float):
-            vtype = ua.VariantType.Double
-        else:
-            vtype = ua.VariantType.String
-    return ua.Variant(value, vtype)
-
-
 class TagMap:
     """Which tags are read how, and DataValue → Sample. Used on the client thread only.
 

@@ -39,7 +39,8 @@ async def test_connect_reads_build_info_settings_and_declares_buffer_metrics() -
         _,
         events,
     ):
-        assert driver.build.info == "Mill-7" and driver.build.rx_buffer == 128
+        # GRBL stores `$I=Mill-7` as MILL-7; the check compares after that normalisation.
+        assert driver.build.info == "MILL-7" and driver.build.rx_buffer == 128
         assert driver.settings[10] == "3"
         names = {m.name for m in driver.metrics()}
         assert {"planner_free", "rx_free", "line", "wpos_z", "feed_override"} <= names
@@ -58,6 +59,23 @@ async def test_wrong_machine_is_refused() -> None:
         ctx = DriverContext(device_id="cnc", endpoint=sim.endpoint)
         driver = GrblDriver(ctx, GrblOptions(expected_build_info="Mill-7"))
         with pytest.raises(WrongDevice, match="Mill-7"):
+            async with asyncio.timeout(10):
+                await driver.__aenter__()
+        await driver.__aexit__(None, None, None)
+
+
+async def test_machine_name_is_compared_as_grbl_stores_it() -> None:
+    # Someone typed `$I=mill-1` at the controller; the config says it the same way.
+    async with connected(fast_sim(build_info="mill-1"), expected_build_info="mill-1") as (
+        driver,
+        sim,
+        _,
+    ):
+        assert sim.firmware.build_info == "MILL-1" and driver.build.info == "MILL-1"
+    async with GrblSim(fast_sim(build_info="mill-2")) as sim:
+        ctx = DriverContext(device_id="cnc", endpoint=sim.endpoint)
+        driver = GrblDriver(ctx, GrblOptions(expected_build_info="mill-1"))
+        with pytest.raises(WrongDevice, match=r"stored by GRBL as 'MILL-1'.*found 'MILL-2'"):
             async with asyncio.timeout(10):
                 await driver.__aenter__()
         await driver.__aexit__(None, None, None)
@@ -181,7 +199,8 @@ async def test_eeprom_writes_go_one_at_a_time() -> None:
             result = await driver.run(gcode_step(lines, "eeprom"), lambda p: None)
         assert result.outcome == StepOutcome.DONE, result.message
         assert sim.counters.eeprom_violations == 0
-        assert sim.firmware.settings[110] == "4000" and sim.firmware.build_info == "Mill-7"
+        # Stored as GRBL keeps them: a float setting with 3 decimals, the name upper-cased.
+        assert sim.firmware.settings[110] == "4000.000" and sim.firmware.build_info == "MILL-7"
 
 
 async def test_preflight_catches_a_bad_line_before_cutting() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cellctl_drivers.grbl.firmware import FirmwareConfig, GrblFirmware, MachineState
 
 
@@ -20,7 +21,8 @@ def test_banner_settings_and_build_info() -> None:
     assert lines(fw) == ["Grbl 1.1h ['$' for help]"]
     fw.receive(b"$I\n$$\n", 0.0)
     out = lines(fw)
-    assert out[:3] == ["[VER:1.1h.20190825:Mill A]", "[OPT:V,15,128]", "ok"]
+    # Stored as if typed with `$I=Mill A`: upper-cased, the space gone.
+    assert out[:3] == ["[VER:1.1h.20190825:MILLA]", "[OPT:V,15,128]", "ok"]
     assert "$10=1" in out and out[-1] == "ok"
 
 
@@ -149,7 +151,7 @@ def test_eeprom_write_loses_what_follows_on_the_wire() -> None:
     fw = boot()
     fw.receive(b"$110=4000\nG0X1\n", 0.0)
     assert lines(fw) == ["ok"]
-    assert fw.counters.eeprom_violations == 1 and fw.settings[110] == "4000"
+    assert fw.counters.eeprom_violations == 1 and fw.settings[110] == "4000.000"
 
 
 def test_homing_and_start_alarm() -> None:
@@ -178,3 +180,80 @@ def test_probe_contact_and_failure() -> None:
     fw.receive(b"G38.2Z-4F600\n", 1.0)
     fw.advance(2.0)
     assert lines(fw)[-1] == "ALARM:5"
+
+
+# --- what GRBL keeps of a line (protocol.c / serial.c), exactly ------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (b"g1 x1 f600", "G1X1F600"),  # upper-cased, spaces gone
+        (b"G1\tX2 (to x2) F600 ; comment", "G1X2F600"),  # tab, ( ) and ; comments
+        (b"/G1X3F600", "G1X3F600"),  # block delete unsupported: the `/` alone is dropped
+        (b"G1X4F600 (unclosed comment Y9", "G1X4F600"),  # to the end of the line
+        (b"G1X5(a)Y1(b)F600", "G1X5Y1F600"),  # the line resumes after `)`
+        (b"G1X6F6\x0100", "G1X6F600"),  # control characters dropped
+    ],
+)
+def test_lines_are_normalised_like_grbl(sent: bytes, kept: str) -> None:
+    fw = boot()
+    fw.receive(sent + b"\n", 0.0)
+    assert lines(fw) == ["ok"]
+    assert fw.executed == [kept]
+
+
+@pytest.mark.parametrize("sent", [b"%", b"G1X1\x7fF600"])
+def test_what_grbl_keeps_and_then_refuses(sent: bytes) -> None:
+    # `%` (program delimiter) and DEL are kept by GRBL's line reader; the parser refuses them.
+    fw = boot()
+    fw.receive(sent + b"\n", 0.0)
+    assert lines(fw) == ["error:1"] and fw.executed == []
+
+
+def test_realtime_and_non_ascii_bytes_never_reach_a_line() -> None:
+    fw = boot()
+    # `?` inside a line is a status request; 0xC3 0xA9 (e acute) is thrown away.
+    fw.receive(b"$I=caf\xc3\xa9?1\n", 0.0)
+    out = lines(fw)
+    assert out[0].startswith("<Idle|") and out[-1] == "ok"
+    assert fw.build_info == "CAF1"
+    # 0x84 hidden in a UTF-8 character (U+0104) opens the safety door on its way.
+    fw.receive("$I=\u0104\n".encode(), 0.0)
+    assert fw.state == MachineState.DOOR
+
+
+def test_a_line_past_79_kept_characters_overflows_but_comments_do_not_count() -> None:
+    fw = boot()
+    fw.receive(b"G1X1F600 (" + b"c" * 100 + b")\n", 0.0)
+    assert lines(fw) == ["ok"]
+    fw.receive(b"G1X1F600" + b"0" * 72 + b"\n", 0.0)  # 80 characters kept
+    assert lines(fw) == ["error:11"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "answer", "key", "reported"),
+    [
+        (b"$110=4000", "ok", 110, "4000.000"),
+        (b"$11=0.0123456", "ok", 11, "0.012"),
+        (b"$4=5", "ok", 4, "1"),  # a flag: stored as on
+        (b"$1=25.9", "ok", 1, "25"),  # truncated
+        (b"$1=300", "ok", 1, "44"),  # uint8_t
+        (b"$30=12000.6", "ok", 30, "12001"),  # rpm: no decimals
+        (b"$0=2", "error:6", 0, "10"),  # step pulse under 3 us
+        (b"$20=1", "error:10", 20, "0"),  # soft limits need homing
+        (b"$110=1e3", "error:3", 110, "5000.000"),  # no exponents
+        (b"$110=inf", "error:2", 110, "5000.000"),
+        (b"$110=-1", "error:4", 110, "5000.000"),
+        (b"$103=1", "error:3", 110, "5000.000"),  # only 3 axes
+        (b"$14=1", "error:3", 110, "5000.000"),
+    ],
+)
+def test_settings_are_stored_as_grbl_keeps_them(
+    sent: bytes, answer: str, key: int, reported: str
+) -> None:
+    fw = boot()
+    fw.receive(sent + b"\n", 0.0)  # an EEPROM write goes alone (send-response)
+    assert lines(fw) == [answer]
+    fw.receive(b"$$\n", 0.0)
+    assert f"${key}={reported}" in lines(fw)

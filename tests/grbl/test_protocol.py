@@ -8,11 +8,13 @@ from cellctl_drivers.grbl.protocol import (
     CharWindow,
     ReplyKind,
     StatusTracker,
+    build_info_changes,
     classify,
     clean_line,
     needs_send_response,
     parse_build_info,
     parse_status,
+    stored_build_info,
     tool_change,
     tool_select,
 )
@@ -153,3 +155,26 @@ def test_window_takes_a_line_in_pieces() -> None:
     assert w.pop() == 100
     w.sent(12)
     assert w.used == 40 and w.pop() == 40 and w.used == 0
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("MILL-1", "MILL-1"),
+        ("mill-1", "MILL-1"),
+        ("Mill 1", "MILL1"),
+        ("mill-1 (north bay)", "MILL-1"),
+        ("mill;1", "MILL"),
+        ("mill/1", "MILL1"),
+        ("mill?1!", "MILL1"),  # realtime commands, picked off on the way
+        ("Mühle", "MHLE"),  # non-ASCII bytes are thrown away
+        ("a)b", "A)B"),  # a `)` outside a comment is text
+        ("M" * 76, "M" * 76),
+        ("M" * 77, None),  # `$I=` + 77 = 80 characters: error:11, nothing stored
+    ],
+)
+def test_stored_build_info_is_what_grbl_keeps(typed: str, stored: str | None) -> None:
+    assert stored_build_info(typed) == stored
+    assert (build_info_changes(typed) == []) == (typed == stored)
+    if stored is not None:
+        assert stored_build_info(stored) == stored, "GRBL's normalisation is idempotent"
