@@ -16,12 +16,13 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
+from cellctl.jobs.policy import DENY_ENTRY, rule_ids
 from cellctl.registry import Registry
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -163,6 +164,16 @@ class JobsSection(Strict):
     stop_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class JobPolicySection(Strict):
+    """`job_policy` of a device: what its jobs may do beyond the firmware's defaults
+    (docs/jobs.md, "What a job may not do")."""
+
+    # Rule ids of the firmware's policy lifted for this device (`M92`, `$X`).
+    allow: tuple[str, ...] = ()
+    # More commands its jobs may not use: `M106`, `G29`, `$H`, `$J=`.
+    deny: tuple[Annotated[str, Field(pattern=DENY_ENTRY)], ...] = ()
+
+
 class DeviceCommon(Strict):
     """Keys every device has; all other keys of its table belong to the driver."""
 
@@ -181,6 +192,20 @@ class DeviceCommon(Strict):
     # Jobs: let the device check a program before running it when its driver can
     # (GRBL `$C` check mode).
     program_check: bool = True
+    # Jobs: the job-content policy of the device's firmware, loosened or tightened.
+    job_policy: JobPolicySection = JobPolicySection()
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> DeviceCommon:
+        known = rule_ids(self.driver)
+        unknown = [a for a in self.job_policy.allow if known is None or a not in known]
+        if unknown:
+            have = ", ".join(sorted(known)) if known else "none"
+            raise ValueError(
+                f"job_policy.allow: {', '.join(unknown)} not a rule of driver "
+                f"{self.driver!r} (its rules: {have})"
+            )
+        return self
 
 
 COMMON_KEYS = frozenset(DeviceCommon.model_fields) | {"sim"}

@@ -1,0 +1,112 @@
+"""The bytes of a G-code file, read with a bound and shown safely.
+
+Shared by the hot folder (global limits on every dropped file) and pre-flight
+(per-firmware checks on every program, whatever path it came by). Reading is
+bounded: a line longer than the limit is an error, never a 100 MB string.
+Anything shown to an operator (a reason, a log line, an `.error` file) goes
+through `escaped`: printable ASCII as is, every other byte as `\\xNN`, at most
+80 characters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+SHOW_MAX = 80
+_PAREN = re.compile(r"\([^)]*\)")
+_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DRIVER_COMMENT = re.compile(r"\([^)]*\)|;.*$")  # what drivers/grbl's clean_line drops
+
+
+def escaped(data: bytes | str, limit: int = SHOW_MAX) -> str:
+    """`data` safe to print: printable ASCII kept, anything else `\\xNN`; ≤ `limit` chars."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    out: list[str] = []
+    size = 0
+    for b in data:
+        piece = chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}"
+        if size + len(piece) > limit - 1:
+            out.append("…")
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+class LineTooLong(Exception):
+    def __init__(self, line: int, head: bytes, limit: int) -> None:
+        super().__init__(f"line {line}: longer than {limit} bytes: {escaped(head)}")
+        self.line = line
+
+
+def read_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
+    """The lines of `f` without their `\\n` / `\\r\\n`; raises LineTooLong past `max_line`
+    bytes, having read at most `max_line + 2` bytes of that line."""
+    n = 0
+    while raw := f.readline(max_line + 2):
+        n += 1
+        body = raw[:-1] if raw.endswith(b"\n") else raw
+        if body.endswith(b"\r"):
+            body = body[:-1]
+        if len(body) > max_line:
+            raise LineTooLong(n, raw, max_line)
+        yield body
+
+
+def marlin_code(line: str) -> str:
+    """What the Marlin driver sends of a line (drivers/marlin/gcode.strip_comment):
+    cut at the first `;`, closed `(…)` removed, blanks stripped."""
+    semi = line.find(";")
+    if semi >= 0:
+        line = line[:semi]
+    return _PAREN.sub("", line).strip()
+
+
+def grbl_code(line: str) -> str:
+    """What GRBL executes of a line: the driver drops closed `(…)` and `;…`
+    (drivers/grbl/protocol.clean_line), GRBL itself drops an unclosed `(…`, every
+    blank and control character, and upper-cases letters."""
+    text = _DRIVER_COMMENT.sub("", line)
+    paren = text.find("(")
+    if paren >= 0:
+        text = text[:paren]
+    kept = "".join(c for c in text if c > " " and c != "\x7f")
+    return kept.translate(_UPPER)  # ASCII letters only: GRBL upper-cases nothing else
+
+
+def _control(b: int) -> bool:
+    return (b < 0x20 and b != 0x09) or b == 0x7F
+
+
+def byte_problem(line: bytes) -> str | None:
+    """Why a line's bytes cannot go to a machine, or None. Control bytes (tab aside) are
+    refused anywhere; bytes above 0x7F only inside comments, where older CAM posts write
+    Latin-1 and slicers UTF-8."""
+    for i, b in enumerate(line):
+        if _control(b):
+            return f"control byte \\x{b:02x} at column {i + 1}"
+    if line.isascii():
+        return None
+    text = line.decode("latin-1")
+    for code in (marlin_code(text), grbl_code(text)):
+        for c in code:
+            if ord(c) > 0x7F:
+                col = text.find(c) + 1
+                return f"non-ASCII byte \\x{ord(c):02x} outside a comment at column {col}"
+    return None
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A line-level reason a file is refused; str() is what the operator reads."""
+
+    line: int
+    what: str
+    text: bytes
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.what}: {escaped(self.text)}"
