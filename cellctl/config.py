@@ -148,6 +148,10 @@ class JobsSection(Strict):
     hotfolder_poll_s: float = Field(default=0.5, gt=0)
     # A TOML job whose programs are not all there yet is rejected after this long.
     hotfolder_missing_s: float = Field(default=30.0, ge=0)
+    # Limits on every file dropped in the hot folder (per-firmware limits are pre-flight's):
+    # a longer line, comments included, or a bigger file goes to rejected/ unread.
+    hotfolder_max_line: int = Field(default=32_768, ge=96)
+    hotfolder_max_bytes: int = Field(default=1 << 30, ge=1)
     # The process a bare G-code file dropped in the hot folder asks for.
     hotfolder_process: str = Field(default="print", min_length=1)
     # Per file suffix, the process a bare G-code file asks for instead (CNC programs).

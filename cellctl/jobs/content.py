@@ -43,9 +43,9 @@ class LineTooLong(Exception):
         self.line = line
 
 
-def read_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
-    """The lines of `f` without their `\\n` / `\\r\\n`; raises LineTooLong past `max_line`
-    bytes, having read at most `max_line + 2` bytes of that line."""
+def raw_lines(f: BinaryIO, max_line: int) -> Iterator[tuple[bytes, bytes]]:
+    """(line as read, line without its `\\n` / `\\r\\n`) for each line of `f`; raises
+    LineTooLong past `max_line` bytes, having read at most `max_line + 2` of that line."""
     n = 0
     while raw := f.readline(max_line + 2):
         n += 1
@@ -54,6 +54,12 @@ def read_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
             body = body[:-1]
         if len(body) > max_line:
             raise LineTooLong(n, raw, max_line)
+        yield raw, body
+
+
+def read_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
+    """The lines of `f` without their line ends, bounded as `raw_lines`."""
+    for _, body in raw_lines(f, max_line):
         yield body
 
 
