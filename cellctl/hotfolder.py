@@ -459,7 +459,8 @@ class HotFolder:
                         last = raw
                 except LineTooLong as exc:
                     raise _Refused(
-                        f"{shown}: {exc} (hotfolder_max_line = {cfg.hotfolder_max_line})"
+                        f"{shown}: line {exc.line}: longer than {cfg.hotfolder_max_line} bytes "
+                        f"(hotfolder_max_line): {escaped(exc.head)}"
                     ) from None
             if Identity.of(os.fstat(f.fileno())) != ident or size != st.st_size:
                 raise _NotYet  # changed while read: wait for it to settle again

@@ -5,7 +5,7 @@ Shared by the hot folder (global limits on every dropped file) and pre-flight
 bounded: a line longer than the limit is an error, never a 100 MB string.
 Anything shown to an operator (a reason, a log line, an `.error` file) goes
 through `escaped`: printable ASCII as is, every other byte as `\\xNN`, at most
-80 characters.
+80 characters (the last three `...` when cut).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def escaped(data: bytes | str, limit: int = SHOW_MAX) -> str:
     size = 0
     for b in data:
         piece = chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}"
-        if size + len(piece) > limit - 1:
-            out.append("…")
+        if size + len(piece) > limit - 3:
+            out.append("...")
             break
         out.append(piece)
         size += len(piece)
@@ -41,6 +41,7 @@ class LineTooLong(Exception):
     def __init__(self, line: int, head: bytes, limit: int) -> None:
         super().__init__(f"line {line}: longer than {limit} bytes: {escaped(head)}")
         self.line = line
+        self.head = head
 
 
 def raw_lines(f: BinaryIO, max_line: int) -> Iterator[tuple[bytes, bytes]]:

@@ -249,7 +249,7 @@ def _scan(path: str, size: int, mtime_ns: int, policy: Policy) -> Violation | No
                 if why is not None:
                     return Violation(n, escaped(line), why)
     except LineTooLong as exc:
-        return Violation(exc.line, "…", f"longer than {READ_MAX_LINE} bytes")
+        return Violation(exc.line, "...", f"longer than {READ_MAX_LINE} bytes")
     return None
 
 
