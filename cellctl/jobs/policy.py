@@ -141,12 +141,12 @@ def policy_for(
 
 @dataclass(frozen=True)
 class Violation:
-    line: int
+    line: int  # 0: the program as a whole
     text: str  # the line, escaped, at most 80 characters
     what: str  # why, naming the rule
 
     def __str__(self) -> str:
-        return f"line {self.line} '{self.text}': {self.what}"
+        return f"line {self.line} '{self.text}': {self.what}" if self.line else self.what
 
 
 def _number(text: str | None) -> float | None:
@@ -242,14 +242,21 @@ def check_line(policy: Policy, line: bytes) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _scan(path: str, size: int, mtime_ns: int, policy: Policy) -> Violation | None:
     del size, mtime_ns  # part of the cache key only
+    commands = False
+    code = marlin_code if policy.firmware == Firmware.MARLIN else grbl_code
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(read_lines(f, READ_MAX_LINE), start=1):
                 why = check_line(policy, line)
                 if why is not None:
                     return Violation(n, escaped(line), why)
+                commands = commands or bool(code(line.decode("latin-1")))
     except LineTooLong as exc:
         return Violation(exc.line, "...", f"longer than {READ_MAX_LINE} bytes")
+    if not commands:
+        return Violation(
+            0, "", "no G-code command in the program: it would be done having done nothing"
+        )
     return None
 
 

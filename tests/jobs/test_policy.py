@@ -168,6 +168,10 @@ def test_scan_names_the_first_bad_line(tmp_path: Path) -> None:
         f.write(b"G28\n" + b"G" * ((1 << 20) + 10))
     v = scan_program(huge, policy)
     assert v is not None and v.line == 2 and "longer than" in v.what
+    empty = tmp_path / "empty.gcode"
+    empty.write_bytes(b"; only a comment\n\n")
+    v = scan_program(empty, policy)
+    assert v is not None and str(v).startswith("no G-code command in the program")
 
 
 def _cell(tmp_path: Path, **device: object) -> None:
