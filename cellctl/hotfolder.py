@@ -169,6 +169,8 @@ class HotFolder:
                 await self.scan_once()
             except OSError as exc:  # the folder vanished or is unreadable: say so, keep trying
                 self._say("hot folder scan failed", str(exc))
+            except Exception as exc:  # a bug: no dropped file may stop the daemon
+                log.error("hot folder scan crashed", error=repr(exc), exc_info=exc)
             await asyncio.sleep(self._settings().hotfolder_poll_s)
 
     def _say(self, event: str, error: str) -> None:
@@ -224,6 +226,9 @@ class HotFolder:
             if name == REJECTED or st is None or stat.S_ISDIR(st.st_mode):
                 continue
             shown = escaped(name)
+            if not name.isprintable():  # control characters, or bytes that are not UTF-8
+                survey.refused.append((name, f"{shown}: the name holds unprintable bytes"))
+                continue
             if stat.S_ISLNK(st.st_mode):
                 target = escaped(root.readlink(name))
                 why = f"a symbolic link (to '{target}'); the hot folder follows no links"
@@ -516,6 +521,7 @@ class HotFolder:
     async def _reject(
         self, root: Folder, name: str, reason: str, extras: tuple[str, ...] = ()
     ) -> Outcome | None:
+        reason = _printable(reason)  # a job file's own text may hold escapes
         moved = await asyncio.to_thread(self._move_rejected, root, root, name, reason, extras)
         if not moved:
             return None
@@ -546,6 +552,16 @@ class HotFolder:
         finally:
             rejected.close()
         return True
+
+
+def _printable(text: str) -> str:
+    def show(c: str) -> str:
+        if c.isprintable() or c == "\n":
+            return c
+        code = ord(c)
+        return f"\\x{code - 0xDC00 if 0xDC80 <= code <= 0xDCFF else code:02x}"
+
+    return "".join(show(c) for c in text)
 
 
 def _free_name(folder: Folder, name: str) -> str:

@@ -58,6 +58,16 @@ def raw_lines(f: BinaryIO, max_line: int) -> Iterator[tuple[bytes, bytes]]:
         yield raw, body
 
 
+def clipped_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
+    """Every line of `f`, each cut to its first `max_line` bytes: memory stays bounded
+    whatever the file holds (a 100 MB "line" is read in pieces and dropped)."""
+    while raw := f.readline(max_line):
+        if not raw.endswith(b"\n"):
+            while (rest := f.readline(max_line)) and not rest.endswith(b"\n"):
+                pass
+        yield raw
+
+
 def read_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
     """The lines of `f` without their line ends, bounded as `raw_lines`."""
     for _, body in raw_lines(f, max_line):

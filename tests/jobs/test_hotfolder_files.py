@@ -7,6 +7,7 @@ through), then the refusal, with the reason in `rejected/<name>.error`."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import tracemalloc
 from pathlib import Path
@@ -83,19 +84,24 @@ async def test_reading_is_bounded_for_a_file_without_newlines(tmp_path: Path) ->
         path = hot.folder / "blob.gcode"
         size = 8 << 20
         path.write_bytes(b"G" * size)
-        # The harm: the old reader builds the whole "line" in memory (and a copy or two).
+        # The harm: a plain line reader (the old one) builds the whole "line" in memory.
         tracemalloc.start()
         try:
-            scan_file(path)
+            with path.open("r", encoding="utf-8", errors="replace") as f:
+                next(iter(f))
             old_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            scan_file(path)  # what `cellctl submit` and the job service read with
+            scan_peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.reset_peak()
             clock.now = 1.0
             [outcome] = await hot.scan_once()
-            new_peak = tracemalloc.get_traced_memory()[1]
+            hot_peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         assert old_peak > size
-        assert new_peak < size // 8, new_peak
+        assert hot_peak < size // 8, hot_peak
+        assert scan_peak < size // 8, scan_peak
         assert "line 1: longer than 32768 bytes" in (outcome.rejected or "")
 
 
@@ -181,3 +187,21 @@ async def test_no_final_newline_waits_then_is_taken(tmp_path: Path) -> None:
         clock.now = 5.5
         [outcome] = await hot.scan_once()
         assert outcome.accepted is not None
+
+
+async def test_hostile_names_and_escapes_reach_no_terminal(tmp_path: Path) -> None:
+    async with running(cell_for(tmp_path)) as app:
+        hot, clock = folder_for(app, tmp_path, hotfolder_settle_s=0.0)
+        for raw in (b"caf\xe9.gcode", b"\x1b[2J.gcode"):
+            (hot.folder / os.fsdecode(raw)).write_bytes(b"G28\n")
+        job = 'id = "x"\n[[route]]\nprocess = "\\u001b[31mred"\nprogram = "a.gcode"\n'
+        (hot.folder / "esc.toml").write_text(job)
+        (hot.folder / "a.gcode").write_text("G28\n")
+        clock.now = 1.0
+        outcomes = await hot.scan_once()
+        assert len(outcomes) == 3 and all(o.rejected for o in outcomes), outcomes
+        reasons = "\n".join(o.rejected or "" for o in outcomes)
+        assert "caf\\xe9.gcode: the name holds unprintable bytes" in reasons
+        assert "\\x1b[2J.gcode: the name holds unprintable bytes" in reasons
+        assert "\\x1b[31mred" in reasons and "\x1b" not in reasons
+        assert await app.jobs.list_jobs() == []
