@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
+import re
 import stat
 import tempfile
 import time
@@ -47,12 +49,17 @@ import structlog
 
 from cellctl.config import JobsSection
 from cellctl.jobs.content import (
+    CODE_START,
+    SUSPECT_BYTES,
     LineTooLong,
+    blocks,
     byte_problem,
+    clipped_lines,
     escaped,
     grbl_code,
+    lines_matching,
+    long_line,
     marlin_code,
-    raw_lines,
 )
 from cellctl.jobs.gcode import END_MARKERS, cut_short, scan_file
 from cellctl.jobs.jobfiles import gcode_job, job_id_for
@@ -447,21 +454,22 @@ class HotFolder:
             commands = False
             last = b""
             size = 0
+            suspects = _suspects(cfg.hotfolder_max_line)
             with staged.open("wb") as out:
                 try:
-                    for n, (raw, body) in enumerate(raw_lines(f, cfg.hotfolder_max_line), 1):
-                        problem = byte_problem(body)
-                        if problem is not None:
-                            raise _Refused(f"{shown}: line {n}: {problem}: {escaped(body)}")
-                        if not commands:
-                            text = body.decode("latin-1")
-                            commands = bool(marlin_code(text) or grbl_code(text))
-                        size += len(raw)
+                    for first, block in blocks(f, cfg.hotfolder_max_line):
+                        lines = lines_matching(block, first, suspects, cfg.hotfolder_max_line)
+                        for n, body in lines:
+                            problem = byte_problem(body)
+                            if problem is not None:
+                                raise _Refused(f"{shown}: line {n}: {problem}: {escaped(body)}")
+                        commands = commands or CODE_START.search(block) is not None
+                        size += len(block)
                         if size > cfg.hotfolder_max_bytes:
                             raise _NotYet  # it grew while read
-                        h.update(raw)
-                        out.write(raw)
-                        last = raw
+                        h.update(block)
+                        out.write(block)
+                        last = block
                 except LineTooLong as exc:
                     raise _Refused(
                         f"{shown}: line {exc.line}: longer than {cfg.hotfolder_max_line} bytes "
@@ -469,7 +477,7 @@ class HotFolder:
                     ) from None
             if Identity.of(os.fstat(f.fileno())) != ident or size != st.st_size:
                 raise _NotYet  # changed while read: wait for it to settle again
-        if not commands:
+        if not commands and not _any_command(staged):
             raise _Refused(f"{shown}: no G-code command in it (only comments or blank lines)")
         short = cut_short(staged)
         if short is not None or not last.endswith(b"\n"):
@@ -552,6 +560,20 @@ class HotFolder:
         finally:
             rejected.close()
         return True
+
+
+@functools.lru_cache(maxsize=4)
+def _suspects(max_line: int) -> re.Pattern[bytes]:
+    return re.compile(SUSPECT_BYTES + b"|" + long_line(max_line), re.MULTILINE)
+
+
+def _any_command(path: Path) -> bool:
+    """The close look when no line starts with a command: `(note) G28` is one too."""
+    with path.open("rb") as f:
+        for text in clipped_lines(f, 1 << 16):
+            if marlin_code(text) or grbl_code(text):
+                return True
+    return False
 
 
 def _printable(text: str) -> str:

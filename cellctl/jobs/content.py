@@ -10,6 +10,7 @@ through `escaped`: printable ASCII as is, every other byte as `\\xNN`, at most
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,59 @@ class LineTooLong(Exception):
         self.head = head
 
 
+BLOCK = 1 << 20
+# A line that starts with something other than a comment or a blank holds a command
+# (a line starting with `(` may too: callers look closer when no line matches).
+CODE_START = re.compile(rb"^[ \t]*[^;( \t\r\n]", re.MULTILINE)
+
+
+def blocks(f: BinaryIO, max_line: int, size: int = BLOCK) -> Iterator[tuple[int, bytes]]:
+    """`f` in blocks of whole lines, each with the number of its first line. At most
+    `size + max_line + 2` bytes are held; a line that spans blocks and is longer than
+    `max_line` raises LineTooLong (within a block, `lines_matching` finds them)."""
+    line = 1
+    carry = b""
+    while data := f.read(size):
+        data = carry + data
+        cut = data.rfind(b"\n") + 1
+        block, carry = data[:cut], data[cut:]
+        if len(carry) > max_line + 2:
+            raise LineTooLong(line + block.count(b"\n"), carry[: max_line + 2], max_line)
+        if block:
+            yield line, block
+            line += block.count(b"\n")
+    if carry:
+        yield line, carry
+
+
+def lines_matching(
+    block: bytes, first: int, pattern: re.Pattern[bytes], max_line: int
+) -> Iterator[tuple[int, bytes]]:
+    """(number, line without its end) of each line of `block` that `pattern` matches;
+    LineTooLong for a matched line over `max_line` (match long lines with `long_line`)."""
+    counted_to, number, done_to = 0, first, -1
+    for m in pattern.finditer(block):
+        if m.start() <= done_to:
+            continue
+        start = block.rfind(b"\n", 0, m.start()) + 1
+        end = block.find(b"\n", m.start())
+        end = len(block) if end < 0 else end
+        number += block.count(b"\n", counted_to, start)
+        counted_to = start
+        body = block[start:end]
+        if body.endswith(b"\r"):
+            body = body[:-1]
+        if len(body) > max_line:
+            raise LineTooLong(number, body[: max_line + 2], max_line)
+        done_to = end
+        yield number, body
+
+
+def long_line(max_line: int) -> bytes:
+    """A pattern (for `lines_matching`) that matches every line over `max_line` bytes."""
+    return rb"^[^\n]{%d}" % (max_line + 1)
+
+
 def raw_lines(f: BinaryIO, max_line: int) -> Iterator[tuple[bytes, bytes]]:
     """(line as read, line without its `\\n` / `\\r\\n`) for each line of `f`; raises
     LineTooLong past `max_line` bytes, having read at most `max_line + 2` of that line."""
@@ -58,14 +112,20 @@ def raw_lines(f: BinaryIO, max_line: int) -> Iterator[tuple[bytes, bytes]]:
         yield raw, body
 
 
-def clipped_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
-    """Every line of `f`, each cut to its first `max_line` bytes: memory stays bounded
-    whatever the file holds (a 100 MB "line" is read in pieces and dropped)."""
-    while raw := f.readline(max_line):
-        if not raw.endswith(b"\n"):
-            while (rest := f.readline(max_line)) and not rest.endswith(b"\n"):
-                pass
-        yield raw
+def clipped_lines(f: BinaryIO, max_line: int) -> Iterator[str]:
+    """Every line of `f` as text (UTF-8, bad bytes replaced), each cut to its first
+    `max_line` characters: memory stays bounded whatever the file holds (a 100 MB
+    "line" is read in blocks and dropped)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    carry = ""
+    while data := f.read(BLOCK):
+        parts = (carry + decoder.decode(data)).split("\n")
+        carry = parts.pop()[:max_line]
+        for part in parts:
+            yield part[:max_line]
+    carry += decoder.decode(b"", final=True)
+    if carry:
+        yield carry
 
 
 def read_lines(f: BinaryIO, max_line: int) -> Iterator[bytes]:
@@ -95,17 +155,19 @@ def grbl_code(line: str) -> str:
     return kept.translate(_UPPER)  # ASCII letters only: GRBL upper-cases nothing else
 
 
-def _control(b: int) -> bool:
-    return (b < 0x20 and b != 0x09) or b == 0x7F
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Lines worth a close look for `byte_problem`: a control byte (a `\r` only when it does
+# not end the line) or a byte above 0x7F.
+SUSPECT_BYTES = rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]|\r(?!\n)"
 
 
 def byte_problem(line: bytes) -> str | None:
     """Why a line's bytes cannot go to a machine, or None. Control bytes (tab aside) are
     refused anywhere; bytes above 0x7F only inside comments, where older CAM posts write
     Latin-1 and slicers UTF-8."""
-    for i, b in enumerate(line):
-        if _control(b):
-            return f"control byte \\x{b:02x} at column {i + 1}"
+    m = _CONTROL.search(line)
+    if m is not None:
+        return f"control byte \\x{line[m.start()]:02x} at column {m.start() + 1}"
     if line.isascii():
         return None
     text = line.decode("latin-1")

@@ -341,8 +341,7 @@ SCAN_MAX_LINE = 1 << 16
 def scan_file(path: Path) -> GcodeInfo:
     """Read a G-code file (any encoding: bytes that are not UTF-8 are replaced)."""
     with path.open("rb") as f:
-        lines = (b.decode("utf-8", "replace") for b in clipped_lines(f, SCAN_MAX_LINE))
-        return scan_lines(lines)
+        return scan_lines(clipped_lines(f, SCAN_MAX_LINE))
 
 
 def cut_short(path: Path, head: int = 4096, tail: int = 65536) -> str | None:

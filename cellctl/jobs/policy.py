@@ -19,8 +19,20 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from cellctl.jobs.content import LineTooLong, escaped, grbl_code, marlin_code, read_lines
+from cellctl.jobs.content import (
+    CODE_START,
+    SUSPECT_BYTES,
+    LineTooLong,
+    blocks,
+    escaped,
+    grbl_code,
+    lines_matching,
+    long_line,
+    marlin_code,
+    read_lines,
+)
 
 
 class Firmware(enum.StrEnum):
@@ -239,24 +251,78 @@ def check_line(policy: Policy, line: bytes) -> str | None:
     return _check_grbl(policy, text)
 
 
+def _numbers(words: Iterable[str], letter: str) -> list[bytes]:
+    return [w[1:].encode() for w in words if w[:1] == letter and w[1:].isdigit()]
+
+
+@functools.lru_cache(maxsize=64)
+def _suspects(policy: Policy) -> re.Pattern[bytes] | None:
+    """A pattern that matches at least every line the policy could refuse (more is fine:
+    those are checked closely), or None when every line must be checked."""
+    parts = [SUSPECT_BYTES]
+    if policy.firmware == Firmware.MARLIN:
+        parts.append(long_line(policy.max_line - MARLIN_FRAME))
+        words = [r.id for r in policy.rules] + list(policy.deny)
+        for letter in "GMT":
+            nums = [n for n in _numbers(words, letter) if n]
+            if nums:
+                case = letter.encode() + letter.lower().encode()
+                parts.append(rb"[%s]\s*0*(?:%s)(?!\d)" % (case, b"|".join(nums)))
+    else:
+        if any(not d.startswith("$") for d in policy.deny):
+            return None  # G/M words may be spread over a line with blanks: read them all
+        parts.append(long_line(policy.max_line))
+        parts.append(rb"\$")
+    return re.compile(b"|".join(parts), re.MULTILINE)
+
+
+def _each_line(f: BinaryIO, policy: Policy) -> Violation | None:
+    for n, line in enumerate(read_lines(f, READ_MAX_LINE), start=1):
+        why = check_line(policy, line)
+        if why is not None:
+            return Violation(n, escaped(line), why)
+    return None
+
+
+def _has_command(f: BinaryIO, policy: Policy) -> bool:
+    code = marlin_code if policy.firmware == Firmware.MARLIN else grbl_code
+    for _, block in blocks(f, READ_MAX_LINE):
+        if CODE_START.search(block):
+            return True
+        if b"(" in block:  # `(note) G28`: look closer
+            lines = block.decode("latin-1").splitlines()
+            if any(code(line) for line in lines):
+                return True
+    return False
+
+
 @functools.lru_cache(maxsize=64)
 def _scan(path: str, size: int, mtime_ns: int, policy: Policy) -> Violation | None:
     del size, mtime_ns  # part of the cache key only
-    commands = False
-    code = marlin_code if policy.firmware == Firmware.MARLIN else grbl_code
+    suspects = _suspects(policy)
     try:
         with open(path, "rb") as f:
-            for n, line in enumerate(read_lines(f, READ_MAX_LINE), start=1):
-                why = check_line(policy, line)
-                if why is not None:
-                    return Violation(n, escaped(line), why)
-                commands = commands or bool(code(line.decode("latin-1")))
+            if suspects is None:
+                found = _each_line(f, policy)
+            else:
+                found = None
+                for first, block in blocks(f, READ_MAX_LINE):
+                    for n, line in lines_matching(block, first, suspects, READ_MAX_LINE):
+                        why = check_line(policy, line)
+                        if why is not None:
+                            found = Violation(n, escaped(line), why)
+                            break
+                    if found is not None:
+                        break
+            if found is not None:
+                return found
+            f.seek(0)
+            if not _has_command(f, policy):
+                return Violation(
+                    0, "", "no G-code command in the program: it would be done having done nothing"
+                )
     except LineTooLong as exc:
         return Violation(exc.line, "...", f"longer than {READ_MAX_LINE} bytes")
-    if not commands:
-        return Violation(
-            0, "", "no G-code command in the program: it would be done having done nothing"
-        )
     return None
 
 

@@ -192,3 +192,50 @@ def test_config_names_a_bad_allow_or_deny_entry(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         _cell(tmp_path, job_policy={"deny": ["M85 S0"]})
     assert "devices.p1.job_policy.deny.0" in str(err.value)
+
+
+AGREEMENT_LINES = [
+    *MARLIN_HARM.values(),
+    *GRBL_HARM.values(),
+    "m85 s0",
+    "M 85 S0",
+    "N10 M85 S0*99",
+    "(x) M85 S0",
+    "; M85 S0",
+    "M211 S1",
+    "M1100",
+    "$ 1 3 0 = 5000",
+    "(note)$X",
+    "( $X )",
+    "$J=G91X1F100",
+    "G1 X1\x00",
+    "G1 X1\r",
+    "M117 caf\xe9",
+    "G1 X1 ; caf\xe9",
+    "M117 " + "a" * 78,
+    "G1 " + "X1.0 " * 19 + "Y1",
+    "M106 S255",
+    "G0 X1 M08",
+]
+
+
+@pytest.mark.parametrize("firmware", ["marlin", "grbl"])
+@pytest.mark.parametrize("deny", [(), ("M106", "M8", "$J=")])
+def test_whole_file_scan_agrees_with_the_line_check(
+    tmp_path: Path, firmware: str, deny: tuple[str, ...]
+) -> None:
+    """The scan only looks closely at lines a fast pattern flags: it must flag every line
+    the close look would refuse."""
+    policy = policy_for(firmware, deny=deny)
+    assert policy is not None
+    moves = b"G1 X1 Y2 F3000\nG1 X3 Y4\n; a comment\n"
+    for i, text in enumerate(AGREEMENT_LINES):
+        line = text.encode("latin-1")
+        path = tmp_path / f"{i}.gcode"
+        path.write_bytes(moves + line + b"\r\n" + moves)
+        expected = check_line(policy, line)
+        found = scan_program(path, policy)
+        if expected is None:
+            assert found is None, (text, found)
+        else:
+            assert found is not None and found.line == 4 and found.what == expected, (text, found)
