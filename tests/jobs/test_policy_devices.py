@@ -15,6 +15,7 @@ from typing import Any
 from cellctl_drivers.grbl.sim import GrblSim, GrblSimOptions
 from cellctl_drivers.marlin.sim import MarlinSim, MarlinSimOptions
 from jobs.conftest import make_cell, running, wait_job
+from jobs.test_hotfolder import folder_for
 
 from cellctl.jobs.spec import JobSpec, StepSpec
 from cellctl.model import JobState
@@ -68,6 +69,14 @@ async def test_marlin_job_may_not_disarm_the_dead_man(tmp_path: Path) -> None:
             reason = held.steps[0].reason
             assert reason.startswith("pre-flight: job content: line 2 'M85 S0': "), reason
             assert "dead-man" in reason and "(Marlin rule M85)" in reason
+            # The same content dropped in the hot folder: the same check, the same hold.
+            hot, clock = folder_for(app, tmp_path, hotfolder_settle_s=0.0)
+            (hot.folder / "dropped.gcode").write_text("G28\nM85 S0\nG1 X30 F3000\n")
+            clock.now = 1.0
+            [outcome] = await hot.scan_once()
+            assert outcome.accepted is not None, outcome
+            dropped = await wait_job(app, outcome.accepted, JobState.HELD, JobState.DONE)
+            assert dropped.steps[0].reason.startswith("pre-flight: job content: line 2 'M85 S0'")
             assert not any(c.startswith(("G28", "G1")) for c in guarded_sim.executed)
 
 
