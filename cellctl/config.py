@@ -16,12 +16,13 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
+from cellctl.jobs.policy import DENY_ENTRY, rule_ids
 from cellctl.registry import Registry
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -147,6 +148,10 @@ class JobsSection(Strict):
     hotfolder_poll_s: float = Field(default=0.5, gt=0)
     # A TOML job whose programs are not all there yet is rejected after this long.
     hotfolder_missing_s: float = Field(default=30.0, ge=0)
+    # Limits on every file dropped in the hot folder (per-firmware limits are pre-flight's):
+    # a longer line, comments included, or a bigger file goes to rejected/ unread.
+    hotfolder_max_line: int = Field(default=32_768, ge=96)
+    hotfolder_max_bytes: int = Field(default=1 << 30, ge=1)
     # The process a bare G-code file dropped in the hot folder asks for.
     hotfolder_process: str = Field(default="print", min_length=1)
     # Per file suffix, the process a bare G-code file asks for instead (CNC programs).
@@ -161,6 +166,16 @@ class JobsSection(Strict):
     device_check_timeout_s: float = Field(default=120.0, gt=0)
     # Bound for a step's controlled stop on cancel before it is cancelled hard.
     stop_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class JobPolicySection(Strict):
+    """`job_policy` of a device: what its jobs may do beyond the firmware's defaults
+    (docs/jobs.md, "What a job may not do")."""
+
+    # Rule ids of the firmware's policy lifted for this device (`M92`, `$X`).
+    allow: tuple[str, ...] = ()
+    # More commands its jobs may not use: `M106`, `G29`, `$H`, `$J=`.
+    deny: tuple[Annotated[str, Field(pattern=DENY_ENTRY)], ...] = ()
 
 
 class DeviceCommon(Strict):
@@ -181,6 +196,20 @@ class DeviceCommon(Strict):
     # Jobs: let the device check a program before running it when its driver can
     # (GRBL `$C` check mode).
     program_check: bool = True
+    # Jobs: the job-content policy of the device's firmware, loosened or tightened.
+    job_policy: JobPolicySection = JobPolicySection()
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> DeviceCommon:
+        known = rule_ids(self.driver)
+        unknown = [a for a in self.job_policy.allow if known is None or a not in known]
+        if unknown:
+            have = ", ".join(sorted(known)) if known else "none"
+            raise ValueError(
+                f"job_policy.allow: {', '.join(unknown)} not a rule of driver "
+                f"{self.driver!r} (its rules: {have})"
+            )
+        return self
 
 
 COMMON_KEYS = frozenset(DeviceCommon.model_fields) | {"sim"}

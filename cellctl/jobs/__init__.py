@@ -10,6 +10,8 @@ Modules:
     gcode      slicer metadata, extents and duration estimates of G-code
     dispatch   the dispatch decision behind the Dispatcher interface
     preflight  checks that hold a step before it moves anything
+    policy     what a job's G-code may not do, per firmware
+    content    bounded line reading, byte checks, escaping for operators
     recovery   what a restart does with unfinished steps
     api        the service's public types: errors, hold answers, device view
     requests   requests the local CLI queues in the store, applied by the daemon

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cellctl.jobs.content import clipped_lines
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
 _PRUSA_KV = re.compile(r"^;\s*([A-Za-z_][\w \[\]()./-]*?)\s*=\s*(.*?)\s*$")
 _CURA_KV = re.compile(r"^;([A-Z_][A-Z0-9_.]*):\s*(.*?)\s*$")
@@ -331,10 +333,15 @@ def _info(s: _Scan, count: int) -> GcodeInfo:
     )
 
 
+# Only the first this many bytes of a line are looked at: memory stays bounded on every
+# path (pre-flight holds a program with a longer line, the hot folder rejects it).
+SCAN_MAX_LINE = 1 << 16
+
+
 def scan_file(path: Path) -> GcodeInfo:
     """Read a G-code file (any encoding: bytes that are not UTF-8 are replaced)."""
-    with path.open("r", encoding="utf-8", errors="replace", newline=None) as f:
-        return scan_lines(f)
+    with path.open("rb") as f:
+        return scan_lines(clipped_lines(f, SCAN_MAX_LINE))
 
 
 def cut_short(path: Path, head: int = 4096, tail: int = 65536) -> str | None:

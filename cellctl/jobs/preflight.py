@@ -4,7 +4,9 @@
 2. A G-code file's slicer metadata agrees with the device: filament type and
    nozzle diameter with the loaded setup (`material`, `nozzle`), the bed it was
    sliced for and the extents of its moves with the build volume from config.
-3. The device checks the program itself when its driver can (GRBL's `$C`
+3. A G-code program breaks none of the job-content rules of the device's firmware
+   (cellctl.jobs.policy: no `M85`, no `$130=` … as its driver would send it).
+4. The device checks the program itself when its driver can (GRBL's `$C`
    check mode, through `cellctl.driver.SupportsPreflight`), unless the
    device's `program_check = false`.
 """
@@ -15,10 +17,12 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
+from cellctl.config import DeviceConfig
 from cellctl.driver import Driver, SupportsPreflight
 from cellctl.errors import CellError, LinkError, StepFailed
 from cellctl.jobs.dispatch import unmet
 from cellctl.jobs.gcode import GcodeInfo, format_number
+from cellctl.jobs.policy import Policy, policy_for, scan_program
 from cellctl.jobs.programs import ProgramMissing, ProgramStore
 from cellctl.jobs.records import StepRecord
 from cellctl.model import Step
@@ -95,6 +99,27 @@ def check_program(programs: ProgramStore, step: StepRecord) -> Path | None:
         return programs.verify(step.program_sha256)
     except ProgramMissing as exc:
         raise PreflightFailed(f"program: {exc}") from None
+
+
+def content_policy(cfg: DeviceConfig) -> Policy | None:
+    """The job-content policy of a device: its firmware's rules and its own lists."""
+    max_line = getattr(cfg.options, "max_line", None)  # Marlin's framing limit, when it has one
+    return policy_for(
+        cfg.common.driver,
+        cfg.common.job_policy.allow,
+        cfg.common.job_policy.deny,
+        max_line if isinstance(max_line, int) else None,
+    )
+
+
+def check_content(path: Path, policy: Policy) -> None:
+    """Blocking (reads the file): run off the loop. Names the first forbidden line."""
+    try:
+        violation = scan_program(path, policy)
+    except OSError as exc:
+        raise PreflightFailed(f"program: cannot read: {exc.strerror}") from None
+    if violation is not None:
+        raise PreflightFailed(f"job content: {violation}")
 
 
 async def device_check(driver: Driver, step: Step, bound_s: float) -> None:

@@ -36,7 +36,14 @@ from cellctl.jobs.dispatch import (
     check_assignments,
 )
 from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
-from cellctl.jobs.preflight import PreflightFailed, check_gcode, check_program, device_check
+from cellctl.jobs.preflight import (
+    PreflightFailed,
+    check_content,
+    check_gcode,
+    check_program,
+    content_policy,
+    device_check,
+)
 from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.records import JobRecord, StepRecord
 from cellctl.jobs.recovery import Changes, recovery_plan
@@ -805,6 +812,9 @@ class JobService:
                 problems = check_gcode(step.gcode, device_id, loaded, cfg.common.build_volume)
                 if problems:
                     raise PreflightFailed("; ".join(problems))
+                policy = content_policy(cfg)
+                if policy is not None and path is not None:
+                    await asyncio.to_thread(check_content, path, policy)
             driver_step = step.to_step(path)
             if cfg.common.program_check and runner.driver is not None:
                 await device_check(

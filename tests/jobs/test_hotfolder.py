@@ -54,7 +54,8 @@ async def test_torn_job_file_is_never_read_half(tmp_path: Path) -> None:
     async with running(cell_for(tmp_path)) as app:  # type: ignore[arg-type]
         hot, clock = folder_for(app, tmp_path)
         (hot.folder / "parts").mkdir()
-        (hot.folder / "parts" / "bracket.gcode").write_text(gcode(20))
+        # Hand-written: no slicer end marker to say it is complete, so it must settle.
+        (hot.folder / "parts" / "bracket.gcode").write_text("G28\n" + "G1 X10 Y10\n" * 20)
         job_file = hot.folder / "bracket.toml"
         half = len(JOB_TOML) // 2
         job_file.write_text(JOB_TOML[:half])  # the writer is still busy
