@@ -41,6 +41,7 @@ from cellctl.jobs.spec import (
     SHA_REF,
     JobRejected,
     JobSpec,
+    NoSpace,
     parse_job_toml,
     safe_program_path,
 )
@@ -92,6 +93,7 @@ class HotFolder:
         self._settings = settings
         self._clock = clock
         self._seen: dict[Path, _Seen] = {}
+        self._waiting_for_space: set[Path] = set()  # logged once each
         self.outcomes: deque[Outcome] = deque(maxlen=200)  # the latest, for status views
 
     async def run(self) -> None:
@@ -216,10 +218,16 @@ class HotFolder:
             return await self._reject(path, [], str(exc))
         return await self._submit(path, spec, {path.name: path})
 
-    async def _submit(self, path: Path, spec: JobSpec, programs: dict[str, Path]) -> Outcome:
+    async def _submit(self, path: Path, spec: JobSpec, programs: dict[str, Path]) -> Outcome | None:
         files = {n: p for n, p in programs.items() if not SHA_REF.match(n)}
         try:
             job = await self._jobs.submit(spec, files, source=f"hotfolder:{path.name}")
+        except NoSpace as exc:
+            # Not the file's fault: it stays where it is and is tried again later.
+            if path not in self._waiting_for_space:
+                log.warning("hot folder file waits for disk space", file=path.name, reason=str(exc))
+                self._waiting_for_space.add(path)
+            return None
         except JobRejected as exc:
             return await self._reject(path, list(programs.values()), str(exc))
         # Committed: the store holds the job and its programs; the drop-off copies go.
@@ -227,6 +235,7 @@ class HotFolder:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
             self._seen.pop(p, None)
+        self._waiting_for_space.discard(path)
         log.info("hot folder job accepted", file=path.name, job=job.id)
         return Outcome(path.name, accepted=job.id)
 
