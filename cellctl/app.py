@@ -35,7 +35,7 @@ from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
 from cellctl.retention import run_retention
 from cellctl.statelock import StateLock
-from cellctl.store import DEFAULT_FILE, Store, StoreDamaged, StoreError, transaction
+from cellctl.store import DEFAULT_FILE, Store, StoreError, transaction
 from cellctl.supervisor import Supervisor
 from cellctl.telemetry.service import MqttService
 
@@ -94,9 +94,9 @@ class App:
         self._reload.set()
 
     async def run(self) -> int:
-        """Run until stopped; 0 on a clean stop, 1 when the store turned out damaged.
-        Raises AlreadyRunning (another daemon holds the state directory) or StoreError
-        (the store cannot be opened; a damaged one is moved aside first)."""
+        """Run until stopped; 0 on a clean stop, 1 when the store cannot be used (a
+        damaged one is moved aside first; the log line says what to do). Raises
+        AlreadyRunning when another daemon holds the state directory."""
         with StateLock(self.cell.state_dir):
             return await self._run()
 
@@ -136,9 +136,10 @@ class App:
                 raise _Stop
         except* _Stop:
             pass
-        except* StoreDamaged as group:
-            # Found damaged while running (the start's quick_check passed): one line, stop.
-            log.error("cell stopping: the store is damaged", error=str(group.exceptions[0]))
+        except* StoreError as group:
+            # Damaged (at start, or found while running), or not openable: one line, no
+            # traceback. A full disk never gets here: its writers carry on without it.
+            log.error("the cell stops: its store cannot be used", error=str(group.exceptions[0]))
             code = 1
         finally:
             if force is not None:
