@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 from jobs.conftest import gcode, make_cell, printer, running, wait_for, wait_job
+from support.smalldisk import fill, small_disk
 
 from cellctl.cli import main
 from cellctl.cli_backup import backup
-from cellctl.config import StoreSection
+from cellctl.config import JobsSection, StoreSection
 from cellctl.errors import CellError, UsageError
+from cellctl.hotfolder import HotFolder
 from cellctl.jobs.spec import JobSpec
 from cellctl.model import JobState
 from cellctl.retention import prune_once
@@ -139,3 +141,21 @@ async def test_retention_bounds_finished_jobs_and_audit_rows(tmp_path: Path) -> 
         await prune_once(app.store, app.jobs, cfg)
         assert sorted(app.jobs._jobs) == ["open"]
         assert rows(db, "SELECT id FROM jobs") == [("open",)]
+
+
+async def test_hot_folder_file_waits_for_disk_space_and_is_not_rejected(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, {"p1": printer()}, store={"min_free_mb": 2})
+    with small_disk(tmp_path / "state", 8) as state:
+        async with running(cell) as app:
+            filler = fill(state)
+            section = JobsSection(hotfolder_settle_s=0.0)
+            hot = HotFolder(tmp_path / "hot", app.jobs, lambda: section, lambda: 100.0)
+            hot.folder.mkdir()
+            (hot.folder / "part.gcode").write_text(gcode(10))
+            for _ in range(3):
+                assert await hot.scan_once() == []
+            assert (hot.folder / "part.gcode").exists() and not hot.rejected.exists()
+            filler.unlink()
+            [outcome] = await hot.scan_once()
+            assert outcome.accepted is not None, outcome
+            assert not (hot.folder / "part.gcode").exists()
