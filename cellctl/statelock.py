@@ -43,9 +43,10 @@ class StateLock:
             holder = _read_pid(fd)
             os.close(fd)
             who = f"PID {holder}" if holder else "another process"
+            where = self.path.parent.resolve()
             raise AlreadyRunning(
-                f"another cellctl ({who}) is running on the state directory "
-                f"{self.path.parent.resolve()}; stop it first, or give this cell its own [cell] state_dir"
+                f"another cellctl ({who}) is running on the state directory {where};"
+                " stop it first, or give this cell its own [cell] state_dir"
             ) from None
         with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
             os.pwrite(fd, f"{os.getpid()}".ljust(_PID_WIDTH - 1).encode() + b"\n", 0)
