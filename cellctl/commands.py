@@ -370,7 +370,7 @@ class CommandHandler:
         except StoreError as exc:
             # Only an emergency stop gets here accepted: it has acted, so the reply
             # says accepted, and the log carries what the audit table could not.
-            what = "emergency stop carried out" if outcome == "accepted" else "command"
+            what = "emergency stop carried out" if outcome == "accepted" else f"{name} {outcome}"
             log.error(f"{what}; its audit row could not be written", command=name, error=str(exc))
         except Exception as exc:
             log.error("audit write failed", command=name, exc_info=exc)

@@ -236,15 +236,20 @@ class Store:
             self._conn = await self._run(_connect, self.path)
             self.version = await self.call(migrate)
         except StoreError:
-            await self._close()
+            await self._give_up()
             raise
         except (sqlite3.Error, OSError) as exc:
-            await self._close()
+            await self._give_up()
             mine = translate(exc, self.path)
             if mine is not None:
                 raise mine from exc
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
         return self
+
+    async def _give_up(self) -> None:
+        # A failed __aenter__ gets no __aexit__: close and stop the thread here.
+        await self._close()
+        self._pool.shutdown(wait=True)
 
     async def _close(self) -> None:
         if self._conn is not None:
@@ -289,14 +294,11 @@ class Store:
         if not self.full:
             self.full = True
             self.full_since = time.time()
-            log.error(
-                "store: the disk is full; running degraded (see docs/jobs.md)",
-                store=str(self.path),
-            )
+            log.error("store: a write found the disk full", store=str(self.path))
 
     def _mark_writable(self) -> None:
         log.warning(
-            "store: writes succeed again; no longer degraded",
+            "store: writes succeed again",
             store=str(self.path),
             failed_writes=self.full_errors,
             full_for_s=round(time.time() - (self.full_since or time.time()), 1),
