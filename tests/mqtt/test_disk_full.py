@@ -116,6 +116,7 @@ async def test_disk_full_refuses_work_keeps_control_and_recovers(
             assert not [e for e in logs if e.get("exc_info")], "a traceback was logged"
 
             # Restart with the disk still full: it runs, degraded, and still answers.
+            sub.messages.clear()  # `online` must come from the new daemon (subscribed)
             with structlog.testing.capture_logs() as logs:
                 async with running_app(cell) as app:
                     await sub.online()
