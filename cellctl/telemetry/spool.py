@@ -89,6 +89,7 @@ class Spool:
         self._wake = asyncio.Event()
         self._over_bound_logged = False
         self._full_logged_at = -1  # dropped_disk_full when the last commit failed
+        self._pending_seqs: dict[str, int] = {}
         self._committing: list[Entry] = []
         # Rows committed since the sender last read SQLite (ids ascending).
         self.fresh: deque[Entry] = deque()
@@ -180,7 +181,10 @@ class Spool:
         batch, self._batch = self._batch, _Batch()
         if not (batch.rows or batch.acked or batch.offline_drops):
             return
-        seqs = {p.source: p.seq for p in batch.rows if p.source is not None and p.seq is not None}
+        seqs = {
+            **self._pending_seqs,  # from commits the disk refused: written with this one
+            **{p.source: p.seq for p in batch.rows if p.source is not None and p.seq is not None},
+        }
         counters = {
             "dropped_offline": self.counters.dropped_offline,
             "dropped_disk_full": self.counters.dropped_disk_full,
@@ -242,10 +246,12 @@ class Spool:
         try:
             ids, deleted, trimmed = await self._store.call(commit)
         except StoreFull:
+            self._pending_seqs = seqs
             self._not_kept(batch)
             return
         finally:
             self._committing = []
+        self._pending_seqs = {}
         c = self.counters
         if self._full_logged_at >= 0:
             log.warning("the spool keeps messages again", dropped_disk_full=c.dropped_disk_full)

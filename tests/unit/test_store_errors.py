@@ -12,6 +12,8 @@ import pytest
 
 from cellctl.statelock import AlreadyRunning, StateLock
 from cellctl.store import Store, StoreFull, transaction
+from cellctl.telemetry.encoding import Kind, Outgoing
+from cellctl.telemetry.spool import Spool
 
 
 def insert_blob(conn: sqlite3.Connection) -> None:
@@ -48,3 +50,44 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
     with StateLock(tmp_path / "state"):  # released on exit; the file stays
         pass
     assert (tmp_path / "state" / "cellctl.lock").exists()
+
+
+async def test_the_spool_counts_what_a_full_disk_cannot_keep(tmp_path: Path) -> None:
+    async with Store(tmp_path / "s.db") as store:
+        spool = Spool(store, commit_s=0)
+        await spool.load()
+
+        def event(source: str) -> None:
+            seq = spool.next_seq(source)
+            spool.add(Outgoing(f"t/{source}", bytes(3000), Kind.ALARM, qos=1), source, seq)
+
+        await store.call(fill_up)
+        for _ in range(3):
+            event("a")
+        await spool.flush()  # a commit the disk refuses: counted, forgotten, no exception
+        assert store.full and spool.counters.dropped_disk_full == 3
+        assert spool.counters.depth == 0 and spool.uncommitted_count == 0
+
+        await store.call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        event("b")
+        await spool.flush()
+        assert not store.full and spool.counters.depth == 1
+        seqs = await store.call(lambda c: dict(c.execute("SELECT source, seq FROM telemetry_seq")))
+        # "a" had no event in the commit that worked: its number went with it all the same,
+        # so a later start does not hand out a:1 … a:3 again.
+        assert seqs == {"a": 3, "b": 1}
+        counters = await store.call(
+            lambda c: dict(c.execute("SELECT name, value FROM telemetry_counters"))
+        )
+        assert counters["dropped_disk_full"] == 3
+
+
+def fill_up(conn: sqlite3.Connection) -> None:
+    """Hold the store at its size and use up its free pages: every new page fails."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    while True:
+        try:
+            insert_blob(conn)
+        except sqlite3.OperationalError:
+            return
