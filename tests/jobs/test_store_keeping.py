@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from jobs.conftest import gcode, make_cell, printer, running, wait_for, wait_job
-from support.smalldisk import fill, small_disk
+from support.smalldisk import fill, rerun_in_userns, small_disk
 
 from cellctl.cli import main
 from cellctl.cli_backup import backup
@@ -143,7 +143,11 @@ async def test_retention_bounds_finished_jobs_and_audit_rows(tmp_path: Path) -> 
         assert rows(db, "SELECT id FROM jobs") == [("open",)]
 
 
-async def test_hot_folder_file_waits_for_disk_space_and_is_not_rejected(tmp_path: Path) -> None:
+async def test_hot_folder_file_waits_for_disk_space_and_is_not_rejected(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if rerun_in_userns(request, tmp_path):
+        return
     cell = make_cell(tmp_path, {"p1": printer()}, store={"min_free_mb": 2})
     with small_disk(tmp_path / "state", 8) as state:
         async with running(cell) as app:

@@ -15,10 +15,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 from mqtt_broker import Mosquitto
 from mqtt_rig import BOUND, Commander, Subscriber, load, running_app, service, sims, write_config
-from support.smalldisk import fill, small_disk
+from support.smalldisk import fill, rerun_in_userns, small_disk
 
 from cellctl.telemetry.topics import Topics
 
@@ -48,8 +49,10 @@ def events(logs: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_disk_full_refuses_work_keeps_control_and_recovers(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, request: pytest.FixtureRequest
 ) -> None:
+    if rerun_in_userns(request, tmp_path):
+        return
     cfg = write_config(tmp_path / "cell.toml", broker.port, telemetry=STORE)
     cell = load(cfg)
     topics = Topics(cell.name)
