@@ -199,14 +199,21 @@ def _check_or_move_aside(path: Path) -> None:
     """Blocking: quick_check the file; a damaged one is moved aside and reported."""
     if not path.exists():
         return
+    # Read-only: the last connection to close a WAL store checkpoints it, and that
+    # would write into a damaged file that is to be kept as it was found.
+    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+        problem = quick_check(conn)
+        conn.close()
+    except sqlite3.OperationalError:  # e.g. a WAL without its index: read-write then
         conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            problem = quick_check(conn)
+        finally:
+            conn.close()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the store {path}: {exc}") from None
-    try:
-        problem = quick_check(conn)
-    finally:
-        conn.close()
     if problem is not None:
         aside = move_aside(path)
         raise StoreDamaged(damaged_message(path, f"quick_check: {problem}", aside))
