@@ -122,8 +122,10 @@ def test_damaged_store_is_one_clear_error_and_kept_aside(tmp_path: Path) -> None
     errors = [line for line in lines if line["level"] == "error"]
     assert len(errors) == 1, out
     said = str(errors[0]["error"])
-    asides = list(db.parent.glob("cellctl.db.damaged-*"))
-    assert [p.name for p in asides if not p.name.endswith(("-wal", "-shm"))] == [asides[0].name]
+    asides = [
+        p for p in db.parent.glob("cellctl.db.damaged-*") if not p.name.endswith(("-wal", "-shm"))
+    ]
+    assert len(asides) == 1, asides
     aside = asides[0]
     assert said.startswith(f"the store {db} is damaged (quick_check: "), said
     assert f"moved aside to {aside} (not deleted)" in said
