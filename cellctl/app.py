@@ -3,6 +3,12 @@
 SIGTERM/SIGINT stop the cell within `supervisor.shutdown_timeout_s`; SIGHUP
 re-reads the config file: an invalid one is rejected and the running config
 stays, a valid one is applied device by device (see Supervisor.reload).
+
+Before anything else the daemon takes the state directory's lock (one daemon
+per state directory, cellctl/statelock.py) and checks the store (a damaged
+one is moved aside and named in one error). A full disk does not stop it: it
+runs degraded, says so (log and systemd STATUS), and recovers when space
+returns (docs/jobs.md, "When the disk is full").
 """
 
 from __future__ import annotations
@@ -27,12 +33,16 @@ from cellctl.hotfolder import HotFolder
 from cellctl.jobs.service import JobService
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
-from cellctl.store import DEFAULT_FILE, Store
+from cellctl.retention import run_retention
+from cellctl.statelock import StateLock
+from cellctl.store import DEFAULT_FILE, Store, StoreError, transaction
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.service import MqttService
 
 log = structlog.get_logger("cellctl.app")
+
+STORE_WATCH_S = 2.0  # how often the free space of the state directory is looked at
 
 Component = Callable[[], Coroutine[Any, Any, None]]
 """A long-running part of the daemon (store writer, MQTT, scheduler): runs until cancelled."""
@@ -55,9 +65,14 @@ class App:
         )
         self.components: dict[str, Component] = {}
         # The journal every component shares (jobs, telemetry spool); opened by run().
-        self.store = Store(cell.state_dir / DEFAULT_FILE)
+        self.store = Store(cell.state_dir / DEFAULT_FILE, check=True)
         self.jobs = JobService(self.store, self.supervisor, self.bus, lambda: self.cell)
         self.components["jobs"] = self.jobs.run
+        self.components["retention"] = lambda: run_retention(
+            self.store, self.jobs, lambda: self.cell.config.store
+        )
+        # None, or why the store is degraded ("disk full", "low on space").
+        self.degraded: str | None = None
         # The hot folder is read at start; a reload does not move it.
         self.hotfolder: HotFolder | None = None
         if cell.hotfolder is not None:
@@ -80,12 +95,20 @@ class App:
         self._reload.set()
 
     async def run(self) -> int:
+        """Run until stopped; 0 on a clean stop, 1 when the store cannot be used (a
+        damaged one is moved aside first; the log line says what to do). Raises
+        AlreadyRunning when another daemon holds the state directory."""
+        with StateLock(self.cell.state_dir):
+            return await self._run()
+
+    async def _run(self) -> int:
         apply_thread_switch(self.cell.config.supervisor)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         force: asyncio.TimerHandle | None = None
+        code = 0
         log.info(
             "cell starting",
             cell=self.cell.name,
@@ -100,6 +123,7 @@ class App:
                 tg.create_task(self._announce_ready(), name="ready")
                 tg.create_task(self._reloader(), name="reloader")
                 tg.create_task(self._status_loop(), name="status")
+                tg.create_task(self._store_watch(), name="store-watch")
                 interval = watchdog_interval()
                 if interval:
                     tg.create_task(self._watchdog(interval), name="watchdog")
@@ -113,6 +137,11 @@ class App:
                 raise _Stop
         except* _Stop:
             pass
+        except* StoreError as group:
+            # Damaged (at start, or found while running), or not openable: one line, no
+            # traceback. A full disk never gets here: its writers carry on without it.
+            log.error("the cell stops: its store cannot be used", error=str(group.exceptions[0]))
+            code = 1
         finally:
             if force is not None:
                 force.cancel()  # stopped in time (matters when the loop lives on, as in tests)
@@ -120,7 +149,7 @@ class App:
                 loop.remove_signal_handler(sig)
         log.info("cell stopped")
         self.notifier.close()
-        return 0
+        return code
 
     def _force_exit(self) -> None:
         log.error(
@@ -147,10 +176,48 @@ class App:
         last = ""
         while True:
             summary = self.supervisor.summary()
+            if self.degraded:
+                summary = f"degraded ({self.degraded}); {summary}"
             if summary != last:
                 self.notifier.status(summary)
                 last = summary
             await asyncio.sleep(1.0)
+
+    async def _store_watch(self) -> None:
+        """Say when the store is degraded (disk full, or below the free-space floor) and
+        when it is not any more; after a full disk, probe with a small write once space
+        is back, so that the store knows it can write again without waiting for traffic."""
+        while True:
+            floor = int(self.cell.config.store.min_free_mb * 1e6)
+            try:
+                free: int | None = self.store.free_bytes()
+            except OSError:
+                free = None
+            if self.store.full and free is not None and free >= floor:
+                try:
+                    await self.store.call(_probe_write)
+                except StoreError:
+                    pass
+            if self.store.full:
+                now: str | None = "disk full"
+            elif free is not None and free < floor:
+                now = "low on disk space"
+            else:
+                now = None
+            if now != self.degraded:
+                if now is None:
+                    log.warning("store no longer degraded", free_mb=_mb(free))
+                else:
+                    log.error(
+                        "store degraded: new jobs are refused; stop, pause, emergency stop"
+                        " and telemetry go on",
+                        why=now,
+                        free_mb=_mb(free),
+                        floor_mb=self.cell.config.store.min_free_mb,
+                        state_dir=str(self.cell.state_dir),
+                    )
+                self.degraded = now
+            await asyncio.sleep(STORE_WATCH_S)
 
     async def _reloader(self) -> None:
         while True:
@@ -173,6 +240,18 @@ class App:
         self.reloads += 1
         log.info("config reloaded", actions=actions)
         return True
+
+
+def _probe_write(conn: Any) -> None:
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO telemetry_counters (name, value) VALUES ('store_probe', 1)"
+            " ON CONFLICT(name) DO UPDATE SET value = value + 1"
+        )
+
+
+def _mb(n: int | None) -> float | None:
+    return None if n is None else round(n / 1e6, 1)
 
 
 def apply_thread_switch(cfg: SupervisorSection) -> None:

@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli_remote import add_commands
 
     add_commands(sub)  # status, ack, estop: over MQTT
+
+    from cellctl.cli_backup import add_commands as add_backup
+
+    add_backup(sub)
     return p
 
 

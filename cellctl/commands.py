@@ -11,6 +11,8 @@ A rejection is one log line; nothing a client sends can crash the daemon.
 Emergency stop is the one command that acts before it commits: it calls every
 connected driver's `emergency_stop()` at once, from its own task, so that no
 other command and no fsync stands between its arrival and the devices.
+With the disk full, emergency stop, pause, resume, stop and reset still act
+and reply `accepted`; the audit row they could not write is logged instead.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cellctl.errors import CellError, NotSupported
 from cellctl.model import DeviceState, RequestKind
-from cellctl.store import Store, transaction
+from cellctl.store import Store, StoreError, transaction
 from cellctl.supervisor import DeviceRunner
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.encoding import PAYLOAD_VERSION, AuditRecord, Kind, Outgoing, dumps
@@ -366,6 +368,11 @@ class CommandHandler:
         record = AuditRecord(name, request_id, origin, outcome, reason)
         try:
             await self._commit_audit(record, payload_text, name == "estop" or outcome != "accepted")
+        except StoreError as exc:
+            # Only an emergency stop gets here accepted: it has acted, so the reply
+            # says accepted, and the log carries what the audit table could not.
+            what = "emergency stop carried out" if outcome == "accepted" else f"{name} {outcome}"
+            log.error(f"{what}; its audit row could not be written", command=name, error=str(exc))
         except Exception as exc:
             log.error("audit write failed", command=name, exc_info=exc)
             if outcome == "accepted":
@@ -504,7 +511,14 @@ class CommandHandler:
         except TimeoutError:
             raise Rejected(f"device {cmd.device!r} did not carry out {name} in time") from None
         rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
-        await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+        try:
+            await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+        except StoreError as exc:  # it acted: the reply says so, the log says the rest
+            log.error(
+                f"{name} carried out; its audit row could not be written",
+                device=cmd.device,
+                error=str(exc),
+            )
         return {"device": cmd.device, "state": runner.state.label}
 
     async def _service(

@@ -177,6 +177,21 @@ class JobPolicySection(Strict):
     # More commands its jobs may not use: `M106`, `G29`, `$H`, `$J=`.
     deny: tuple[Annotated[str, Field(pattern=DENY_ENTRY)], ...] = ()
 
+class StoreSection(Strict):
+    """The SQLite store in the state directory (docs/jobs.md, "Keeping the store")."""
+
+    # New jobs are refused while the disk holding the state directory has less free than
+    # this: the room left is for the transitions and audit rows of work already accepted.
+    min_free_mb: float = Field(default=64.0, ge=0)
+    # Finished jobs (with their steps and transitions), done local requests and command
+    # audit rows older than this are deleted …
+    retention_days: float = Field(default=30.0, gt=0)
+    # … and never more than this many finished jobs, or audit rows, are kept.
+    retention_max_jobs: int = Field(default=10_000, ge=1)
+    retention_max_audit: int = Field(default=100_000, ge=1)
+    # How often retention runs (and once at start).
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+
 
 class DeviceCommon(Strict):
     """Keys every device has; all other keys of its table belong to the driver."""
@@ -251,6 +266,7 @@ class CellConfig(Strict):
     mqtt: MqttSection | None = None
     telemetry: TelemetrySection = TelemetrySection()
     jobs: JobsSection = JobsSection()
+    store: StoreSection = StoreSection()
 
 
 class Cell(BaseModel):

@@ -61,6 +61,7 @@ from cellctl.jobs.spec import (
     GCODE_SUFFIXES,
     JobRejected,
     JobSpec,
+    NoSpace,
     parse_job_toml,
     safe_program_path,
 )
@@ -135,6 +136,7 @@ class HotFolder:
         self._partials: set[tuple[int, int]] = set()  # (dev, ino) of .part/.tmp files
         self._waited: dict[str, Identity] = {}  # read and found incomplete in this state
         self._said: set[str] = set()  # problems logged once, not every poll
+        self._waiting_for_space: set[str] = set()  # logged once each
         self.outcomes: deque[Outcome] = deque(maxlen=200)  # the latest, for status views
 
     async def run(self) -> None:
@@ -402,10 +404,17 @@ class HotFolder:
         files = {r.label: r.staged for r in reads if r.staged is not None}
         try:
             job = await self._jobs.submit(spec, files, source=f"hotfolder:{escaped(name)}")
+        except NoSpace as exc:
+            # Not the file's fault: it stays where it is and is tried again later.
+            if name not in self._waiting_for_space:
+                log.warning("hot folder file waits for disk space", file=escaped(name), reason=str(exc))
+                self._waiting_for_space.add(name)
+            return None
         except JobRejected as exc:
             return await self._reject(root, name, str(exc), extras)
         # Committed: the store holds the job and its programs; the drop-off copies go.
         await asyncio.to_thread(self._remove_read, root, reads, job.id)
+        self._waiting_for_space.discard(name)
         log.info("hot folder job accepted", file=escaped(name), job=job.id)
         return Outcome(name, accepted=job.id)
 

@@ -6,6 +6,11 @@ to the store in one transaction (synchronous=FULL) and only then applied in
 memory and published on the bus as JobChanged / StepChanged. A submission is
 acknowledged (the call returns) only after its rows are committed.
 
+A full disk (the store raises StoreFull) stops the service from taking new
+work, never from running: submissions are refused below the free-space floor,
+nothing is dispatched while the store cannot write, and a step's end that
+cannot be written is written again once there is space (docs/jobs.md).
+
 The public API is async and is what the MQTT commands and the CLI requests
 call: `submit`, `get`, `list_jobs`, `cancel`, `answer_hold`, `set_setup`,
 `set_in_service`, `devices`, `transitions`.
@@ -48,7 +53,7 @@ from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.records import JobRecord, StepRecord
 from cellctl.jobs.recovery import Changes, recovery_plan
 from cellctl.jobs.requests import apply_requests
-from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec
+from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec, NoSpace
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
 from cellctl.model import (
     DeviceState,
@@ -66,7 +71,8 @@ from cellctl.model import (
     StepResult,
     StepState,
 )
-from cellctl.store import Store, transaction
+from cellctl.retention import delete_jobs, finished_to_drop
+from cellctl.store import Store, StoreFull, transaction
 from cellctl.supervisor import DeviceRunner, Supervisor
 from cellctl.tasks import TaskGroup
 
@@ -80,6 +86,9 @@ __all__ = [
     "JobService",
     "job_summary",
 ]
+
+# While the disk is full: how often a write that must happen (a step's end) is tried.
+FULL_RETRY_S = 1.0
 
 # Device states in which a device may be given a step.
 READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
@@ -117,7 +126,13 @@ class JobService:
 
     async def run(self) -> None:
         """The App component: load, recover, then dispatch until cancelled."""
-        await self._load_and_recover()
+        while True:
+            try:
+                await self._load_and_recover()
+                break
+            except StoreFull as exc:  # recovery writes; with no room it waits for some
+                log.error("jobs: cannot recover with the disk full; waiting", error=str(exc))
+                await asyncio.sleep(FULL_RETRY_S)
         events = self._bus.subscribe("jobs", maxsize=1000)
         try:
             async with TaskGroup() as tg:
@@ -128,7 +143,10 @@ class JobService:
                 self.ready.set()
                 while True:
                     self._wake.clear()
-                    await self._dispatch_once()
+                    try:
+                        await self._dispatch_once()
+                    except StoreFull:
+                        pass  # the store said so in the log; dispatch waits for room
                     interval = self._cell().config.jobs.dispatch_interval_s
                     try:
                         async with asyncio.timeout(interval):
@@ -172,9 +190,18 @@ class JobService:
         self, spec: JobSpec, files: Mapping[str, Path] | None = None, source: str = "api"
     ) -> JobRecord:
         """Accept a job; returns once it is durably stored. The same id again returns
-        the stored job unchanged. Raises JobRejected (nothing stored) with the reason."""
-        await self.ready.wait()
+        the stored job unchanged. Raises JobRejected (nothing stored) with the reason:
+        NoSpace below the free-space floor, checked before anything is written."""
         spec_json = spec.model_dump_json()
+        existing = self._jobs.get(spec.id) if self.ready.is_set() else None
+        if existing is not None:
+            return self._repeat(existing, spec_json, source)
+        # Before waiting for readiness: a start on a full disk may wait for room to
+        # recover, and a refusal must not wait behind it.
+        problem = self._store.space_problem(int(self._cell().config.store.min_free_mb * 1e6))
+        if problem is not None:
+            raise NoSpace(f"job {spec.id} refused: {problem}")
+        await self.ready.wait()
         existing = self._jobs.get(spec.id)
         if existing is not None:
             return self._repeat(existing, spec_json, source)
@@ -779,7 +806,30 @@ class JobService:
             self._wake.set()
 
     async def _finish(self, job_id: str, index: int, fields: dict[str, Any]) -> None:
-        """Apply a step's end; a step already ended (cancelled meanwhile) stays as it is."""
+        """Apply a step's end; a step already ended (cancelled meanwhile) stays as it is.
+
+        A full disk does not lose it: the step keeps its device and the end is written
+        once there is room (tried every FULL_RETRY_S)."""
+        waited = False
+        while True:
+            try:
+                await self._finish_once(job_id, index, fields)
+            except StoreFull as exc:
+                if not waited:
+                    log.error(
+                        "step ended but the disk is full; recorded once there is room",
+                        step=f"{job_id}/{index}",
+                        state=str(fields.get("state")),
+                        error=str(exc),
+                    )
+                    waited = True
+                await asyncio.sleep(FULL_RETRY_S)
+                continue
+            if waited:
+                log.warning("step end recorded once the disk had room", step=f"{job_id}/{index}")
+            return
+
+    async def _finish_once(self, job_id: str, index: int, fields: dict[str, Any]) -> None:
         step = self._jobs[job_id].steps[index]
         if step.state.terminal:
             return
@@ -831,17 +881,23 @@ class JobService:
                 job_id, index, {"state": StepState.QUEUED, "reason": f"{device_id}: {exc}"}
             )
             return
-        await self._change(
-            job_id,
-            {
-                index: {
-                    "state": StepState.RUNNING,
-                    "reason": f"running on {device_id}"
-                    + (f" from line {step.start_line}" if step.start_line else ""),
-                    "ran_sha256": step.program_sha256,
-                }
-            },
-        )
+        try:
+            await self._change(
+                job_id,
+                {
+                    index: {
+                        "state": StepState.RUNNING,
+                        "reason": f"running on {device_id}"
+                        + (f" from line {step.start_line}" if step.start_line else ""),
+                        "ran_sha256": step.program_sha256,
+                    }
+                },
+            )
+        except StoreFull:  # nothing was sent to the device: back to the queue
+            await self._finish(
+                job_id, index, {"state": StepState.QUEUED, "reason": "disk full before start"}
+            )
+            return
         key = step.key
 
         def progress(p: Progress) -> None:
@@ -917,7 +973,10 @@ class JobService:
     async def _flush_progress_loop(self) -> None:
         while True:
             await asyncio.sleep(self._cell().config.jobs.progress_flush_s)
-            await self.flush_progress()
+            try:
+                await self.flush_progress()
+            except StoreFull:
+                pass  # kept in memory; the next flush with room writes the latest line
 
     async def flush_progress(self) -> None:
         """Store the last acknowledged line of every running step (one group commit)."""
@@ -947,8 +1006,22 @@ class JobService:
 
     async def _request_loop(self) -> None:
         while True:
-            await self.apply_requests()
+            try:
+                await self.apply_requests()
+            except StoreFull:
+                await asyncio.sleep(FULL_RETRY_S)  # a request is applied once there is room
             await asyncio.sleep(0.2)
+
+    async def prune(self, cutoff: float, keep_max: int) -> int:
+        """Retention: delete finished jobs past it from the store and from memory."""
+        await self.ready.wait()
+        async with self._lock:
+            ids = finished_to_drop(self._jobs.values(), cutoff, keep_max)
+            if ids:
+                await self._store.call(lambda conn: delete_jobs(conn, ids))
+                for job_id in ids:
+                    self._jobs.pop(job_id, None)
+        return len(ids)
 
     async def apply_requests(self) -> int:
         """Apply what the local CLI queued in the store; returns how many were applied."""

@@ -29,6 +29,11 @@ class JobRejected(CellError):
     """A submission that cannot become a job; the message says why. Nothing was stored."""
 
 
+class NoSpace(JobRejected):
+    """Refused for lack of disk space (below `[store] min_free_mb`, or the disk is full).
+    Not the submission's fault: the same submission is accepted once space returns."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

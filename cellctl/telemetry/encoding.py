@@ -88,6 +88,7 @@ class SpoolStats:
     depth: int
     dropped_samples: int
     dropped_offline: int
+    dropped_disk_full: int = 0
     timestamp: float = field(default_factory=time.time)
 
 
@@ -217,5 +218,6 @@ class JsonEncoding:
             "depth": stats.depth,
             "dropped_samples": stats.dropped_samples,
             "dropped_offline": stats.dropped_offline,
+            "dropped_disk_full": stats.dropped_disk_full,
         }
         return Outgoing(self.topics.spool, dumps(body), Kind.SPOOL, qos=1, retain=True)

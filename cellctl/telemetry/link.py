@@ -62,7 +62,7 @@ class LinkSettings:
     keepalive_s: int = 30
     connect_timeout_s: float = 5.0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None

@@ -67,7 +67,7 @@ class Publisher:
         self._progress_at: dict[str, float] = {}
         self.samples_sent = 0
         self.events = 0
-        self._stats_sent: tuple[int, int, int] | None = None
+        self._stats_sent: tuple[int, int, int, int] | None = None
 
     # --- intake (never waits) --------------------------------------------
 
@@ -178,7 +178,7 @@ class Publisher:
 
     def publish_spool_stats(self, force: bool = False) -> None:
         c = self.spool.counters
-        now = (c.depth, c.dropped_samples, c.dropped_offline)
+        now = (c.depth, c.dropped_samples, c.dropped_offline, c.dropped_disk_full)
         if (now != self._stats_sent or force) and self.link.is_connected:
             if self.link.publish(self.encoding.spool(SpoolStats(*now))) is not None:
                 self._stats_sent = now

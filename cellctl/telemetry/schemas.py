@@ -64,6 +64,8 @@ class SpoolPayload(_Payload):
     depth: int
     dropped_samples: int
     dropped_offline: int
+    # Messages the spool could not keep because the disk was full (docs/mqtt.md).
+    dropped_disk_full: int = 0
 
 
 class State(_Event):

@@ -15,6 +15,14 @@ before the link broke gets it again, which is why every event carries `seq`.
 The spool is bounded by `max_rows`: past it the oldest QoS 1 samples are
 deleted; events are never dropped (the spool then grows past its bound and
 says so in the log). Drops are counted here and published on the spool topic.
+
+A full disk (the store raises StoreFull) is the one case where events are
+lost: the spool stops growing, the rows of a commit that found no space are
+counted in `dropped_disk_full` (published on the spool topic) and forgotten.
+Those entries still went to the broker if it was connected and the sender
+was caught up at the time (the early path), but they are not kept for a
+reconnect or a restart. While the disk stays full a commit is tried at most
+once per `FULL_RETRY_S`; the first that succeeds ends it (see docs/mqtt.md).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from cellctl.store import Store, transaction
+from cellctl.store import Store, StoreFull, transaction
 from cellctl.telemetry.encoding import Kind, Outgoing
 
 log = structlog.get_logger("cellctl.mqtt.spool")
@@ -36,6 +44,9 @@ log = structlog.get_logger("cellctl.mqtt.spool")
 FRESH_MAX = 20_000
 # Uncommitted entries offered to the sender early; past this they wait for their commit.
 EARLY_MAX = 10_000
+# While the disk is full, one commit attempt per this many seconds (a failed one costs
+# little, but nothing is gained by trying it for every event).
+FULL_RETRY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -55,6 +66,7 @@ class SpoolCounters:
     depth: int = 0
     dropped_samples: int = 0  # QoS 1 samples deleted because the spool was full
     dropped_offline: int = 0  # QoS 0 samples not sent because the broker was unreachable
+    dropped_disk_full: int = 0  # entries not kept because the disk was full
     committed: int = 0
     commits: int = 0
 
@@ -76,6 +88,8 @@ class Spool:
         self._batch = _Batch()
         self._wake = asyncio.Event()
         self._over_bound_logged = False
+        self._full_logged_at = -1  # dropped_disk_full when the last commit failed
+        self._pending_seqs: dict[str, int] = {}
         self._committing: list[Entry] = []
         # Rows committed since the sender last read SQLite (ids ascending).
         self.fresh: deque[Entry] = deque()
@@ -102,6 +116,7 @@ class Spool:
         self.counters.depth = depth
         self.counters.dropped_samples = counters.get("dropped_samples", 0)
         self.counters.dropped_offline = counters.get("dropped_offline", 0)
+        self.counters.dropped_disk_full = counters.get("dropped_disk_full", 0)
         if depth:
             log.info("spool holds messages from before; they go out first", depth=depth)
 
@@ -152,7 +167,9 @@ class Spool:
         try:
             while True:
                 await self._wake.wait()
-                if self.commit_s:
+                if self._store.full:
+                    await asyncio.sleep(FULL_RETRY_S)
+                elif self.commit_s:
                     await asyncio.sleep(self.commit_s)  # the group-commit window
                 await self.flush()
         finally:
@@ -164,9 +181,13 @@ class Spool:
         batch, self._batch = self._batch, _Batch()
         if not (batch.rows or batch.acked or batch.offline_drops):
             return
-        seqs = {p.source: p.seq for p in batch.rows if p.source is not None and p.seq is not None}
+        seqs = {
+            **self._pending_seqs,  # from commits the disk refused: written with this one
+            **{p.source: p.seq for p in batch.rows if p.source is not None and p.seq is not None},
+        }
         counters = {
             "dropped_offline": self.counters.dropped_offline,
+            "dropped_disk_full": self.counters.dropped_disk_full,
         }
         max_rows = self.max_rows
         depth_before = self.counters.depth
@@ -224,9 +245,17 @@ class Spool:
         self._committing = batch.rows
         try:
             ids, deleted, trimmed = await self._store.call(commit)
+        except StoreFull:
+            self._pending_seqs = seqs
+            self._not_kept(batch)
+            return
         finally:
             self._committing = []
+        self._pending_seqs = {}
         c = self.counters
+        if self._full_logged_at >= 0:
+            log.warning("the spool keeps messages again", dropped_disk_full=c.dropped_disk_full)
+            self._full_logged_at = -1
         c.depth += len(ids) - deleted - trimmed
         c.dropped_samples += trimmed
         c.committed += len(ids)
@@ -252,6 +281,22 @@ class Spool:
                 self.fresh.clear()
                 self.fresh_generation += 1
             self.on_commit()
+
+    def _not_kept(self, batch: _Batch) -> None:
+        """A commit found the disk full: its rows are counted and forgotten (the sender
+        may have sent them already); its deletes wait for the next commit."""
+        self._batch.acked[:0] = batch.acked
+        if not batch.rows:
+            return
+        first = self._full_logged_at < 0
+        self.counters.dropped_disk_full += len(batch.rows)
+        if first:
+            log.error(
+                "disk full: the spool cannot keep new messages; they go out only while"
+                " the broker is connected, and are counted in dropped_disk_full",
+                lost=len(batch.rows),
+            )
+        self._full_logged_at = self.counters.dropped_disk_full
 
     async def read_after(self, row_id: int, limit: int) -> list[Entry]:
         def read(conn: sqlite3.Connection) -> list[Entry]:

@@ -114,7 +114,8 @@ class RobotSimOptions(SimOptions):
     certificate: Path | None = None  # server certificate; made in a temp dir if missing
     private_key: Path | None = None
     trusted_clients: tuple[Path, ...] = ()  # files/dirs; when set, other client certs are refused
-    users: dict[str, str] = Field(default_factory=dict)  # user → password; set: anonymous refused
+    # user → password; when set, anonymous sessions are refused. Kept out of repr (logs).
+    users: dict[str, str] = Field(default_factory=dict, repr=False)
     programs: dict[int, float] = Field(
         default_factory=lambda: {1: 2.0, 2: 4.0, 3: 8.0, 10: 60.0, 99: 2.0}
     )

@@ -19,7 +19,7 @@ from mqtt.mqtt_testdev import TestDriver, TestSim
 from cellctl import logs
 from cellctl.app import App
 from cellctl.config import load
-from cellctl.errors import ConfigError
+from cellctl.errors import CellError, ConfigError
 from cellctl.registry import Registry
 from support.fake import FakeDriver, FakeSim
 
@@ -36,7 +36,11 @@ def main() -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
     logs.configure(cell.config.logging.level.value, "json")
-    return asyncio.run(App(cell, REGISTRY).run())
+    try:
+        return asyncio.run(App(cell, REGISTRY).run())
+    except CellError as exc:  # as `cellctl run` does: one line, no traceback
+        print(f"cellctl: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
