@@ -407,7 +407,9 @@ class HotFolder:
         except NoSpace as exc:
             # Not the file's fault: it stays where it is and is tried again later.
             if name not in self._waiting_for_space:
-                log.warning("hot folder file waits for disk space", file=escaped(name), reason=str(exc))
+                log.warning(
+                    "hot folder file waits for disk space", file=escaped(name), reason=str(exc)
+                )
                 self._waiting_for_space.add(name)
             return None
         except JobRejected as exc:
