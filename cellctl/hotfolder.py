@@ -34,8 +34,8 @@ import structlog
 
 from cellctl.config import JobsSection
 from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
-from cellctl.jobs.jobfiles import gcode_job, job_id_for
-from cellctl.jobs.service import JobService
+from cellctl.jobs.jobfiles import drop_signature, gcode_job, job_id_for
+from cellctl.jobs.service import JobService, Repeat
 from cellctl.jobs.spec import (
     GCODE_SUFFIXES,
     SHA_REF,
@@ -219,7 +219,10 @@ class HotFolder:
     async def _submit(self, path: Path, spec: JobSpec, programs: dict[str, Path]) -> Outcome:
         files = {n: p for n, p in programs.items() if not SHA_REF.match(n)}
         try:
-            job = await self._jobs.submit(spec, files, source=f"hotfolder:{path.name}")
+            drop = await asyncio.to_thread(drop_signature, path)
+            job = await self._jobs.submit(
+                spec, files, source=f"hotfolder:{path.name}", repeat=Repeat.ENDED, drop=drop
+            )
         except JobRejected as exc:
             return await self._reject(path, list(programs.values()), str(exc))
         # Committed: the store holds the job and its programs; the drop-off copies go.
