@@ -41,7 +41,13 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field
 
-from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
+from cellctl.driver import (
+    DriverContext,
+    DriverOptions,
+    ProgressSink,
+    StartProblem,
+    StateTracker,
+)
 from cellctl.errors import (
     CellError,
     DeviceFault,
@@ -69,7 +75,7 @@ from cellctl.model import (
     StepResult,
 )
 
-from ..serial import SerialLink
+from ..serial import SerialLink, port_problems
 from . import codes
 from .protocol import (
     MAX_LINE_CHARS,
@@ -121,6 +127,9 @@ class GrblOptions(DriverOptions):
     # GRBL idle this long while lines are unanswered means an `ok` was lost: fail the step.
     answer_timeout_s: float = Field(3.0, gt=0)
     command_timeout_s: float = Field(30.0, gt=0)  # `$H`, a stop's hold and reset …
+
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        return port_problems(self.port, backend)
 
 
 class Flushed(CellError):

@@ -39,7 +39,13 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator
 
-from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
+from cellctl.driver import (
+    DriverContext,
+    DriverOptions,
+    ProgressSink,
+    StartProblem,
+    StateTracker,
+)
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed, WrongDevice
 from cellctl.model import (
     Alarm,
@@ -58,7 +64,7 @@ from cellctl.model import (
     StepResult,
 )
 
-from ..serial import SerialLink
+from ..serial import SerialLink, port_problems
 from .feed import JobFeed, MachineState
 from .gcode import code_of, frame
 
@@ -97,6 +103,9 @@ class MarlinOptions(DriverOptions):
     cancel_gcode: tuple[str, ...] = ("M104 S0", "M140 S0", "M107", "G91", "G1 Z5 F600", "G90")
     resume_preamble: tuple[str, ...] = DEFAULT_PREAMBLE
     reset_method: Literal["m999", "dtr"] = "m999"
+
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        return port_problems(self.port, backend)
 
     @field_validator("resume_preamble")
     @classmethod
