@@ -15,6 +15,7 @@ supervisor retries until the device appears. Nothing here touches the network.
 from __future__ import annotations
 
 import os
+import sqlite3
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 from cellctl.config import Cell
 from cellctl.driver import Secret, SecretUnavailable, StartProblem
 from cellctl.errors import ConfigError
-from cellctl.store import DEFAULT_FILE
+from cellctl.store import DEFAULT_FILE, migrations
 
 
 def secrets(obj: Any, path: str = "") -> Iterator[tuple[str, Secret]]:
@@ -85,6 +86,27 @@ def _why(exc: BaseException) -> str:
     return str(exc)
 
 
+def _store_problem(db: Path) -> str | None:
+    """Why the daemon could not open an existing store (read here without writing)."""
+    if not os.access(db, os.R_OK | os.W_OK):
+        return f"the store {db} is not writable by this user"
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"the store {db} cannot be read: {exc}"
+    newest = max((n for n, _, _ in migrations()), default=0)
+    if version > newest:
+        return (
+            f"the store {db} has schema version {version}, newer than this cellctl "
+            f"knows ({newest}); upgrade cellctl"
+        )
+    return None
+
+
 def problems(cell: Cell) -> list[StartProblem]:
     """Everything that would stop `cell` from starting, and warnings; keys in full."""
     out: list[StartProblem] = []
@@ -94,8 +116,10 @@ def problems(cell: Cell) -> list[StartProblem]:
         out.append(StartProblem("cell.state_dir", f"state directory {state}: {why}"))
     else:
         db = state / DEFAULT_FILE
-        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
-            out.append(StartProblem("cell.state_dir", f"the store {db} is not writable"))
+        if db.exists():
+            why = _store_problem(db)
+            if why is not None:
+                out.append(StartProblem("cell.state_dir", why))
     if cell.hotfolder is not None:
         why = writable_dir(cell.hotfolder)
         if why is not None:

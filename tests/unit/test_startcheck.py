@@ -9,6 +9,7 @@ it starts anything. Secrets resolve lazily: commands that talk to no device
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +94,15 @@ def test_run_refuses_what_check_refuses_in_the_same_words(
     monkeypatch.delenv("CELLCTL_TEST_UNSET_PW", raising=False)
     _files(tmp_path)
     cfg = _config(tmp_path, body)
+    _check_and_run_agree(cfg, said.replace("{d}", str(tmp_path)), capsys, monkeypatch)
+
+
+def _check_and_run_agree(
+    cfg: Path, said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     rc, out, checked = _main(capsys, "check", str(cfg))
     assert rc == 2 and "config OK" not in out, (out, checked)
-    assert f"{cfg}: {said.replace('{d}', str(tmp_path))}" in checked
+    assert f"{cfg}: {said}" in checked
 
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("run started a cell that check refused")
@@ -103,6 +110,18 @@ def test_run_refuses_what_check_refuses_in_the_same_words(
     monkeypatch.setattr(app_mod, "App", started)
     rc, _, ran = _main(capsys, "run", str(cfg))
     assert (rc, ran) == (2, checked)
+
+
+def test_a_store_from_a_newer_cellctl_is_refused_by_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "state" / "cellctl.db"
+    db.parent.mkdir()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=999")
+    conn.close()
+    said = f"cell.state_dir: the store {db} has schema version 999, newer than this cellctl"
+    _check_and_run_agree(_config(tmp_path, ""), said, capsys, monkeypatch)
 
 
 def test_the_cellctl_command_refuses_a_real_printer_without_a_port(tmp_path: Path) -> None:
