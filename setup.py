@@ -1,7 +1,8 @@
 """The package layout, discovered from the tree so that no folder or data file is missed.
 
 `cellctl/` installs as `cellctl`; the built-in drivers in `drivers/` install as
-`cellctl_drivers` (a name that cannot clash in site-packages). Every folder
+`cellctl_drivers` (a name that cannot clash in site-packages), which pyproject's
+`[tool.setuptools.packages.find]` cannot do (it keeps folder names). Every folder
 with an `__init__.py` is a package, and every other file inside a package's
 folder (schemas, migrations, py.typed …) ships as its data. Metadata lives in
 pyproject.toml; tests/unit/test_packaging.py checks this against the tree, and
