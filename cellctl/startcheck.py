@@ -14,6 +14,7 @@ supervisor retries until the device appears. Nothing here touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 import ssl
@@ -124,8 +125,19 @@ def problems(cell: Cell) -> list[StartProblem]:
         why = writable_dir(cell.hotfolder)
         if why is not None:
             out.append(StartProblem("jobs.hotfolder", f"hot folder {cell.hotfolder}: {why}"))
-    if cell.config.mqtt is not None:
-        out.extend(_tls(cell.config.mqtt))
+    mqtt = cell.config.mqtt
+    if mqtt is not None:
+        out.extend(_tls(mqtt))
+        if mqtt.embedded and importlib.util.find_spec("amqtt") is None:
+            # Only needed when nothing listens there at start: that is network state.
+            out.append(
+                StartProblem(
+                    "mqtt.embedded",
+                    f"the amqtt package is not installed; the daemon needs it when no broker "
+                    f"listens on {mqtt.host}:{mqtt.port} (pip install 'cellctl[demo]')",
+                    warning=True,
+                )
+            )
     roots: list[tuple[str, Any]] = [("mqtt", cell.config.mqtt)]
     for dev in cell.devices.values():
         if not dev.common.enabled:

@@ -9,6 +9,7 @@ it starts anything. Secrets resolve lazily: commands that talk to no device
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -179,3 +180,17 @@ def test_jobs_local_needs_no_device_secrets(
     assert (rc, out, err) == (0, "no jobs\n", "")
     rc, out, err = _main(capsys, "check", str(cfg))
     assert rc == 2 and "devices.r1.password: environment variable" in err, err
+
+
+def test_an_embedded_broker_without_amqtt_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wheel installed without the `demo` extra: run needs amqtt only if no broker listens."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "amqtt" else real(name, *a)
+    )
+    cfg = _config(tmp_path, "[mqtt]\nport = 1884\nembedded = true")
+    rc, out, err = _main(capsys, "check", str(cfg))
+    assert rc == 0 and out.endswith("config OK\n"), (out, err)
+    assert err.startswith(f"warning: {cfg}: mqtt.embedded: the amqtt package is not installed")
