@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from cellctl import config as config_mod
-from cellctl import logs
+from cellctl import logs, startcheck
 from cellctl.commands_jobs import JobBridge
 from cellctl.config import Cell, SupervisorSection
 from cellctl.errors import ConfigError
@@ -230,11 +230,14 @@ class App:
         log.info("reloading config", config=str(path))
         try:
             new = await asyncio.to_thread(config_mod.load, path, self.registry)
+            warnings = await asyncio.to_thread(startcheck.refuse, new)
         except ConfigError as exc:
             log.error("new config rejected; keeping the running one", problems=exc.problems)
             self.notifier.status("config reload rejected: " + exc.problems[0])
             return False
         logs.configure(new.config.logging.level.value, new.config.logging.format)
+        for line in warnings:
+            log.warning("config warning", problem=line)
         actions = await self.supervisor.reload(new.devices)
         self.cell = new
         self.reloads += 1
@@ -264,6 +267,9 @@ def run_daemon(path: Path) -> int:
     """Entry point of `cellctl run`: exit 0 on a clean stop. Raises ConfigError."""
     registry = Registry()
     cell = config_mod.load(path, registry)
+    warnings = startcheck.refuse(cell)  # what `cellctl check` says, in the same words
     logs.configure(cell.config.logging.level.value, cell.config.logging.format)
+    for line in warnings:
+        log.warning("config warning", problem=line)
     app = App(cell, registry)
     return asyncio.run(app.run())

@@ -48,12 +48,18 @@ def summarize(cell: Cell) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """What `run` would refuse, refused in the same words (cellctl/startcheck.py)."""
+    from cellctl import startcheck
+
     try:
         cell = load(args.config)
+        warnings = startcheck.refuse(cell)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_USAGE
     print(summarize(cell))
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     for dev in cell.devices.values():
         for warning in dev.options.warnings():
             print(f"warning: {cell.source}: devices.{dev.id}.{warning}", file=sys.stderr)

@@ -29,6 +29,7 @@ from cellctl.cli_submission import build_submission
 from cellctl.config import Cell, CellConfig, load, load_settings
 from cellctl.errors import ConfigError, UsageError
 from cellctl.jobs import repo
+from cellctl.jobs.api import Repeat
 from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.spec import JobRejected
 from cellctl.store import DEFAULT_FILE, Store, transaction
@@ -59,16 +60,18 @@ def queue_request(path: Path, kind: str, payload: dict[str, Any]) -> int:
     return with_store(path, add)
 
 
-def wait_request(path: Path, request_id: int, bound_s: float) -> tuple[bool, str | None]:
-    """(done, error) after at most `bound_s` seconds of polling."""
+def wait_request(
+    path: Path, request_id: int, bound_s: float
+) -> tuple[bool, str | None, str | None]:
+    """(done, error, result) after at most `bound_s` seconds of polling."""
     deadline = time.monotonic() + bound_s
     conn = sqlite3.connect(path, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
         while True:
-            done, error = repo.request_result(conn, request_id)
+            done, error, result = repo.request_result(conn, request_id)
             if done or time.monotonic() >= deadline:
-                return done, error
+                return done, error, result
             time.sleep(0.1)
     finally:
         conn.close()
@@ -116,11 +119,14 @@ def _load(config: str) -> Cell | None:
         return None
 
 
-def _finish(path: Path, request_id: int, wait: float, what: str) -> int:
+def _finish(path: Path, request_id: int, wait: float, what: str, job: bool = False) -> int:
+    """Wait for a queued request and say how it went; `job`: name the job it made."""
     if wait <= 0:
         print(f"{what}: queued (request {request_id})")
         return EXIT_OK
-    done, error = wait_request(path, request_id, wait)
+    done, error, result = wait_request(path, request_id, wait)
+    if job and done and not error and result:
+        what = f"job {result}"
     if not done:
         print(
             f"{what}: queued (request {request_id}); the daemon did not apply it within "
@@ -163,12 +169,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"cellctl submit: {exc}", file=sys.stderr)
         return EXIT_USAGE
     path = store_path(cell)
-    rid = queue_request(
-        path,
-        "submit",
-        {"spec": spec.model_dump(mode="json"), "files": stored, "source": "cli"},
-    )
-    return _finish(path, rid, args.wait, f"job {spec.id}")
+    payload = {
+        "spec": spec.model_dump(mode="json"),
+        "files": stored,
+        "source": "cli",
+        "repeat": submit_repeat(args).value,
+    }
+    return _finish(path, queue_request(path, "submit", payload), args.wait, f"job {spec.id}", True)
+
+
+def submit_repeat(args: argparse.Namespace) -> Repeat:
+    """The same file again: a new job with --again, else only once its job has ended."""
+    return Repeat.ALWAYS if args.again else Repeat.ENDED
+
+
+def cmd_reprint(args: argparse.Namespace) -> int:
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_reprint(args, settings)
+    cell = _load(args.config)
+    if cell is None:
+        return EXIT_USAGE
+    path = store_path(cell)
+    rid = queue_request(path, "reprint", {"job": args.job, "source": "cli"})
+    return _finish(path, rid, args.wait, f"reprint {args.job}", True)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -256,7 +280,17 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("submit", help="submit a TOML job file or a bare G-code file")
     common(p)
     p.add_argument("file")
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="a new job even while the same file's job is unfinished (a reprint)",
+    )
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("reprint", help="run a job again: a new job <id>-r<n>, same programs")
+    common(p)
+    p.add_argument("job")
+    p.set_defaults(func=cmd_reprint)
 
     p = sub.add_parser("cancel", help="cancel a job")
     common(p)

@@ -1,6 +1,6 @@
 """The job commands of `cellctl` over MQTT: the same commands and replies an MES uses.
 
-`jobs`, `submit`, `cancel`, `setup`, `service`, and `answer … retry|resume`
+`jobs`, `submit`, `reprint`, `cancel`, `setup`, `service`, and `answer … retry|resume`
 each become one command (docs/mqtt.md) with an MQTT 5 reply; what they print
 matches the local forms in cli_jobs.py. `answer … fail|done` has no MQTT
 command and stays local (cli_jobs.py decides).
@@ -64,7 +64,21 @@ def cmd_submit(args: argparse.Namespace, settings: CellConfig) -> int:
     except JobRejected as exc:
         print(f"cellctl submit: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return finish(send(args, settings, "submit", body), f"job {spec.id}", _job_state)
+    body["repeat"] = "always" if args.again else "ended"
+    reply = send(args, settings, "submit", body)
+    return finish(reply, f"job {_made(reply, spec.id)}", _job_state)
+
+
+def cmd_reprint(args: argparse.Namespace, settings: CellConfig) -> int:
+    reply = send(args, settings, "reprint", {"job": args.job})
+    return finish(reply, f"job {_made(reply, args.job)}", _job_state)
+
+
+def _made(reply: Mapping[str, Any], default: str) -> str:
+    """The id of the job a reply describes (a reprint has a new one)."""
+    result = reply.get("result")
+    made = result.get("id") if isinstance(result, dict) else None
+    return made if isinstance(made, str) else default
 
 
 def cmd_cancel(args: argparse.Namespace, settings: CellConfig) -> int:

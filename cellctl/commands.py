@@ -130,18 +130,27 @@ class StepSpec(BaseModel):
 
 
 class Submit(Command):
-    """Submit a job. Submitting a job id twice returns the existing job."""
+    """Submit a job. Submitting a job id twice returns the existing job, unless `repeat`
+    says otherwise: "ended" makes a new job `<job>-r<n>` once that job has ended,
+    "always" makes one every time (a reprint)."""
 
     job: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
     steps: Annotated[list[StepSpec], Field(min_length=1, max_length=1000)]
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     quantity: Annotated[int, Field(ge=1, le=10_000)] = 1
     due: datetime | None = None
+    repeat: Literal["same", "ended", "always"] = "same"
 
 
 class Cancel(Command):
     job: Name
     reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class Reprint(Command):
+    """Run a job again, in any state: a new job `<first id>-r<n>` with its programs."""
+
+    job: Name
 
 
 class Answer(DeviceCommand):
@@ -198,6 +207,7 @@ COMMANDS: dict[str, type[Command]] = {
     "into_service": IntoService,
     "submit": Submit,
     "cancel": Cancel,
+    "reprint": Reprint,
     "answer": Answer,
     "set_setup": SetSetup,
     "resume_from": ResumeFrom,
@@ -218,6 +228,7 @@ class JobService(Protocol):
 
     async def submit(self, cmd: Submit) -> Mapping[str, Any]: ...
     async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]: ...
+    async def reprint(self, job_id: str) -> Mapping[str, Any]: ...
     async def answer(self, cmd: Answer) -> Mapping[str, Any]: ...
     async def set_setup(
         self, device_id: str, setup: Mapping[str, str], merge: bool
@@ -236,6 +247,9 @@ class NoJobService:
         raise NotSupported(self.REASON)
 
     async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def reprint(self, job_id: str) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
     async def answer(self, cmd: Answer) -> Mapping[str, Any]:
@@ -458,6 +472,8 @@ class CommandHandler:
             result = await self.jobs.submit(cmd)
         elif isinstance(cmd, Cancel):
             result = await self.jobs.cancel(cmd.job, cmd.reason)
+        elif isinstance(cmd, Reprint):
+            result = await self.jobs.reprint(cmd.job)
         elif isinstance(cmd, Answer):
             self._check_devices([cmd.device])
             result = await self.jobs.answer(cmd)

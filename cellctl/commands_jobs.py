@@ -16,7 +16,7 @@ from typing import Any
 
 from cellctl.commands import Answer, AnswerHold, Submit
 from cellctl.errors import CellError
-from cellctl.jobs.service import JobService
+from cellctl.jobs.service import JobService, Repeat
 from cellctl.jobs.spec import JobSpec, ProgramSpec, StepSpec
 from cellctl.model import ProgramKind, StepState
 
@@ -75,8 +75,11 @@ class JobBridge:
                 )
             except ValueError as exc:
                 raise CellError(f"invalid job: {exc}") from None
-            record = await self.jobs.submit(spec, files, source="mqtt")
+            record = await self.jobs.submit(spec, files, source="mqtt", repeat=Repeat(cmd.repeat))
         return _json(record.as_dict())
+
+    async def reprint(self, job_id: str) -> Mapping[str, Any]:
+        return _json((await self.jobs.reprint(job_id, source="mqtt")).as_dict())
 
     async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]:
         record = await self.jobs.cancel(job_id, reason or "cancelled over MQTT")

@@ -9,14 +9,17 @@ Later features add their own top-level sections to `CellConfig`.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -326,12 +329,64 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
-def _describe(err: Mapping[str, Any]) -> str:
+def _members(tp: Any) -> list[Any]:
+    """The types a field annotation allows (Optional, unions and Annotated unwrapped)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        return [m for arg in typing.get_args(tp) for m in _members(arg)]
+    return [] if tp is type(None) else [tp]
+
+
+def _inner(tp: Any, part: str | int) -> Any:
+    """The annotation one step (`part` of an error location) inside `tp`; None: unknown."""
+    for m in _members(tp):
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            if part == m.__name__:  # pydantic names the union member it tried
+                return m
+            field = m.model_fields.get(str(part))
+            if field is not None:
+                return field.annotation
+    for m in _members(tp):
+        origin, args = typing.get_origin(m), typing.get_args(m)
+        if origin is dict and len(args) == 2:
+            return args[1]
+        if origin in (list, tuple) and args and isinstance(part, int):
+            return args[0]
+    return None
+
+
+def known_keys(model: Any, loc: Sequence[str | int]) -> list[str]:
+    """The keys the table at `loc` inside `model` may hold ([] when it cannot be told)."""
+    tp = model
+    for part in loc:
+        tp = _inner(tp, part)
+        if tp is None:
+            return []
+    return [
+        (f.alias or name)
+        for m in _members(tp)
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for name, f in m.model_fields.items()
+    ]
+
+
+def _unknown_key(key: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+
+
+def _describe(err: Mapping[str, Any], model: Any = None, extra: Collection[str] = ()) -> str:
     kind = err["type"]
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        return "unknown key"
+        loc = tuple(err["loc"])
+        known = set(known_keys(model, loc[:-1])) if model is not None and loc else set()
+        if len(loc) == 1:
+            known |= set(extra)
+        return _unknown_key(str(loc[-1]), known) if loc else "unknown key"
     got = f", got {_show(err.get('input'))}"
     if kind in _EXPECT:
         return _EXPECT[kind] + got
@@ -344,11 +399,19 @@ def _describe(err: Mapping[str, Any]) -> str:
     return msg[0].lower() + msg[1:] + got
 
 
-def _problems(source: Path, exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
+def _problems(
+    source: Path,
+    exc: ValidationError,
+    prefix: tuple[str | int, ...] = (),
+    model: Any = None,
+    extra: Collection[str] = (),
+) -> list[str]:
+    """One line per error; an unknown key names the closest known one of `model` (and,
+    at its top level, of `extra`)."""
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in (*prefix, *err["loc"]) if p not in ("function-after",))
-        out.append(f"{source}: {loc or '(top level)'}: {_describe(err)}")
+        out.append(f"{source}: {loc or '(top level)'}: {_describe(err, model, extra)}")
     return out
 
 
@@ -407,7 +470,9 @@ def _device(
     try:
         options = driver_cls.Options.model_validate(option_raw)
     except ValidationError as exc:
-        problems.extend(_problems(source, exc, ("devices", dev_id)))
+        problems.extend(
+            _problems(source, exc, ("devices", dev_id), driver_cls.Options, COMMON_KEYS)
+        )
     sim: SimOptions | None = None
     sim_raw = raw.get("sim")
     if common.backend == "sim" or sim_raw is not None:
@@ -422,7 +487,9 @@ def _device(
                     f"{where}.backend: no simulator for driver {common.driver!r}: {exc}"
                 )
             except ValidationError as exc:
-                problems.extend(_problems(source, exc, ("devices", dev_id, "sim")))
+                problems.extend(
+                    _problems(source, exc, ("devices", dev_id, "sim"), sim_cls.Options)
+                )
     if len(problems) > before or options is None:
         return None
     return DeviceConfig(id=dev_id, common=common, options=options, sim=sim)
@@ -437,7 +504,7 @@ def parse(source: Path, data: Any, registry: Registry | None = None) -> Cell:
     try:
         top = CellConfig.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_problems(source, exc))
+        problems.extend(_problems(source, exc, model=CellConfig))
         top = None
     devices: dict[str, DeviceConfig] = {}
     raw_devices = data.get("devices", {})
@@ -476,4 +543,4 @@ def load_settings(path: str | Path) -> CellConfig:
     try:
         return CellConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(source, exc)) from None
+        raise ConfigError(_problems(source, exc, model=CellConfig)) from None

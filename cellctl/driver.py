@@ -21,8 +21,9 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import structlog
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from cellctl.errors import CellError
 from cellctl.model import (
     DeviceState,
     DeviceStatus,
@@ -45,6 +46,16 @@ ProgressSink = Callable[[Progress], None]
 """Non-blocking: reports progress of the running step."""
 
 
+@dataclass(frozen=True)
+class StartProblem:
+    """What keeps a device from starting (or, with `warning`, what may): `key` is the
+    path of the offending key inside the device's table, e.g. "port"."""
+
+    key: str
+    message: str
+    warning: bool = False
+
+
 class DriverOptions(BaseModel):
     """Base for a driver's config section: frozen, unknown keys rejected."""
 
@@ -54,38 +65,51 @@ class DriverOptions(BaseModel):
         """Valid but probably not what was meant: `key: why`, one each (`cellctl check`)."""
         return []
 
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        """What the types cannot say but starting needs: an address for backend "real",
+        certificate files that exist and parse … No network I/O. `cellctl check` and
+        `cellctl run` both refuse a config with any problem that is not a warning, with
+        the same words (cellctl/startcheck.py)."""
+        return []
+
+
+class SecretUnavailable(CellError):
+    """A secret's variable is not set or its file cannot be read."""
+
 
 class Secret(BaseModel):
     """A secret named by where it lives (`env` or `file`), never written in the config.
 
     Here rather than in cellctl.config so that drivers' options can take one too.
-    Resolved when the config is loaded: a missing variable or file is a start-up
-    error naming the key."""
+    Resolved only when used (`reveal()`, at connect), so that commands that talk to
+    no device (`cellctl jobs --local` …) work without it; `cellctl check` and the
+    start of `cellctl run` resolve every secret and name each missing one by key."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     env: str | None = None
     file: Path | None = None
-    _value: str = PrivateAttr(default="")
 
     @model_validator(mode="after")
-    def _resolve(self) -> Secret:
+    def _one_place(self) -> Secret:
         if (self.env is None) == (self.file is None):
             raise ValueError('expected exactly one of env = "VAR" or file = "/path"')
-        if self.env is not None:
-            if self.env not in os.environ:
-                raise ValueError(f"environment variable {self.env} is not set")
-            self._value = os.environ[self.env]
-        else:
-            assert self.file is not None
-            try:
-                self._value = self.file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
         return self
 
     def reveal(self) -> str:
-        return self._value
+        """The secret's value, read now. Raises SecretUnavailable."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SecretUnavailable(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip()
+        except OSError as exc:
+            raise SecretUnavailable(
+                f"cannot read secret file {self.file}: {exc.strerror}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Secret(env={self.env!r}, file={self.file!r})"

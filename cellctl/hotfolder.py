@@ -8,8 +8,10 @@ Two kinds of file are read from the folder itself (sub-folders only hold program
   a hash of its text.
 * `*.gcode` (and .gco .g .nc .ngc) not named by any job file: a one-step job
   for `[jobs] hotfolder_process` whose setup requirements (material, nozzle)
-  come from the slicer metadata. Its id is the stem plus a hash of the content,
-  so the same file dropped twice is one job.
+  come from the slicer metadata. Its id is the stem plus a hash of the content:
+  the same file dropped again is the same job while that job is unfinished (and
+  after a crash between commit and delete: the drop's signature is recorded),
+  and a reprint `<id>-r<n>` once it has ended.
 
 Every other entry goes to `rejected/` with `<name>.error` beside it saying why:
 another kind of file, a symbolic link, a FIFO, an empty or binary file, a line
@@ -55,8 +57,8 @@ from cellctl.dropread import (
 )
 from cellctl.jobs.content import escaped
 from cellctl.jobs.gcode import scan_file
-from cellctl.jobs.jobfiles import gcode_job, job_id_for
-from cellctl.jobs.service import JobService
+from cellctl.jobs.jobfiles import drop_signature, gcode_job, job_id_for
+from cellctl.jobs.service import JobService, Repeat
 from cellctl.jobs.spec import (
     GCODE_SUFFIXES,
     JobRejected,
@@ -402,8 +404,16 @@ class HotFolder:
         self, root: Folder, name: str, spec: JobSpec, reads: list[_Read], extras: tuple[str, ...]
     ) -> Outcome | None:
         files = {r.label: r.staged for r in reads if r.staged is not None}
+        st = root.lstat(name)
+        drop = drop_signature(st) if st is not None else None
         try:
-            job = await self._jobs.submit(spec, files, source=f"hotfolder:{escaped(name)}")
+            job = await self._jobs.submit(
+                spec,
+                files,
+                source=f"hotfolder:{escaped(name)}",
+                repeat=Repeat.ENDED,
+                drop=drop,
+            )
         except NoSpace as exc:
             # Not the file's fault: it stays where it is and is tried again later.
             if name not in self._waiting_for_space:

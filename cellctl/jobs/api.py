@@ -20,6 +20,14 @@ class InvalidRequest(CellError):
     """A request that does not fit the job's current state (the message says why)."""
 
 
+class Repeat(enum.StrEnum):
+    """What a submission whose job id is already taken does."""
+
+    SAME = "same"  # the id is the client's idempotency key: the stored job stands
+    ENDED = "ended"  # the same job while it is unfinished; once ended, a new `<id>-r<n>`
+    ALWAYS = "always"  # a new job `<id>-r<n>` every time (a reprint)
+
+
 class HoldAction(enum.StrEnum):
     RETRY = "retry"  # run the step again from the start
     RESUME = "resume"  # G-code: run it again from a line (default: after the last acknowledged)

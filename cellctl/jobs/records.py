@@ -113,6 +113,13 @@ class JobRecord:
     steps: tuple[StepRecord, ...]
     cancel_requested: bool = False
     spec: str = ""  # the submission as stored (JSON)
+    family: str | None = None  # a reprint: the first job's id (this is `<family>-r<n>`)
+    drop: str | None = None  # hot folder: the signature of the file it came from
+
+    @property
+    def root(self) -> str:
+        """The first job of its reprints (itself when it is no reprint)."""
+        return self.family or self.id
 
     def replace(self, **changes: Any) -> JobRecord:
         return dataclasses.replace(self, **changes)
@@ -135,6 +142,7 @@ class JobRecord:
             "priority": self.priority,
             "due": self.due,
             "source": self.source,
+            "reprint_of": self.family,
             "state": self.state.value,
             "reason": self.reason,
             "created": self.created,

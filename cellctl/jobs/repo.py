@@ -81,6 +81,8 @@ def load_jobs(
             steps=tuple(steps.get(j["id"], [])),
             cancel_requested=bool(j["cancel_requested"]),
             spec=j["spec"],
+            family=j["family"],
+            drop=j["drop_sig"],
         )
         for j in jobs
     ]
@@ -98,7 +100,8 @@ def next_seq(conn: sqlite3.Connection) -> int:
 def insert_job(conn: sqlite3.Connection, job: JobRecord, spec_json: str) -> None:
     conn.execute(
         "INSERT INTO jobs (id, seq, quantity, priority, due, source, spec, state, reason,"
-        " cancel_requested, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " cancel_requested, created, updated, family, drop_sig)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             job.id,
             job.seq,
@@ -112,6 +115,8 @@ def insert_job(conn: sqlite3.Connection, job: JobRecord, spec_json: str) -> None
             int(job.cancel_requested),
             job.created,
             job.updated,
+            job.family,
+            job.drop,
         ),
     )
     for s in job.steps:
@@ -257,12 +262,22 @@ def pending_requests(conn: sqlite3.Connection) -> list[tuple[int, str, dict[str,
     return [(r["id"], r["kind"], json.loads(r["payload"])) for r in rows]
 
 
-def finish_request(conn: sqlite3.Connection, request_id: int, error: str | None) -> None:
-    conn.execute("UPDATE requests SET done=?, error=? WHERE id=?", (time.time(), error, request_id))
+def finish_request(
+    conn: sqlite3.Connection, request_id: int, error: str | None, result: str | None = None
+) -> None:
+    conn.execute(
+        "UPDATE requests SET done=?, error=?, result=? WHERE id=?",
+        (time.time(), error, result, request_id),
+    )
 
 
-def request_result(conn: sqlite3.Connection, request_id: int) -> tuple[bool, str | None]:
-    r = conn.execute("SELECT done, error FROM requests WHERE id=?", (request_id,)).fetchone()
+def request_result(
+    conn: sqlite3.Connection, request_id: int
+) -> tuple[bool, str | None, str | None]:
+    """(done, error, result) of a queued request."""
+    r = conn.execute(
+        "SELECT done, error, result FROM requests WHERE id=?", (request_id,)
+    ).fetchone()
     if r is None:
-        return (True, "no such request")
-    return (r["done"] is not None, r["error"])
+        return (True, "no such request", None)
+    return (r["done"] is not None, r["error"], r["result"])

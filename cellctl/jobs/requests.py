@@ -12,7 +12,7 @@ import structlog
 
 from cellctl.errors import CellError
 from cellctl.jobs import repo
-from cellctl.jobs.api import InvalidRequest
+from cellctl.jobs.api import InvalidRequest, Repeat
 from cellctl.jobs.spec import JobSpec
 from cellctl.store import Store, transaction
 
@@ -27,21 +27,25 @@ async def apply_requests(service: JobService, store: Store) -> int:
     pending = await store.call(repo.pending_requests)
     for request_id, kind, payload in pending:
         error: str | None = None
+        result: str | None = None
         try:
-            await apply_one(service, kind, payload)
+            result = await apply_one(service, kind, payload)
         except (CellError, KeyError, TypeError, ValueError) as exc:
             error = str(exc) or type(exc).__name__
             log.warning("request failed", request=request_id, kind=kind, error=error)
 
-        def finish(conn: Any, rid: int = request_id, err: str | None = error) -> None:
+        def finish(
+            conn: Any, rid: int = request_id, err: str | None = error, res: str | None = result
+        ) -> None:
             with transaction(conn):
-                repo.finish_request(conn, rid, err)
+                repo.finish_request(conn, rid, err, res)
 
         await store.call(finish)
     return len(pending)
 
 
-async def apply_one(service: JobService, kind: str, p: dict[str, Any]) -> None:
+async def apply_one(service: JobService, kind: str, p: dict[str, Any]) -> str | None:
+    """Apply one request; returns the id of the job it made (submit, reprint)."""
     if kind == "cancel":
         await service.cancel(p["job"], p.get("reason") or "cancelled by operator (cli)")
     elif kind == "answer":
@@ -60,6 +64,12 @@ async def apply_one(service: JobService, kind: str, p: dict[str, Any]) -> None:
     elif kind == "submit":
         spec = JobSpec.model_validate(p["spec"])
         files = {name: service.programs.path(sha) for name, sha in p.get("files", {}).items()}
-        await service.submit(spec, files, source=p.get("source", "cli"))
+        job = await service.submit(
+            spec, files, source=p.get("source", "cli"), repeat=Repeat(p.get("repeat", "same"))
+        )
+        return job.id
+    elif kind == "reprint":
+        return (await service.reprint(p["job"], source=p.get("source", "cli"))).id
     else:
         raise InvalidRequest(f"unknown request kind {kind!r}")
+    return None

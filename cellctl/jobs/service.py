@@ -12,7 +12,7 @@ nothing is dispatched while the store cannot write, and a step's end that
 cannot be written is written again once there is space (docs/jobs.md).
 
 The public API is async and is what the MQTT commands and the CLI requests
-call: `submit`, `get`, `list_jobs`, `cancel`, `answer_hold`, `set_setup`,
+call: `submit`, `reprint`, `get`, `list_jobs`, `cancel`, `answer_hold`, `set_setup`,
 `set_in_service`, `devices`, `transitions`.
 """
 
@@ -31,7 +31,14 @@ from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
 from cellctl.events import EventBus
 from cellctl.jobs import repo
-from cellctl.jobs.api import DeviceInfo, HoldAction, InvalidRequest, JobNotFound, job_summary
+from cellctl.jobs.api import (
+    DeviceInfo,
+    HoldAction,
+    InvalidRequest,
+    JobNotFound,
+    Repeat,
+    job_summary,
+)
 from cellctl.jobs.dispatch import (
     BaselineDispatcher,
     Candidate,
@@ -84,6 +91,7 @@ __all__ = [
     "InvalidRequest",
     "JobNotFound",
     "JobService",
+    "Repeat",
     "job_summary",
 ]
 
@@ -187,50 +195,69 @@ class JobService:
     # --- public API -----------------------------------------------------------
 
     async def submit(
-        self, spec: JobSpec, files: Mapping[str, Path] | None = None, source: str = "api"
+        self,
+        spec: JobSpec,
+        files: Mapping[str, Path] | None = None,
+        source: str = "api",
+        *,
+        repeat: Repeat = Repeat.SAME,
+        drop: str | None = None,
     ) -> JobRecord:
-        """Accept a job; returns once it is durably stored. The same id again returns
-        the stored job unchanged. Raises JobRejected (nothing stored) with the reason:
-        NoSpace below the free-space floor, checked before anything is written."""
+        """Accept a job; returns once it is durably stored. Raises JobRejected (nothing
+        stored) with the reason: NoSpace below the free-space floor, checked before anything
+        is written. A taken id returns the stored job or makes a reprint `<first id>-r<n>`,
+        as `repeat` says; `drop` (a hot-folder file's signature) that a stored job came from
+        returns that job whatever its state, so that a file read again after a crash
+        between commit and delete is one job, not two."""
         spec_json = spec.model_dump_json()
-        existing = self._jobs.get(spec.id) if self.ready.is_set() else None
-        if existing is not None:
-            return self._repeat(existing, spec_json, source)
+        if self.ready.is_set():
+            found = self._taken(spec.id, repeat, drop)
+            if found is not None:
+                return self._repeat(found, spec_json, source) if repeat == Repeat.SAME else found
         # Before waiting for readiness: a start on a full disk may wait for room to
         # recover, and a refusal must not wait behind it.
         problem = self._store.space_problem(int(self._cell().config.store.min_free_mb * 1e6))
         if problem is not None:
             raise NoSpace(f"job {spec.id} refused: {problem}")
         await self.ready.wait()
-        existing = self._jobs.get(spec.id)
-        if existing is not None:
-            return self._repeat(existing, spec_json, source)
+        found = self._taken(spec.id, repeat, drop)
+        if found is not None:
+            return self._repeat(found, spec_json, source) if repeat == Repeat.SAME else found
         self._check_against_cell(spec)
         templates = await asyncio.to_thread(self._prepare_steps, spec, dict(files or {}))
         async with self._lock:
-            existing = self._jobs.get(spec.id)
-            if existing is not None:
-                return self._repeat(existing, spec_json, source)
+            found = self._taken(spec.id, repeat, drop)
+            if found is not None:
+                return found
+            job_id, family = self._new_id(spec.id)
+            if job_id != spec.id:
+                try:
+                    spec = JobSpec.model_validate({**spec.model_dump(), "id": job_id})
+                except ValueError:
+                    raise JobRejected(f"job id {job_id!r} is too long to reprint") from None
+                spec_json = spec.model_dump_json()
             now = time.time()
             steps = []
             for unit in range(spec.quantity):
                 for pos, t in enumerate(templates):
                     steps.append(
-                        t.replace(job_id=spec.id, index=unit * len(templates) + pos, unit=unit)
+                        t.replace(job_id=job_id, index=unit * len(templates) + pos, unit=unit)
                     )
             job = JobRecord(
-                id=spec.id,
+                id=job_id,
                 seq=self._next_seq,
                 quantity=spec.quantity,
                 priority=spec.priority,
                 due=spec.due.timestamp() if spec.due else None,
                 source=source,
                 state=JobState.QUEUED,
-                reason="accepted",
+                reason="accepted" if family is None else f"accepted: a reprint of {family}",
                 created=now,
                 updated=now,
                 steps=tuple(steps),
                 spec=spec_json,
+                family=family,
+                drop=drop,
             )
 
             def write(conn: Any) -> None:
@@ -245,16 +272,59 @@ class JobService:
                 raise
             except sqlite3.IntegrityError:
                 # Stored by an earlier call that was cancelled after its write.
-                stored = await self._store.call(lambda conn: repo.load_job(conn, spec.id))
+                stored = await self._store.call(lambda conn: repo.load_job(conn, job_id))
                 if stored is None:
                     raise
                 self._jobs[stored.id] = stored
                 return stored
             self._jobs[job.id] = job
-        log.info("job accepted", job=job.id, steps=len(job.steps), source=source)
-        self._publish(JobChanged(job.id, JobState.QUEUED, None, "accepted"))
+        log.info("job accepted", job=job.id, steps=len(job.steps), source=source, reprint_of=family)
+        self._publish(JobChanged(job.id, JobState.QUEUED, None, job.reason))
         self._wake.set()
         return job
+
+    async def reprint(self, job_id: str, source: str = "api") -> JobRecord:
+        """A new job `<first id>-r<n>`: the route, quantity, priority and programs of
+        `job_id` (in any state) again. Its programs come from the store."""
+        job = await self.get(job_id)
+        try:
+            spec = JobSpec.model_validate_json(job.spec)
+        except ValueError:
+            raise InvalidRequest(f"job {job_id}: its submission is not stored") from None
+        files = {
+            s.program_file: self.programs.path(s.program_sha256)
+            for s in job.steps
+            if s.program_kind == ProgramKind.GCODE and s.program_sha256 and s.program_file
+        }
+        return await self.submit(spec, files, source=source, repeat=Repeat.ALWAYS)
+
+    def _taken(self, job_id: str, repeat: Repeat, drop: str | None) -> JobRecord | None:
+        """The stored job a submission of `job_id` stands for; None: make a new one."""
+        existing = self._jobs.get(job_id)
+        if existing is None:
+            return None
+        family = [j for j in self._jobs.values() if j.root == existing.root]
+        if drop is not None:
+            for j in family:
+                if j.drop == drop:
+                    return j
+        if repeat == Repeat.SAME:
+            return existing
+        latest = max(family, key=lambda j: j.seq)
+        if repeat == Repeat.ENDED and not latest.state.terminal:
+            return latest
+        return None
+
+    def _new_id(self, job_id: str) -> tuple[str, str | None]:
+        """(id, family) of a new job: `job_id` when free, else the next `<first id>-r<n>`."""
+        existing = self._jobs.get(job_id)
+        if existing is None:
+            return job_id, None
+        root = existing.root
+        n = sum(1 for j in self._jobs.values() if j.root == root)
+        while f"{root}-r{n}" in self._jobs:
+            n += 1
+        return f"{root}-r{n}", root
 
     @staticmethod
     def _repeat(existing: JobRecord, spec_json: str, source: str) -> JobRecord:

@@ -41,7 +41,13 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator
 
-from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker
+from cellctl.driver import (
+    DriverContext,
+    DriverOptions,
+    ProgressSink,
+    StartProblem,
+    StateTracker,
+)
 from cellctl.errors import (
     CellError,
     DeviceFault,
@@ -69,7 +75,7 @@ from cellctl.model import (
     StepResult,
 )
 
-from ..serial import SerialLink
+from ..serial import SerialLink, port_problems
 from . import codes
 from .protocol import (
     MAX_LINE_CHARS,
@@ -159,6 +165,8 @@ class GrblOptions(DriverOptions):
             f"expected_build_info: GRBL stores `$I={name}` as {stored!r} ({'; '.join(why)}); "
             f"the machine is checked against {stored!r}"
         ]
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        return port_problems(self.port, backend)
 
 
 class Flushed(CellError):

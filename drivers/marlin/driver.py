@@ -55,7 +55,14 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from cellctl.driver import DriverContext, DriverOptions, ProgressSink, StateTracker, TaskGroup
+from cellctl.driver import (
+    DriverContext,
+    DriverOptions,
+    ProgressSink,
+    StartProblem,
+    StateTracker,
+    TaskGroup,
+)
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed, WrongDevice
 from cellctl.model import (
     Alarm,
@@ -74,7 +81,7 @@ from cellctl.model import (
     StepResult,
 )
 
-from ..serial import SerialLink
+from ..serial import SerialLink, port_problems
 from .feed import JobFeed, MachineState
 from .gcode import checksum, code_of, frame
 from .replies import LineError, LineErrorKind, classify
@@ -127,6 +134,8 @@ class MarlinOptions(DriverOptions):
                 f"(rx_buffer - rx_margin = {self.rx_buffer - self.rx_margin})"
             )
         return self
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        return port_problems(self.port, backend)
 
     @field_validator("resume_preamble")
     @classmethod

@@ -13,8 +13,9 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cellctl.driver import DriverOptions
+from cellctl.driver import DriverOptions, StartProblem
 
+from ..serial.startcheck import port_problems
 from .codec import DataType, Order, register_count
 
 MAX_REGISTERS = 125  # FC3/FC4 read limit (Modbus application protocol 1.1b3, 6.3/6.4)
@@ -240,6 +241,14 @@ class ModbusOptions(DriverOptions):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        if self.transport == "rtu":
+            port = self.serial.port if self.serial is not None else ""
+            return port_problems(port, backend, "serial.port")
+        if backend == "real" and not self.host:
+            return [StartProblem("host", 'required with backend = "real": the PLC\'s address')]
+        return []
 
     def word_order_of(self, tag: Tag) -> Order:
         return tag.word_order or self.word_order

@@ -26,7 +26,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    load_der_private_key,
+    load_pem_private_key,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -163,6 +167,14 @@ def load_certificate(path: Path) -> x509.Certificate:
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_certificate(data)
     return x509.load_der_x509_certificate(data)
+
+
+def load_private_key(path: Path) -> object:
+    """A private key file (PEM or DER, unencrypted). Raises OSError or ValueError."""
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        return load_pem_private_key(data, password=None)
+    return load_der_private_key(data, password=None)
 
 
 def application_uri(cert: x509.Certificate) -> str | None:

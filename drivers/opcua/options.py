@@ -8,7 +8,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cellctl.driver import DriverOptions, Secret
+from cellctl.driver import DriverOptions, Secret, StartProblem
 from cellctl.model import DeviceState, MetricType, MetricValue
 
 
@@ -227,3 +227,39 @@ class OpcUaOptions(DriverOptions):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def start_problems(self, backend: str) -> list[StartProblem]:
+        out: list[StartProblem] = []
+        if backend == "real" and not self.endpoint:
+            out.append(
+                StartProblem("endpoint", 'required with backend = "real": "opc.tcp://host:port/…"')
+            )
+        elif backend == "real" and not str(self.endpoint).startswith("opc.tcp://"):
+            out.append(
+                StartProblem("endpoint", f"expected opc.tcp://host:port/…, got {self.endpoint!r}")
+            )
+        from . import certs  # cryptography and asyncua: only when a config is checked
+
+        if self.certificate is not None:
+            try:
+                certs.load_certificate(self.certificate)
+            except (OSError, ValueError) as exc:
+                out.append(StartProblem("certificate", _unloadable(self.certificate, exc)))
+        if self.private_key is not None:
+            try:
+                certs.load_private_key(self.private_key)
+            except (OSError, ValueError, TypeError) as exc:
+                out.append(StartProblem("private_key", _unloadable(self.private_key, exc)))
+        for i, loc in enumerate(self.trusted_server_certs):
+            try:
+                if not loc.exists():
+                    raise FileNotFoundError(2, "No such file or directory")
+                certs.trusted_certificates([loc])
+            except (OSError, ValueError) as exc:
+                out.append(StartProblem(f"trusted_server_certs.{i}", _unloadable(loc, exc)))
+        return out
+
+
+def _unloadable(path: Path, exc: BaseException) -> str:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"cannot load {path}: {why}"

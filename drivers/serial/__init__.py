@@ -4,6 +4,7 @@
 - `PtyHost`: a pseudo-terminal with a stable path, link emulation and faults, for simulators.
 - `SerialFirmware` + `SerialSimOptions`: a base for firmware simulators.
 - `LinkTiming`, `FaultPlan`, `Faults`: link timing and fault injection.
+- `port_problems`: what `cellctl check` says about a configured port.
 
 See docs/serial.md.
 """
@@ -13,6 +14,7 @@ from .faults import FaultCounters, FaultPlan, Faults
 from .firmware import SerialFirmware, SerialSimOptions
 from .link import SerialLink
 from .pty_host import PtyHost, Received
+from .startcheck import port_problems
 
 __all__ = [
     "FaultCounters",
@@ -26,4 +28,5 @@ __all__ = [
     "SerialLink",
     "SerialSimOptions",
     "Wire",
+    "port_problems",
 ]

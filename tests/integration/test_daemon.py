@@ -156,3 +156,20 @@ def test_bad_config_at_start_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{cfg}: devices.p1.driver: unknown driver 'fake'" in proc.stderr
+
+
+def test_sighup_with_a_config_that_could_not_start_keeps_the_old_one(
+    daemon: Daemon, notify: NotifySocket, tmp_path: Path
+) -> None:
+    """A reload refuses what `cellctl check` and `cellctl run` refuse (cellctl/startcheck.py)."""
+    notify.wait_for("READY=1")
+    cfg = tmp_path / "cell.toml"
+    cfg.write_text(CONFIG.replace('name = "itest"', 'name = "itest"\nstate_dir = "cell.toml"', 1))
+    daemon.proc.send_signal(signal.SIGHUP)
+    rejected = daemon.wait_log("new config rejected; keeping the running one")
+    assert rejected["problems"] == [
+        f"{cfg}: cell.state_dir: state directory {cfg}: {cfg} is not a directory"
+    ]
+    assert daemon.proc.poll() is None
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(10) == 0

@@ -148,8 +148,14 @@ async def test_submit_jobs_and_done_over_mqtt(
         assert job_id.startswith("part-")
         await job_state(sub, job_id, "done")
 
-        rc, out, err = cellctl("submit", c, str(part))  # the same job id again
-        assert rc == 0 and f"job {job_id}: accepted (job done)" in out, (out, err)
+        rc, out, err = cellctl("submit", c, str(part))  # its job ended: a reprint
+        assert rc == 0 and out.strip() == f"job {job_id}-r1: accepted (job queued)", (out, err)
+        rc, out, err = cellctl("reprint", c, job_id)  # the explicit form
+        assert rc == 0 and out.strip() == f"job {job_id}-r2: accepted (job queued)", (out, err)
+        rc, out, err = cellctl("reprint", c, "no-such-job")
+        assert rc == 1 and "rejected: no job 'no-such-job'" in err, (out, err)
+        await job_state(sub, f"{job_id}-r1", "done")
+        await job_state(sub, f"{job_id}-r2", "done")
 
         rc, out, err = cellctl("submit", c, str(tmp_path / "route.toml"))
         assert rc == 0, (out, err)
@@ -160,7 +166,10 @@ async def test_submit_jobs_and_done_over_mqtt(
         rc, out, err = cellctl("jobs", c, "--json")
         assert rc == 0, err
         listed = {j["id"]: j for j in json.loads(out)}
-        assert set(listed) == {job_id, "route-1"}
+        assert set(listed) == {job_id, f"{job_id}-r1", f"{job_id}-r2", "route-1"}
+        assert [listed[j]["reprint_of"] for j in (job_id, f"{job_id}-r1")] == [None, job_id]
+        again = listed[f"{job_id}-r2"]["steps"][0]["program"]
+        assert again == listed[job_id]["steps"][0]["program"]  # the same stored program
         step = listed[job_id]["steps"][0]
         # What the local form would have submitted: same process, program name, bytes, setup.
         assert step["program"]["file"] == "part.gcode"

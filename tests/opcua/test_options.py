@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from cellctl_drivers.opcua.simconfig import sim_robot_table
 
+from cellctl import startcheck
 from cellctl.config import load, parse
 from cellctl.errors import ConfigError
 
@@ -52,8 +53,14 @@ def test_security_needs_certificate_and_key() -> None:
 
 def test_password_comes_from_env_or_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_OPCUA_PASSWORD", raising=False)
-    msg = _problems(sim_robot_table(username="u", password={"env": "NO_SUCH_OPCUA_PASSWORD"}))
-    assert "NO_SUCH_OPCUA_PASSWORD is not set" in msg
+    table = sim_robot_table(username="u", password={"env": "NO_SUCH_OPCUA_PASSWORD"})
+    cell = parse(Path("cell.toml"), _cell({"backend": "sim", **table}))  # read when used
+    found = {p.key: p.message for p in startcheck.problems(cell)}  # what check and run say
+    assert found == {
+        "devices.arm.password": "environment variable NO_SUCH_OPCUA_PASSWORD is not set"
+    }
+    monkeypatch.setenv("NO_SUCH_OPCUA_PASSWORD", "pw")
+    assert startcheck.problems(cell) == []
     msg = _problems(sim_robot_table(username="u", password="plain"))
     assert "devices.arm.password" in msg
 

@@ -105,8 +105,60 @@ def test_missing_driver_key(tmp_path: Path) -> None:
     ],
 )
 def test_unknown_key_at_any_depth(tmp_path: Path, old: str, new: str, key: str) -> None:
-    assert problems(tmp_path, GOOD.replace(old, new)) == [
-        f"{tmp_path / 'cell.toml'}: {key}: unknown key"
+    [line] = problems(tmp_path, GOOD.replace(old, new))
+    assert line.startswith(f"{tmp_path / 'cell.toml'}: {key}: unknown key"), line
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        (
+            'name = "cell-a"',
+            'name = "cell-a"\nnmae = "cell-a"',
+            "cell.nmae: unknown key; did you mean 'name'?",
+        ),
+        (
+            "baudrate = 250000",
+            "baud = 9600",
+            "printer1.baud: unknown key; did you mean 'baudrate'?",
+        ),
+        ("processes =", "proceses =", "printer1.proceses: unknown key; did you mean 'processes'?"),
+        (
+            "time_factor =",
+            "time_facter =",
+            "sim.time_facter: unknown key; did you mean 'time_factor'?",
+        ),
+        ('level = "debug"', 'levle = "debug"', "logging.levle: unknown key; did you mean 'level'?"),
+        ('level = "debug"', 'zzz = "debug"', "logging.zzz: unknown key"),
+    ],
+)
+def test_unknown_key_names_the_closest_known_one(
+    tmp_path: Path, old: str, new: str, said: str
+) -> None:
+    [line] = problems(tmp_path, GOOD.replace(old, new))
+    assert line.endswith(said), line
+
+
+def test_unknown_key_deep_in_a_real_driver_names_the_closest(tmp_path: Path) -> None:
+    text = """
+[cell]
+name = "c"
+[devices.p1]
+driver = "marlin"
+backend = "sim"
+baudrate = 250000
+[devices.r1]
+driver = "opcua"
+backend = "sim"
+namespace_uri = "urn:x"
+tags.a = { node = "s=A", type = "int", nodee = 1 }
+"""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [
+        f"{path}: devices.p1.baudrate: unknown key; did you mean 'baud'?",
+        f"{path}: devices.r1.tags.a.nodee: unknown key; did you mean 'node'?",
     ]
 
 
@@ -162,7 +214,7 @@ def test_bad_device_id(tmp_path: Path) -> None:
 
 
 def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cellctl.driver import Secret
+    from cellctl.driver import Secret, SecretUnavailable
 
     monkeypatch.setenv("CELL_PW", "hunter2")
     assert Secret(env="CELL_PW").reveal() == "hunter2"
@@ -170,8 +222,13 @@ def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert Secret(file=tmp_path / "pw").reveal() == "s3cret"
     assert "hunter2" not in repr(Secret(env="CELL_PW"))
     monkeypatch.delenv("CELL_PW")
-    with pytest.raises(ValueError, match="environment variable CELL_PW is not set"):
-        Secret(env="CELL_PW")
+    unset = Secret(env="CELL_PW")  # resolved when used, not when the config is read
+    with pytest.raises(SecretUnavailable, match="environment variable CELL_PW is not set"):
+        unset.reveal()
+    with pytest.raises(SecretUnavailable, match="cannot read secret file"):
+        Secret(file=tmp_path / "nope").reveal()
+    with pytest.raises(ValueError, match="exactly one of"):
+        Secret()
 
 
 # Documents built from TOML-ish values: any mix must yield a Cell or a ConfigError.
