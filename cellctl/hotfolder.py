@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -264,6 +265,11 @@ class HotFolder:
                 spec, reads = await asyncio.to_thread(self._prepare_job, root, name, claimed, stack)
             except NotYet:
                 return None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._wait_for_space(name, f"no room to copy it in: {exc.strerror}")
+                return None
             except Refused as exc:
                 return await self._reject(root, name, exc.reason, exc.extras)
             extras = tuple(r.label for r in reads[1:] if "/" not in r.label)
@@ -275,6 +281,11 @@ class HotFolder:
             try:
                 spec, reads = await asyncio.to_thread(self._prepare_bare, root, name, stack)
             except NotYet:
+                return None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._wait_for_space(name, f"no room to copy it in: {exc.strerror}")
                 return None
             except Refused as exc:
                 return await self._reject(root, name, exc.reason)
@@ -415,12 +426,7 @@ class HotFolder:
                 drop=drop,
             )
         except NoSpace as exc:
-            # Not the file's fault: it stays where it is and is tried again later.
-            if name not in self._waiting_for_space:
-                log.warning(
-                    "hot folder file waits for disk space", file=escaped(name), reason=str(exc)
-                )
-                self._waiting_for_space.add(name)
+            self._wait_for_space(name, str(exc))
             return None
         except JobRejected as exc:
             return await self._reject(root, name, str(exc), extras)
@@ -442,6 +448,12 @@ class HotFolder:
             )
             log.warning("hot folder file changed after it was read", file=escaped(r.label))
             self._move_rejected(root, r.folder, r.name, reason, ())
+
+    def _wait_for_space(self, name: str, reason: str) -> None:
+        # Not the file's fault: it stays where it is and is tried again later.
+        if name not in self._waiting_for_space:
+            log.warning("hot folder file waits for disk space", file=escaped(name), reason=reason)
+            self._waiting_for_space.add(name)
 
     async def _reject(
         self, root: Folder, name: str, reason: str, extras: tuple[str, ...] = ()

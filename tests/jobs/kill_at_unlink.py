@@ -12,16 +12,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from support.launch import main
 
-_unlink = pathlib.Path.unlink
+from cellctl.safefs import Folder, Identity
 
 
-def _unlink_or_die(self: pathlib.Path, missing_ok: bool = False) -> None:
-    if self.parent.name == "hot":
-        os.kill(os.getpid(), signal.SIGKILL)
-    _unlink(self, missing_ok)
+def _unlink_or_die(self: Folder, name: str, read: Identity) -> bool:
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
 
 
-pathlib.Path.unlink = _unlink_or_die  # type: ignore[method-assign]
+# The hot folder deletes what it read only through Folder.unlink_if_same.
+Folder.unlink_if_same = _unlink_or_die  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main())

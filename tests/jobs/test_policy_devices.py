@@ -105,8 +105,8 @@ async def test_grbl_job_may_not_write_settings_or_build_info(tmp_path: Path) -> 
             done = await wait_job(app, "harm", JobState.DONE, JobState.FAILED, JobState.HELD)
             assert done.state == JobState.DONE, done.reason
             # The harm: the job rewrote the X travel and the name the driver checks.
-            assert open_sim.firmware.settings[130] == "5000"
-            assert open_sim.firmware.build_info == "hacked-by-job"
+            assert open_sim.firmware.settings[130] == "5000.000"  # stored as GRBL does, 3 decimals
+            assert open_sim.firmware.build_info == "HACKED-BY-JOB"  # normalised as GRBL does
 
             await app.jobs.submit(job("refused", "mill", "hack.nc"), {"hack.nc": prog})
             held = await wait_job(app, "refused", JobState.HELD, JobState.DONE, JobState.FAILED)
@@ -114,6 +114,6 @@ async def test_grbl_job_may_not_write_settings_or_build_info(tmp_path: Path) -> 
             reason = held.steps[0].reason
             assert reason.startswith("pre-flight: job content: line 2 '$130=5000': "), reason
             assert "(GRBL rule $n=)" in reason
-            assert guarded_sim.firmware.settings[130] != "5000"
-            assert guarded_sim.firmware.build_info == "mill"
+            assert guarded_sim.firmware.settings[130] != "5000.000"
+            assert guarded_sim.firmware.build_info == "MILL"
             assert not any(c.startswith(("G21", "G0")) for c in guarded_sim.executed)
