@@ -180,6 +180,7 @@ class JobPolicySection(Strict):
     # More commands its jobs may not use: `M106`, `G29`, `$H`, `$J=`.
     deny: tuple[Annotated[str, Field(pattern=DENY_ENTRY)], ...] = ()
 
+
 class StoreSection(Strict):
     """The SQLite store in the state directory (docs/jobs.md, "Keeping the store")."""
 
@@ -487,9 +488,7 @@ def _device(
                     f"{where}.backend: no simulator for driver {common.driver!r}: {exc}"
                 )
             except ValidationError as exc:
-                problems.extend(
-                    _problems(source, exc, ("devices", dev_id, "sim"), sim_cls.Options)
-                )
+                problems.extend(_problems(source, exc, ("devices", dev_id, "sim"), sim_cls.Options))
     if len(problems) > before or options is None:
         return None
     return DeviceConfig(id=dev_id, common=common, options=options, sim=sim)
