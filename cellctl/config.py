@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cellctl.access import Access, AccessSection
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.registry import Registry
@@ -92,7 +93,11 @@ class MqttSection(Strict):
     client_id: str = ""
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    topic_prefix: str = Field(default="cellctl/v1", pattern=r"^[^#+]+[^/#+]$")
+    # v2: commands on cmd/<user>/<command>, replies under replies/<user>/ (docs/mqtt.md).
+    topic_prefix: str = Field(default="cellctl/v2", pattern=r"^[^#+]+[^/#+]$")
+    # Also take v1 commands (`cmd/<command>`, no user): they may do only what [access]
+    # gives everyone. A migration aid; their replies can be forged.
+    legacy_commands: bool = False
     username: str | None = None
     password: Secret | None = None
     tls: MqttTls | None = None
@@ -222,6 +227,21 @@ class CellConfig(Strict):
     mqtt: MqttSection | None = None
     telemetry: TelemetrySection = TelemetrySection()
     jobs: JobsSection = JobsSection()
+    # Who may send which command (cellctl/access.py); absent: estop for everyone, no more.
+    access: AccessSection = AccessSection()
+
+    @model_validator(mode="after")
+    def _hotfolder_may_submit(self) -> CellConfig:
+        user = self.access.hotfolder_user
+        if self.jobs.hotfolder is not None and not Access.from_section(self.access).allowed(
+            user, "submit"
+        ):
+            raise ValueError(
+                f"jobs.hotfolder: the hot folder submits as user {user!r} "
+                "([access] hotfolder_user), who may not submit: give that user a role "
+                "with submit in [access.users]"
+            )
+        return self
 
 
 class Cell(BaseModel):

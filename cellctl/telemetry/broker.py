@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import ssl
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from cellctl.errors import LinkError
+from cellctl.telemetry.link import LinkSettings
 
 log = structlog.get_logger("cellctl.mqtt.broker")
 
@@ -67,3 +75,56 @@ async def embedded_broker(host: str, port: int) -> AsyncIterator[bool]:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3.0):
                 await broker.shutdown()
+
+
+class Anonymous(enum.Enum):
+    """What the broker did with a CONNECT that had no credentials."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"  # unreachable, or no answer in time: ask again later
+
+
+def _probe(s: LinkSettings, mqtt5: bool) -> tuple[Anonymous, str]:
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"cellctl-probe-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
+    )
+    if s.ca_file is not None:
+        # The broker's CA, but no client certificate: a broker that maps certificates
+        # to users must not count the probe as someone.
+        ctx = ssl.create_default_context(cafile=str(s.ca_file))
+        ctx.check_hostname = s.check_hostname
+        client.tls_set_context(ctx)
+    answer: list[ReasonCode] = []
+    client.on_connect = lambda c, u, f, rc, p: answer.append(rc)
+    try:
+        client.connect(s.host, s.port, keepalive=10)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        if isinstance(exc, ssl.SSLError):  # e.g. a client certificate is required
+            return Anonymous.REFUSED, f"TLS refused a client without a certificate: {exc}"
+        return Anonymous.UNKNOWN, str(exc)
+    deadline = time.monotonic() + s.connect_timeout_s
+    try:
+        while not answer and time.monotonic() < deadline:
+            rc = client.loop(timeout=0.1)
+            if rc != paho.MQTT_ERR_SUCCESS and not answer:
+                # Closed before CONNACK (TLS 1.3 reports a missing certificate this way).
+                return Anonymous.REFUSED, f"closed the connection: {rc.name}"
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+    if not answer:
+        return Anonymous.UNKNOWN, "no CONNACK in time"
+    if answer[0].is_failure:
+        return Anonymous.REFUSED, str(answer[0])
+    return Anonymous.ACCEPTED, "CONNACK success"
+
+
+async def probe_anonymous(s: LinkSettings) -> tuple[Anonymous, str]:
+    """One CONNECT without user name, password or client certificate, as an attacker would."""
+    result, why = await asyncio.to_thread(_probe, s, s.mqtt5)
+    if result is Anonymous.REFUSED and s.mqtt5 and "protocol version" in why.lower():
+        result, why = await asyncio.to_thread(_probe, s, False)  # a 3.1.1-only broker
+    return result, why

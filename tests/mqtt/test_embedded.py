@@ -28,7 +28,7 @@ async def test_embedded_broker_and_311_replies(tmp_path: Path) -> None:
         got: asyncio.Queue[bytes] = asyncio.Queue()
         subscribed = asyncio.Event()
         c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
-        c.on_connect = lambda cl, *a: cl.subscribe(topics.reply("pause"), 1)
+        c.on_connect = lambda cl, *a: cl.subscribe(topics.reply("amy", "pause"), 1)
         c.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
         c.on_message = lambda cl, u, m: loop.call_soon_threadsafe(got.put_nowait, m.payload)
         c.connect("127.0.0.1", port)
@@ -36,7 +36,9 @@ async def test_embedded_broker_and_311_replies(tmp_path: Path) -> None:
         try:
             async with asyncio.timeout(15):
                 await subscribed.wait()
-                c.publish(topics.command("pause"), json.dumps({"device": "d1", "id": "q1"}), 1)
+                c.publish(
+                    topics.command("amy", "pause"), json.dumps({"device": "d1", "id": "q1"}), 1
+                )
                 reply = json.loads(await got.get())
         finally:
             c.disconnect()

@@ -1,0 +1,104 @@
+"""The role table, as pure logic: random configs and (user, role, command) triples."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellctl.access import BUILTIN_ROLES, COMMAND_NAMES, Access, AccessDenied, AccessSection
+from cellctl.commands import COMMANDS
+from cellctl.config import parse
+from cellctl.errors import ConfigError
+
+commands = st.sampled_from(sorted(COMMAND_NAMES))
+role_names = st.sampled_from(["r1", "r2", "r3", *BUILTIN_ROLES])  # r*: new; others replace
+user_names = st.sampled_from(["alice", "bob", "carol", "zoe", "müller", "a.b-c"])
+role_tables = st.dictionaries(role_names, st.frozensets(commands, max_size=6), max_size=4)
+
+
+def test_the_command_list_is_the_commands_modules() -> None:
+    assert set(COMMANDS) == COMMAND_NAMES
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    roles=role_tables,
+    everyone=st.none() | st.frozensets(commands, max_size=3),
+    user=user_names,
+    command=commands,
+)
+def test_allowed_iff_the_role_table_says_so(
+    data: st.DataObject,
+    roles: dict[str, frozenset[str]],
+    everyone: frozenset[str] | None,
+    user: str,
+    command: str,
+) -> None:
+    known = st.sampled_from(sorted({*BUILTIN_ROLES, *roles}))
+    users = data.draw(st.dictionaries(user_names, st.lists(known, max_size=3), max_size=4))
+    section = AccessSection.model_validate(
+        {
+            "roles": {r: sorted(c) for r, c in roles.items()},
+            "users": users,
+            **({"everyone": sorted(everyone)} if everyone is not None else {}),
+        }
+    )
+    access = Access.from_section(section)
+    table = {**BUILTIN_ROLES, **roles}
+    open_to_all = everyone if everyone is not None else {"estop"}
+    expected = command in open_to_all or any(command in table[r] for r in users.get(user, []))
+    assert access.allowed(user, command) == expected
+    if expected:
+        access.check(user, command)
+    else:
+        with pytest.raises(AccessDenied, match=f"lacks permission '{command}'"):
+            access.check(user, command)
+    # Without a verified broker, or on a legacy topic, only `everyone` is left.
+    assert access.unverified().allowed(user, command) == (command in open_to_all)
+    assert access.allowed(None, command) == (command in open_to_all)
+
+
+def test_defaults_deny_all_but_estop_and_allow_anonymous_opens_everything() -> None:
+    closed = Access.from_section(None)
+    assert closed.commands_of("anyone") == {"estop"}
+    demo = Access.from_section(AccessSection(allow_anonymous=True))
+    assert demo.commands_of("anyone") == COMMAND_NAMES
+    assert Access.from_section(AccessSection(everyone=())).commands_of("x") == frozenset()
+    star = Access.from_section(AccessSection(roles={"all": ("*",)}, users={"u": ("all",)}))
+    assert star.commands_of("u") == COMMAND_NAMES
+
+
+def _problems(text: str) -> list[str]:
+    src = Path("cell.toml")
+    with pytest.raises(ConfigError) as err:
+        parse(src, tomllib.loads('[cell]\nname = "c"\n' + text))
+    return err.value.problems
+
+
+@pytest.mark.parametrize("name", ["alice/submit", "a+b", "a#", "", "tab\there"])
+def test_user_names_that_are_not_one_topic_level_are_refused(name: str) -> None:
+    (problem,) = _problems(f'[access.users]\n"{name}" = ["operator"]\n')
+    assert problem.startswith("cell.toml: access.users") and "one MQTT topic level" in problem
+
+
+def test_unknown_commands_and_roles_are_refused_by_name() -> None:
+    (p,) = _problems('[access.roles]\nops = ["pause", "launch"]\n')
+    assert "access.roles" in p and "unknown command 'launch'" in p
+    (p,) = _problems('[access.users]\nalice = ["wizard"]\n')
+    assert "unknown role 'wizard'" in p
+    (p,) = _problems('[access]\neveryone = ["estop", "nuke"]\n')
+    assert "unknown command 'nuke'" in p
+    (p,) = _problems("[access]\nallow_anonymus = true\n")
+    assert "access.allow_anonymus: unknown key" in p
+
+
+def test_a_hot_folder_needs_a_user_who_may_submit() -> None:
+    (p,) = _problems('[jobs]\nhotfolder = "hot"\n')
+    assert "hot folder submits as user 'hotfolder'" in p
+    ok = '[cell]\nname = "c"\n[jobs]\nhotfolder = "hot"\n[access.users]\nhotfolder = ["planner"]\n'
+    assert parse(Path("cell.toml"), tomllib.loads(ok)).config.access.hotfolder_user == "hotfolder"
