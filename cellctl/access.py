@@ -218,12 +218,15 @@ class Access:
         lines = []
         if self.allow_anonymous:
             lines.append(
-                "access: allow_anonymous = true: user names are NOT verified by the broker"
+                "  allow_anonymous = true: the broker may let anyone in, so user names "
+                "are claims, not identities"
             )
-        lines.append(f"  everyone      {self._list(self.everyone)}")
+        lines.append(f"  {'everyone':<14} {self._list(self.everyone)}")
         for user in sorted(self.users):
             extra = sorted(self.commands_of(user) - self.everyone)
             roles = ", ".join(self.users[user]) or "no role"
-            more = self._list(extra) if extra else "(nothing more)"
-            lines.append(f"  {user:<13} [{roles}] {more}")
+            more = f"+ {self._list(extra)}" if extra else "(nothing more)"
+            lines.append(f"  {user:<14} {more}  [{roles}]")
+        if not self.users:
+            lines.append("  (no users in [access.users])")
         return lines

@@ -102,3 +102,22 @@ def test_a_hot_folder_needs_a_user_who_may_submit() -> None:
     assert "hot folder submits as user 'hotfolder'" in p
     ok = '[cell]\nname = "c"\n[jobs]\nhotfolder = "hot"\n[access.users]\nhotfolder = ["planner"]\n'
     assert parse(Path("cell.toml"), tomllib.loads(ok)).config.access.hotfolder_user == "hotfolder"
+
+
+def test_cellctl_check_prints_who_may_do_what(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cellctl import cli
+
+    cfg = tmp_path / "cell.toml"
+    cfg.write_text(
+        '[cell]\nname = "c"\n[access.users]\nalice = ["operator"]\nmes = ["planner"]\nnobody = []\n'
+    )
+    assert cli.main(["check", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "everyone       estop\n" in out
+    assert "mes            + cancel, jobs, submit  [planner]" in out
+    assert "nobody         (nothing more)  [no role]" in out
+    cfg.write_text('[cell]\nname = "c"\n[access.users]\n"alice/submit" = ["admin"]\n')
+    assert cli.main(["check", str(cfg)]) == 2
+    assert "one MQTT topic level" in capsys.readouterr().err
