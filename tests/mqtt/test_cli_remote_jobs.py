@@ -312,7 +312,7 @@ def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> No
     pw = password_file(tmp_path, {"operator": "op-pw", "reader": "rd-pw"})
     acl = tmp_path / "acl"
     acl.write_text(
-        "user operator\ntopic readwrite cellctl/v1/#\nuser reader\ntopic read cellctl/v1/#\n"
+        "user operator\ntopic readwrite cellctl/v2/#\nuser reader\ntopic read cellctl/v2/#\n"
     )
     broker = Mosquitto(
         tmp_path / "broker",
