@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -364,5 +365,64 @@ async def test_legacy_topics_get_only_what_everyone_may(tmp_path: Path, secured:
             ("jobs", "accepted", None),
             ("submit", "rejected", None),
         ]
+    finally:
+        watcher.stop()
+
+
+async def test_the_cli_as_a_user_under_the_documented_acl(
+    tmp_path: Path, secured: Mosquitto
+) -> None:
+    """`cellctl` logged in as alice (operator): her commands go, a planner's is refused with
+    the permission named, `status` reads the cell; a claimed `user` property changes nothing."""
+    cfg = cell_config(tmp_path, secured.port)
+    cell = load(cfg)
+    topics = Topics(cell.name)
+    watcher = await login(secured.port, "alice", topics)
+
+    def cellctl(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "CELLCTL_MQTT_USERNAME": user,
+            "CELLCTL_MQTT_PASSWORD": USERS[user],
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "cellctl", *argv, "-c", str(cfg), "--timeout", "10"],
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            env=env,
+        )
+
+    try:
+        async with running_app(cell):
+            await watcher.online()
+            done = await asyncio.to_thread(cellctl, "alice", "ack", "d1", "acknowledge")
+            # Allowed, and refused only for what the cell holds: no step waits on d1.
+            assert done.returncode == 1 and "no step is held on device 'd1'" in done.stderr
+            done = await asyncio.to_thread(cellctl, "bob", "ack", "d1", "acknowledge")
+            assert done.returncode == 1, done
+            assert "rejected: user 'bob' lacks permission 'answer'" in done.stderr
+            done = await asyncio.to_thread(cellctl, "mallory", "estop", "--reason", "drill")
+            assert done.returncode == 0, done.stderr  # estop: everyone
+            done = await asyncio.to_thread(cellctl, "alice", "status")
+            assert "cell t1: online" in done.stdout, done
+            # A claim in user properties is a note, never the identity.
+            props = Properties(paho.PacketTypes.PUBLISH)
+            props.UserProperty = ("user", "plant-manager")
+            props.ResponseTopic = f"{topics.replies('bob')}/x"
+            async with RawClient(secured.port, "bob") as bob:
+                await bob.subscribe(f"{topics.replies('bob')}/#")
+                await bob.publish(topics.command("bob", "set_setup"), {"device": "d1"}, props)
+                async with asyncio.timeout(BOUND):
+                    reply = json.loads((await bob.got.get()).payload)
+            assert "user 'bob' lacks permission 'set_setup'" in reply["reason"]
+        rows = audit_rows(tmp_path)
+        assert [(c, o["user"]) for c, _, o in rows] == [
+            ("answer", "alice"),
+            ("answer", "bob"),
+            ("estop", "mallory"),
+            ("set_setup", "bob"),
+        ]
+        assert rows[-1][2]["user_properties"] == {"user": "plant-manager"}
     finally:
         watcher.stop()
