@@ -103,6 +103,9 @@ class MqttSection(Strict):
     tls: MqttTls | None = None
     # Start an in-process broker (amqtt) on host:port when nothing listens there.
     embedded: bool = False
+    # Its users (amqtt's `user:<argon2 hash>` lines; docs/mqtt.md), relative to this
+    # file; required for `embedded` unless [access] allow_anonymous = true.
+    embedded_password_file: Path | None = None
     reconnect_initial_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     reconnect_jitter: float = Field(default=0.3, ge=0, le=1)
@@ -240,6 +243,19 @@ class CellConfig(Strict):
                 f"jobs.hotfolder: the hot folder submits as user {user!r} "
                 "([access] hotfolder_user), who may not submit: give that user a role "
                 "with submit in [access.users]"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _embedded_needs_users(self) -> CellConfig:
+        mqtt = self.mqtt
+        if mqtt is None or not mqtt.embedded or self.access.allow_anonymous:
+            return self
+        if mqtt.embedded_password_file is None or not mqtt.username:
+            raise ValueError(
+                "mqtt.embedded: the embedded broker keeps users apart only with "
+                "[mqtt] username (the cell's own user) and embedded_password_file; "
+                "or set [access] allow_anonymous = true (demo only)"
             )
         return self
 

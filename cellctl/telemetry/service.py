@@ -24,7 +24,13 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
 from cellctl.store import Store
 from cellctl.supervisor import Supervisor
-from cellctl.telemetry.broker import Anonymous, embedded_broker, listening, probe_anonymous
+from cellctl.telemetry.broker import (
+    Anonymous,
+    BrokerAccess,
+    embedded_broker,
+    listening,
+    probe_anonymous,
+)
 from cellctl.telemetry.encoding import Encoding, JobEvent, JsonEncoding, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
 from cellctl.telemetry.pipeline import Pipeline
@@ -145,8 +151,15 @@ class MqttService:
         async with contextlib.AsyncExitStack() as stack:
             mqtt5 = cfg.protocol == "5"
             if cfg.embedded:
+                pw = cfg.embedded_password_file
+                rules = BrokerAccess(
+                    self.topics,
+                    self.access,
+                    cfg.username,
+                    None if pw is None else self.cell.source.parent / pw,
+                )
                 self.embedded_started = await stack.enter_async_context(
-                    embedded_broker(cfg.host, cfg.port)
+                    embedded_broker(cfg.host, cfg.port, rules)
                 )
                 if self.embedded_started and mqtt5:
                     log.info("the embedded broker speaks MQTT 3.1.1; using 3.1.1")
