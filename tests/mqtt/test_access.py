@@ -426,3 +426,33 @@ async def test_the_cli_as_a_user_under_the_documented_acl(
         assert rows[-1][2]["user_properties"] == {"user": "plant-manager"}
     finally:
         watcher.stop()
+
+
+async def test_an_open_broker_found_after_start_leaves_only_what_everyone_may(
+    tmp_path: Path,
+) -> None:
+    """No broker at start: the check waits for the first connection. The broker that
+    then appears lets anyone in, so user names are claims: alice's role no longer counts."""
+    from mqtt_broker import free_port
+
+    port = free_port()
+    cell = load(write_config(tmp_path / "cell.toml", port, devices=1, access=ACCESS))
+    topics = Topics(cell.name)
+    async with running_app(cell) as app:
+        late = Mosquitto(tmp_path / "late", port=port)  # anonymous, as in the test suite
+        late.start()
+        try:
+            sub = await Subscriber(port, [topics.everything]).start()
+            try:
+                await sub.online()
+                cmd = Commander(sub, topics, user="alice")
+                r = await cmd.send("jobs", {})
+                assert r["outcome"] == "rejected" and "not verified" in r["reason"], r
+                r = await cmd.send("estop", {})
+                assert r["outcome"] == "accepted", r
+                assert app.mqtt is not None and app.mqtt.commands is not None
+                assert not app.mqtt.commands.access.verified
+            finally:
+                sub.stop()
+        finally:
+            late.stop()
