@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -121,3 +122,14 @@ def test_cellctl_check_prints_who_may_do_what(
     cfg.write_text('[cell]\nname = "c"\n[access.users]\n"alice/submit" = ["admin"]\n')
     assert cli.main(["check", str(cfg)]) == 2
     assert "one MQTT topic level" in capsys.readouterr().err
+
+
+def test_the_documented_role_table_is_the_built_in_one() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "mqtt.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", text, re.M)
+    documented = {
+        role: COMMAND_NAMES if cmds == "every command" else set(re.findall(r"`(\w+)`", cmds))
+        for role, cmds in rows
+        if role in BUILTIN_ROLES
+    }
+    assert documented == {r: set(c) for r, c in BUILTIN_ROLES.items()}
