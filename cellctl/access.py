@@ -101,8 +101,16 @@ class AccessSection(BaseModel):
     roles: dict[RoleName, tuple[str, ...]] = Field(default_factory=dict)
     # Broker user name → roles.
     users: dict[str, tuple[RoleName, ...]] = Field(default_factory=dict)
-    # The hot folder has no identity: its jobs are submitted as this user.
+    # The hot folder has no identity: its jobs are submitted as this user. Listed in
+    # `users`, its roles must allow submit; not listed, it may submit (whoever can write
+    # to the folder could always queue jobs: the folder's permissions guard it). That
+    # grant is the hot folder's only: a broker user of the same name gets nothing by it.
     hotfolder_user: str = Field(default="hotfolder", pattern=USER_PATTERN)
+
+    def hotfolder_may_submit(self) -> bool:
+        if self.hotfolder_user not in self.users:
+            return True
+        return Access.from_section(self).allowed(self.hotfolder_user, "submit")
 
     @field_validator("everyone")
     @classmethod

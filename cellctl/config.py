@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cellctl.access import Access, AccessSection
+from cellctl.access import AccessSection
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.registry import Registry
@@ -236,13 +236,11 @@ class CellConfig(Strict):
     @model_validator(mode="after")
     def _hotfolder_may_submit(self) -> CellConfig:
         user = self.access.hotfolder_user
-        if self.jobs.hotfolder is not None and not Access.from_section(self.access).allowed(
-            user, "submit"
-        ):
+        if self.jobs.hotfolder is not None and not self.access.hotfolder_may_submit():
             raise ValueError(
                 f"jobs.hotfolder: the hot folder submits as user {user!r} "
-                "([access] hotfolder_user), who may not submit: give that user a role "
-                "with submit in [access.users]"
+                "([access] hotfolder_user), whose roles in [access.users] do not allow "
+                "submit: give it a role with submit (planner), or remove the hot folder"
             )
         return self
 

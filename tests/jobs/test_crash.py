@@ -60,9 +60,6 @@ hotfolder_poll_s = 0.05
 progress_flush_s = 0.05
 dispatch_interval_s = 0.1
 
-[access.users]
-hotfolder = ["planner"]  # the hot folder submits as this user
-
 [devices.p1]
 driver = "jobsim"
 backend = "sim"

@@ -98,11 +98,20 @@ def test_unknown_commands_and_roles_are_refused_by_name() -> None:
     assert "access.allow_anonymus: unknown key" in p
 
 
-def test_a_hot_folder_needs_a_user_who_may_submit() -> None:
-    (p,) = _problems('[jobs]\nhotfolder = "hot"\n')
-    assert "hot folder submits as user 'hotfolder'" in p
-    ok = '[cell]\nname = "c"\n[jobs]\nhotfolder = "hot"\n[access.users]\nhotfolder = ["planner"]\n'
-    assert parse(Path("cell.toml"), tomllib.loads(ok)).config.access.hotfolder_user == "hotfolder"
+def test_a_hot_folder_user_listed_without_submit_is_refused() -> None:
+    (p,) = _problems('[jobs]\nhotfolder = "hot"\n[access.users]\nhotfolder = ["viewer"]\n')
+    assert "hot folder submits as user 'hotfolder'" in p and "do not allow submit" in p
+    for ok in (
+        '[jobs]\nhotfolder = "hot"\n',  # not listed: the folder's permissions guard it
+        '[jobs]\nhotfolder = "hot"\n[access.users]\nhotfolder = ["planner"]\n',
+        '[jobs]\nhotfolder = "hot"\n[access]\nhotfolder_user = "hf"\n'
+        '[access.users]\nhf = ["admin"]\n',
+    ):
+        cell = parse(Path("cell.toml"), tomllib.loads('[cell]\nname = "c"\n' + ok))
+        assert cell.config.access.hotfolder_may_submit()
+    # The unlisted hot folder user's grant is not a broker user's: "hotfolder" over MQTT
+    # gets only what everyone gets.
+    assert not Access.from_section(AccessSection()).allowed("hotfolder", "submit")
 
 
 def test_cellctl_check_prints_who_may_do_what(
