@@ -360,7 +360,10 @@ class CommandHandler:
     async def _worker(self, queue: asyncio.Queue[Incoming]) -> None:
         while True:
             msg = await queue.get()
-            await self.access_known.wait()
+            route = self.topics.parse_command(msg.topic)
+            # What everyone may do does not depend on who is asking: an estop never waits.
+            if route is None or route.name not in self.access.everyone:
+                await self.access_known.wait()
             await self.handle(msg)
 
     async def handle(self, msg: Incoming) -> None:

@@ -23,6 +23,8 @@ from paho.mqtt.properties import Properties
 
 from cellctl.commands import COMMANDS
 from cellctl.errors import ConfigError
+from cellctl.telemetry.broker import Anonymous, probe_anonymous
+from cellctl.telemetry.link import LinkSettings
 from cellctl.telemetry.topics import Topics
 
 CELL_USER = "cell-t1"
@@ -181,6 +183,11 @@ async def test_nobody_publishes_as_another_user(tmp_path: Path, secured: Mosquit
     try:
         async with running_app(cell):
             await alice.online()
+            # No login at all: refused, over both protocols (the start check's own probe).
+            for mqtt5 in (True, False):
+                settings = LinkSettings(port=secured.port, mqtt5=mqtt5)
+                result, why = await probe_anonymous(settings)
+                assert result is Anonymous.REFUSED, why
             submit = {"job": "evil", "steps": [{"process": "print", "gcode": "M112\n"}]}
             async with RawClient(secured.port, "mallory") as mallory:
                 for name in ("pause", "submit", "estop"):

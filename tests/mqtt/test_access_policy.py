@@ -142,3 +142,41 @@ def test_the_documented_role_table_is_the_built_in_one() -> None:
         if role in BUILTIN_ROLES
     }
     assert documented == {r: set(c) for r, c in BUILTIN_ROLES.items()}
+
+
+async def test_while_the_broker_is_unchecked_only_open_commands_run(tmp_path: Path) -> None:
+    """The start check could not reach the broker: a command that depends on who sent it
+    waits for the check; an estop (open to everyone) does not."""
+    import asyncio
+
+    from cellctl.commands import CommandHandler
+    from cellctl.store import Store
+    from cellctl.telemetry.link import Incoming
+    from cellctl.telemetry.topics import Topics
+
+    topics = Topics("c")
+    replies: list[str] = []
+    async with Store(tmp_path / "cellctl.db") as store:
+        handler = CommandHandler(
+            topics,
+            store,
+            lambda: {},
+            lambda out, corr: replies.append(out.topic),
+            lambda rec: None,
+            access=Access.from_section(AccessSection(users={"al": ("operator",)})),
+        )
+        handler.access_known.clear()
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(handler.run())
+            handler.on_message(Incoming(topics.command("al", "jobs"), b"{}"))
+            handler.on_message(Incoming(topics.command("al", "estop"), b"{}"))
+            async with asyncio.timeout(10):
+                while not replies:
+                    await asyncio.sleep(0.01)
+            assert replies == [topics.reply("al", "estop")]
+            handler.access_known.set()
+            async with asyncio.timeout(10):
+                while len(replies) < 2:
+                    await asyncio.sleep(0.01)
+            assert replies[1] == topics.reply("al", "jobs")
+            task.cancel()
