@@ -100,17 +100,18 @@ class MqttService:
 
     def _judge(self, why: str) -> None:
         where = f"{self.cfg.host}:{self.cfg.port}"
-        if self.anonymous is Anonymous.UNKNOWN:
+        if self.access.allow_anonymous:
+            log.warning(
+                "[access] allow_anonymous = true: user names are claims, not identities; "
+                "anyone who reaches the broker may send what everyone may",
+                broker=where,
+                broker_lets_anonymous_in=self.anonymous.value,
+                everyone=sorted(self.access.everyone),
+            )
+        elif self.anonymous is Anonymous.UNKNOWN:
             log.warning("cannot check the broker for anonymous access yet", broker=where, why=why)
         elif self.anonymous is Anonymous.REFUSED:
             log.info("the broker refuses anonymous clients", broker=where)
-        elif self.access.allow_anonymous:
-            log.warning(
-                "the broker accepts anonymous clients and [access] allow_anonymous = true: "
-                "anyone on the network may command this cell",
-                broker=where,
-                everyone=sorted(self.access.everyone),
-            )
         else:
             problem = (
                 f"{self.cell.source}: access.allow_anonymous: the MQTT broker at {where} "
@@ -161,6 +162,10 @@ class MqttService:
                 self.embedded_started = await stack.enter_async_context(
                     embedded_broker(cfg.host, cfg.port, rules)
                 )
+                if self.embedded_started:  # ours: it lets anyone in exactly when told to
+                    open_ = self.access.allow_anonymous
+                    self.anonymous = Anonymous.ACCEPTED if open_ else Anonymous.REFUSED
+                    self._judge("the embedded broker")
                 if self.embedded_started and mqtt5:
                     log.info("the embedded broker speaks MQTT 3.1.1; using 3.1.1")
                     mqtt5 = False
@@ -209,7 +214,8 @@ class MqttService:
             legacy=cfg.legacy_commands,
         )
         await commands.load()
-        recheck = self.anonymous is Anonymous.UNKNOWN and not self.embedded_started
+        # With allow_anonymous nothing hangs on the answer: no check, no wait.
+        recheck = self.anonymous is Anonymous.UNKNOWN and not self.access.allow_anonymous
         if recheck:
             commands.access_known.clear()
 

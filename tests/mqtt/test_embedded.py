@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import structlog
 from mqtt_broker import free_port
 from mqtt_rig import load, running_app, service, write_config
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -18,32 +19,36 @@ async def test_embedded_broker_and_311_replies(tmp_path: Path) -> None:
     port = free_port()
     cell = load(write_config(tmp_path / "cell.toml", port, devices=1, mqtt_extra="embedded = true"))
     topics = Topics(cell.name)
-    async with running_app(cell) as app:
-        assert service(app).embedded_started
-        link = service(app).link
-        assert link is not None
-        await link.wait_connected(15)
-        assert not link.settings.mqtt5
-        loop = asyncio.get_running_loop()
-        got: asyncio.Queue[bytes] = asyncio.Queue()
-        subscribed = asyncio.Event()
-        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
-        c.on_connect = lambda cl, *a: cl.subscribe(topics.reply("amy", "pause"), 1)
-        c.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
-        c.on_message = lambda cl, u, m: loop.call_soon_threadsafe(got.put_nowait, m.payload)
-        c.connect("127.0.0.1", port)
-        c.loop_start()
-        try:
-            async with asyncio.timeout(15):
-                await subscribed.wait()
-                c.publish(
-                    topics.command("amy", "pause"), json.dumps({"device": "d1", "id": "q1"}), 1
-                )
-                reply = json.loads(await got.get())
-        finally:
-            c.disconnect()
-            c.loop_stop()
-        assert reply["id"] == "q1" and reply["outcome"] == "rejected"  # d1 is idle
+    with structlog.testing.capture_logs() as logs:
+        async with running_app(cell) as app:
+            assert service(app).embedded_started
+            link = service(app).link
+            assert link is not None
+            await link.wait_connected(15)
+            assert not link.settings.mqtt5
+            loop = asyncio.get_running_loop()
+            got: asyncio.Queue[bytes] = asyncio.Queue()
+            subscribed = asyncio.Event()
+            c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
+            c.on_connect = lambda cl, *a: cl.subscribe(topics.reply("amy", "pause"), 1)
+            c.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
+            c.on_message = lambda cl, u, m: loop.call_soon_threadsafe(got.put_nowait, m.payload)
+            c.connect("127.0.0.1", port)
+            c.loop_start()
+            try:
+                async with asyncio.timeout(15):
+                    await subscribed.wait()
+                    c.publish(
+                        topics.command("amy", "pause"), json.dumps({"device": "d1", "id": "q1"}), 1
+                    )
+                    reply = json.loads(await got.get())
+            finally:
+                c.disconnect()
+                c.loop_stop()
+            assert reply["id"] == "q1" and reply["outcome"] == "rejected"  # d1 is idle
+    # allow_anonymous (as in the demo) is said at start, once.
+    warned = [e for e in logs if "allow_anonymous = true" in e["event"]]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning", warned
 
 
 def amqtt_password_file(path: Path, users: dict[str, str]) -> Path:
