@@ -15,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import structlog
 from mqtt_acl import secured_broker
 from mqtt_broker import Mosquitto
 from mqtt_rig import Commander, Subscriber, load, running_app, sims, write_config
@@ -91,7 +92,7 @@ def audit_rows(tmp_path: Path) -> list[tuple[str, str, dict[str, Any]]]:
 class RawClient:
     """One paho client (its own thread) whose PUBACKs and messages we can look at."""
 
-    def __init__(self, port: int, user: str, mqtt5: bool = True) -> None:
+    def __init__(self, port: int, user: str | None, mqtt5: bool = True) -> None:
         self.loop = asyncio.get_running_loop()
         self.acks: dict[int, asyncio.Future[Any]] = {}
         self.got: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
@@ -99,7 +100,8 @@ class RawClient:
         self.connected = asyncio.Event()
         proto = MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311
         self.c = paho.Client(CallbackAPIVersion.VERSION2, protocol=proto)
-        self.c.username_pw_set(user, USERS[user])
+        if user is not None:
+            self.c.username_pw_set(user, USERS[user])
         self.c.on_connect = lambda *a: self.loop.call_soon_threadsafe(self.connected.set)
         self.c.on_subscribe = lambda *a: self.loop.call_soon_threadsafe(self.subscribed.set)
         self.c.on_publish = self._on_publish
@@ -150,21 +152,24 @@ async def test_each_role_may_do_exactly_its_commands(tmp_path: Path, secured: Mo
     topics = Topics(cell.name)
     clients = {u: await login(secured.port, u, topics) for u in MAY}
     try:
-        async with running_app(cell):
-            await clients["alice"].online()
-            for user, may in MAY.items():
-                cmd = Commander(clients[user], topics)
-                for name in sorted(COMMANDS):
-                    # `{"device": "nope"}`-like bodies: a permitted command still changes
-                    # nothing (unknown device, missing fields), so the loop stays harmless.
-                    body = {} if name == "estop" else {"device": "nope", "job": "nope"}
-                    reply = await cmd.send(name, body)
-                    denied = "lacks permission" in reply["reason"]
-                    assert denied == (name not in may), (user, name, reply)
-                    if denied:
-                        assert reply["outcome"] == "rejected"
-                        assert f"'{name}'" in reply["reason"] and f"'{user}'" in reply["reason"]
-            assert {c for s in sims(cell) for c, _ in s.commands} <= {"estop"}
+        with structlog.testing.capture_logs() as logs:
+            async with running_app(cell):
+                await clients["alice"].online()
+                for user, may in MAY.items():
+                    cmd = Commander(clients[user], topics)
+                    for name in sorted(COMMANDS):
+                        # `{"device": "nope"}`-like bodies: a permitted command still changes
+                        # nothing (unknown device, missing fields), so the loop stays harmless.
+                        body = {} if name == "estop" else {"device": "nope", "job": "nope"}
+                        reply = await cmd.send(name, body)
+                        denied = "lacks permission" in reply["reason"]
+                        assert denied == (name not in may), (user, name, reply)
+                        if denied:
+                            assert reply["outcome"] == "rejected"
+                            assert f"'{name}'" in reply["reason"] and f"'{user}'" in reply["reason"]
+                assert {c for s in sims(cell) for c, _ in s.commands} <= {"estop"}
+        # The documented ACL lets the cell publish all it publishes (status, replies, audit …).
+        assert not [e for e in logs if "refused" in e["event"]], logs
         rows = audit_rows(tmp_path)
         assert len(rows) == len(MAY) * len(COMMANDS)
         assert {r[2]["user"] for r in rows} == set(MAY)
@@ -339,35 +344,32 @@ def test_cellctl_run_refuses_an_open_broker_with_one_message(
     assert "access.allow_anonymous" in done.stderr and "Traceback" not in done.stderr
 
 
-async def test_legacy_topics_get_only_what_everyone_may(tmp_path: Path, secured: Mosquitto) -> None:
-    cell = load(
-        cell_config(
-            tmp_path,
-            secured.port,
-            access='everyone = ["estop", "jobs"]\n' + ACCESS,
-            mqtt_extra="legacy_commands = true",
-        )
+async def test_legacy_topics_get_only_what_everyone_may(tmp_path: Path, broker: Mosquitto) -> None:
+    """`legacy_commands = true`: v1 topics carry no user, so they get `everyone`'s rights.
+    (An open broker stands in for one configured the v1 way: anyone writes cmd/<command>.)"""
+    access = 'allow_anonymous = true\neveryone = ["estop", "jobs"]'
+    cfg = write_config(
+        tmp_path / "cell.toml", broker.port, mqtt_extra="legacy_commands = true", access=access
     )
+    cell = load(cfg)
     topics = Topics(cell.name)
-    watcher = await login(secured.port, "root", topics)
+    watcher = await Subscriber(broker.port, [f"{topics.base}/status"]).start()
     try:
-        async with running_app(cell):
+        async with running_app(cell), RawClient(broker.port, None, mqtt5=False) as old:
             await watcher.online()
-            # The cell itself may write the v1 topics (ACL: its own tree); an old client
-            # with that much access stands in for a broker configured the v1 way.
-            async with RawClient(secured.port, CELL_USER, mqtt5=False) as old:
-                await old.subscribe(f"{topics.base}/cmd/+/reply")
-                await old.publish(topics.legacy_command("jobs"), {"id": "a"})
-                await old.publish(topics.legacy_command("submit"), {"id": "b"})
-                got = {}
-                async with asyncio.timeout(BOUND):
-                    while len(got) < 2:
-                        m = await old.got.get()
-                        got[m.topic] = json.loads(m.payload)
+            await old.subscribe(f"{topics.base}/cmd/+/reply")
+            await old.publish(topics.legacy_command("jobs"), {"id": "a"})
+            await old.publish(topics.legacy_command("submit"), {"id": "b"})
+            got = {}
+            async with asyncio.timeout(BOUND):
+                while len(got) < 2:
+                    m = await old.got.get()
+                    got[m.topic] = json.loads(m.payload)
             assert got[topics.legacy_reply("jobs")]["outcome"] == "accepted"
             submit = got[topics.legacy_reply("submit")]
             assert submit["outcome"] == "rejected" and "needs a user" in submit["reason"]
         rows = audit_rows(tmp_path)
+        # The cell's own v1 replies came back on cmd/+/+ and were not taken for commands.
         assert [(c, o, origin["user"]) for c, o, origin in rows] == [
             ("jobs", "accepted", None),
             ("submit", "rejected", None),
