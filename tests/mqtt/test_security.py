@@ -67,3 +67,15 @@ async def test_tls_wrong_password_is_one_clear_error_right_one_works(
         await good.close()
         task.cancel()
     assert good.stats.connects == 1
+
+
+async def test_the_start_check_counts_a_tls_broker_demanding_certificates_as_closed(
+    tls_broker: tuple[Mosquitto, Path],
+) -> None:
+    """The probe brings the CA but no client certificate and no login, as an outsider."""
+    from cellctl.telemetry.broker import Anonymous, probe_anonymous
+
+    broker, certs = tls_broker
+    probe = LinkSettings(port=broker.port, ca_file=certs / "ca.crt", connect_timeout_s=5.0)
+    result, why = await probe_anonymous(probe)
+    assert result is Anonymous.REFUSED, why
