@@ -231,7 +231,7 @@ async def _pipeline(
 
 def run_samples_path(port: int, n: int, workdir: Path) -> float:
     async def body(bus: EventBus, link: MqttLink, spool: Spool) -> float:
-        c = Counter(port, "cellctl/v1/bench/devices/+/samples", n, 0)
+        c = Counter(port, "cellctl/v2/bench/devices/+/samples", n, 0)
         t0 = time.perf_counter()
         for i in range(n):
             bus.publish(Samples("d1", (Sample("temp", float(i)),)))
@@ -245,7 +245,7 @@ def run_samples_path(port: int, n: int, workdir: Path) -> float:
 
 def run_events_path(port: int, n: int, workdir: Path) -> float:
     async def body(bus: EventBus, link: MqttLink, spool: Spool) -> float:
-        c = Counter(port, "cellctl/v1/bench/devices/+/alarms", n, 1)
+        c = Counter(port, "cellctl/v2/bench/devices/+/alarms", n, 1)
         t0 = time.perf_counter()
         for i in range(n):
             bus.publish(Alarm("d1", f"A{i}", "bench"))
@@ -265,7 +265,7 @@ def run_latency(port: int, rate: int, seconds: float, workdir: Path) -> tuple[fl
     n = int(rate * seconds)
 
     async def body(bus: EventBus, link: MqttLink, spool: Spool) -> float:
-        c = Counter(port, "cellctl/v1/bench/devices/+/alarms", n, 1, timed=True)
+        c = Counter(port, "cellctl/v2/bench/devices/+/alarms", n, 1, timed=True)
         loop = asyncio.get_running_loop()
         start = loop.time()
         for i in range(n):

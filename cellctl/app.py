@@ -116,6 +116,8 @@ class App:
             devices=len(self.cell.devices),
         )
         try:
+            if self.mqtt is not None:
+                await self.mqtt.preflight()  # an open broker: ConfigError, nothing started
             async with self.store, TaskGroup() as tg:
                 tg.create_task(self.supervisor.run(), name="supervisor")
                 for name, component in self.components.items():

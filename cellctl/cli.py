@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cellctl import __version__
+from cellctl.access import Access
 from cellctl.config import Cell, load
 from cellctl.errors import CellError, ConfigError, UsageError
 from cellctl.registry import Registry
@@ -44,6 +45,8 @@ def summarize(cell: Cell) -> str:
             flags.append("disabled")
         procs = ", ".join(dev.common.processes) or "no processes"
         lines.append(f"  {dev.id:<16} {dev.driver:<10} {' '.join(flags):<14} {procs}")
+    lines.append("who may command the cell ([access]; docs/mqtt.md):")
+    lines += Access.from_section(cell.config.access).describe()
     return "\n".join(lines)
 
 

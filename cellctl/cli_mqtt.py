@@ -1,9 +1,11 @@
 """The CLI's MQTT client: one short-lived connection per `cellctl` invocation.
 
-It speaks to the cell exactly as an MES would (docs/mqtt.md): MQTT 5 commands
-carry a response topic and correlation data; on a broker that only speaks
-MQTT 3.1.1 (amqtt, the embedded broker of the demo cell) the reply comes on
-`cmd/<name>/reply` and is matched by the command's `id`. Every failure is a
+It speaks to the cell exactly as an MES would (docs/mqtt.md): a command goes to
+`cmd/<user>/<name>`, `<user>` being the broker user it logs in as (the broker's
+ACL lets it write nowhere else); MQTT 5 commands carry a response topic under
+`replies/<user>/` and correlation data; on a broker that only speaks MQTT
+3.1.1 (amqtt, the embedded broker of the demo cell) the reply comes on
+`replies/<user>/<name>` and is matched by the command's `id`. Every failure is a
 CellError with one line fit for an operator: which broker, which cell, why.
 """
 
@@ -84,6 +86,13 @@ def target_from(args: argparse.Namespace, settings: CellConfig | None) -> Target
     )
 
 
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container)
+        return "anonymous"
+
+
 class Remote:
     """A connected client. Use `Remote.connect(target, timeout)`, then `close()`."""
 
@@ -109,6 +118,9 @@ class Remote:
             self.c.username_pw_set(user, os.environ.get("CELLCTL_MQTT_PASSWORD"))
         elif target.username:
             self.c.username_pw_set(target.username, target.password)
+        # The name commands are published under. Without a login (a broker that lets
+        # anyone in) it is only a claim: the login name of whoever runs the CLI.
+        self.user = user or target.username or _login_name()
         if target.tls is not None:
             tls = target.tls
             self.c.tls_set(
@@ -202,16 +214,17 @@ class Remote:
         corr = uuid.uuid4().hex
         props: Properties | None = None
         if self.mqtt5:
-            reply_topic = f"{self.topics.base}/replies/{self.client_id}"
+            reply_topic = f"{self.topics.replies(self.user)}/{self.client_id}"
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = reply_topic
             props.CorrelationData = corr.encode()
-            props.UserProperty = [("client_id", self.client_id), ("user", getpass.getuser())]
+            props.UserProperty = [("client_id", self.client_id), ("os_user", _login_name())]
         else:
-            reply_topic = self.topics.reply(name)
+            reply_topic = self.topics.reply(self.user, name)
             body = {**body, "id": corr}
         self.subscribe(reply_topic)
-        info = self.c.publish(self.topics.command(name), json.dumps(body), qos=1, properties=props)
+        topic = self.topics.command(self.user, name)
+        info = self.c.publish(topic, json.dumps(body), qos=1, properties=props)
         until = time.monotonic() + self.timeout
         if self._wait(lambda: info.mid in self._acks, until):
             refusal = self._acks.pop(info.mid)[0]
@@ -222,10 +235,18 @@ class Remote:
         while True:
             left = until - time.monotonic()
             if left <= 0:
+                refused = (
+                    ""
+                    if self.mqtt5
+                    else (
+                        ", or the broker dropped it (MQTT 3.1.1 does not say when an ACL "
+                        f"refuses a publish: may user {self.user!r} write {topic}?)"
+                    )
+                )
                 raise CellError(
                     f"no reply to {name} from cell {self.topics.cell!r} within "
                     f"{self.timeout:g} s (broker {self.target.where}): "
-                    "the daemon may not be running"
+                    f"the daemon may not be running{refused}"
                 )
             try:
                 msg = self.inbox.get(timeout=left)

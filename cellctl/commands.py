@@ -1,12 +1,22 @@
 """Commands to the cell over MQTT: their schemas, their handlers, their audit trail.
 
-A command is a JSON object published on `<prefix>/<cell>/cmd/<name>`. Every one
-gets exactly one reply: to the MQTT 5 response topic with its correlation data,
-or on `<command topic>/reply` (MQTT 3.1.1; then the optional `"id"` field is the
-correlation). The reply says `accepted` only after the store committed what the
-command changed (and its audit row), or `rejected` with a reason: malformed
-JSON, unknown fields, an unknown device or job, a state that does not allow it.
-A rejection is one log line; nothing a client sends can crash the daemon.
+A command is a JSON object published on `<prefix>/<cell>/cmd/<user>/<name>`,
+where `<user>` is the broker user that published it: the broker's ACL lets a
+client write only under its own name (docs/mqtt.md), so the topic is the
+identity; MQTT 5 user properties are kept as free-form notes in the audit.
+`cellctl.access` decides, before anything else happens, whether that user
+may send that command.
+
+Every command gets exactly one reply, under `<prefix>/<cell>/replies/<user>/`:
+to the MQTT 5 response topic with its correlation data when the topic lies
+there, else on `replies/<user>/<name>` (MQTT 3.1.1; then the optional `"id"`
+field is the correlation). A response topic anywhere else is refused (the
+refusal goes to `replies/<user>/<name>`): the cell lends nobody its own write
+rights. The reply says `accepted` only after the store committed what the
+command changed (and its audit row), or `rejected` with a reason: no
+permission, malformed JSON, unknown fields, an unknown device or job, a state
+that does not allow it. A rejection is one log line; nothing a client sends
+can crash the daemon.
 
 Emergency stop is the one command that acts before it commits: it calls every
 connected driver's `emergency_stop()` at once, from its own task, so that no
@@ -28,6 +38,7 @@ from typing import Annotated, Any, Literal, Protocol
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cellctl.access import COMMAND_NAMES, Access
 from cellctl.errors import CellError, NotSupported
 from cellctl.model import DeviceState, RequestKind
 from cellctl.store import Store, StoreError, transaction
@@ -35,7 +46,7 @@ from cellctl.supervisor import DeviceRunner
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.encoding import PAYLOAD_VERSION, AuditRecord, Kind, Outgoing, dumps
 from cellctl.telemetry.link import Incoming
-from cellctl.telemetry.topics import Topics
+from cellctl.telemetry.topics import CommandTopic, Topics
 
 log = structlog.get_logger("cellctl.commands")
 
@@ -214,6 +225,7 @@ COMMANDS: dict[str, type[Command]] = {
     "answer_hold": AnswerHold,
     "jobs": ListJobs,
 }
+assert set(COMMANDS) == COMMAND_NAMES, "cellctl.access.COMMAND_NAMES is out of date"
 
 
 # --- the job service this layer needs -----------------------------------------
@@ -316,8 +328,17 @@ class CommandHandler:
         audit: Callable[[AuditRecord], None],
         jobs: JobService | None = None,
         device_timeout_s: float = DEVICE_TIMEOUT_S,
+        access: Access | None = None,
+        legacy: bool = False,
     ) -> None:
         self.topics = topics
+        self.access = access or Access.from_section(None)
+        # v1 topics are taken too; their replies (cmd/<name>/reply) come back on cmd/+/+.
+        self.legacy = legacy
+        # Set once the broker's handling of anonymous clients is known (MqttService):
+        # until then commands wait, so none is judged by a policy that may not hold.
+        self.access_known = asyncio.Event()
+        self.access_known.set()
         self.store = store
         self.runners = runners
         self.publish = publish
@@ -340,7 +361,10 @@ class CommandHandler:
 
     def on_message(self, msg: Incoming) -> None:
         """Called by the link on the event loop; never waits."""
-        if self.topics.command_name(msg.topic) == "estop":
+        route = self.topics.parse_command(msg.topic)
+        if self.legacy and route is not None and not route.legacy and route.name == "reply":
+            return  # a v1 reply (ours), not a command
+        if route is not None and route.name == "estop":
             self._estops.put_nowait(msg)
         else:
             self._queue.put_nowait(msg)
@@ -353,20 +377,31 @@ class CommandHandler:
     async def _worker(self, queue: asyncio.Queue[Incoming]) -> None:
         while True:
             msg = await queue.get()
+            route = self.topics.parse_command(msg.topic)
+            # What everyone may do does not depend on who is asking: an estop never waits.
+            if route is None or route.name not in self.access.everyone:
+                await self.access_known.wait()
             await self.handle(msg)
 
     async def handle(self, msg: Incoming) -> None:
-        name = self.topics.command_name(msg.topic) or msg.topic
+        route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
+        name = route.name
         request_id: str | None = None
         result: Mapping[str, Any] | list[Mapping[str, Any]] | None = None
         payload_text = msg.payload[:AUDIT_PAYLOAD_MAX]
+        data, malformed = self._try_parse(msg.payload)
+        rid = data.get("id")
+        request_id = rid if isinstance(rid, str) else None
+        reply_topic, misdirected = self._reply_topic(route, msg)
         try:
-            data = self._parse(msg.payload)
-            rid = data.get("id")
-            request_id = rid if isinstance(rid, str) else None
+            if misdirected:
+                raise Rejected(misdirected)
             model = COMMANDS.get(name)
             if model is None:
                 raise Rejected(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
+            self.access.check(route.user, name)  # before anything is touched
+            if malformed:
+                raise Rejected(malformed)
             try:
                 cmd = model.model_validate_json(msg.payload)
             except ValidationError as exc:
@@ -397,8 +432,33 @@ class CommandHandler:
         else:
             log.info("command accepted", command=name, origin=origin)
         self.audit(record)
-        self._reply(msg, name, request_id, outcome, reason, result)
+        self._reply(msg, reply_topic, name, request_id, outcome, reason, result)
         self.handled += 1
+
+    def _reply_topic(self, route: CommandTopic, msg: Incoming) -> tuple[str, str]:
+        """Where the reply goes, and why the asked-for response topic is refused ("": it is not).
+
+        Only the user's own reply tree: a response topic elsewhere (another user's replies,
+        a device's alarms) would make the cell write there for the sender."""
+        if route.user is None:  # legacy: no identity, so no reply tree of its own
+            own = default = self.topics.legacy_reply(route.name)
+        else:
+            own = self.topics.replies(route.user)
+            default = self.topics.reply(route.user, route.name)
+        asked = msg.response_topic
+        if not asked:
+            return default, ""
+        if asked == own or (asked.startswith(own + "/") and not _wild(asked)):
+            return asked, ""
+        return default, f"response topic {asked!r} refused: replies go under {own}/"
+
+    @staticmethod
+    def _try_parse(payload: bytes) -> tuple[dict[str, Any], str]:
+        """The command's JSON object, or {} and why it is not one."""
+        try:
+            return CommandHandler._parse(payload), ""
+        except Rejected as exc:
+            return {}, str(exc)
 
     @staticmethod
     def _parse(payload: bytes) -> dict[str, Any]:
@@ -412,10 +472,16 @@ class CommandHandler:
             raise Rejected(f"expected a JSON object, got {type(data).__name__}")
         return data
 
-    @staticmethod
-    def _origin(msg: Incoming) -> dict[str, Any]:
+    def _origin(self, msg: Incoming) -> dict[str, Any]:
         props = dict(msg.user_properties)
+        route = self.topics.parse_command(msg.topic)
         return {
+            # The broker-verified user (from the topic); None on a legacy topic.
+            "user": route.user if route is not None else None,
+            "verified": route is not None
+            and route.user is not None
+            and self.access.verified
+            and not self.access.allow_anonymous,
             "client_id": props.get("client_id"),
             "user_properties": props,
             "response_topic": msg.response_topic,
@@ -431,6 +497,7 @@ class CommandHandler:
     def _reply(
         self,
         msg: Incoming,
+        topic: str,
         name: str,
         request_id: str | None,
         outcome: str,
@@ -446,7 +513,6 @@ class CommandHandler:
             "reason": reason,
             "result": result,
         }
-        topic = msg.response_topic or f"{msg.topic}/reply"
         self.publish(Outgoing(topic, dumps(body), Kind.REPLY, qos=1), msg.correlation)
 
     # --- the commands --------------------------------------------------------
@@ -596,6 +662,10 @@ class CommandHandler:
             "not_connected": skipped,
             "elapsed_ms": round(self.last_estop_s * 1000, 3),
         }
+
+
+def _wild(topic: str) -> bool:
+    return "+" in topic or "#" in topic
 
 
 def _insert_audit(

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cellctl.access import AccessSection
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
@@ -96,12 +97,19 @@ class MqttSection(Strict):
     client_id: str = ""
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    topic_prefix: str = Field(default="cellctl/v1", pattern=r"^[^#+]+[^/#+]$")
+    # v2: commands on cmd/<user>/<command>, replies under replies/<user>/ (docs/mqtt.md).
+    topic_prefix: str = Field(default="cellctl/v2", pattern=r"^[^#+]+[^/#+]$")
+    # Also take v1 commands (`cmd/<command>`, no user): they may do only what [access]
+    # gives everyone. A migration aid; their replies can be forged.
+    legacy_commands: bool = False
     username: str | None = None
     password: Secret | None = None
     tls: MqttTls | None = None
     # Start an in-process broker (amqtt) on host:port when nothing listens there.
     embedded: bool = False
+    # Its users (amqtt's `user:<argon2 hash>` lines; docs/mqtt.md), relative to this
+    # file; required for `embedded` unless [access] allow_anonymous = true.
+    embedded_password_file: Path | None = None
     reconnect_initial_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     reconnect_jitter: float = Field(default=0.3, ge=0, le=1)
@@ -271,6 +279,32 @@ class CellConfig(Strict):
     telemetry: TelemetrySection = TelemetrySection()
     jobs: JobsSection = JobsSection()
     store: StoreSection = StoreSection()
+    # Who may send which command (cellctl/access.py); absent: estop for everyone, no more.
+    access: AccessSection = AccessSection()
+
+    @model_validator(mode="after")
+    def _hotfolder_may_submit(self) -> CellConfig:
+        user = self.access.hotfolder_user
+        if self.jobs.hotfolder is not None and not self.access.hotfolder_may_submit():
+            raise ValueError(
+                f"jobs.hotfolder: the hot folder submits as user {user!r} "
+                "([access] hotfolder_user), whose roles in [access.users] do not allow "
+                "submit: give it a role with submit (planner), or remove the hot folder"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _embedded_needs_users(self) -> CellConfig:
+        mqtt = self.mqtt
+        if mqtt is None or not mqtt.embedded or self.access.allow_anonymous:
+            return self
+        if mqtt.embedded_password_file is None or not mqtt.username:
+            raise ValueError(
+                "mqtt.embedded: the embedded broker keeps users apart only with "
+                "[mqtt] username (the cell's own user) and embedded_password_file; "
+                "or set [access] allow_anonymous = true (demo only)"
+            )
+        return self
 
 
 class Cell(BaseModel):

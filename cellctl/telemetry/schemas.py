@@ -126,6 +126,10 @@ class JobEventPayload(_Event):
 
 class Origin(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # The user the broker vouched for (the command topic's <user>); null on a legacy topic.
+    user: str | None
+    # False when the broker may accept anonymous clients (allow_anonymous): a claim only.
+    verified: bool
     client_id: str | None
     user_properties: dict[str, str]
     response_topic: str | None

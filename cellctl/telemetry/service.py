@@ -17,13 +17,21 @@ from pathlib import Path
 
 import structlog
 
+from cellctl.access import Access
 from cellctl.commands import CommandHandler, JobService
 from cellctl.config import Cell, MqttSection
+from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
 from cellctl.store import Store
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
-from cellctl.telemetry.broker import embedded_broker
+from cellctl.telemetry.broker import (
+    Anonymous,
+    BrokerAccess,
+    embedded_broker,
+    listening,
+    probe_anonymous,
+)
 from cellctl.telemetry.encoding import Encoding, JobEvent, JsonEncoding, Outgoing
 from cellctl.telemetry.link import LinkSettings, MqttLink
 from cellctl.telemetry.pipeline import Pipeline
@@ -62,6 +70,9 @@ class MqttService:
         self._sub = bus.subscribe("mqtt", lossless=True)
         self.ready = asyncio.Event()
         self.embedded_started = False
+        self.access = Access.from_section(cell.config.access)
+        # What the start check learnt of the broker; UNKNOWN: ask again once connected.
+        self.anonymous = Anonymous.UNKNOWN
         # Set once run() built them (tests and the benchmark look at them).
         self.link: MqttLink | None = None
         self.spool: Spool | None = None
@@ -78,14 +89,84 @@ class MqttService:
         if self.publisher is not None:
             self.publisher.job_event(ev)
 
+    async def preflight(self) -> None:
+        """Before the cell starts: one anonymous CONNECT. A broker that accepts it lets
+        anyone publish as any user, so the daemon refuses to start unless the config says
+        `allow_anonymous = true`. Raises ConfigError (the CLI prints it, exit 2)."""
+        cfg = self.cfg
+        if cfg.embedded and not await listening(cfg.host, cfg.port):
+            return  # our own broker, started with the config's rules (broker.py)
+        self.anonymous, why = await probe_anonymous(self._settings())
+        self._judge(why)
+
+    def _judge(self, why: str) -> None:
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if self.access.allow_anonymous:
+            log.warning(
+                "[access] allow_anonymous = true: user names are claims, not identities; "
+                "anyone who reaches the broker may send what everyone may",
+                broker=where,
+                broker_lets_anonymous_in=self.anonymous.value,
+                everyone=sorted(self.access.everyone),
+            )
+        elif self.anonymous is Anonymous.UNKNOWN:
+            log.warning("cannot check the broker for anonymous access yet", broker=where, why=why)
+        elif self.anonymous is Anonymous.REFUSED:
+            log.info("the broker refuses anonymous clients", broker=where)
+        else:
+            problem = (
+                f"{self.cell.source}: access.allow_anonymous: the MQTT broker at {where} "
+                "accepts clients without credentials, so anyone can publish as any user; "
+                "configure the broker (password_file, allow_anonymous false, the ACL of "
+                "docs/mqtt.md) or set [access] allow_anonymous = true"
+            )
+            log.error("refusing to start: the broker accepts anonymous clients", broker=where)
+            raise ConfigError([problem])
+
+    def _settings(self) -> LinkSettings:
+        settings = LinkSettings.from_config(self.cfg, f"cellctl-{self.cell.name}")
+        if self.embedded_started:
+            settings = LinkSettings(**{**settings.__dict__, "mqtt5": False})
+        return settings
+
+    async def _recheck(self, link: MqttLink, commands: CommandHandler) -> None:
+        """The start check could not reach the broker: ask once it is reachable. Commands
+        wait meanwhile; an open broker found now leaves only what everyone may do."""
+        while self.anonymous is Anonymous.UNKNOWN:
+            await link.connected.wait()
+            self.anonymous, _ = await probe_anonymous(self._settings())
+            if self.anonymous is Anonymous.UNKNOWN:
+                await asyncio.sleep(self.cfg.reconnect_max_s)
+        if self.anonymous is Anonymous.ACCEPTED and not self.access.allow_anonymous:
+            log.error(
+                "the broker accepts anonymous clients: user names cannot be trusted; "
+                "only what [access] gives everyone is allowed until the daemon restarts",
+                everyone=sorted(self.access.everyone),
+            )
+            commands.access = self.access.unverified()
+        else:
+            self._judge("")
+        commands.access_known.set()
+
     async def run(self) -> None:
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
             mqtt5 = cfg.protocol == "5"
             if cfg.embedded:
-                self.embedded_started = await stack.enter_async_context(
-                    embedded_broker(cfg.host, cfg.port)
+                pw = cfg.embedded_password_file
+                rules = BrokerAccess(
+                    self.topics,
+                    self.access,
+                    cfg.username,
+                    None if pw is None else self.cell.source.parent / pw,
                 )
+                self.embedded_started = await stack.enter_async_context(
+                    embedded_broker(cfg.host, cfg.port, rules)
+                )
+                if self.embedded_started:  # ours: it lets anyone in exactly when told to
+                    open_ = self.access.allow_anonymous
+                    self.anonymous = Anonymous.ACCEPTED if open_ else Anonymous.REFUSED
+                    self._judge("the embedded broker")
                 if self.embedded_started and mqtt5:
                     log.info("the embedded broker speaks MQTT 3.1.1; using 3.1.1")
                     mqtt5 = False
@@ -100,10 +181,13 @@ class MqttService:
         settings = LinkSettings.from_config(cfg, f"cellctl-{self.cell.name}")
         if not mqtt5:
             settings = LinkSettings(**{**settings.__dict__, "mqtt5": False})
+        subscriptions = [(self.topics.commands, 1)]
+        if cfg.legacy_commands:
+            subscriptions.append((self.topics.legacy_commands, 1))
         link = MqttLink(
             settings,
             will=enc.status(False, "connection lost", self.boot),
-            subscriptions=[(self.topics.commands, 1)],
+            subscriptions=subscriptions,
         )
         pipe = await Pipeline.open(
             store,
@@ -127,8 +211,14 @@ class MqttService:
             reply,
             publisher.audit,
             self.jobs,
+            access=self.access,
+            legacy=cfg.legacy_commands,
         )
         await commands.load()
+        # With allow_anonymous nothing hangs on the answer: no check, no wait.
+        recheck = self.anonymous is Anonymous.UNKNOWN and not self.access.allow_anonymous
+        if recheck:
+            commands.access_known.clear()
 
         def connected() -> None:
             link.publish(enc.status(True, "", self.boot))
@@ -147,6 +237,8 @@ class MqttService:
                 tg.create_task(publisher.batcher(), name="mqtt-batcher")
                 tg.create_task(publisher.spool_stats(), name="mqtt-spool-stats")
                 tg.create_task(commands.run(), name="mqtt-commands")
+                if recheck:
+                    tg.create_task(self._recheck(link, commands), name="mqtt-access-check")
                 self.ready.set()
                 try:
                     await asyncio.Event().wait()

@@ -9,16 +9,19 @@
 <prefix>/<cell>/devices/<device>/requests                operator requests, QoS 1, spooled
 <prefix>/<cell>/jobs/<job>/events                        job and step transitions, QoS 1, spooled
 <prefix>/<cell>/audit                                    every command and its outcome, QoS 1
-<prefix>/<cell>/cmd/<command>                            commands to the cell
-<prefix>/<cell>/cmd/<command>/reply                      replies on MQTT 3.1.1 (MQTT 5 uses
-                                                         the command's response topic)
+<prefix>/<cell>/cmd/<user>/<command>                     commands; <user> is the broker user
+                                                         (its ACL: write only your own)
+<prefix>/<cell>/replies/<user>/<command>                 replies (MQTT 5: the response topic,
+                                                         which must lie under replies/<user>)
+<prefix>/<cell>/cmd/<command>[/reply]                    v1 commands and their 3.1.1 replies,
+                                                         only with `legacy_commands = true`
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_PREFIX = "cellctl/v1"
+DEFAULT_PREFIX = "cellctl/v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,25 +70,60 @@ class Topics:
     def jobs_summary(self) -> str:
         return f"{self.base}/jobs"
 
-    def command(self, name: str) -> str:
-        return f"{self.base}/cmd/{name}"
+    def command(self, user: str, name: str) -> str:
+        return f"{self.base}/cmd/{user}/{name}"
 
     @property
     def commands(self) -> str:
-        """Subscription filter for every command (replies are filtered out by name)."""
+        """Subscription filter for every command: exactly two levels, never `#`."""
+        return f"{self.base}/cmd/+/+"
+
+    def replies(self, user: str) -> str:
+        """Where `user`'s replies go; an MQTT 5 response topic must be this or below it."""
+        return f"{self.base}/replies/{user}"
+
+    def reply(self, user: str, name: str) -> str:
+        """The reply topic when the command named none (MQTT 3.1.1) or a refused one."""
+        return f"{self.replies(user)}/{name}"
+
+    def legacy_command(self, name: str) -> str:
+        return f"{self.base}/cmd/{name}"
+
+    @property
+    def legacy_commands(self) -> str:
         return f"{self.base}/cmd/+"
 
-    def reply(self, name: str) -> str:
-        return f"{self.command(name)}/reply"
+    def legacy_reply(self, name: str) -> str:
+        return f"{self.legacy_command(name)}/reply"
 
     @property
     def everything(self) -> str:
         return f"{self.base}/#"
 
-    def command_name(self, topic: str) -> str | None:
-        """`<base>/cmd/<name>` → name; anything else → None."""
+    def parse_command(self, topic: str) -> CommandTopic | None:
+        """`<base>/cmd/<user>/<name>` or (legacy) `<base>/cmd/<name>`; anything else → None."""
         head = f"{self.base}/cmd/"
         if not topic.startswith(head):
             return None
-        name = topic[len(head) :]
-        return name if name and "/" not in name else None
+        parts = topic[len(head) :].split("/")
+        if len(parts) == 1:
+            return CommandTopic(None, parts[0])
+        if len(parts) == 2:
+            return CommandTopic(parts[0], parts[1])
+        return None
+
+    def command_name(self, topic: str) -> str | None:
+        parsed = self.parse_command(topic)
+        return parsed.name if parsed is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTopic:
+    """What a command's topic says: who sent it (None on a legacy topic) and what it is."""
+
+    user: str | None
+    name: str
+
+    @property
+    def legacy(self) -> bool:
+        return self.user is None

@@ -35,7 +35,9 @@ def write_config(
     telemetry: str = "",
     burst: int = 0,
     name: str = "t1",
+    access: str = "allow_anonymous = true",
 ) -> Path:
+    """The test broker lets anyone in, so the cell must be told so (`access`)."""
     text = f"""
 [cell]
 name = "{name}"
@@ -64,6 +66,7 @@ processes = ["print"]
 tag = "{name}-d{i}"
 burst = {burst}
 """
+    text += f"\n[access]\n{access}\n"
     path.write_text(text)
     return path
 
@@ -188,12 +191,14 @@ class Subscriber:
 
 
 class Commander:
-    """Sends commands like a client would: MQTT 5 response topic + correlation data."""
+    """Sends commands like a client would: MQTT 5 response topic + correlation data,
+    as `user` (the broker user it logged in as, or a mere claim on an open broker)."""
 
-    def __init__(self, sub: Subscriber, topics: Topics) -> None:
+    def __init__(self, sub: Subscriber, topics: Topics, user: str | None = None) -> None:
         self.sub = sub
         self.topics = topics
-        self.reply_topic = f"replies/{sub.client_id}"
+        self.user = user or sub.username or "tester"
+        self.reply_topic = f"{topics.replies(self.user)}/{sub.client_id}"
         self.n = 0
 
     async def send(
@@ -206,7 +211,8 @@ class Commander:
         props.CorrelationData = corr
         props.UserProperty = ("client_id", self.sub.client_id)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.sub.client.publish(self.topics.command(command), body, qos=1, properties=props)
+        topic = self.topics.command(self.user, command)
+        self.sub.client.publish(topic, body, qos=1, properties=props)
 
         def found() -> Message | None:
             for m in self.sub.messages:
@@ -234,6 +240,8 @@ def schema_for(m: Message, topics: Topics) -> str:
     if not t.startswith(topics.base):
         return "reply"
     tail = t[len(topics.base) + 1 :].split("/")
+    if tail[0] == "replies":
+        return "reply"
     if tail[0] in ("status", "spool", "audit"):
         return tail[0]
     if tail[0] == "devices":
@@ -241,5 +249,5 @@ def schema_for(m: Message, topics: Topics) -> str:
     if tail[0] == "jobs":
         return "job"
     if tail[0] == "cmd":
-        return "reply" if tail[-1] == "reply" else "command." + tail[1]
+        return "command." + tail[2]
     raise AssertionError(f"unexpected topic {t}")

@@ -27,7 +27,9 @@ from cellctl.telemetry.topics import Topics
 BOUND = 20.0
 
 
-def write_cell(path: Path, port: int, mqtt_extra: str = "") -> Path:
+def write_cell(
+    path: Path, port: int, mqtt_extra: str = "", access: str = "allow_anonymous = true"
+) -> Path:
     path.write_text(
         f"""
 [cell]
@@ -63,6 +65,9 @@ driver = "jobsim"
 backend = "sim"
 processes = ["tend"]
 sim = {{ time_factor = 10.0, step_s = 0.2 }}
+
+[access]
+{access}
 """
     )
     return path
@@ -247,7 +252,7 @@ async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: M
         pla_id = out.split()[1].rstrip(":")
         await job_state(sub, pla_id, "held")
         # An answer naming an attempt that is not the current hold's is refused.
-        replies = await Subscriber(broker.port, ["replies/#"]).start()
+        replies = await Subscriber(broker.port, [f"{Topics('rj').base}/replies/#"]).start()
         try:
             stale = {"job": pla_id, "step": 0, "action": "retry", "attempt": 99}
             r = await Commander(replies, Topics("rj")).send("answer_hold", stale)
@@ -316,7 +321,7 @@ def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> No
     pw = password_file(tmp_path, {"operator": "op-pw", "reader": "rd-pw"})
     acl = tmp_path / "acl"
     acl.write_text(
-        "user operator\ntopic readwrite cellctl/v1/#\nuser reader\ntopic read cellctl/v1/#\n"
+        "user operator\ntopic readwrite cellctl/v2/#\nuser reader\ntopic read cellctl/v2/#\n"
     )
     broker = Mosquitto(
         tmp_path / "broker",

@@ -47,7 +47,8 @@ class SyncClient:
         self.replies: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
         self.ready = threading.Event()
         self.c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-        self.c.on_connect = lambda c, *a: c.subscribe("fuzz/replies", 1)
+        self.reply_topic = f"{topics.replies('fuzz')}/r"
+        self.c.on_connect = lambda c, *a: c.subscribe(self.reply_topic, 1)
         self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_message = lambda c, u, m: self.replies.put(
             (bytes(m.properties.CorrelationData), m.payload)
@@ -61,9 +62,9 @@ class SyncClient:
         self.n += 1
         corr = str(self.n).encode()
         props = Properties(paho.PacketTypes.PUBLISH)
-        props.ResponseTopic = "fuzz/replies"
+        props.ResponseTopic = self.reply_topic
         props.CorrelationData = corr
-        self.c.publish(self.topics.command(name), payload, qos=1, properties=props)
+        self.c.publish(self.topics.command("fuzz", name), payload, qos=1, properties=props)
         while True:
             got_corr, body = self.replies.get(timeout=10)
             if got_corr == corr:
