@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli_remote import add_commands
 
     add_commands(sub)  # status, ack, estop: over MQTT
+
+    from cellctl.cli_plan import add_commands as add_plan_commands
+
+    add_plan_commands(sub)
     return p
 
 
