@@ -223,7 +223,18 @@ def _figures(problem: Problem, p: Any) -> dict[str, Any]:
 
 
 def tier_a(quick: bool) -> dict[str, Any]:
-    shapes = [(10, 2), (12, 2), (12, 3), (14, 3), (15, 3), (16, 4), (18, 4), (20, 4)]
+    shapes = [
+        (10, 2),
+        (10, 3),
+        (11, 2),
+        (12, 2),
+        (12, 3),
+        (13, 2),
+        (13, 3),
+        (14, 3),
+        (16, 4),
+        (20, 4),
+    ]
     if quick:
         shapes = shapes[:3]
     rows = []

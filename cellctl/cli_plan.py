@@ -40,7 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with open(name, "rb") as fh:
-            raw = json.loads(fh.read())
+            raw = json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
         print(f"{name}: file not found", file=sys.stderr)
         return EXIT_USAGE

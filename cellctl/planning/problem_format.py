@@ -76,9 +76,13 @@ def parse_problem(raw: object) -> Problem:
             )
     time_unit = r.text("time_unit", raw.get("time_unit", "min")) or "min"
     machines = _machines(r, raw.get("machines", []))
-    mids = {m.id for m in machines}
+    # Ids of machines with other mistakes still count: one mistake, one line.
+    listed = raw.get("machines")
+    mids = (
+        {m.get("id") for m in listed if isinstance(m, dict)} if isinstance(listed, list) else set()
+    )
     jobs = _jobs(r, raw.get("jobs", []), mids)
-    setup_times = _setup_times(r, raw.get("setup_times", {}), machines, jobs)
+    setup_times = _setup_times(r, raw.get("setup_times", {}), machines, jobs, mids)
     _acyclic(r, jobs)
     if r.bad or objective is None:
         raise ProblemInvalid(r.bad)
@@ -120,7 +124,7 @@ def _machines(r: _Reader, raw: object) -> list[Machine]:
     return out
 
 
-def _jobs(r: _Reader, raw: object, mids: set[str]) -> list[Job]:
+def _jobs(r: _Reader, raw: object, mids: set[Any]) -> list[Job]:
     if not isinstance(raw, list):
         r.bad.append(f"jobs: expected a list, got {_show(raw)}")
         return []
@@ -189,7 +193,7 @@ def _jobs(r: _Reader, raw: object, mids: set[str]) -> list[Job]:
 
 
 def _setup_times(
-    r: _Reader, raw: object, machines: list[Machine], jobs: list[Job]
+    r: _Reader, raw: object, machines: list[Machine], jobs: list[Job], known: set[Any]
 ) -> dict[str, dict[str, dict[str, int]]]:
     out: dict[str, dict[str, dict[str, int]]] = {}
     if not isinstance(raw, dict):
@@ -199,7 +203,7 @@ def _setup_times(
         return out
     mids = {m.id for m in machines}
     for mid, rows in raw.items():
-        if mid not in mids:
+        if mid not in mids and mid not in known:
             r.bad.append(f"setup_times.{mid}: unknown machine {mid}")
             continue
         if not isinstance(rows, dict):

@@ -7,7 +7,8 @@ machines with sequence-dependent setup times. One iteration:
    the most, the rest at random);
 2. construction: put each back at its best place on any capable machine;
 3. local search: insertion moves (a job to the best place on any machine)
-   until none improves;
+   until none improves; for the makespan also exchanges of a job on the
+   latest machine with a job on another (Fanjul-Peyro & Ruiz's interchange);
 4. acceptance: keep the result if it is better, or with a small probability
    if it is slightly worse (simulated-annealing-like, relative to the current
    cost), so the search leaves local optima; the best plan is kept apart and
@@ -70,6 +71,25 @@ def local_search(
     return work
 
 
+def descend(
+    sol: Solution,
+    jobs: Sequence[int],
+    *,
+    deadline: float | None = None,
+    clock: Clock | None = None,
+    passes: int | None = None,
+) -> None:
+    """Insertion local search, then (makespan) exchanges, until neither improves."""
+    while True:
+        local_search(sol, jobs, deadline=deadline, clock=clock, passes=passes)
+        swapped = False
+        while (found := sol.best_swap()) is not None and found[0] < sol.key():
+            sol.swap(found[1], found[2])
+            swapped = True
+        if not swapped or (deadline is not None and clock is not None and clock() > deadline):
+            return
+
+
 def _costliest_machine(sol: Solution) -> int:
     inst = sol.inst
     if inst.coupled or inst.makespan_only or sum(c[0] for c in sol.cost) == 0:
@@ -114,7 +134,7 @@ def iterated_greedy(
     cur = start.copy()
     order = everyone[:]
     rng.shuffle(order)
-    local_search(cur, order, deadline=deadline, clock=clock)
+    descend(cur, order, deadline=deadline, clock=clock)
     best = cur.copy()
     done = 0
     if inst.n < 2:
@@ -143,10 +163,10 @@ def iterated_greedy(
         if inst.n <= FULL_LS_JOBS:
             order = everyone[:]
             rng.shuffle(order)
-            local_search(new, order, deadline=deadline, clock=clock)
+            descend(new, order, deadline=deadline, clock=clock)
         else:
             touched = removed + [j for j in new.seqs[_costliest_machine(new)] if j not in removed]
-            local_search(new, touched, deadline=deadline, clock=clock, passes=1)
+            descend(new, touched, deadline=deadline, clock=clock, passes=1)
         nk, ck = new.key(), cur.key()
         if nk < ck:
             cur = new

@@ -336,3 +336,69 @@ class Solution:
                 if key is not None and (best is None or key < best[0]):
                     best = (key, m, pos)
         return best
+
+    # --- swaps (makespan) ----------------------------------------------------
+
+    def best_swap(self) -> tuple[Key, int, int] | None:
+        """(key, j, k): the best exchange of a job j on the latest machine with a job k
+        elsewhere, both keeping their positions. Makespan on uncoupled problems, between
+        machines where nothing waits for a release (so a change is one delta, O(1)).
+        """
+        inst = self.inst
+        if not inst.makespan_only or inst.coupled:
+            return None
+        ends = sorted(((c[-1], m) for m, c in enumerate(self.C) if c), reverse=True)
+        if len(ends) < 1:
+            return None
+        crit = ends[0][1]
+        if not inst.no_idle[crit]:
+            return None
+        setup = inst.setup
+        tl = sum(c[2] for c in self.cost)
+        cur = self.key()
+        best: tuple[Key, int, int] | None = None
+        s1, p1, st1 = self.seqs[crit], inst.p[crit], inst.st[crit]
+        last1 = self.cost[crit][2]
+        for m2 in range(inst.m):
+            if m2 == crit or not inst.no_idle[m2]:
+                continue
+            others = next((e for e, mm in ends if mm not in (crit, m2)), 0)
+            s2, p2, st2 = self.seqs[m2], inst.p[m2], inst.st[m2]
+            last2 = self.cost[m2][2]
+            for a, j in enumerate(s1):
+                if p2[j] < 0:
+                    continue
+                sj = setup[j]
+                pv1 = inst.init_setup[crit] if a == 0 else setup[s1[a - 1]]
+                nx1 = setup[s1[a + 1]] if a + 1 < len(s1) else -1
+                out1 = st1[pv1][sj] + p1[j] + (st1[sj][nx1] if nx1 >= 0 else 0)
+                for b, k in enumerate(s2):
+                    if p1[k] < 0:
+                        continue
+                    sk = setup[k]
+                    d1 = st1[pv1][sk] + p1[k] + (st1[sk][nx1] if nx1 >= 0 else 0) - out1
+                    if last1 + d1 >= cur[0] and d1 >= 0:
+                        continue  # the latest machine gets no earlier
+                    pv2 = inst.init_setup[m2] if b == 0 else setup[s2[b - 1]]
+                    nx2 = setup[s2[b + 1]] if b + 1 < len(s2) else -1
+                    d2 = (
+                        st2[pv2][sj]
+                        + p2[j]
+                        + (st2[sj][nx2] if nx2 >= 0 else 0)
+                        - st2[pv2][sk]
+                        - p2[k]
+                        - (st2[sk][nx2] if nx2 >= 0 else 0)
+                    )
+                    key: Key = (max(others, last1 + d1, last2 + d2), tl + d1 + d2)
+                    if best is None or key < best[0]:
+                        best = (key, j, k)
+        return best
+
+    def swap(self, j: int, k: int) -> None:
+        mj, mk = self.where[j], self.where[k]
+        a, b = self.seqs[mj].index(j), self.seqs[mk].index(k)
+        self.seqs[mj][a], self.seqs[mk][b] = k, j
+        self.where[j], self.where[k] = mk, mj
+        self._key = None
+        self._refresh(mj)
+        self._refresh(mk)
