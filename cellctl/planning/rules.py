@@ -9,7 +9,8 @@
   any position) given the jobs placed before it.
 - `instant`: jobs in order of urgency (earliest due date for weighted
   tardiness, longest first for makespan), each inserted at the end of a
-  machine or right after a job with the same setup, whichever is best; then
+  machine or right after its latest job with the same setup, whichever is
+  best; then
   insertion local search while a fixed amount of work allows. Deterministic,
   and cheap enough to call on every event (see docs/scheduling.md).
 

@@ -157,8 +157,9 @@ class Solution:
     def best_insertion(self, j: int, grouped: bool = False) -> tuple[Key, int, int] | None:
         """(key after inserting j, machine, position): the best place for removed job j.
 
-        `grouped` tries only the ends of the sequences and the places right
-        after a job with the same setup (for the instant construction).
+        `grouped` tries only the end of each sequence and the place right after
+        its latest job with the same setup (for the instant construction: a
+        handful of places per machine, so it scales to thousands of steps).
         """
         if self.inst.coupled:
             return self._best_coupled(j, grouped)
@@ -196,8 +197,13 @@ class Solution:
             return range(len(seq) + 1)
         sj = self.inst.setup[j]
         setup = self.inst.setup
-        out = [k + 1 for k in range(len(seq)) if setup[seq[k]] == sj]
-        out.append(len(seq))
+        out = [len(seq)]
+        # Right after the latest job with the same setup (a scan from the end).
+        for k in range(len(seq) - 1, -1, -1):
+            if setup[seq[k]] == sj:
+                if k + 1 < len(seq):
+                    out.append(k + 1)
+                break
         if self.inst.init_setup[m] == sj:
             out.append(0)
         return out
