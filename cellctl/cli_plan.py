@@ -84,7 +84,13 @@ def render(problem: Problem, result: Plan) -> str:
     for a in result.assignments:
         co = ""
         if a.changeover:
-            co = f"  (changeover {a.changeover} {u}: {a.setup_before} → {setups[a.job]})"
+            how = "manual " if problem.is_manual(a.machine, a.setup_before, setups[a.job]) else ""
+            co = (
+                f"  ({how}changeover {a.changeover} {u} from {a.changeover_start}: "
+                f"{a.setup_before} → {setups[a.job]})"
+            )
+        if a.clear_start is not None:
+            co += f"  (bed cleared from {a.clear_start})"
         by_machine[a.machine].append(f"    {a.start:>7}–{a.end:<7} {a.job}{co}")
     for mid, rows in by_machine.items():
         lines.append(f"{mid}: {len(rows)} job{'s' if len(rows) != 1 else ''}")

@@ -58,21 +58,32 @@ def check(problem: Problem, assignments: Iterable[Assignment]) -> Figures:
         mach = machines[mid]
         ready, loaded = mach.free_at, mach.initial_setup
         for a in seq:
-            need = jobs[a.job].setup
+            job = jobs[a.job]
+            need = job.setup
             want = problem.changeover(mid, loaded, need)
             if a.setup_before != loaded:
                 bad.append(f"{a.job}: says {mid} held {a.setup_before}, it held {loaded}")
             if a.changeover != want:
                 bad.append(
-                    f"{a.job}: changeover {a.changeover} on {mid}, {loaded}→{need} takes {want}"
+                    f"{a.job}: changeover {a.changeover} on {mid}, {loaded}→{need} is {want}"
                 )
-            if a.start - want < ready:
+            if a.changeover_start < ready or a.changeover_start + want > a.start:
                 bad.append(
-                    f"{a.job}: on {mid} its changeover and run [{a.start - want}, {a.end}) "
-                    f"overlap what the machine does until {ready}"
+                    f"{a.job}: on {mid} its changeover [{a.changeover_start}, "
+                    f"{a.changeover_start + want}) and run from {a.start} overlap what the "
+                    f"machine does until {ready}"
                 )
+            if want and problem.is_manual(mid, loaded, need):
+                _in_shift(bad, problem, f"{a.job}: manual changeover", a.changeover_start, want)
+            ready = a.end
+            if job.clear:
+                if a.clear_start is None or a.clear_start < a.end:
+                    bad.append(f"{a.job}: its bed clearing must follow its end {a.end}")
+                else:
+                    _in_shift(bad, problem, f"{a.job}: bed clearing", a.clear_start, job.clear)
+                    ready = a.clear_start + job.clear
             total_changeover += want
-            ready, loaded = max(ready, a.end), need
+            loaded = need
     if bad:
         raise ScheduleInvalid(bad)
     wt = 0
@@ -86,3 +97,10 @@ def check(problem: Problem, assignments: Iterable[Assignment]) -> Figures:
         changeover=total_changeover,
         makespan=max((a.end for a in placed.values()), default=0),
     )
+
+
+def _in_shift(bad: list[str], problem: Problem, what: str, start: int, length: int) -> None:
+    if problem.shifts is None:
+        return
+    if not any(s <= start and start + length <= e for s, e in problem.shifts):
+        bad.append(f"{what} [{start}, {start + length}) is not inside one operator shift")

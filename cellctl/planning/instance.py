@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from cellctl.planning.calendar import fit
 from cellctl.planning.model import Assignment, Figures, Objective, Plan, Problem
 
 NO_DUE = 1 << 62  # a job without a due date is never tardy
@@ -28,6 +29,8 @@ class Timing:
     end: list[int]
     changeover: list[int]
     machine: list[int]
+    changeover_start: list[int]
+    clear_start: list[int]  # -1: no clearing
 
 
 class Instance:
@@ -79,12 +82,48 @@ class Instance:
             self.topo_rank[j] = r
         # On a machine where every job it can run is released by its free_at, no job
         # ever waits: a change at one position shifts everything after it by one delta.
+        # Operator windows (manual changeovers and bed clearing fit inside one).
+        self.windows = problem.shifts
+        self.window_ends = [e for _, e in problem.shifts or ()]
+        self.clear = [j.clear for j in problem.jobs]
+        self.man = [[[False] * ns for _ in range(ns)] for _ in range(self.m)]
+        for mid, a, b in problem.manual:
+            if mid in midx and a in sidx and b in sidx:
+                self.man[midx[mid]][sidx[a]][sidx[b]] = True
+        # A timed machine's next free time is not simply its last job's end: its
+        # jobs have clearing, or its manual changeovers wait for a shift. Such
+        # machines take the slower, general path (`advance`).
+        self.timed = [
+            any(self.clear[j] for j in range(self.n) if self.p[m][j] >= 0)
+            or (self.windows is not None and any(any(row) for row in self.man[m]))
+            for m in range(self.m)
+        ]
         self.no_idle = [
-            all(self.release[j] <= self.free_at[m] for j in range(self.n) if self.p[m][j] >= 0)
+            not self.timed[m]
+            and all(self.release[j] <= self.free_at[m] for j in range(self.n) if self.p[m][j] >= 0)
             for m in range(self.m)
         ]
 
     # --- decoding ---------------------------------------------------------
+
+    def advance(self, m: int, ready: int, prev: int, j: int, head: int) -> tuple[int, ...]:
+        """Job j after setup `prev` on machine m, free at `ready`, j not before `head`.
+
+        Returns (changeover start, start, end, clearing start or -1, free again at).
+        """
+        sj = self.setup[j]
+        c = self.st[m][prev][sj]
+        manual = c > 0 and self.windows is not None and self.man[m][prev][sj]
+        cs = fit(self.windows, self.window_ends, ready, c) if manual else ready  # type: ignore[arg-type]
+        start = cs + c if cs + c > head else head
+        if not manual:
+            cs = start - c  # an automatic changeover runs just before its job
+        end = start + self.p[m][j]
+        cl = self.clear[j]
+        if not cl:
+            return cs, start, end, -1, end
+        clr = end if self.windows is None else fit(self.windows, self.window_ends, end, cl)
+        return cs, start, end, clr, clr + cl
 
     def decode(self, seqs: list[list[int]]) -> Timing | None:
         """Earliest times for these sequences, or None if `after` and the orders deadlock.
@@ -96,6 +135,8 @@ class Instance:
         end = [-1] * n
         co = [0] * n
         mach = [-1] * n
+        co_start = [0] * n
+        clear_start = [-1] * n
         pos = [0] * self.m
         placed = [False] * n
         for seq in seqs:
@@ -107,7 +148,6 @@ class Instance:
         while left:
             progressed = False
             for m, seq in enumerate(seqs):
-                pm, stm = self.p[m], self.st[m]
                 k = pos[m]
                 while k < len(seq):
                     j = seq[k]
@@ -122,17 +162,18 @@ class Instance:
                         head = max(head, end[q])
                     if blocked:
                         break
-                    c = stm[prev[m]][self.setup[j]]
-                    s = max(ready[m] + c, head)
-                    start[j], end[j], co[j], mach[j] = s, s + pm[j], c, m
-                    ready[m], prev[m] = end[j], self.setup[j]
+                    cs, s, e, clr, after = self.advance(m, ready[m], prev[m], j, head)
+                    start[j], end[j], mach[j] = s, e, m
+                    co[j] = self.st[m][prev[m]][self.setup[j]]
+                    co_start[j], clear_start[j] = cs, clr
+                    ready[m], prev[m] = after, self.setup[j]
                     k += 1
                     left -= 1
                     progressed = True
                 pos[m] = k
             if not progressed:
                 return None
-        return Timing(start, end, co, mach)
+        return Timing(start, end, co, mach, co_start, clear_start)
 
     def figures_of(self, timing: Timing) -> Figures:
         wt = 0
@@ -161,32 +202,6 @@ class Instance:
         last = [self.free_at[m] if not s else timing.end[s[-1]] for m, s in enumerate(seqs)]
         return (*f.key, sum(last))
 
-    def machine_cost(self, m: int, seq: list[int]) -> tuple[int, int, int]:
-        """(weighted tardiness, changeover, last end) of one machine, uncoupled problems only."""
-        pm, stm, setup, rel, due, w = (
-            self.p[m],
-            self.st[m],
-            self.setup,
-            self.release,
-            self.due,
-            self.weight,
-        )
-        t = self.free_at[m]
-        prev = self.init_setup[m]
-        wt = cs = 0
-        for j in seq:
-            sj = setup[j]
-            c = stm[prev][sj]
-            t += c
-            if t < rel[j]:
-                t = rel[j]
-            t += pm[j]
-            if t > due[j]:
-                wt += w[j] * (t - due[j])
-            cs += c
-            prev = sj
-        return wt, cs, t
-
     def to_plan(
         self, seqs: list[list[int]], method: str, iterations: int = 0, elapsed_s: float = 0.0
     ) -> Plan:
@@ -205,6 +220,8 @@ class Instance:
                         end=timing.end[j],
                         changeover=timing.changeover[j],
                         setup_before=self.setup_labels[prev],
+                        changeover_start=timing.changeover_start[j],
+                        clear_start=None if timing.clear_start[j] < 0 else timing.clear_start[j],
                     )
                 )
                 prev = self.setup[j]

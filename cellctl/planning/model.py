@@ -37,6 +37,9 @@ class Job:
     due: int | None = None
     weight: int = 1
     after: tuple[str, ...] = ()  # jobs that must end before this one starts
+    # Operator work on the machine after the job ends (clearing the bed when the
+    # route has no unload step): manual, so inside a shift when there is a calendar.
+    clear: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,16 @@ class Problem:
     setup_times: Mapping[str, Mapping[str, Mapping[str, int]]]
     jobs: tuple[Job, ...]
     time_unit: str = "min"
+    # (machine, from, to) changeovers that need an operator; the rest are automatic.
+    manual: frozenset[tuple[str, str, str]] = frozenset()
+    # Operator windows [start, end) in problem time, sorted and disjoint; None: always.
+    shifts: tuple[tuple[int, int], ...] | None = None
 
     def changeover(self, machine: str, a: str, b: str) -> int:
         return 0 if a == b else self.setup_times[machine][a][b]
+
+    def is_manual(self, machine: str, a: str, b: str) -> bool:
+        return a != b and (machine, a, b) in self.manual
 
 
 @dataclass(frozen=True)
@@ -74,8 +84,12 @@ class Assignment:
     machine: str
     start: int
     end: int
-    changeover: int  # the changeover just before the job; it runs in [start - changeover, start)
+    changeover: int  # the changeover before the job
     setup_before: str  # the machine's setup when the changeover begins
+    # When the changeover begins: just before the start if automatic; a manual one
+    # begins as early as an operator window holds it.
+    changeover_start: int
+    clear_start: int | None = None  # the bed clearing after the job, if it has one
 
 
 @dataclass(frozen=True)

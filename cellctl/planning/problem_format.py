@@ -7,14 +7,21 @@ naming where it is (`jobs[3].durations.P9: …`). Unknown keys are mistakes.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cellctl.planning.calendar import Calendar, Shift
 from cellctl.planning.model import Job, Machine, Objective, Plan, Problem
 
-TOP_KEYS = {"objective", "time_unit", "machines", "setup_times", "jobs"}
+TOP_KEYS = {"objective", "time_unit", "machines", "setup_times", "jobs", "calendar"}
 MACHINE_KEYS = {"id", "initial_setup", "free_at"}
-JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after"}
+JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear"}
+CHANGE_KEYS = {"min", "manual"}
+CALENDAR_KEYS = {"timezone", "start", "horizon_days", "shifts", "exceptions"}
+UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600}
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class ProblemInvalid(ValueError):
@@ -82,8 +89,20 @@ def parse_problem(raw: object) -> Problem:
         {m.get("id") for m in listed if isinstance(m, dict)} if isinstance(listed, list) else set()
     )
     jobs = _jobs(r, raw.get("jobs", []), mids)
-    setup_times = _setup_times(r, raw.get("setup_times", {}), machines, jobs, mids)
+    manual: set[tuple[str, str, str]] = set()
+    setup_times = _setup_times(r, raw.get("setup_times", {}), machines, jobs, mids, manual)
     _acyclic(r, jobs)
+    shifts = None
+    if raw.get("calendar") is not None:
+        cal = _calendar(r, raw["calendar"])
+        if cal is not None:
+            if time_unit not in UNIT_SECONDS:
+                r.bad.append(
+                    f"time_unit: a calendar needs one of {', '.join(UNIT_SECONDS)}, got {time_unit}"
+                )
+            else:
+                shifts = cal.windows(UNIT_SECONDS[time_unit])
+                _manual_fits(r, shifts, jobs, setup_times, manual)
     if r.bad or objective is None:
         raise ProblemInvalid(r.bad)
     return Problem(
@@ -92,7 +111,119 @@ def parse_problem(raw: object) -> Problem:
         setup_times=setup_times,
         jobs=tuple(jobs),
         time_unit=time_unit,
+        manual=frozenset(manual),
+        shifts=shifts,
     )
+
+
+def _manual_fits(
+    r: _Reader,
+    shifts: tuple[tuple[int, int], ...],
+    jobs: list[Job],
+    setup_times: Mapping[str, Mapping[str, Mapping[str, int]]],
+    manual: set[tuple[str, str, str]],
+) -> None:
+    """Manual work longer than every shift could never be planned: say so now."""
+    longest = max((e - s for s, e in shifts), default=0)
+    for mid, a, b in sorted(manual):
+        t = setup_times[mid][a][b]
+        if t > longest:
+            r.bad.append(
+                f"setup_times.{mid}.{a}.{b}: a manual changeover of {t} is longer than "
+                f"every operator shift (longest {longest})"
+            )
+    for j in jobs:
+        if j.clear > longest:
+            r.bad.append(
+                f"jobs ({j.id}).clear: {j.clear} is longer than every operator shift "
+                f"(longest {longest})"
+            )
+    if not shifts and (manual or any(j.clear for j in jobs)):
+        r.bad.append("calendar: no operator shift within the horizon, but manual work to do")
+
+
+def _clock(r: _Reader, where: str, v: object) -> dt.time | None:
+    try:
+        if isinstance(v, str) and len(v) == 5:
+            return dt.time.fromisoformat(v)
+    except ValueError:
+        pass
+    r.bad.append(f'{where}: expected a time "HH:MM", got {_show(v)}')
+    return None
+
+
+def _hours(r: _Reader, where: str, raw: object) -> list[tuple[dt.time, dt.time]]:
+    if not isinstance(raw, dict):
+        r.bad.append(f"{where}: expected an object with from, to, got {_show(raw)}")
+        return []
+    a = _clock(r, f"{where}.from", raw.get("from"))
+    b = _clock(r, f"{where}.to", raw.get("to"))
+    return [(a, b)] if a is not None and b is not None else []
+
+
+def _calendar(r: _Reader, raw: object) -> Calendar | None:
+    if not isinstance(raw, dict):
+        r.bad.append(f"calendar: expected an object, got {_show(raw)}")
+        return None
+    before = len(r.bad)
+    r.keys("calendar.", raw, CALENDAR_KEYS, {"timezone", "start", "shifts"})
+    tz = r.text("calendar.timezone", raw.get("timezone"))
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            r.bad.append(f"calendar.timezone: unknown time zone {_show(tz)}")
+    start = None
+    try:
+        start = dt.datetime.fromisoformat(str(raw.get("start")))
+        if start.tzinfo is not None:
+            r.bad.append("calendar.start: local time without an offset (the time zone says it)")
+    except ValueError:
+        r.bad.append(f'calendar.start: expected "YYYY-MM-DDTHH:MM", got {_show(raw.get("start"))}')
+    horizon = r.nonneg("calendar.horizon_days", raw.get("horizon_days", 28))
+    if horizon is not None and not 1 <= horizon <= 366:
+        r.bad.append(f"calendar.horizon_days: expected 1 … 366, got {horizon}")
+    shifts: list[Shift] = []
+    raw_shifts = raw.get("shifts", [])
+    if not isinstance(raw_shifts, list):
+        r.bad.append(f"calendar.shifts: expected a list, got {_show(raw_shifts)}")
+        raw_shifts = []
+    for i, sh in enumerate(raw_shifts):
+        where = f"calendar.shifts[{i}]"
+        hours = _hours(r, where, sh)
+        days = sh.get("days", list(DAYS)) if isinstance(sh, dict) else []
+        if isinstance(sh, dict):
+            r.keys(f"{where}.", sh, {"days", "from", "to"}, {"from", "to"})
+        if not isinstance(days, list) or not all(d in DAYS for d in days):
+            r.bad.append(f"{where}.days: expected a list of {', '.join(DAYS)}, got {_show(days)}")
+            continue
+        for a, b in hours:
+            shifts.append(Shift(frozenset(DAYS.index(d) for d in days), a, b))
+    exceptions: list[tuple[dt.date, tuple[tuple[dt.time, dt.time], ...]]] = []
+    raw_ex = raw.get("exceptions", [])
+    if not isinstance(raw_ex, list):
+        r.bad.append(f"calendar.exceptions: expected a list, got {_show(raw_ex)}")
+        raw_ex = []
+    for i, ex in enumerate(raw_ex):
+        where = f"calendar.exceptions[{i}]"
+        if not isinstance(ex, dict):
+            r.bad.append(f"{where}: expected an object with date, shifts, got {_show(ex)}")
+            continue
+        r.keys(f"{where}.", ex, {"date", "shifts"}, {"date", "shifts"})
+        try:
+            day = dt.date.fromisoformat(str(ex.get("date")))
+        except ValueError:
+            r.bad.append(f'{where}.date: expected "YYYY-MM-DD", got {_show(ex.get("date"))}')
+            continue
+        hours_list = ex.get("shifts", [])
+        if not isinstance(hours_list, list):
+            r.bad.append(f"{where}.shifts: expected a list, got {_show(hours_list)}")
+            continue
+        hours = [h for k, x in enumerate(hours_list) for h in _hours(r, f"{where}.shifts[{k}]", x)]
+        exceptions.append((day, tuple(hours)))
+    if len(r.bad) > before or tz is None or start is None or horizon is None:
+        return None
+    return Calendar(tz, start, tuple(shifts), tuple(exceptions), horizon)
 
 
 def _machines(r: _Reader, raw: object) -> list[Machine]:
@@ -172,6 +303,7 @@ def _jobs(r: _Reader, raw: object, mids: set[Any]) -> list[Job]:
             due = r.nonneg(f"{where}.due", j["due"])
             ok = ok and due is not None
         weight = r.nonneg(f"{where}.weight", j.get("weight", 1))
+        clear = r.nonneg(f"{where}.clear", j.get("clear", 0))
         after = j.get("after", [])
         deps: list[str] = []
         if not isinstance(after, list):
@@ -187,13 +319,25 @@ def _jobs(r: _Reader, raw: object, mids: set[Any]) -> list[Job]:
                     ok = False
                 elif a not in deps:
                     deps.append(a)
-        if ok and jid and setup and release is not None and weight is not None:
-            out.append(Job(jid, setup, durations, release, due, weight, tuple(deps)))
+        if (
+            ok
+            and jid
+            and setup
+            and release is not None
+            and weight is not None
+            and clear is not None
+        ):
+            out.append(Job(jid, setup, durations, release, due, weight, tuple(deps), clear))
     return out
 
 
 def _setup_times(
-    r: _Reader, raw: object, machines: list[Machine], jobs: list[Job], known: set[Any]
+    r: _Reader,
+    raw: object,
+    machines: list[Machine],
+    jobs: list[Job],
+    known: set[Any],
+    manual: set[tuple[str, str, str]],
 ) -> dict[str, dict[str, dict[str, int]]]:
     out: dict[str, dict[str, dict[str, int]]] = {}
     if not isinstance(raw, dict):
@@ -220,11 +364,20 @@ def _setup_times(
                 continue
             table[a] = {}
             for b, t in row.items():
-                v = r.nonneg(f"setup_times.{mid}.{a}.{b}", t)
+                where = f"setup_times.{mid}.{a}.{b}"
+                if isinstance(t, dict):
+                    r.keys(f"{where}.", t, CHANGE_KEYS, {"min"})
+                    if not isinstance(t.get("manual", False), bool):
+                        r.bad.append(f"{where}.manual: expected true or false")
+                    elif t.get("manual") and a != b:
+                        manual.add((mid, a, b))
+                    t = t.get("min")
+                    where += ".min"
+                v = r.nonneg(where, t)
                 if v is None:
                     continue
                 if a == b and v != 0:
-                    r.bad.append(f"setup_times.{mid}.{a}.{b}: a setup to itself takes 0, got {v}")
+                    r.bad.append(f"{where}: a setup to itself takes 0, got {v}")
                     continue
                 table[a][b] = v
         out[mid] = table
@@ -298,6 +451,8 @@ def plan_to_json(problem: Problem, plan: Plan) -> dict[str, Any]:
                 "end": a.end,
                 "changeover": a.changeover,
                 "changeover_from": a.setup_before,
+                "changeover_start": a.changeover_start,
+                **({"clear_start": a.clear_start} if a.clear_start is not None else {}),
             }
             for a in plan.assignments
         ],

@@ -36,6 +36,7 @@ class Solution:
         self.W: list[list[int]] = [[] for _ in range(inst.m)]
         self.S: list[list[int]] = [[] for _ in range(inst.m)]
         self.lat: list[list[int]] = [[] for _ in range(inst.m)]
+        self.R: list[list[int]] = [[] for _ in range(inst.m)]  # free again after each job
         # For tardiness under a shift delta ≥ 0: suffix sums over the jobs already
         # late (their tardiness grows by w·delta), and the on-time jobs by position.
         self.TW: list[list[int]] = [[0] for _ in range(inst.m)]
@@ -56,6 +57,7 @@ class Solution:
         other.W = [list(c) for c in self.W]
         other.S = [list(c) for c in self.S]
         other.lat = [list(c) for c in self.lat]
+        other.R = [list(c) for c in self.R]
         other.TW = [list(c) for c in self.TW]
         other.TWL = [list(c) for c in self.TWL]
         other.early = [list(c) for c in self.early]
@@ -65,6 +67,9 @@ class Solution:
     # --- bookkeeping ------------------------------------------------------
 
     def _refresh(self, m: int) -> None:
+        if self.inst.timed[m]:
+            self._refresh_timed(m)
+            return
         inst = self.inst
         pm, stm, setup, rel, due, w = (
             inst.p[m],
@@ -94,6 +99,36 @@ class Solution:
             S.append(cs)
             lat.append(t - due[j])
         self.C[m], self.W[m], self.S[m], self.lat[m] = C, W, S, lat
+        self.R[m] = C
+        self.cost[m] = (wt, cs, t)
+        self._late_sums(m)
+
+    def _refresh_timed(self, m: int) -> None:
+        inst = self.inst
+        ready, prev = inst.free_at[m], inst.init_setup[m]
+        wt = cs = 0
+        C, W, S, lat, R = [], [], [], [], []
+        last = ready
+        for j in self.seqs[m]:
+            _, _, end, _, ready = inst.advance(m, ready, prev, j, inst.release[j])
+            cs += inst.st[m][prev][inst.setup[j]]
+            if end > inst.due[j]:
+                wt += inst.weight[j] * (end - inst.due[j])
+            prev = inst.setup[j]
+            C.append(end)
+            W.append(wt)
+            S.append(cs)
+            lat.append(end - inst.due[j])
+            R.append(ready)
+            last = end
+        self.C[m], self.W[m], self.S[m], self.lat[m], self.R[m] = C, W, S, lat, R
+        self.cost[m] = (wt, cs, last)
+        self._late_sums(m)
+
+    def _late_sums(self, m: int) -> None:
+        inst = self.inst
+        w, due = inst.weight, inst.due
+        lat = self.lat[m]
         seq = self.seqs[m]
         L = len(seq)
         TW = [0] * (L + 1)
@@ -111,7 +146,6 @@ class Solution:
                     early.append(k)
         early.reverse()
         self.TW[m], self.TWL[m], self.early[m] = TW, TWL, early
-        self.cost[m] = (wt, cs, t)
 
     def key(self) -> Key:
         if self._key is None:
@@ -244,6 +278,8 @@ class Solution:
         gets less tardy than it was.
         """
         inst = self.inst
+        if inst.timed[m]:
+            return self._scan_timed(m, j, grouped, limit)
         seq = self.seqs[m]
         pm, stm, setup, rel, due, w = (
             inst.p[m],
@@ -328,6 +364,44 @@ class Solution:
                 best_cmp, best = cmp, (wt, cs, last, pos)
                 if not makespan_only:
                     limit = min(limit, wt)
+        return best
+
+    def _scan_timed(
+        self, m: int, j: int, grouped: bool, limit: int
+    ) -> tuple[int, int, int, int] | None:
+        """_scan_general for a timed machine: every step through `Instance.advance`."""
+        inst = self.inst
+        seq = self.seqs[m]
+        C, W, S, R = self.C[m], self.W[m], self.S[m], self.R[m]
+        setup, rel, due, w, st = inst.setup, inst.release, inst.due, inst.weight, inst.st[m]
+        L = len(seq)
+        wt_total = W[-1] if L else 0
+        cs_total = S[-1] if L else 0
+        best: tuple[int, int, int, int] | None = None
+        best_cmp: tuple[int, int, int] | None = None
+        for pos in self._positions(m, j, grouped):
+            if pos == 0:
+                t, prev, wt, cs = inst.free_at[m], inst.init_setup[m], 0, 0
+            else:
+                t, prev, wt, cs = R[pos - 1], setup[seq[pos - 1]], W[pos - 1], S[pos - 1]
+            last = 0
+            for k in range(pos - 1, L):
+                q = j if k == pos - 1 else seq[k]
+                if k >= pos and k and t == R[k - 1] and prev == setup[seq[k - 1]]:
+                    # Free at the same time with the same setup: the rest is as before.
+                    wt += wt_total - W[k - 1]
+                    cs += cs_total - S[k - 1]
+                    last = C[L - 1]
+                    break
+                _, _, end, _, t = inst.advance(m, t, prev, q, rel[q])
+                cs += st[prev][setup[q]]
+                if end > due[q]:
+                    wt += w[q] * (end - due[q])
+                prev = setup[q]
+                last = end
+            cmp = (last, 0, 0) if inst.makespan_only else (wt, cs, last)
+            if best_cmp is None or cmp < best_cmp:
+                best_cmp, best = cmp, (wt, cs, last, pos)
         return best
 
     def _best_coupled(self, j: int, grouped: bool) -> tuple[Key, int, int] | None:

@@ -23,7 +23,10 @@ def build(
     release: bool = True,
     due: bool = True,
     free_at: bool = True,
+    operators: bool = False,
 ) -> Problem:
+    """A random problem; `operators`: some changeovers manual, some jobs with bed
+    clearing, and operator shifts of 20–60 every 100 (a lights-out cell in miniature)."""
     ms = [
         Machine(f"M{i}", rng.choice(SETUPS), rng.randint(0, 15) if free_at else 0)
         for i in range(machines)
@@ -46,9 +49,16 @@ def build(
                 due=rng.randint(5, 60) if due and rng.random() < 0.8 else None,
                 weight=rng.randint(0, 4),
                 after=deps,
+                clear=rng.choice((0, 0, 2, 5)) if operators else 0,
             )
         )
-    return Problem(objective, tuple(ms), setup_times, tuple(js))
+    if not operators:
+        return Problem(objective, tuple(ms), setup_times, tuple(js))
+    manual = frozenset(
+        (m.id, a, b) for m in ms for a in SETUPS for b in SETUPS if a != b and rng.random() < 0.5
+    )
+    shifts = tuple((100 * d + rng.randint(0, 30), 100 * d + rng.randint(50, 90)) for d in range(60))
+    return Problem(objective, tuple(ms), setup_times, tuple(js), manual=manual, shifts=shifts)
 
 
 @st.composite
@@ -57,7 +67,7 @@ def problems(draw: st.DrawFn, max_jobs: int = 9) -> Problem:
     jobs = draw(st.integers(0, max_jobs))
     machines = draw(st.integers(1, 3))
     objective = draw(st.sampled_from(list(Objective)))
-    flags = draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))
+    flags = draw(st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()))
     return build(
         random.Random(seed),
         jobs,
@@ -66,6 +76,7 @@ def problems(draw: st.DrawFn, max_jobs: int = 9) -> Problem:
         after=flags[0],
         release=flags[1],
         free_at=flags[2],
+        operators=flags[3],
     )
 
 
@@ -88,9 +99,14 @@ def semi_active(problem: Problem, seqs: Sequence[Sequence[str]]) -> Figures | No
                 job = jobs[seq[nxt[i]]]
                 mid = problem.machines[i].id
                 c = problem.changeover(mid, loaded[i], job.setup)
-                begin = max([ready[i] + c, job.release, *(end[a] for a in job.after)])
+                co_start = ready[i]
+                if problem.is_manual(mid, loaded[i], job.setup):
+                    co_start = _earliest_in_shift(problem, ready[i], c)
+                begin = max([co_start + c, job.release, *(end[a] for a in job.after)])
                 end[job.id] = begin + job.durations[mid]
                 ready[i], loaded[i] = end[job.id], job.setup
+                if job.clear:
+                    ready[i] = _earliest_in_shift(problem, end[job.id], job.clear) + job.clear
                 changeover += c
                 nxt[i] += 1
                 moved = True
@@ -98,6 +114,12 @@ def semi_active(problem: Problem, seqs: Sequence[Sequence[str]]) -> Figures | No
             return None
     wt = sum(j.weight * max(0, end[j.id] - j.due) for j in problem.jobs if j.due is not None)
     return Figures(problem.objective, wt, changeover, max(end.values(), default=0))
+
+
+def _earliest_in_shift(problem: Problem, t: int, d: int) -> int:
+    if problem.shifts is None:
+        return t
+    return min(max(s, t) for s, e in problem.shifts if e - max(s, t) >= d)
 
 
 def brute_force(problem: Problem) -> Figures:

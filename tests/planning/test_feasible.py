@@ -93,8 +93,8 @@ def test_checker_refuses_a_job_before_its_predecessor_or_release() -> None:
         (Job("a", "A", {"M1": 5}), Job("b", "A", {"M2": 5}, release=2, after=("a",))),
     )
     bad = [
-        Assignment("a", "M1", 0, 5, 0, "A"),
-        Assignment("b", "M2", 1, 6, 0, "A"),
+        Assignment("a", "M1", 0, 5, 0, "A", 0),
+        Assignment("b", "M2", 1, 6, 0, "A", 1),
     ]
     with pytest.raises(ScheduleInvalid) as err:
         check(p, bad)

@@ -10,18 +10,21 @@ from planning.instances import brute_force, build
 from cellctl.planning import Job, Machine, Objective, Problem, check, plan
 
 CASES = [
-    (seed, objective, jobs, machines)
-    for seed in range(8)
+    (seed, objective, jobs, machines, operators)
+    for seed in range(6)
     for objective in Objective
     for jobs, machines in ((5, 2), (6, 2), (5, 3))
+    for operators in (False, True)
 ]
 
 
-@pytest.mark.parametrize(("seed", "objective", "jobs", "machines"), CASES)
+@pytest.mark.parametrize(("seed", "objective", "jobs", "machines", "operators"), CASES)
 def test_anytime_finds_the_brute_force_optimum(
-    seed: int, objective: Objective, jobs: int, machines: int
+    seed: int, objective: Objective, jobs: int, machines: int, operators: bool
 ) -> None:
-    problem = build(random.Random(seed * 31 + jobs), jobs, machines, objective)
+    """`operators`: with manual changeovers, bed clearing and operator shifts too."""
+    rng = random.Random(seed * 31 + jobs)
+    problem = build(rng, jobs, machines, objective, operators=operators)
     best = brute_force(problem)
     got = plan(problem, "anytime", iterations=60, seed=seed)
     assert check(problem, got.assignments) == got.figures
