@@ -12,9 +12,10 @@ import sys
 from typing import Any
 
 from cellctl.planning import METHODS, Plan, Problem, ProblemInvalid, parse_problem, plan
+from cellctl.planning.calendar import OutsideCalendar
 from cellctl.planning.problem_format import plan_to_json
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_commands(sub: Any) -> None:
@@ -66,7 +67,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         n = len(exc.problems)
         print(f"problem invalid: {n} mistake{'s' if n != 1 else ''}", file=sys.stderr)
         return EXIT_USAGE
-    result = plan(problem, args.method, budget_s=args.budget_s, seed=args.seed)
+    try:
+        result = plan(problem, args.method, budget_s=args.budget_s, seed=args.seed)
+    except OutsideCalendar as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     if args.json:
         json.dump(plan_to_json(problem, result), sys.stdout, indent=1)
         sys.stdout.write("\n")

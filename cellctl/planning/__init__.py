@@ -6,7 +6,7 @@ See docs/scheduling.md for the model, the objective and the methods.
 
 from cellctl.planning.checker import ScheduleInvalid, check
 from cellctl.planning.model import Assignment, Figures, Job, Machine, Objective, Plan, Problem
-from cellctl.planning.planner import METHODS, plan
+from cellctl.planning.planner import METHODS, evaluate, plan
 from cellctl.planning.problem_format import ProblemInvalid, parse_problem, plan_to_json
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ProblemInvalid",
     "ScheduleInvalid",
     "check",
+    "evaluate",
     "parse_problem",
     "plan",
     "plan_to_json",

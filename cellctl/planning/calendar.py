@@ -79,6 +79,11 @@ class OutsideCalendar(ValueError):
     """Manual work that no window holds: the plan runs past the calendar's horizon."""
 
 
+# Where manual work goes when no window before the horizon holds it: so far out
+# that the search steers clear of it, and `plan` refuses a plan that uses it.
+BEYOND = 1 << 40
+
+
 def fit(windows: Sequence[tuple[int, int]], ends: Sequence[int], t: int, d: int) -> int:
     """The earliest start ≥ t of manual work lasting d inside one window.
 
@@ -93,4 +98,4 @@ def fit(windows: Sequence[tuple[int, int]], ends: Sequence[int], t: int, d: int)
         if e - begin >= d:
             return begin
         i += 1
-    raise OutsideCalendar(f"manual work of {d} from {t} fits in no shift before the horizon")
+    return BEYOND

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Final
 
 from cellctl.planning import rules
+from cellctl.planning.calendar import BEYOND, OutsideCalendar
 from cellctl.planning.instance import Instance
 from cellctl.planning.model import Plan, Problem
 from cellctl.planning.search import Clock, iterated_greedy
@@ -51,5 +53,33 @@ def plan(
         seqs = best.seqs
     else:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    result = inst.to_plan(seqs, method, iterations=done)
+    result = _within_calendar(problem, inst.to_plan(seqs, method, iterations=done))
     return replace(result, elapsed_s=clock() - t0)
+
+
+def _within_calendar(problem: Problem, result: Plan) -> Plan:
+    if any(a.end >= BEYOND or (a.clear_start or 0) >= BEYOND for a in result.assignments):
+        raise OutsideCalendar(
+            "the plan needs an operator after the calendar's last shift: "
+            "extend calendar.horizon_days"
+        )
+    return result
+
+
+def evaluate(
+    problem: Problem, sequences: Mapping[str, Sequence[str]], method: str = "given"
+) -> Plan:
+    """The plan of these machine sequences (job ids per machine id) at their earliest times.
+
+    Used to run one problem's plan under another's rules, e.g. a plan made
+    without the operator calendar, with its manual work pushed into shifts.
+    Raises ValueError if the sequences are not a plan of `problem`'s jobs.
+    """
+    inst = Instance(problem)
+    index = {j: k for k, j in enumerate(inst.job_ids)}
+    seqs = [[index[j] for j in sequences.get(m, ())] for m in inst.machine_ids]
+    if sorted(j for s in seqs for j in s) != list(range(inst.n)):
+        raise ValueError("the sequences do not hold every job exactly once")
+    if inst.decode(seqs) is None:
+        raise ValueError("the sequences deadlock with `after`")
+    return _within_calendar(problem, inst.to_plan(seqs, method))

@@ -12,8 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from planning.instances import build, problems
 
 from cellctl.cli import main
-from cellctl.planning import Objective, Problem, ProblemInvalid, check, parse_problem, plan
-from cellctl.planning.instance import Instance
+from cellctl.planning import (
+    Objective,
+    Problem,
+    ProblemInvalid,
+    check,
+    evaluate,
+    parse_problem,
+    plan,
+)
 
 H = 60  # minutes
 
@@ -200,9 +207,7 @@ def test_lights_out_planning_beats_pushing_changeovers_into_shifts_afterwards() 
     # Plan as if an operator were always there, then run those sequences with the
     # shifts: every manual changeover and clearing pushed to the next shift.
     seqs = plan(blind, "anytime", iterations=60, seed=1).sequences
-    inst = Instance(problem)
-    index = {j: k for k, j in enumerate(inst.job_ids)}
-    pushed = inst.to_plan([[index[j] for j in seqs[m]] for m in inst.machine_ids], "pushed")
+    pushed = evaluate(problem, seqs)
     assert check(problem, pushed.assignments) == pushed.figures
     assert aware.figures.key <= pushed.figures.key
     print(f"\nlights-out: aware {aware.figures.key}, pushed {pushed.figures.key}")
@@ -219,3 +224,21 @@ def test_cli_reads_a_calendar(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     f.write_text(json.dumps(_problem(cal)))
     assert main(["plan", "--problem", str(f), "--method", "instant"]) == 0
     assert "(manual changeover 30 min from 360: PLA → PETG)" in capsys.readouterr().out
+
+
+def test_manual_work_past_the_horizon_is_refused_not_planned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cal = {
+        "timezone": "UTC",
+        "start": "2026-01-05T00:00",
+        "horizon_days": 1,
+        "shifts": [{"from": "06:00", "to": "07:00"}],
+    }
+    doc = _problem(cal)
+    doc["jobs"].append({"id": "J2", "setup": "PLA", "durations": {"P1": 10}, "after": ["J1"]})
+    doc["setup_times"]["P1"]["PETG"]["PLA"] = {"min": 30, "manual": True}
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(doc))
+    assert main(["plan", "--problem", str(f), "--method", "instant"]) == 1
+    assert "extend calendar.horizon_days" in capsys.readouterr().err
