@@ -29,6 +29,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--budget-s", type=float, default=1.0, metavar="S", help="anytime: seconds (default 1)"
     )
+    p.add_argument(
+        "--unpin-margin",
+        type=float,
+        default=None,
+        metavar="F",
+        help="free the pinned jobs if a plan without them is better by more than F (0.1: 10 %%)",
+    )
     p.add_argument("--seed", type=int, default=0, help="anytime: random seed (default 0)")
     p.add_argument("--json", action="store_true", help="write the plan as JSON (plan.json schema)")
     p.set_defaults(func=cmd_plan)
@@ -36,6 +43,12 @@ def add_commands(sub: Any) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     name = args.problem
+    if args.unpin_margin is not None and not 0 <= args.unpin_margin <= 1:
+        print(
+            f"cellctl plan: --unpin-margin must be in 0 … 1, got {args.unpin_margin}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if not args.budget_s >= 0:
         print(f"cellctl plan: --budget-s must be ≥ 0, got {args.budget_s}", file=sys.stderr)
         return EXIT_USAGE
@@ -68,7 +81,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"problem invalid: {n} mistake{'s' if n != 1 else ''}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = plan(problem, args.method, budget_s=args.budget_s, seed=args.seed)
+        result = plan(
+            problem,
+            args.method,
+            budget_s=args.budget_s,
+            seed=args.seed,
+            unpin_margin=args.unpin_margin,
+        )
     except OutsideCalendar as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_FAIL

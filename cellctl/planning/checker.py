@@ -53,6 +53,10 @@ def check(problem: Problem, assignments: Iterable[Assignment]) -> Figures:
         if a.machine in machines:
             by_machine.setdefault(a.machine, []).append(a)
     total_changeover = 0
+    for mid, pins in problem.pinned.items():
+        head = tuple(a.job for a in sorted(by_machine.get(mid, []), key=lambda a: a.start))
+        if head[: len(pins)] != tuple(pins):
+            bad.append(f"{mid}: must open with {', '.join(pins)} (pinned), opens with {head}")
     for mid, seq in by_machine.items():
         seq.sort(key=lambda a: a.start)
         mach = machines[mid]

@@ -98,6 +98,11 @@ class Instance:
             or (self.windows is not None and any(any(row) for row in self.man[m]))
             for m in range(self.m)
         ]
+        pins = {mid: [jidx[j] for j in problem.pinned.get(mid, ())] for mid in self.machine_ids}
+        self.pinned_seqs = [pins[mid] for mid in self.machine_ids]
+        self.pin_len = [len(s) for s in self.pinned_seqs]
+        fixed = {j for s in self.pinned_seqs for j in s}
+        self.movable = [j for j in range(self.n) if j not in fixed]
         self.no_idle = [
             not self.timed[m]
             and all(self.release[j] <= self.free_at[m] for j in range(self.n) if self.p[m][j] >= 0)

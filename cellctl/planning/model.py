@@ -54,6 +54,9 @@ class Problem:
     manual: frozenset[tuple[str, str, str]] = frozenset()
     # Operator windows [start, end) in problem time, sorted and disjoint; None: always.
     shifts: tuple[tuple[int, int], ...] | None = None
+    # Machine -> the jobs that open its sequence, in order, whatever else changes:
+    # started, or announced to an operator (a re-plan keeps them; see `plan`).
+    pinned: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def changeover(self, machine: str, a: str, b: str) -> int:
         return 0 if a == b else self.setup_times[machine][a][b]

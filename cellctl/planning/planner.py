@@ -25,12 +25,34 @@ def plan(
     iterations: int | None = None,
     seed: int = 0,
     clock: Clock = time.perf_counter,
+    unpin_margin: float | None = None,
 ) -> Plan:
     """Plan `problem`. `anytime` needs `budget_s` or `iterations` (both: whichever ends first).
 
     The anytime method starts from the instant plan and returns the best it
     finds; a budget of 0 returns the instant plan improved by local search only.
+
+    Pinned jobs (`Problem.pinned`: started, or announced to an operator) keep
+    their places, unless `unpin_margin` is given and a plan free of pins is
+    better by more than that fraction on the objective's first figure
+    (weighted tardiness, or makespan): then the budget is shared between the
+    two plans, and the free one wins only by that margin.
     """
+    if unpin_margin is not None and any(problem.pinned.values()):
+        half_b = None if budget_s is None else budget_s / 2
+        half_i = None if iterations is None else max(1, iterations // 2)
+        t0 = clock()
+        kept = plan(problem, method, budget_s=half_b, iterations=half_i, seed=seed, clock=clock)
+        free = plan(
+            replace(problem, pinned={}),
+            method,
+            budget_s=half_b,
+            iterations=half_i,
+            seed=seed,
+            clock=clock,
+        )
+        better = free.figures.key[0] < kept.figures.key[0] * (1 - unpin_margin)
+        return replace(free if better else kept, elapsed_s=clock() - t0)
     t0 = clock()
     inst = Instance(problem)
     done = 0

@@ -13,9 +13,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cellctl.planning.calendar import Calendar, Shift
+from cellctl.planning.instance import Instance
 from cellctl.planning.model import Job, Machine, Objective, Plan, Problem
 
-TOP_KEYS = {"objective", "time_unit", "machines", "setup_times", "jobs", "calendar"}
+TOP_KEYS = {"objective", "time_unit", "machines", "setup_times", "jobs", "calendar", "pinned"}
 MACHINE_KEYS = {"id", "initial_setup", "free_at"}
 JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear"}
 CHANGE_KEYS = {"min", "manual"}
@@ -103,9 +104,10 @@ def parse_problem(raw: object) -> Problem:
             else:
                 shifts = cal.windows(UNIT_SECONDS[time_unit])
                 _manual_fits(r, shifts, jobs, setup_times, manual)
+    pinned = _pinned(r, raw.get("pinned", {}), machines, jobs)
     if r.bad or objective is None:
         raise ProblemInvalid(r.bad)
-    return Problem(
+    problem = Problem(
         objective=objective,
         machines=tuple(machines),
         setup_times=setup_times,
@@ -113,7 +115,42 @@ def parse_problem(raw: object) -> Problem:
         time_unit=time_unit,
         manual=frozenset(manual),
         shifts=shifts,
+        pinned=pinned,
     )
+    inst = Instance(problem)  # the decoder: the one judge of deadlock
+    if any(problem.pinned.values()) and inst.decode(inst.pinned_seqs) is None:
+        raise ProblemInvalid(["pinned: the pinned orders contradict `after`"])
+    return problem
+
+
+def _pinned(
+    r: _Reader, raw: object, machines: list[Machine], jobs: list[Job]
+) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict):
+        r.bad.append(f"pinned: expected an object machine → [job ids], got {_show(raw)}")
+        return {}
+    mids = {m.id for m in machines}
+    by_id = {j.id: j for j in jobs}
+    seen: set[str] = set()
+    out: dict[str, tuple[str, ...]] = {}
+    for mid, ids in raw.items():
+        if mid not in mids:
+            r.bad.append(f"pinned.{mid}: unknown machine {mid}")
+            continue
+        if not isinstance(ids, list):
+            r.bad.append(f"pinned.{mid}: expected a list of job ids, got {_show(ids)}")
+            continue
+        for k, jid in enumerate(ids):
+            job = by_id.get(jid) if isinstance(jid, str) else None
+            if job is None:
+                r.bad.append(f"pinned.{mid}[{k}]: unknown job {_show(jid)}")
+            elif mid not in job.durations:
+                r.bad.append(f"pinned.{mid}[{k}]: {mid} cannot run {jid}")
+            elif jid in seen:
+                r.bad.append(f"pinned.{mid}[{k}]: {jid} is pinned twice")
+            seen.add(str(jid))
+        out[mid] = tuple(str(j) for j in ids)
+    return out
 
 
 def _manual_fits(

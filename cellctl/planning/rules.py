@@ -24,16 +24,32 @@ from cellctl.planning.solution import Solution
 
 
 def arrival_order(inst: Instance) -> list[int]:
-    return topological(inst, sorted(range(inst.n), key=lambda j: (inst.release[j], j)))
+    """The movable jobs, oldest first (pinned ones are already placed)."""
+    order = topological(inst, sorted(range(inst.n), key=lambda j: (inst.release[j], j)))
+    movable = set(inst.movable)
+    return [j for j in order if j in movable]
+
+
+def _after_pins(inst: Instance) -> tuple[list[list[int]], list[int], list[int], list[int]]:
+    """(sequences, free at, loaded setup, job ends) once the pinned jobs have run."""
+    seqs = [list(s) for s in inst.pinned_seqs]
+    ready, prev = list(inst.free_at), list(inst.init_setup)
+    end = [-1] * inst.n
+    timing = inst.decode(seqs)
+    assert timing is not None, "pinned sequences that deadlock passed validation"
+    for m, s in enumerate(seqs):
+        for j in s:
+            end[j] = timing.end[j]
+            c = timing.clear_start[j]
+            ready[m] = c + inst.clear[j] if c >= 0 else timing.end[j]
+            prev[m] = inst.setup[j]
+    return seqs, ready, prev, end
 
 
 def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
     """Event-driven list scheduling: the machine free first picks from the waiting jobs."""
-    seqs: list[list[int]] = [[] for _ in range(inst.m)]
+    seqs, ready, prev, end = _after_pins(inst)
     waiting = arrival_order(inst)
-    ready = list(inst.free_at)
-    prev = list(inst.init_setup)
-    end = [-1] * inst.n
     active = {m for m in range(inst.m) if any(inst.p[m][j] >= 0 for j in waiting)}
     parked: set[int] = set()
     while waiting:
@@ -101,7 +117,7 @@ def group(inst: Instance) -> list[list[int]]:
 
 
 def insert_all(inst: Instance, order: list[int], grouped: bool) -> Solution:
-    sol = Solution(inst, [[] for _ in range(inst.m)])
+    sol = Solution(inst, inst.pinned_seqs)
     for j in order:
         found = sol.best_insertion(j, grouped)
         assert found is not None, "a job without a capable machine passed validation"
@@ -123,15 +139,13 @@ def urgency_order(inst: Instance) -> list[int]:
             range(inst.n),
             key=lambda j: (inst.due[j], -inst.weight[j], inst.release[j], j),
         )
-    return topological(inst, key)
+    movable = set(inst.movable)
+    return [j for j in topological(inst, key) if j in movable]
 
 
 def append_coupled(inst: Instance, order: list[int]) -> list[list[int]]:
     """List scheduling in a topological order: each job to the machine that ends it first."""
-    seqs: list[list[int]] = [[] for _ in range(inst.m)]
-    ready = list(inst.free_at)
-    prev = list(inst.init_setup)
-    end = [0] * inst.n
+    seqs, ready, prev, end = _after_pins(inst)
     for j in order:
         head = inst.release[j]
         for q in inst.preds[j]:

@@ -130,14 +130,14 @@ def iterated_greedy(
         raise ValueError("iterated_greedy needs an iteration budget or a deadline and a clock")
     rng = random.Random(seed)
     width = 1 if inst.makespan_only else 3  # the objective's own components
-    everyone = list(range(inst.n))
+    everyone = list(inst.movable)  # pinned jobs never move
     cur = start.copy()
     order = everyone[:]
     rng.shuffle(order)
     descend(cur, order, deadline=deadline, clock=clock)
     best = cur.copy()
     done = 0
-    if inst.n < 2:
+    if len(everyone) < 2:
         return best, done
     while True:
         if iterations is not None and done >= iterations:
@@ -146,9 +146,9 @@ def iterated_greedy(
             break
         done += 1
         new = cur.copy()
-        d = rng.randint(2, min(6, inst.n))
+        d = rng.randint(2, min(6, len(everyone)))
         worst = _costliest_machine(new)
-        pool = new.seqs[worst]
+        pool = new.seqs[worst][inst.pin_len[worst] :]
         removed = rng.sample(pool, min(len(pool), d // 2))
         rest = [j for j in everyone if j not in removed]
         removed += rng.sample(rest, d - len(removed))
@@ -165,7 +165,10 @@ def iterated_greedy(
             rng.shuffle(order)
             descend(new, order, deadline=deadline, clock=clock)
         else:
-            touched = removed + [j for j in new.seqs[_costliest_machine(new)] if j not in removed]
+            costly = _costliest_machine(new)
+            touched = removed + [
+                j for j in new.seqs[costly][inst.pin_len[costly] :] if j not in removed
+            ]
             descend(new, touched, deadline=deadline, clock=clock, passes=1)
         nk, ck = new.key(), cur.key()
         if nk < ck:

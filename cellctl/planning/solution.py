@@ -227,18 +227,19 @@ class Solution:
 
     def _positions(self, m: int, j: int, grouped: bool) -> range | list[int]:
         seq = self.seqs[m]
+        first = self.inst.pin_len[m]  # nothing goes before the pinned jobs
         if not grouped:
-            return range(len(seq) + 1)
+            return range(first, len(seq) + 1)
         sj = self.inst.setup[j]
         setup = self.inst.setup
         out = [len(seq)]
         # Right after the latest job with the same setup (a scan from the end).
-        for k in range(len(seq) - 1, -1, -1):
-            if setup[seq[k]] == sj:
+        for k in range(len(seq) - 1, first - 2, -1):
+            if k >= 0 and setup[seq[k]] == sj:
                 if k + 1 < len(seq):
                     out.append(k + 1)
                 break
-        if self.inst.init_setup[m] == sj:
+        if first == 0 and self.inst.init_setup[m] == sj:
             out.append(0)
         return out
 
@@ -446,14 +447,14 @@ class Solution:
             s2, p2, st2 = self.seqs[m2], inst.p[m2], inst.st[m2]
             last2 = self.cost[m2][2]
             for a, j in enumerate(s1):
-                if p2[j] < 0:
+                if p2[j] < 0 or a < inst.pin_len[crit]:
                     continue
                 sj = setup[j]
                 pv1 = inst.init_setup[crit] if a == 0 else setup[s1[a - 1]]
                 nx1 = setup[s1[a + 1]] if a + 1 < len(s1) else -1
                 out1 = st1[pv1][sj] + p1[j] + (st1[sj][nx1] if nx1 >= 0 else 0)
                 for b, k in enumerate(s2):
-                    if p1[k] < 0:
+                    if p1[k] < 0 or b < inst.pin_len[m2]:
                         continue
                     sk = setup[k]
                     d1 = st1[pv1][sk] + p1[k] + (st1[sk][nx1] if nx1 >= 0 else 0) - out1
