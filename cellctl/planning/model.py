@@ -105,4 +105,3 @@ class Plan:
     method: str
     iterations: int = 0
     elapsed_s: float = 0.0
-    stats: Mapping[str, float] = field(default_factory=dict)

@@ -91,11 +91,14 @@ def descend(
 
 
 def _costliest_machine(sol: Solution) -> int:
+    """The machine to take jobs from: the most tardy one, else the latest to finish.
+
+    A coupled solution keeps no per-machine costs: there, the busiest by job count.
+    """
     inst = sol.inst
-    if inst.coupled or inst.makespan_only or sum(c[0] for c in sol.cost) == 0:
-        ends = [s and sol.seqs[m] for m, s in enumerate(sol.seqs)]
-        if inst.coupled:
-            return max(range(inst.m), key=lambda m: len(ends[m]))
+    if inst.coupled:
+        return max(range(inst.m), key=lambda m: len(sol.seqs[m]))
+    if inst.makespan_only or sum(c[0] for c in sol.cost) == 0:
         return max(range(inst.m), key=lambda m: sol.cost[m][2] if sol.seqs[m] else -1)
     return max(range(inst.m), key=lambda m: sol.cost[m][0])
 
