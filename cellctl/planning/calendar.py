@@ -81,7 +81,7 @@ class OutsideCalendar(ValueError):
 
 # Where manual work goes when no window before the horizon holds it: so far out
 # that the search steers clear of it, and `plan` refuses a plan that uses it.
-BEYOND = 1 << 40
+BEYOND = 1 << 60
 
 
 def fit(windows: Sequence[tuple[int, int]], ends: Sequence[int], t: int, d: int) -> int:

@@ -80,6 +80,8 @@ def plan(
 
 
 def _within_calendar(problem: Problem, result: Plan) -> Plan:
+    if problem.shifts is None:
+        return result
     if any(a.end >= BEYOND or (a.clear_start or 0) >= BEYOND for a in result.assignments):
         raise OutsideCalendar(
             "the plan needs an operator after the calendar's last shift: "

@@ -21,6 +21,10 @@ MACHINE_KEYS = {"id", "initial_setup", "free_at"}
 JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear"}
 CHANGE_KEYS = {"min", "manual"}
 CALENDAR_KEYS = {"timezone", "start", "horizon_days", "shifts", "exceptions"}
+# Any time, weight or count: ample (31 years in seconds), and far below the
+# sentinels the planner uses (no due date, manual work beyond the calendar).
+MAX_NUMBER = 10**9
+MAX_SHIFTS, MAX_EXCEPTIONS = 100, 1000  # windows stay few: days × shifts
 UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600}
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -44,6 +48,9 @@ class _Reader:
             return default
         if not _is_int(v) or v < 0:  # type: ignore[operator]
             self.bad.append(f"{where}: expected an integer ≥ 0, got {_show(v)}")
+            return None
+        if v > MAX_NUMBER:  # type: ignore[operator]
+            self.bad.append(f"{where}: at most {MAX_NUMBER:,}, got {_show(v)}")
             return None
         return v  # type: ignore[return-value]
 
@@ -225,6 +232,9 @@ def _calendar(r: _Reader, raw: object) -> Calendar | None:
     if not isinstance(raw_shifts, list):
         r.bad.append(f"calendar.shifts: expected a list, got {_show(raw_shifts)}")
         raw_shifts = []
+    if len(raw_shifts) > MAX_SHIFTS:
+        r.bad.append(f"calendar.shifts: at most {MAX_SHIFTS} weekly shifts, got {len(raw_shifts)}")
+        raw_shifts = []
     for i, sh in enumerate(raw_shifts):
         where = f"calendar.shifts[{i}]"
         hours = _hours(r, where, sh)
@@ -240,6 +250,9 @@ def _calendar(r: _Reader, raw: object) -> Calendar | None:
     raw_ex = raw.get("exceptions", [])
     if not isinstance(raw_ex, list):
         r.bad.append(f"calendar.exceptions: expected a list, got {_show(raw_ex)}")
+        raw_ex = []
+    if len(raw_ex) > MAX_EXCEPTIONS:
+        r.bad.append(f"calendar.exceptions: at most {MAX_EXCEPTIONS}, got {len(raw_ex)}")
         raw_ex = []
     for i, ex in enumerate(raw_ex):
         where = f"calendar.exceptions[{i}]"

@@ -113,6 +113,11 @@ BAD = [
         True,
     ),
     (_with("jobs/0/release", -1), "jobs[0] (J001).release: expected an integer ≥ 0, got -1", True),
+    (
+        _with("jobs/0/durations/P1", 10**12),
+        "jobs[0] (J001).durations.P1: at most 1,000,000,000, got 1000000000000",
+        True,
+    ),
     (_with("jobs/0/colour", "red"), "jobs[0] (J001).colour: unknown key", True),
     (_with("machines/1/id", "P1"), "machines[1].id: machine P1 is defined twice", False),
     (_with("jobs/1/id", "J001"), "jobs[1] (J001).id: job J001 is defined twice", False),
