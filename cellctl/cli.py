@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli_backup import add_commands as add_backup
 
     add_backup(sub)
+    from cellctl.cli_plan import add_commands as add_plan_commands
+
+    add_plan_commands(sub)
     return p
 
 

@@ -190,7 +190,9 @@ def test_an_embedded_broker_without_amqtt_is_a_warning(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "amqtt" else real(name, *a)
     )
-    cfg = _config(tmp_path, "[mqtt]\nport = 1884\nembedded = true\n[access]\nallow_anonymous = true")
+    cfg = _config(
+        tmp_path, "[mqtt]\nport = 1884\nembedded = true\n[access]\nallow_anonymous = true"
+    )
     rc, out, err = _main(capsys, "check", str(cfg))
     assert rc == 0 and out.endswith("config OK\n"), (out, err)
     assert err.startswith(f"warning: {cfg}: mqtt.embedded: the amqtt package is not installed")

@@ -1,0 +1,179 @@
+"""The simple rules the planner is compared with, and the instant construction.
+
+- `fifo`: what print-farm managers do. Whenever a machine becomes free it
+  takes the oldest waiting job it can run (oldest = earliest release, then
+  file order).
+- `group`: today's `BaselineDispatcher`: the same, but a job needing the
+  setup already loaded goes first.
+- `greedy`: each job in file order at the best place (any capable machine,
+  any position) given the jobs placed before it.
+- `instant`: jobs in order of urgency (earliest due date for weighted
+  tardiness, longest first for makespan), each inserted at the end of a
+  machine or right after its latest job with the same setup, whichever is
+  best; then
+  insertion local search while a fixed amount of work allows. Deterministic,
+  and cheap enough to call on every event (see docs/scheduling.md).
+
+Every rule produces sequences; times come from the one decoder.
+"""
+
+from __future__ import annotations
+
+from cellctl.planning.instance import Instance, topological
+from cellctl.planning.solution import Solution
+
+
+def arrival_order(inst: Instance) -> list[int]:
+    """The movable jobs, oldest first (pinned ones are already placed)."""
+    order = topological(inst, sorted(range(inst.n), key=lambda j: (inst.release[j], j)))
+    movable = set(inst.movable)
+    return [j for j in order if j in movable]
+
+
+def _after_pins(inst: Instance) -> tuple[list[list[int]], list[int], list[int], list[int]]:
+    """(sequences, free at, loaded setup, job ends) once the pinned jobs have run."""
+    seqs = [list(s) for s in inst.pinned_seqs]
+    ready, prev = list(inst.free_at), list(inst.init_setup)
+    end = [-1] * inst.n
+    timing = inst.decode(seqs)
+    assert timing is not None, "pinned sequences that deadlock passed validation"
+    for m, s in enumerate(seqs):
+        for j in s:
+            end[j] = timing.end[j]
+            c = timing.clear_start[j]
+            ready[m] = c + inst.clear[j] if c >= 0 else timing.end[j]
+            prev[m] = inst.setup[j]
+    return seqs, ready, prev, end
+
+
+def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
+    """Event-driven list scheduling: the machine free first picks from the waiting jobs."""
+    seqs, ready, prev, end = _after_pins(inst)
+    waiting = arrival_order(inst)
+    active = {m for m in range(inst.m) if any(inst.p[m][j] >= 0 for j in waiting)}
+    parked: set[int] = set()
+    while waiting:
+        if not active:
+            raise AssertionError("jobs left that no machine can run")
+        m = min(active, key=lambda mm: (mm in parked, ready[mm], mm))
+        now = ready[m]
+        pm = inst.p[m]
+        pick = -1
+        capable = False
+        nxt = None
+        for j in waiting:
+            if pm[j] < 0:
+                continue
+            capable = True
+            head = inst.release[j]
+            done = True
+            for q in inst.preds[j]:
+                if end[q] < 0:
+                    done = False
+                    break
+                head = max(head, end[q])
+            if not done:
+                continue
+            if head <= now:
+                if pick < 0:
+                    pick = j
+                    if not prefer_setup:
+                        break
+                if inst.setup[j] == prev[m]:
+                    pick = j
+                    break
+            elif nxt is None or head < nxt:
+                nxt = head
+        if pick >= 0:
+            waiting.remove(pick)
+            seqs[m].append(pick)
+            c = inst.st[m][prev[m]][inst.setup[pick]]
+            end[pick] = now + c + pm[pick]
+            ready[m], prev[m] = end[pick], inst.setup[pick]
+            parked.clear()
+            continue
+        if not capable:
+            active.discard(m)
+            continue
+        # Nothing for m yet: wake at the next release, or when another machine moves on.
+        later = [ready[o] for o in active if o != m and ready[o] > now]
+        if nxt is not None:
+            later.append(nxt)
+        if later:
+            ready[m] = min(later)
+        elif m in parked:
+            raise AssertionError("dispatch stalled")  # unreachable on an acyclic problem
+        else:
+            parked.add(m)
+    return seqs
+
+
+def fifo(inst: Instance) -> list[list[int]]:
+    return dispatch(inst, prefer_setup=False)
+
+
+def group(inst: Instance) -> list[list[int]]:
+    return dispatch(inst, prefer_setup=True)
+
+
+def insert_all(inst: Instance, order: list[int], grouped: bool) -> Solution:
+    sol = Solution(inst, inst.pinned_seqs)
+    for j in order:
+        found = sol.best_insertion(j, grouped)
+        assert found is not None, "a job without a capable machine passed validation"
+        _, m, pos = found
+        sol.insert(j, m, pos)
+    return sol
+
+
+def greedy(inst: Instance) -> list[list[int]]:
+    return insert_all(inst, arrival_order(inst), grouped=False).seqs
+
+
+def urgency_order(inst: Instance) -> list[int]:
+    if inst.makespan_only:
+        # Longest first (by the fastest machine), the classic order for insertion.
+        key = sorted(range(inst.n), key=lambda j: (-inst.p[inst.capable[j][0]][j], j))
+    else:
+        key = sorted(
+            range(inst.n),
+            key=lambda j: (inst.due[j], -inst.weight[j], inst.release[j], j),
+        )
+    movable = set(inst.movable)
+    return [j for j in topological(inst, key) if j in movable]
+
+
+def append_coupled(inst: Instance, order: list[int]) -> list[list[int]]:
+    """List scheduling in a topological order: each job to the machine that ends it first."""
+    seqs, ready, prev, end = _after_pins(inst)
+    for j in order:
+        head = inst.release[j]
+        for q in inst.preds[j]:
+            head = max(head, end[q])
+        best: tuple[int, int, int] | None = None
+        for m in inst.capable[j]:
+            c = inst.st[m][prev[m]][inst.setup[j]]
+            e = max(ready[m] + c, head) + inst.p[m][j]
+            if best is None or (e, c) < best[:2]:
+                best = (e, c, m)
+        assert best is not None
+        e, _, m = best
+        seqs[m].append(j)
+        end[j], ready[m], prev[m] = e, e, inst.setup[j]
+    return seqs
+
+
+# The instant method's local search stops after this many priced positions:
+# a bound on work, not on time, so that it is deterministic.
+INSTANT_WORK = 2_000
+
+
+def instant(inst: Instance) -> Solution:
+    order = urgency_order(inst)
+    if inst.coupled:
+        return Solution(inst, append_coupled(inst, order))
+    sol = insert_all(inst, order, grouped=True)
+    from cellctl.planning.search import local_search
+
+    local_search(sol, order, work_limit=INSTANT_WORK)
+    return sol

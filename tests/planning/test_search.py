@@ -1,0 +1,64 @@
+"""The search machinery: incremental pricing equals a full decode; runs are reproducible."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from planning.instances import build, problems
+
+from cellctl.planning import Objective, Problem, plan
+from cellctl.planning.instance import Instance
+from cellctl.planning.solution import Solution
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_jobs=10), st.integers(0, 1000), st.booleans())
+def test_priced_moves_equal_the_decoded_result(problem: Problem, seed: int, grouped: bool) -> None:
+    inst = Instance(problem)
+    if inst.n == 0:
+        return
+    grouped = grouped and not inst.coupled  # the instant method groups uncoupled problems only
+    rng = random.Random(seed)
+    seqs: list[list[int]] = [[] for _ in range(inst.m)]
+    for j in range(inst.n):  # index order respects `after`: never deadlocks
+        seqs[rng.choice(inst.capable[j])].append(j)
+    sol = Solution(inst, seqs)
+    assert sol.key() == inst.key_of(sol.seqs)
+    for _ in range(6):
+        j = rng.randrange(inst.n)
+        sol.remove(j)
+        found = sol.best_insertion(j, grouped)
+        assert found is not None  # its old place at least
+        key, m, pos = found
+        sol.insert(j, m, pos)
+        assert sol.key() == key == inst.key_of(sol.seqs)
+        swap = sol.best_swap()
+        if swap is not None:
+            sol.swap(swap[1], swap[2])
+            assert sol.key() == swap[0] == inst.key_of(sol.seqs)
+
+
+def test_same_seed_same_plan_and_the_iteration_budget_is_kept() -> None:
+    problem = build(random.Random(11), 40, 4, Objective.WEIGHTED_TARDINESS, after=False)
+    a = plan(problem, "anytime", iterations=15, seed=3)
+    b = plan(problem, "anytime", iterations=15, seed=3)
+    assert a.sequences == b.sequences and a.figures == b.figures
+    assert a.iterations == 15
+    assert plan(problem, "instant").sequences == plan(problem, "instant").sequences
+
+
+def test_anytime_beats_the_simple_rules_on_a_cell_sized_problem() -> None:
+    problem = build(
+        random.Random(5), 60, 4, Objective.WEIGHTED_TARDINESS, after=False, release=False
+    )
+    keys = {m: plan(problem, m, iterations=20).figures.key for m in ("fifo", "group", "anytime")}
+    assert keys["anytime"] < keys["group"] and keys["anytime"] < keys["fifo"]
+
+
+def test_a_deadline_on_an_injected_clock_ends_the_run() -> None:
+    problem = build(random.Random(2), 30, 3, Objective.MAKESPAN, after=False)
+    ticks = iter(range(10**6))
+    got = plan(problem, "anytime", budget_s=40, seed=1, clock=lambda: float(next(ticks)))
+    assert 0 < got.iterations < 40
