@@ -20,6 +20,7 @@ from cellctl_drivers.marlin.sim import MarlinSimOptions
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from cellctl.errors import LinkError
 from cellctl.model import Program, ProgramKind, Step, StepOutcome
 
 QUICK = dict(emulate_link=False, parse_rate=1_000_000, time_factor=100_000)
@@ -116,7 +117,13 @@ def test_property_done_means_the_printer_ran_exactly_the_program(
         if misconfigured
         else None,
     )
-    result, executed, lost, _ = asyncio.run(one_run(marlin, path, extra, drv, drop_p))
+    try:
+        result, executed, lost, _ = asyncio.run(one_run(marlin, path, extra, drv, drop_p))
+    except LinkError as exc:
+        # With lost `ok`s a setup line (`M113`, the fault clean-up) may go unanswered: the
+        # link is given up and the supervisor reconnects. Not `done`, and it says why.
+        assert str(exc)
+        return
     prog = program(path)
     # A driver told the wrong thing counts an `ok` too many and may overfill the
     # buffer (the lost bytes then fail checks), and so may one facing 2.0.0's
