@@ -260,9 +260,23 @@ class HotFolder:
     # --- job files and G-code -------------------------------------------------------
 
     async def _job_file(self, root: Folder, name: str, claimed: set[str]) -> Outcome | None:
+        return await self._take(
+            root, name, lambda stack: self._prepare_job(root, name, claimed, stack)
+        )
+
+    async def _bare_gcode(self, root: Folder, name: str) -> Outcome | None:
+        return await self._take(root, name, lambda stack: self._prepare_bare(root, name, stack))
+
+    async def _take(
+        self,
+        root: Folder,
+        name: str,
+        prepare: Callable[[contextlib.ExitStack], tuple[JobSpec, list[_Read]]],
+    ) -> Outcome | None:
+        """Read a drop (off the loop) and submit it, reject it, or leave it for later."""
         with contextlib.ExitStack() as stack:
             try:
-                spec, reads = await asyncio.to_thread(self._prepare_job, root, name, claimed, stack)
+                spec, reads = await asyncio.to_thread(prepare, stack)
             except NotYet:
                 return None
             except OSError as exc:
@@ -275,22 +289,6 @@ class HotFolder:
             extras = tuple(r.label for r in reads[1:] if "/" not in r.label)
             return await self._submit(root, name, spec, reads, extras)
         return None  # pragma: no cover (mypy: ExitStack may swallow)
-
-    async def _bare_gcode(self, root: Folder, name: str) -> Outcome | None:
-        with contextlib.ExitStack() as stack:
-            try:
-                spec, reads = await asyncio.to_thread(self._prepare_bare, root, name, stack)
-            except NotYet:
-                return None
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                self._wait_for_space(name, f"no room to copy it in: {exc.strerror}")
-                return None
-            except Refused as exc:
-                return await self._reject(root, name, exc.reason)
-            return await self._submit(root, name, spec, reads, ())
-        return None  # pragma: no cover
 
     def _prepare_job(
         self, root: Folder, name: str, claimed: set[str], stack: contextlib.ExitStack
