@@ -56,12 +56,12 @@ STOCK_OK_BYTES = len("ok\n")
 
 
 def sim_options(
-    baud: int, latency_ms: float, window: int = WINDOW, stock: bool = False
+    baud: int, latency_ms: float, window: int = WINDOW, stock: bool = False, corrupt_p: float = 0
 ) -> MarlinSimOptions:
     if stock:  # stock Marlin: no ADVANCED_OK, BUFSIZE 4, RX 128 (the simulator's defaults)
         return MarlinSimOptions(
             baud=baud, latency_ms=latency_ms, parse_rate=50_000, time_factor=1_000_000,
-            planner_size=64,
+            planner_size=64, corrupt_p=corrupt_p, seed=2026,
         )  # fmt: skip
     return MarlinSimOptions(
         baud=baud,
@@ -144,8 +144,9 @@ async def single(
     in_flight: int | None,
     window: int = WINDOW,
     stock: bool = False,
+    corrupt_p: float = 0,
 ) -> dict:
-    async with MarlinSim(sim_options(baud, latency_ms, window, stock)) as sim:
+    async with MarlinSim(sim_options(baud, latency_ms, window, stock, corrupt_p)) as sim:
         before = sim.host.bytes_in
         elapsed, driver, _ = await stream(sim.endpoint, path, in_flight, stock)
         wire_bytes = sim.host.bytes_in - before
@@ -168,6 +169,7 @@ async def single(
         "vs_bound": lines / elapsed / bound,
         "window": window,
         "elapsed": elapsed,
+        "resends": driver.resends_total,
     }
 
 
@@ -319,6 +321,24 @@ async def main() -> None:
                         f"{max(r['lost'] for r in runs):>9d} "
                         + (f"{ratio:>8.2f}" if label == "window" else f"{'':>8}")
                     )
+        print(
+            "stock Marlin, 1 % of lines corrupted on the wire: the counted window's recovery\n"
+            f"{'baud':>7} {'lat ms':>6} {'lines/s':>8} {'÷ clean':>8} {'resends':>8} "
+            f"{'RX lost B':>9}"
+        )
+        for baud in (115200, 250000):
+            for latency in (0.0, 1.0, 16.0):
+                clean = [await single(path, baud, latency, None, stock=True) for _ in range(reps)]
+                noisy = [
+                    await single(path, baud, latency, None, stock=True, corrupt_p=0.01)
+                    for _ in range(reps)
+                ]
+                ratio = median_of(noisy, "lines_s") / median_of(clean, "lines_s")
+                print(
+                    f"{baud:>7} {latency:>6.0f} {median_of(noisy, 'lines_s'):>8.1f} "
+                    f"{ratio:>8.3f} {median_of(noisy, 'resends'):>8.0f} "
+                    f"{max(r['lost'] for r in noisy):>9d}"
+                )
         eight_lines = 1000 if args.quick else 5000
         eight_path = Path(d) / "eight.gcode"
         write_short_segments(eight_path, eight_lines)

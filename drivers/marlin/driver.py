@@ -112,6 +112,7 @@ class MarlinOptions(DriverOptions):
     queue_lines: int = Field(4, ge=1)  # the firmware's BUFSIZE (command ring)
     max_line: int = Field(95, ge=16)  # MAX_CMD_SIZE - 1: longest line as sent, `N… *cs` in
     max_resends: int = Field(10, ge=1)  # errors for one line before the step fails
+    resend_quiet_ms: float = Field(3.0, ge=0)  # after a `Resend:` (counted window): see _hold
     ok_after_resend: bool | None = None  # does `ok` follow `Resend:`? None: detect at connect
     busy_interval_s: int = Field(2, ge=0, le=60)  # M113; 0 keeps the firmware's
     ok_timeout_s: float = Field(6.0, gt=0)  # silence (no ok/busy) before re-sending
@@ -134,6 +135,7 @@ class MarlinOptions(DriverOptions):
                 f"(rx_buffer - rx_margin = {self.rx_buffer - self.rx_margin})"
             )
         return self
+
     def start_problems(self, backend: str) -> list[StartProblem]:
         return port_problems(self.port, backend)
 
@@ -242,6 +244,7 @@ class MarlinDriver:
         self._lost: LinkError | None = None
         self._changed = asyncio.Event()
         self._in_handshake = False
+        self._quiet_timer: asyncio.TimerHandle | None = None
         self._reset_protocol()
         self.window_size = 1
         self.byte_limit: int | None = None  # framed bytes in flight (the receive buffer)
@@ -271,6 +274,8 @@ class MarlinDriver:
         self._m105s: deque[int] = deque()  # numbers of M105 lines, whose `ok T:` names them
         self._unproven: dict[int, Sent] = {}  # counted as acknowledged, waiting for proof
         self._bytes = 0  # framed bytes of the lines in flight
+        self._quiet_until = 0.0  # after a `Resend:`, nothing goes out before this (monotonic)
+        self._end_quiet_timer()
         self._oob_pending = 0
         self._last_progress = time.monotonic()
         self._last_error = ""
@@ -326,6 +331,7 @@ class MarlinDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._end_quiet_timer()
         link, self.link = self.link, None
         if link is not None:
             if not link.closed and link.error is None and self.info.caps.get("AUTOREPORT_TEMP"):
@@ -576,6 +582,8 @@ class MarlinDriver:
         link = self.link
         if link is None or self._lost is not None or self._killed:
             return
+        if self._quiet_until and self._held():
+            return
         out: list[bytes] = []
         limit = self.byte_limit
         try:
@@ -613,6 +621,37 @@ class MarlinDriver:
                 link.write_nowait(b"".join(out))
         except LinkError as exc:
             self._link_lost(exc)
+
+    def _hold(self, n: int) -> None:
+        """Send nothing until the lines sent after line n have arrived.
+
+        Marlin empties its receive buffer when it asks for line n again, but lines
+        still on the way land after that, and each is refused with another
+        `Resend: n`. Re-sent lines that shared the buffer with them would be
+        emptied again, and their bytes would overflow it. Each new request for n
+        restarts the wait, so the re-sent lines go out behind the last stale one."""
+        stale = sum(len(e.data) for k in range(n, self._send_ptr) if (e := self._window.get(k)))
+        wire_s = stale * 10 / self.opt.baud
+        self._quiet_until = time.monotonic() + 2 * wire_s + self.opt.resend_quiet_ms / 1000
+
+    def _held(self) -> bool:
+        """Whether the quiet after a `Resend:` still runs; its end pumps again."""
+        wait = self._quiet_until - time.monotonic()
+        if wait <= 0:
+            self._quiet_until = 0.0
+            return False
+        if self._quiet_timer is None or self._quiet_timer.cancelled():
+            self._quiet_timer = asyncio.get_running_loop().call_later(wait, self._quiet_over)
+        return True
+
+    def _quiet_over(self) -> None:
+        self._quiet_timer = None
+        self._pump()
+
+    def _end_quiet_timer(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
 
     def _assign(self, entry: Sent) -> None:
         entry.n = self._next_n
@@ -832,6 +871,8 @@ class MarlinDriver:
         # each error, so lines re-sent after an earlier request may be gone. Its
         # line-number check keeps anything from running twice.
         counts = error is None or error.kind != LineErrorKind.LINE_NUMBER
+        if not self.advanced_ok:
+            self._hold(n)
         self._rewind(n, reason="resend requested", counts=counts)
         self._notify()
 

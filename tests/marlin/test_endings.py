@@ -11,7 +11,6 @@ import structlog
 from cellctl_drivers.marlin.driver import MarlinDriver, MarlinOptions
 from cellctl_drivers.marlin.samples import write_moves, write_short_segments
 from cellctl_drivers.marlin.sim import MarlinSim, MarlinSimOptions
-from cellctl_drivers.serial import FaultPlan
 
 from cellctl.driver import DriverContext
 from cellctl.errors import LinkError, StepFailed
@@ -47,16 +46,19 @@ async def next_job_runs_normally(sim: MarlinSim, driver: MarlinDriver, step_for,
 async def test_unreconcilable_resend_then_a_normal_job(
     marlin, step_for, tmp_path: Path, until
 ) -> None:
-    """Told (wrongly) that no `ok` follows `Resend:`, the driver counts one too many and
-    the printer asks for a line already counted: the step fails, the next one runs."""
+    """The printer asks for a line that was already counted as acknowledged (its line
+    counter went back): what it ran can no longer be matched with the program, so the
+    step fails, and the next one runs."""
     path = tmp_path / "job.gcode"
     write_short_segments(path, 2000)
-    wrong = DRIVER.model_copy(update={"ok_after_resend": False})
-    async with marlin(MarlinSimOptions(**QUICK, corrupt_p=0.01, seed=4), wrong) as (sim, driver):
-        async with asyncio.timeout(30):
-            result = await driver.run(step_for(path), lambda p: None)
+    async with marlin(MarlinSimOptions(**SLOW), DRIVER) as (sim, driver):
+        async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+            running = tg.create_task(driver.run(step_for(path), lambda p: None))
+            await until(lambda: len(sim.executed) > 60, 20, "the job under way")
+            sim.reply("Error:Line Number is not Last Line Number+1, Last Line: 10")
+            sim.reply("Resend: 11")
+        result = running.result()
         assert result.outcome == StepOutcome.FAILED and "counted as acknowledged" in result.message
-        sim.faults.plan = FaultPlan()
         await next_job_runs_normally(sim, driver, step_for, tmp_path, until)
 
 

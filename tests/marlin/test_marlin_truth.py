@@ -73,11 +73,9 @@ async def test_1pct_corruption_every_line_once_in_order_for_every_behaviour(
     extra = dict(BEHAVIOURS[behaviour], corrupt_p=0.01, seed=7)
     result, executed, lost, driver = await one_run(marlin, path, extra, None)
     prog = program(path)
-    # Not asserted here: bytes lost to the receive buffer. Once in CI (3.12, stock-2.1) a
-    # run lost 56 bytes — a rare race in the window's count after a resend, still open
-    # on issue 31; the lost bytes fail their checks and are re-sent, so the invariant
-    # below holds. tests/marlin/test_streaming.py asserts zero loss on 20,000 lines.
-    del lost
+    # Each `Resend:` holds the stream until the lines sent after the refused one
+    # have landed (their echoes come first), so nothing overflows the buffer.
+    assert lost == 0
     if behaviour == "sometimes-ok-2.0.0":
         # An `ok` that may or may not follow `Resend:` cannot always be told from a
         # line's: the step may stop, but never claims what did not run.
@@ -153,18 +151,24 @@ async def test_the_reported_bug_counting_the_ok_after_resend_never_stores_done(
     marlin, tmp_path: Path
 ) -> None:
     """The issue's case: stock 2.1 firmware, the driver told no `ok` follows `Resend:`.
-    It then counts that `ok` for a line, runs ahead, and the firmware asks for a line
-    already counted: the step stops with that reason instead of streaming into a
-    printer that rejects everything."""
+    Counted for a line in flight, that `ok` runs the count ahead, and the firmware then
+    asks for a line already counted: the step stops with that reason instead of
+    streaming into a printer that rejects everything. Since a `Resend:` holds the
+    stream until the lines behind the refused one have landed, that `ok` mostly comes
+    while nothing is in flight and is ignored, and the job runs exactly. Which of the
+    two happens depends on timing; a false `done` never does."""
     path = tmp_path / "segments.gcode"
     write_short_segments(path, 2000)
     drv = MarlinOptions(position_interval_s=0, ok_after_resend=False)
     result, executed, _, _ = await one_run(marlin, path, {"corrupt_p": 0.01, "seed": 4}, drv)
     prog = program(path)
-    assert result.outcome == StepOutcome.FAILED, result
-    assert "counted as acknowledged" in result.message, result.message
     ran = ran_job(executed, prog)
-    assert ran == prog[: len(ran)] and len(ran) < len(prog)  # in order, and it stopped
+    if result.outcome == StepOutcome.DONE:
+        assert ran == prog
+    else:
+        assert result.outcome == StepOutcome.FAILED, result
+        assert "counted as acknowledged" in result.message, result.message
+        assert ran == prog[: len(ran)] and len(ran) < len(prog)  # in order, and it stopped
 
 
 async def test_a_host_that_overfills_the_receive_buffer_is_caught(
