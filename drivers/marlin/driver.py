@@ -275,6 +275,8 @@ class MarlinDriver:
         self._unproven: dict[int, Sent] = {}  # counted as acknowledged, waiting for proof
         self._bytes = 0  # framed bytes of the lines in flight
         self._quiet_until = 0.0  # after a `Resend:`, nothing goes out before this (monotonic)
+        self._echo_n = 0  # the line a `Resend:` asked for (counted window) …
+        self._echoes_left = 0  # … and how many lines sent behind it may still echo that request
         self._end_quiet_timer()
         self._oob_pending = 0
         self._last_progress = time.monotonic()
@@ -563,6 +565,7 @@ class MarlinDriver:
                     "no answer from the firmware; re-sending", line=first, silent_s=silent
                 )
                 self._last_progress = time.monotonic()
+                self._echoes_left = 0
                 self._rewind(first, reason="timeout")
 
     # --- sending ---
@@ -630,9 +633,25 @@ class MarlinDriver:
         `Resend: n`. Re-sent lines that shared the buffer with them would be
         emptied again, and their bytes would overflow it. Each new request for n
         restarts the wait, so the re-sent lines go out behind the last stale one."""
+        if n != self._echo_n:
+            self._echoes_left = 0
+        self._echo_n = n
+        self._echoes_left += sum(1 for k in range(n + 1, self._send_ptr) if k in self._window)
         stale = sum(len(e.data) for k in range(n, self._send_ptr) if (e := self._window.get(k)))
         wire_s = stale * 10 / self.opt.baud
         self._quiet_until = time.monotonic() + 2 * wire_s + self.opt.resend_quiet_ms / 1000
+
+    def _an_echo(self, n: int, error: LineError | None) -> bool:
+        """A line-number `Resend: n` from a line that was sent behind line n before
+        the first request for n. Its echo may reach us after line n went out again
+        (the adapter's latency timer holds replies, not our writes): answering it
+        would send line n twice more, and the copies refuse each other."""
+        if self.advanced_ok or n != self._echo_n or self._echoes_left <= 0:
+            return False
+        if error is None or error.kind != LineErrorKind.LINE_NUMBER:
+            return False
+        self._echoes_left -= 1
+        return True
 
     def _held(self) -> bool:
         """Whether the quiet after a `Resend:` still runs; its end pumps again."""
@@ -728,6 +747,8 @@ class MarlinDriver:
             if entry.done is not None and not entry.done.done():
                 entry.done.set_result(None)
         self._acked = n
+        if self._echoes_left and n >= self._echo_n:
+            self._echoes_left = 0  # the re-sent line ran: every line before it was read
         if self._send_ptr <= n:
             self._send_ptr = n + 1
             self._bytes = 0
@@ -840,6 +861,8 @@ class MarlinDriver:
             return
         self._expect_resend_ok = self.resend_ok
         if self._resyncing:
+            return
+        if self._an_echo(n, error):
             return
         if n <= self._acked:
             # The firmware never accepted line n, yet an `ok` was counted for it (or
