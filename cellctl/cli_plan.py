@@ -13,6 +13,7 @@ from typing import Any
 
 from cellctl.planning import METHODS, Plan, Problem, ProblemInvalid, parse_problem, plan
 from cellctl.planning.calendar import OutsideCalendar
+from cellctl.planning.gantt import gantt_svg
 from cellctl.planning.problem_format import plan_to_json
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -38,6 +39,10 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="anytime: random seed (default 0)")
     p.add_argument("--json", action="store_true", help="write the plan as JSON (plan.json schema)")
+    p.add_argument(
+        "--svg", metavar="FILE.svg", help="also draw the plan as a Gantt chart into this file"
+    )
+    p.add_argument("--now", type=int, metavar="T", help="--svg: draw a now-line at time T")
     p.set_defaults(func=cmd_plan)
 
 
@@ -91,6 +96,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except OutsideCalendar as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    if args.svg:
+        try:
+            with open(args.svg, "w", encoding="utf-8") as out:
+                out.write(gantt_svg(problem, result, now=args.now, title=name))
+        except OSError as exc:
+            print(f"{args.svg}: cannot write: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAIL
     if args.json:
         json.dump(plan_to_json(problem, result), sys.stdout, indent=1)
         sys.stdout.write("\n")
