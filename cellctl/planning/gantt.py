@@ -162,8 +162,14 @@ def _legend(colours: dict[str, str], y: int) -> list[str]:
             f'<text x="{cx + 16}" y="{y}">{escape(setup)}</text>'
         )
         cx += 24 + 7 * len(setup)
-    parts.append(
-        f'<rect x="{cx}" y="{y - 10}" width="12" height="12" fill="url(#co)"/>'
-        f'<text x="{cx + 16}" y="{y}">changeover (outlined: manual)</text>'
-    )
+    for fill, text in (
+        ("url(#co)", "changeover (outlined: manual)"),
+        ("#444", "bed clearing"),
+        ("#e8f4e8", "operator shift"),
+    ):
+        parts.append(
+            f'<rect x="{cx}" y="{y - 10}" width="12" height="12" fill="{fill}" stroke="#999"/>'
+            f'<text x="{cx + 16}" y="{y}">{text}</text>'
+        )
+        cx += 24 + 7 * len(text)
     return parts
