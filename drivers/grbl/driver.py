@@ -771,18 +771,36 @@ class GrblDriver:
         if prog.kind != ProgramKind.GCODE or prog.path is None:
             raise StepFailed(f"step {step.key}: GRBL runs G-code files, got {prog.kind.value}")
         try:
-            text = Path(prog.path).read_text(encoding="ascii")
-        except UnicodeDecodeError as exc:
-            raise StepFailed(f"{prog.path}: not ASCII G-code (byte {exc.start})") from None
+            # Latin-1 maps every byte to one character, so comments in any encoding
+            # read; what is left once they are gone must be ASCII (below).
+            text = Path(prog.path).read_bytes().decode("latin-1")
         except OSError as exc:
             raise StepFailed(f"{prog.path}: cannot read: {exc.strerror}") from None
         out: list[tuple[int, str]] = []
-        for lineno, raw in enumerate(text.splitlines(), start=1):
+        if text.endswith("\n"):
+            text = text[:-1]
+        # Split on line feeds only: str.splitlines() would also split at 0x85 (NEL),
+        # 0x1C-0x1E and others, which GRBL does not end a line at.
+        for lineno, raw in enumerate(text.split("\n") if text else (), start=1):
             if lineno <= step.start_line:
                 continue
+            raw = raw.removesuffix("\r")
+            if "\r" in raw:
+                raise StepFailed(
+                    f"{prog.path}:{lineno}: a carriage return inside the line (GRBL would "
+                    f"end the line there): {raw.strip()[:60]!r}"
+                )
             line = clean_line(raw)
             if not line:
                 continue
+            if not line.isascii():
+                # GRBL's serial interrupt takes bytes above 0x7F as realtime commands
+                # (0x84 safety door, 0x85 jog cancel, 0x90-0xA1 overrides): never send one.
+                bad = next(c for c in line if not c.isascii())
+                raise StepFailed(
+                    f"{prog.path}:{lineno}: not ASCII G-code outside a comment "
+                    f"(byte 0x{ord(bad):02X}): {raw.strip()[:60]!r}"
+                )
             if len(line) > MAX_LINE_CHARS:
                 raise StepFailed(
                     f"{prog.path}:{lineno}: line has {len(line)} characters without spaces "

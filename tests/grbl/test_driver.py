@@ -367,11 +367,38 @@ async def test_unreadable_programs_fail_with_a_clear_message() -> None:
     binary.program.path.write_bytes(b"G0X1\n\xff\xfe\n")
     robot = Step("job", 0, "mill", Program(ProgramKind.ROBOT_PROGRAM, name="unload"))
     async with connected(fast_sim()) as (driver, sim, _):
-        for step, text in ((missing, "cannot read"), (binary, "not ASCII"), (robot, "G-code")):
+        for step, text in (
+            (missing, "cannot read"),
+            (binary, "not ASCII G-code outside a comment (byte 0xFF)"),
+            (robot, "G-code"),
+        ):
             result = await driver.run(step, lambda p: None)
             assert result.outcome == StepOutcome.FAILED and text in result.message
         assert sim.executed == []
         assert driver.status().state == DeviceState.IDLE
+
+
+async def test_latin1_comments_run_and_non_ascii_code_is_refused() -> None:
+    """A CAM post-processor writes comments in its operator's language (Latin-1 or
+    UTF-8): they never reach GRBL, so they must not stop the job. A byte above 0x7F in
+    the code itself would, since GRBL's serial interrupt acts on such bytes."""
+    commented = gcode_step(["G0X1"], "commented")
+    assert commented.program.path is not None
+    commented.program.path.write_bytes(
+        b"(Fr\xe4sen: Tasche \xbd)\nG0X1 ; \xc3\xbcber\nG0X2\n"
+    )
+    code = gcode_step(["G0X1"], "code")
+    assert code.program.path is not None
+    code.program.path.write_bytes(b"G0X1\nG0X\x852\n")
+    async with connected(fast_sim()) as (driver, sim, _):
+        result = await driver.run(commented, lambda p: None)
+        assert result.outcome == StepOutcome.DONE, result.message
+        assert program_lines(sim.executed) == ["G0X1", "G0X2"]
+        before = list(sim.executed)
+        result = await driver.run(code, lambda p: None)
+        assert result.outcome == StepOutcome.FAILED
+        assert ":2: not ASCII G-code outside a comment (byte 0x85)" in result.message
+        assert sim.executed == before  # refused before anything was sent
 
 
 async def test_grblhal_buffer_size_comes_from_the_controller() -> None:
