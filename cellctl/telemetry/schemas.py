@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cellctl.commands import COMMANDS
 from cellctl.model import DeviceState, Quality, RequestKind
+from cellctl.planning.published import PlanPayload
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 StateLabel = Literal[  # kept in step with DeviceState by test_schema_files_match_the_models
@@ -162,6 +163,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "job": JobEventPayload,
     "audit": AuditPayload,
     "reply": Reply,
+    "plan": PlanPayload,
 }
 
 
