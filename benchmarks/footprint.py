@@ -246,6 +246,24 @@ def daemon(cfg: Path, ready_s: float) -> Iterator[tuple[int, float]]:
         log.close()
 
 
+def job_states(log: Path) -> str:
+    """The last state of each job, from the daemon's log: did the work really run?"""
+    last: dict[str, str] = {}
+    for raw in log.read_text().splitlines():
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if line.get("event") == "job changed":
+            last[str(line["job"])] = str(line["state"])
+        elif line.get("event") == "hot folder file rejected":
+            last[str(line["file"])] = "rejected: " + str(line.get("reason"))
+    counts: dict[str, int] = {}
+    for state in last.values():
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+
+
 def row(label: str, s: dict[str, float], ready: float | None = None) -> None:
     started = f"{ready:7.1f}" if ready is not None else " " * 7
     print(
@@ -278,6 +296,7 @@ def run_demo(port: int, placement: str, window_s: float) -> dict[str, dict[str, 
             time.sleep(3)
             busy = sample(pid, window_s)
             row(f"demo, sims {placement}, working", busy)
+            print(f"  (jobs at the end of the window: {job_states(where / 'daemon.log')})")
     return {"idle": idle, "busy": busy}
 
 
@@ -297,6 +316,7 @@ def run_printers(port: int, n: int, window_s: float) -> dict[str, dict[str, floa
             time.sleep(5)
             busy = sample(pid, window_s)
             row(f"{n} printers, every one printing", busy)
+            print(f"  (jobs at the end of the window: {job_states(where / 'daemon.log')})")
     return {"idle": idle, "busy": busy}
 
 
