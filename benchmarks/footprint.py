@@ -248,6 +248,22 @@ def daemon(cfg: Path, ready_s: float) -> Iterator[tuple[int, float]]:
 
 def job_states(log: Path) -> str:
     """The last state of each job, from the daemon's log: did the work really run?"""
+    counts: dict[str, int] = {}
+    for state in _last_states(log).values():
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+
+
+def wait_active(log: Path, n: int, bound: float) -> None:
+    """Until `n` jobs run (or the bound passes: the window then says how many did)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if sum(s == "active" for s in _last_states(log).values()) >= n:
+            return
+        time.sleep(0.5)
+
+
+def _last_states(log: Path) -> dict[str, str]:
     last: dict[str, str] = {}
     for raw in log.read_text().splitlines():
         try:
@@ -258,10 +274,7 @@ def job_states(log: Path) -> str:
             last[str(line["job"])] = str(line["state"])
         elif line.get("event") == "hot folder file rejected":
             last[str(line["file"])] = "rejected: " + str(line.get("reason"))
-    counts: dict[str, int] = {}
-    for state in last.values():
-        counts[state] = counts.get(state, 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+    return last
 
 
 def row(label: str, s: dict[str, float], ready: float | None = None) -> None:
@@ -313,7 +326,8 @@ def run_printers(port: int, n: int, window_s: float) -> dict[str, dict[str, floa
             program = gcode(3000)
             for i in range(n):
                 (hot / f"part-{i}.gcode").write_text(program)
-            time.sleep(5)
+            wait_active(where / "daemon.log", n, 60 + n)
+            time.sleep(2)
             busy = sample(pid, window_s)
             row(f"{n} printers, every one printing", busy)
             print(f"  (jobs at the end of the window: {job_states(where / 'daemon.log')})")
