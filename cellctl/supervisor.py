@@ -9,6 +9,11 @@ connections run in child tasks of the device task (`DeviceRunner.run`), so
 even a driver that raises CancelledError or a BaseException, or leaves a
 cancel request on its task, only ends one connection: logged as an error,
 restarted after backoff. Only the cell's shutdown (or a reload) ends a device.
+
+A `backend = "sim"` device's simulator runs as a child process of the daemon
+(cellctl/simchild.py) unless `[supervisor] simulators = "in-process"`: the
+child's exit ends the device's life like a lost link, and after the backoff a
+new child starts and the driver reconnects.
 """
 
 from __future__ import annotations
