@@ -43,4 +43,8 @@ async def serve(sim_cls: Any, options: Any, watch_stdin: bool = False) -> None:
         ).start()
     async with sim_cls(options) as sim:
         print(sim.endpoint, flush=True)
+        if watch_stdin:
+            # Nobody reads stdout after the endpoint: whatever a simulator prints later
+            # goes to stderr, which the daemon relays, instead of filling the pipe.
+            os.dup2(2, 1)
         await stop.wait()
