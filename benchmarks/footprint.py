@@ -20,6 +20,7 @@ core). Each figure is the median of samples taken every second in the window.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -220,8 +222,16 @@ class Notify:
             except TimeoutError:
                 break
             if "READY=1" in msg.split("\n"):
+                # Read on, as systemd does: STATUS lines keep coming.
+                threading.Thread(target=self._drain, daemon=True).start()
                 return time.monotonic() - start
         raise RuntimeError(f"the daemon was not ready within {bound}s")
+
+    def _drain(self) -> None:
+        self.sock.settimeout(None)
+        with contextlib.suppress(OSError):
+            while self.sock.recv(4096):
+                pass
 
 
 @contextmanager
