@@ -242,3 +242,22 @@ def test_a_marlin_cell_loads_no_opcua_modbus_broker_or_rich_library(tmp_path: Pa
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["connects"] == {"printer-1": 1}  # it ran, the device connected
     assert result["heavy"] == []
+
+
+def test_a_reload_that_changes_a_simulator_replaces_its_process_only(
+    cell: Cell, tmp_path: Path
+) -> None:
+    (marlin,) = [p for p in cell.sims() if " sim marlin " in _cmdline(p)]
+    (grbl,) = [p for p in cell.sims() if " sim grbl " in _cmdline(p)]
+    (tmp_path / "cell.toml").write_text(CONFIG.replace("time_factor = 20", "time_factor = 30"))
+    cell.proc.send_signal(signal.SIGHUP)
+    _wait_for(
+        "printer-1 on a new simulator",
+        lambda: any("time_factor=30.0" in _cmdline(p) for p in cell.sims()),
+    )
+    _wait_for("the old simulator gone", lambda: not _alive(marlin))
+    assert grbl in cell.sims()
+    _wait_for(
+        "printer-1 connected again",
+        lambda: len(cell.events("device connected", "printer-1")) >= 2,
+    )
