@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -376,8 +377,10 @@ def main() -> None:
                     f"{new[state]['cpu']:.2f} % vs {old[state]['cpu']:.2f} %"
                 )
         cells = {n: run_printers(port, n, args.window_s) for n in sizes}
-        if len(sizes) >= 2:
-            lo, hi = min(sizes), max(sizes)
+        pairs = list(itertools.pairwise(sizes))
+        if len(sizes) > 2:
+            pairs.append((min(sizes), max(sizes)))
+        for lo, hi in pairs:
             for state in ("idle", "busy"):
                 d_rss = (cells[hi][state]["rss"] - cells[lo][state]["rss"]) / (hi - lo)
                 d_cpu = (cells[hi][state]["cpu"] - cells[lo][state]["cpu"]) / (hi - lo)
