@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,16 +130,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     configure("info")  # logs to stderr: stdout carries only the endpoint
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with cls(options) as sim:
-            print(sim.endpoint, flush=True)
-            await stop.wait()
+    from cellctl.simserve import serve
 
-    asyncio.run(serve())
+    asyncio.run(serve(cls, options, watch_stdin=args.watch_stdin))
     return EXIT_OK
 
 
@@ -169,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a simulator option (repeatable)",
+    )
+    sim.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="stop when stdin closes (how the daemon runs its simulators)",
     )
     sim.set_defaults(func=cmd_sim)
 

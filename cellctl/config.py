@@ -56,6 +56,13 @@ class LoggingSection(Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class SimPlacement(enum.StrEnum):
+    """Where `backend = "sim"` devices' simulators run (docs/architecture.md)."""
+
+    PROCESS = "process"  # each its own child process (`cellctl sim`), as a real device is
+    IN_PROCESS = "in-process"  # in the daemon's event loop (tests that reach into a simulator)
+
+
 class SupervisorSection(Strict):
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
@@ -71,6 +78,11 @@ class SupervisorSection(Strict):
     # interpreter lock before the event loop, which streams to every printer, gets
     # it back. Python's default, 5 ms, is tuned for throughput, not for latency.
     thread_switch_ms: float = Field(default=1.0, gt=0, le=100)
+    # Simulators run in child processes unless a test needs them in the daemon; a
+    # simulator registered in-process only (a test's `extra_sims`) always runs in it.
+    simulators: SimPlacement = SimPlacement.PROCESS
+    # How long a simulator process may take to start and print its endpoint.
+    sim_start_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class MqttTls(Strict):

@@ -17,6 +17,9 @@ class Notifier:
             # A leading '@' names an abstract socket (a NUL byte on the wire).
             self._address = "\0" + address[1:] if address.startswith("@") else address
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Sent from the event loop: a reader that lags (its queue holds about ten
+            # datagrams) must cost a dropped STATUS, not a blocked loop.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:

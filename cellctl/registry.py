@@ -46,6 +46,11 @@ class Registry:
     def simulator_names(self) -> list[str]:
         return sorted({*_targets(SIM_GROUP), *(self.extra_sims or {})})
 
+    def simulator_installed(self, name: str) -> bool:
+        """An installed simulator (an entry point, not a test's in-process class): one
+        that `cellctl sim NAME` can run in a process of its own."""
+        return not (self.extra_sims and name in self.extra_sims) and name in _targets(SIM_GROUP)
+
     def driver_target(self, name: str) -> str:
         return _targets(DRIVER_GROUP).get(name, "(in-process)")
 

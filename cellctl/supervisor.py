@@ -9,6 +9,11 @@ connections run in child tasks of the device task (`DeviceRunner.run`), so
 even a driver that raises CancelledError or a BaseException, or leaves a
 cancel request on its task, only ends one connection: logged as an error,
 restarted after backoff. Only the cell's shutdown (or a reload) ends a device.
+
+A `backend = "sim"` device's simulator runs as a child process of the daemon
+(cellctl/simchild.py) unless `[supervisor] simulators = "in-process"`: the
+child's exit ends the device's life like a lost link, and after the backoff a
+new child starts and the driver reconnects.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from typing import Any, Protocol
 import structlog
 
 from cellctl.backoff import Backoff
-from cellctl.config import DeviceConfig, SupervisorSection
+from cellctl.config import DeviceConfig, SimPlacement, SupervisorSection
 from cellctl.driver import Driver, DriverContext, EventSink, ProgressSink, Simulator
 from cellctl.errors import CellError, LinkError, WrongDevice
 from cellctl.model import DeviceState, Event, StateChanged, Step, StepOutcome, StepResult
 from cellctl.registry import Registry
+from cellctl.simchild import SimChild, SimulatorExited
 from cellctl.tasks import TaskGroup
 
 log = structlog.get_logger("cellctl.supervisor")
@@ -118,16 +124,30 @@ class DeviceRunner:
         self._set_unavailable("starting")
         while True:
             fault = await self._isolated(self._life(), "life")
-            self._fault("device", fault or RuntimeError("device life returned"))
+            exited = _sim_exit(fault)
+            if exited is not None:  # its process died: started again, like any device
+                self._failed(str(exited), exited)
+                self._set_unavailable("simulator exited")
+            else:
+                self._fault("device", fault or RuntimeError("device life returned"))
             await self._wait_backoff()
 
     async def _life(self) -> None:
-        async with self._endpoint() as endpoint:
-            while True:
-                fault = await self._isolated(self._one_connection(endpoint), "connection")
-                if fault is not None:
-                    self._fault("connection", fault)
-                await self._wait_backoff()
+        async with self._endpoint() as (endpoint, child):
+            if child is None:
+                await self._connections(endpoint)
+                return
+            async with TaskGroup() as tg:
+                # The child's end ends this life (SimulatorExited), connections and all.
+                tg.create_task(child.wait_exit(), name=f"device:{self.id}:sim")
+                tg.create_task(self._connections(endpoint), name=f"device:{self.id}:links")
+
+    async def _connections(self, endpoint: str | None) -> None:
+        while True:
+            fault = await self._isolated(self._one_connection(endpoint), "connection")
+            if fault is not None:
+                self._fault("connection", fault)
+            await self._wait_backoff()
 
     async def _isolated(self, work: Coroutine[Any, Any, None], what: str) -> BaseException | None:
         """Run `work` in a task of its own; return what it raised, or None if it returned.
@@ -167,10 +187,16 @@ class DeviceRunner:
         )
 
     @contextlib.asynccontextmanager
-    async def _endpoint(self) -> AsyncIterator[str | None]:
+    async def _endpoint(self) -> AsyncIterator[tuple[str | None, SimChild | None]]:
         if self.config.common.backend != "sim":
-            yield None
+            yield None, None
             return
+        if self._policy.simulators == SimPlacement.PROCESS:
+            sim_name = await self._installed_sim()
+            if sim_name is not None:
+                async with self._child(sim_name) as child:
+                    yield child.endpoint, child
+                return
         while True:
             try:
                 driver_cls = self._registry.driver(self.config.driver)
@@ -184,12 +210,47 @@ class DeviceRunner:
             break
         self.log.info("simulator started", endpoint=sim.endpoint)
         try:
-            yield sim.endpoint
+            yield sim.endpoint, None
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     sim.__aexit__(None, None, None), self._policy.disconnect_timeout_s
                 )
+
+    async def _installed_sim(self) -> str | None:
+        """The simulator's name if `cellctl sim` can run it; None for a test's in-process
+        class. Retried after backoff while the driver itself cannot be loaded."""
+        while True:
+            try:
+                name = self._registry.driver(self.config.driver).simulator
+            except Exception as exc:
+                self._failed(f"simulator failed to start: {exc}", exc)
+                await self._clock.sleep(self.backoff.next())
+                continue
+            return name if self._registry.simulator_installed(name) else None
+
+    @contextlib.asynccontextmanager
+    async def _child(self, sim_name: str) -> AsyncIterator[SimChild]:
+        while True:
+            child = SimChild(
+                sim_name,
+                self.config.sim,
+                self.log,
+                start_timeout_s=self._policy.sim_start_timeout_s,
+                stop_timeout_s=self._policy.disconnect_timeout_s,
+            )
+            try:
+                await child.__aenter__()
+            except (CellError, OSError) as exc:
+                self._failed(f"simulator failed to start: {exc}", exc)
+                await self._clock.sleep(self.backoff.next())
+                continue
+            break
+        self.log.info("simulator started", endpoint=child.endpoint, pid=child.pid)
+        try:
+            yield child
+        finally:
+            await child.__aexit__(None, None, None)
 
     def _failed(self, message: str, exc: BaseException) -> None:
         self.failures += 1
@@ -267,6 +328,17 @@ class DeviceRunner:
                 return await driver.run(step, progress)
             except LinkError as exc:
                 return StepResult(StepOutcome.INTERRUPTED, str(exc))
+
+
+def _sim_exit(fault: BaseException | None) -> SimulatorExited | None:
+    """The SimulatorExited that ended a device's life, if that is what ended it."""
+    if isinstance(fault, SimulatorExited):
+        return fault
+    if isinstance(fault, BaseExceptionGroup):
+        match, rest = fault.split(SimulatorExited)
+        if match is not None and rest is None:
+            return _sim_exit(match.exceptions[0])
+    return None
 
 
 class Supervisor:

@@ -48,3 +48,17 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     assert watchdog_interval() is None
     monkeypatch.delenv("WATCHDOG_USEC")
     assert watchdog_interval() is None
+
+
+def test_a_reader_that_stops_reading_drops_statuses_instead_of_blocking(tmp_path: Path) -> None:
+    # Seen in benchmarks/footprint.py: a 50-printer cell's STATUS lines filled the queue
+    # of a socket nobody read, and a blocking send stopped the daemon's event loop.
+    path = tmp_path / "n.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+        srv.bind(str(path))
+        n = Notifier(str(path))
+        sent = [n.status(f"{i} devices") for i in range(1000)]  # would hang if blocking
+        assert sent[0] is True
+        assert False in sent
+        srv.settimeout(2)
+        assert srv.recv(4096) == b"STATUS=0 devices"
