@@ -39,6 +39,7 @@ from cellctl.store import DEFAULT_FILE, Store, StoreError, transaction
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.service import MqttService
+from cellctl.telemetry.sparkplug.service import SparkplugService
 
 log = structlog.get_logger("cellctl.app")
 
@@ -84,6 +85,17 @@ class App:
                 cell, self.bus, self.supervisor, store=self.store, jobs=JobBridge(self.jobs)
             )
             self.components["mqtt"] = self.mqtt.run
+        self.sparkplug: SparkplugService | None = None
+        if cell.config.mqtt is not None and cell.config.mqtt.sparkplug is not None:
+            mqtt = self.mqtt
+            self.sparkplug = SparkplugService(
+                cell,
+                self.bus,
+                self.supervisor,
+                commands=lambda: mqtt.commands if mqtt is not None else None,
+                spool_depth=lambda: mqtt.spool.counters.depth if mqtt and mqtt.spool else 0,
+            )
+            self.components["sparkplug"] = self.sparkplug.run
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
