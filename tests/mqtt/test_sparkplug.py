@@ -1,0 +1,213 @@
+"""The cell as a Sparkplug B edge node, seen by a host (spb_host.py, decoding with classes
+built from the spec's field table, not cellctl's) on a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mqtt_broker import Mosquitto
+from mqtt_rig import load, running_app, sims, write_config
+from spb_host import Host, SpMsg, encode_cmd, properties, value
+
+SPB = '[mqtt.sparkplug]\ngroup_id = "plant"\nedge_node_id = "cell7"\n'
+
+
+def seq_without_gaps(msgs: list[SpMsg]) -> None:
+    """Every message but NDEATH has seq; NBIRTH starts at 0; each next is +1 mod 256."""
+    last: int | None = None
+    for m in msgs:
+        if m.kind in ("NDEATH", "STATE", "NCMD", "DCMD"):
+            continue
+        assert m.seq is not None, m.topic
+        if m.kind == "NBIRTH":
+            assert m.seq == 0
+        else:
+            assert last is not None, f"{m.kind} before any NBIRTH"
+            assert m.seq == (last + 1) % 256, f"{m.topic}: seq {m.seq} after {last}"
+        last = m.seq
+
+
+def births_before_data(msgs: list[SpMsg]) -> None:
+    node_born = False
+    born: set[str] = set()
+    for m in msgs:
+        if m.kind == "NBIRTH":
+            node_born, born = True, set()
+        elif m.kind == "NDEATH":
+            node_born, born = False, set()
+        elif m.kind == "DBIRTH":
+            assert node_born, "DBIRTH before NBIRTH"
+            born.add(m.device or "")
+        elif m.kind == "DDEATH":
+            born.discard(m.device or "")
+        elif m.kind == "DDATA":
+            assert m.device in born, f"DDATA of {m.device} before its DBIRTH"
+            for metric in m.payload.metrics:
+                assert not metric.HasField("name") and metric.HasField("alias")
+
+
+async def test_births_data_device_loss_rebirth_and_clean_death(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    host = await Host(broker.port).start()
+    cell = load(write_config(tmp_path / "c.toml", broker.port, devices=2, mqtt_extra=SPB))
+    try:
+        async with running_app(cell) as app:
+            await host.wait(lambda: len(host.of("DBIRTH")) >= 2, "births of both devices")
+            nbirth = host.of("NBIRTH")[0]
+            assert nbirth.topic == "spBv1.0/plant/NBIRTH/cell7"
+            assert nbirth.qos == 0 and not nbirth.retain
+            bdseq = value(nbirth.metric("bdSeq"))
+            assert nbirth.metric("bdSeq").datatype == 4  # Int64
+            assert value(nbirth.metric("Node Control/Rebirth")) is False
+            dbirth = host.of("DBIRTH", "d1")[0]
+            temp = dbirth.metric("temp")
+            assert temp.datatype == 10 and properties(temp)["engUnit"] == "degC"
+            assert value(dbirth.metric("PackML/State")) == 4  # Idle
+            assert value(dbirth.metric("PackML/StateName")) == "idle"
+
+            # Data on change, by alias; an unchanged value is not sent again.
+            d1 = sims(cell)[0]
+            d1.sample("temp", 21.5)
+            d1.sample("temp", 21.5)
+            d1.set_state("execute", "go")
+            await host.wait(
+                lambda: any(
+                    value(m) == 6 for d in host.of("DDATA", "d1") for m in d.payload.metrics
+                ),
+                "the state change",
+            )
+            data = host.of("DDATA", "d1")
+            temps = [
+                value(m) for d in data for m in d.payload.metrics if m.alias == temp.alias
+            ]
+            assert temps == [21.5]
+
+            # Link loss: DDEATH, then a new DBIRTH when the device is back.
+            for w in list(d1._writers):
+                w.close()
+            await host.wait(lambda: len(host.of("DDEATH", "d1")) == 1, "DDEATH of d1")
+            await host.wait(lambda: len(host.of("DBIRTH", "d1")) == 2, "DBIRTH of d1 again")
+
+            # Rebirth on request: NBIRTH (seq 0, same bdSeq) and every DBIRTH again.
+            before = len(host.of("DBIRTH"))
+            host.sub.client.publish(
+                "spBv1.0/plant/NCMD/cell7", encode_cmd([("Node Control/Rebirth", True)]), qos=1
+            )
+            await host.wait(lambda: len(host.of("NBIRTH")) == 2, "the rebirth")
+            await host.wait(lambda: len(host.of("DBIRTH")) >= before + 2, "DBIRTHs again")
+            assert value(host.of("NBIRTH")[1].metric("bdSeq")) == bdseq
+
+            # A DCMD runs the JSON command of that name on the device.
+            d2 = sims(cell)[1]
+            d2.set_state("execute", "go")
+            await host.wait(
+                lambda: any(
+                    value(m) == 6 for d in host.of("DDATA", "d2") for m in d.payload.metrics
+                ),
+                "d2 executing",
+            )
+            host.sub.client.publish(
+                "spBv1.0/plant/DCMD/cell7/d2", encode_cmd([("Device Control/Pause", True)]), qos=1
+            )
+            await host.wait(lambda: any(c == "pause" for c, _ in d2.commands), "pause on d2")
+            assert app.sparkplug is not None
+        # Clean stop: the node's own NDEATH with the session's bdSeq.
+        await host.wait(lambda: len(host.of("NDEATH")) == 1, "NDEATH")
+        ndeath = host.of("NDEATH")[0]
+        assert value(ndeath.metric("bdSeq")) == bdseq and ndeath.qos == 1
+        assert not ndeath.payload.HasField("seq")
+        msgs = host.messages
+        seq_without_gaps(msgs)
+        births_before_data(msgs)
+    finally:
+        host.stop()
+
+
+async def test_seq_wraps_after_255_without_gaps(broker: Mosquitto, tmp_path: Path) -> None:
+    host = await Host(broker.port).start()
+    cell = load(write_config(tmp_path / "c.toml", broker.port, devices=1, mqtt_extra=SPB))
+    try:
+        async with running_app(cell):
+            await host.wait(lambda: len(host.of("DBIRTH")) == 1, "DBIRTH")
+            d1 = sims(cell)[0]
+            for i in range(300):
+                d1.sample("temp", float(i))
+                if i % 50 == 0:
+                    await asyncio.sleep(0)  # let the link write
+            await host.wait(
+                lambda: any(
+                    value(m) == 299.0 for d in host.of("DDATA") for m in d.payload.metrics
+                ),
+                "the last sample",
+            )
+        msgs = host.messages
+        seqs = [m.seq for m in msgs if m.kind not in ("NDEATH", "STATE", "NCMD", "DCMD")]
+        assert 255 in seqs and seqs[seqs.index(255) + 1] == 0
+        seq_without_gaps(msgs)
+    finally:
+        host.stop()
+
+
+DAEMON_CONFIG = """
+[cell]
+name = "k9"
+state_dir = "state"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+keepalive_s = 5
+reconnect_initial_s = 0.1
+reconnect_max_s = 1.0
+[mqtt.sparkplug]
+group_id = "plant"
+[access]
+allow_anonymous = true
+"""
+
+
+def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
+    log = open(cfg.parent / "daemon.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "cellctl", "run", str(cfg)], stdout=log, stderr=log, cwd=cfg.parent
+    )
+
+
+async def test_will_after_sigkill_and_bdseq_after_restart(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "cell.toml"
+    cfg.write_text(DAEMON_CONFIG.format(port=broker.port))
+    host = await Host(broker.port).start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(start_daemon(cfg))
+        await host.wait(lambda: len(host.of("NBIRTH")) == 1, "NBIRTH", 30)
+        first = value(host.of("NBIRTH")[0].metric("bdSeq"))
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        await host.wait(lambda: len(host.of("NDEATH")) == 1, "the will (NDEATH)", 30)
+        will = host.of("NDEATH")[0]
+        assert will.topic == "spBv1.0/plant/NDEATH/k9" and will.qos == 1 and not will.retain
+        assert value(will.metric("bdSeq")) == first
+
+        procs.append(start_daemon(cfg))
+        await host.wait(lambda: len(host.of("NBIRTH")) == 2, "NBIRTH after restart", 30)
+        second = value(host.of("NBIRTH")[1].metric("bdSeq"))
+        assert second == (first + 1) % 256
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(20) == 0
+        await host.wait(lambda: len(host.of("NDEATH")) == 2, "NDEATH on a clean stop", 30)
+        assert value(host.of("NDEATH")[1].metric("bdSeq")) == second
+        seq_without_gaps(host.messages)
+    finally:
+        host.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
