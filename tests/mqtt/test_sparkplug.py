@@ -83,9 +83,7 @@ async def test_births_data_device_loss_rebirth_and_clean_death(
                 "the state change",
             )
             data = host.of("DDATA", "d1")
-            temps = [
-                value(m) for d in data for m in d.payload.metrics if m.alias == temp.alias
-            ]
+            temps = [value(m) for d in data for m in d.payload.metrics if m.alias == temp.alias]
             assert temps == [21.5]
 
             # Link loss: DDEATH, then a new DBIRTH when the device is back.
@@ -141,9 +139,7 @@ async def test_seq_wraps_after_255_without_gaps(broker: Mosquitto, tmp_path: Pat
                 if i % 50 == 0:
                     await asyncio.sleep(0)  # let the link write
             await host.wait(
-                lambda: any(
-                    value(m) == 299.0 for d in host.of("DDATA") for m in d.payload.metrics
-                ),
+                lambda: any(value(m) == 299.0 for d in host.of("DDATA") for m in d.payload.metrics),
                 "the last sample",
             )
         msgs = host.messages

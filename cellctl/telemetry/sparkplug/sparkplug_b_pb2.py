@@ -4,36 +4,39 @@
 # source: sparkplug_b.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "sparkplug_b.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'sparkplug_b.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x11sparkplug_b.proto\x12\x11\x63\x65llctl.sparkplug"\x87\x06\n\x07Payload\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\x12\x32\n\x07metrics\x18\x02 \x03(\x0b\x32!.cellctl.sparkplug.Payload.Metric\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x1a\xc2\x01\n\rPropertyValue\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0f\n\x07is_null\x18\x02 \x01(\x08\x12\x13\n\tint_value\x18\x03 \x01(\rH\x00\x12\x14\n\nlong_value\x18\x04 \x01(\x04H\x00\x12\x15\n\x0b\x66loat_value\x18\x05 \x01(\x02H\x00\x12\x16\n\x0c\x64ouble_value\x18\x06 \x01(\x01H\x00\x12\x17\n\rboolean_value\x18\x07 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x08 \x01(\tH\x00\x42\x07\n\x05value\x1aU\n\x0bPropertySet\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x38\n\x06values\x18\x02 \x03(\x0b\x32(.cellctl.sparkplug.Payload.PropertyValue\x1a\xef\x02\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\x04\x12\x10\n\x08\x64\x61tatype\x18\x04 \x01(\r\x12\x15\n\ris_historical\x18\x05 \x01(\x08\x12\x14\n\x0cis_transient\x18\x06 \x01(\x08\x12\x0f\n\x07is_null\x18\x07 \x01(\x08\x12:\n\nproperties\x18\t \x01(\x0b\x32&.cellctl.sparkplug.Payload.PropertySet\x12\x13\n\tint_value\x18\n \x01(\rH\x00\x12\x14\n\nlong_value\x18\x0b \x01(\x04H\x00\x12\x15\n\x0b\x66loat_value\x18\x0c \x01(\x02H\x00\x12\x16\n\x0c\x64ouble_value\x18\r \x01(\x01H\x00\x12\x17\n\rboolean_value\x18\x0e \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x0f \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x10 \x01(\x0cH\x00\x42\x07\n\x05value'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11sparkplug_b.proto\x12\x11\x63\x65llctl.sparkplug\"\x87\x06\n\x07Payload\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\x12\x32\n\x07metrics\x18\x02 \x03(\x0b\x32!.cellctl.sparkplug.Payload.Metric\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x1a\xc2\x01\n\rPropertyValue\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0f\n\x07is_null\x18\x02 \x01(\x08\x12\x13\n\tint_value\x18\x03 \x01(\rH\x00\x12\x14\n\nlong_value\x18\x04 \x01(\x04H\x00\x12\x15\n\x0b\x66loat_value\x18\x05 \x01(\x02H\x00\x12\x16\n\x0c\x64ouble_value\x18\x06 \x01(\x01H\x00\x12\x17\n\rboolean_value\x18\x07 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x08 \x01(\tH\x00\x42\x07\n\x05value\x1aU\n\x0bPropertySet\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x38\n\x06values\x18\x02 \x03(\x0b\x32(.cellctl.sparkplug.Payload.PropertyValue\x1a\xef\x02\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\x04\x12\x10\n\x08\x64\x61tatype\x18\x04 \x01(\r\x12\x15\n\ris_historical\x18\x05 \x01(\x08\x12\x14\n\x0cis_transient\x18\x06 \x01(\x08\x12\x0f\n\x07is_null\x18\x07 \x01(\x08\x12:\n\nproperties\x18\t \x01(\x0b\x32&.cellctl.sparkplug.Payload.PropertySet\x12\x13\n\tint_value\x18\n \x01(\rH\x00\x12\x14\n\nlong_value\x18\x0b \x01(\x04H\x00\x12\x15\n\x0b\x66loat_value\x18\x0c \x01(\x02H\x00\x12\x16\n\x0c\x64ouble_value\x18\r \x01(\x01H\x00\x12\x17\n\rboolean_value\x18\x0e \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x0f \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x10 \x01(\x0cH\x00\x42\x07\n\x05value')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "sparkplug_b_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sparkplug_b_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_PAYLOAD"]._serialized_start = 41
-    _globals["_PAYLOAD"]._serialized_end = 816
-    _globals["_PAYLOAD_PROPERTYVALUE"]._serialized_start = 165
-    _globals["_PAYLOAD_PROPERTYVALUE"]._serialized_end = 359
-    _globals["_PAYLOAD_PROPERTYSET"]._serialized_start = 361
-    _globals["_PAYLOAD_PROPERTYSET"]._serialized_end = 446
-    _globals["_PAYLOAD_METRIC"]._serialized_start = 449
-    _globals["_PAYLOAD_METRIC"]._serialized_end = 816
+  DESCRIPTOR._loaded_options = None
+  _globals['_PAYLOAD']._serialized_start=41
+  _globals['_PAYLOAD']._serialized_end=816
+  _globals['_PAYLOAD_PROPERTYVALUE']._serialized_start=165
+  _globals['_PAYLOAD_PROPERTYVALUE']._serialized_end=359
+  _globals['_PAYLOAD_PROPERTYSET']._serialized_start=361
+  _globals['_PAYLOAD_PROPERTYSET']._serialized_end=446
+  _globals['_PAYLOAD_METRIC']._serialized_start=449
+  _globals['_PAYLOAD_METRIC']._serialized_end=816
 # @@protoc_insertion_point(module_scope)
