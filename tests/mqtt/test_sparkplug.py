@@ -4,6 +4,7 @@ built from the spec's field table, not cellctl's) on a real Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -207,3 +208,73 @@ async def test_will_after_sigkill_and_bdseq_after_restart(
             if p.poll() is None:
                 p.kill()
                 p.wait(5)
+
+
+async def test_primary_host_offline_then_births_then_history_in_order(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    extra = SPB + 'primary_host_id = "scada"\n'
+    host = await Host(broker.port).start()
+    state = "spBv1.0/STATE/scada"
+
+    def say(online: bool, ts: int) -> None:
+        body = json.dumps({"online": online, "timestamp": ts}).encode()
+        host.sub.client.publish(state, body, qos=1, retain=True)
+
+    cell = load(write_config(tmp_path / "c.toml", broker.port, devices=1, mqtt_extra=extra))
+    try:
+        async with running_app(cell) as app:
+            spb = app.sparkplug
+            assert spb is not None
+            await asyncio.sleep(0.3)
+            assert host.of("NBIRTH") == []  # no host yet: no births
+            say(True, 1000)
+            await host.wait(lambda: len(host.of("DBIRTH")) == 1, "births once the host is up")
+            first = value(host.of("NBIRTH")[0].metric("bdSeq"))
+            temp_alias = host.of("DBIRTH")[0].metric("temp").alias
+
+            say(False, 2000)
+            await host.wait(lambda: len(host.of("NDEATH")) == 1, "NDEATH for the host")
+            assert value(host.of("NDEATH")[0].metric("bdSeq")) == first
+            d1 = sims(cell)[0]
+            for v in (1.0, 2.0, 3.0):
+                d1.sample("temp", v)
+            await host.wait(
+                lambda: sum(len(h.changes) for h in spb.node.history) >= 3, "changes kept"
+            )
+            await asyncio.sleep(0.3)
+            assert len(host.of("NBIRTH")) == 1  # still waiting for the host
+
+            say(True, 3000)
+            await host.wait(
+                lambda: any(
+                    m.is_historical and value(m) == 3.0
+                    for d in host.of("DDATA")
+                    for m in d.payload.metrics
+                ),
+                "the kept changes",
+            )
+            after = host.messages[[m.kind for m in host.messages].index("NDEATH") + 1 :]
+            kinds = [m.kind for m in after if m.kind in ("NBIRTH", "DBIRTH", "DDATA")]
+            assert kinds[:2] == ["NBIRTH", "DBIRTH"]
+            assert value(host.of("NBIRTH")[1].metric("bdSeq")) == (first + 1) % 256
+            history = [
+                value(m)
+                for d in host.of("DDATA")
+                for m in d.payload.metrics
+                if m.is_historical and m.alias == temp_alias
+            ]
+            assert history == [1.0, 2.0, 3.0]
+
+            # An older session's offline STATE is ignored: no NDEATH.
+            say(False, 500)
+            d1.sample("temp", 4.0)
+            await host.wait(
+                lambda: any(value(m) == 4.0 for d in host.of("DDATA") for m in d.payload.metrics),
+                "live data after an old offline STATE",
+            )
+            assert len(host.of("NDEATH")) == 1
+        seq_without_gaps(host.messages)
+        births_before_data(host.messages)
+    finally:
+        host.stop()

@@ -33,9 +33,9 @@ FROM_METRIC_TYPE = {
     MetricType.STRING: DataType.STRING,
 }
 
-# The OPC DA quality codes Sparkplug hosts (Ignition among them) read from a metric's
-# "Quality" property: 192 good, 64 uncertain, 0 bad.
-QUALITY_CODE = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
+# The "Quality" property (3.0, 6.4.13.1 "Quality Codes"): Int32, 0 BAD, 192 GOOD, 500 STALE.
+# Sparkplug has no "uncertain": cellctl's uncertain (a value it could not refresh) is STALE.
+QUALITY_CODE = {Quality.GOOD: 192, Quality.UNCERTAIN: 500, Quality.BAD: 0}
 
 
 def now_ms() -> int:

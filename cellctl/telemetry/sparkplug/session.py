@@ -217,8 +217,8 @@ class EdgeNode:
         p = Payload(timestamp=now_ms(), seq=self._next_seq())
         for c in changes:
             d = owner.defs[c.name]
+            # No datatype: the birth gave it (6.4.5: SHOULD NOT be in NDATA/DDATA).
             m = p.metrics.add(alias=self.alias(device, c.name), timestamp=c.timestamp_ms)
-            m.datatype = d.datatype
             if historical:
                 m.is_historical = True
             set_value(m, d.datatype, c.value)
