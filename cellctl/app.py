@@ -94,6 +94,7 @@ class App:
                 self.supervisor,
                 commands=lambda: mqtt.commands if mqtt is not None else None,
                 spool_depth=lambda: mqtt.spool.counters.depth if mqtt and mqtt.spool else 0,
+                after=mqtt.ready if mqtt is not None else None,
             )
             self.components["sparkplug"] = self.sparkplug.run
         self._stop = asyncio.Event()

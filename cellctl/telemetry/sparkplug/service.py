@@ -86,6 +86,7 @@ class SparkplugService:
         supervisor: Supervisor,
         commands: Callable[[], CommandHandler | None] = lambda: None,
         spool_depth: Callable[[], int] = lambda: 0,
+        after: asyncio.Event | None = None,
     ) -> None:
         mqtt = cell.config.mqtt
         assert mqtt is not None and mqtt.sparkplug is not None
@@ -95,6 +96,8 @@ class SparkplugService:
         self.supervisor = supervisor
         self._commands = commands
         self._spool_depth = spool_depth
+        # Set when the JSON side is up (and with it an embedded broker): connect after it.
+        self._after = after
         self.topics = Topics(cell.name, mqtt.topic_prefix)
         self.node = EdgeNode(
             self.cfg.group_id, self.cfg.edge_node_id or cell.name, self.cfg.history_max
@@ -117,10 +120,14 @@ class SparkplugService:
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self._after is not None:
+            await self._after.wait()
         cfg = self.mqtt_cfg
         client_id = self.cfg.client_id or f"{cfg.client_id or f'cellctl-{self.cell.name}'}-spb"
         settings = LinkSettings.from_config(cfg, client_id)
-        settings = LinkSettings(**{**settings.__dict__, "client_id": client_id})
+        # The embedded broker (amqtt) speaks 3.1.1 only; Sparkplug needs nothing of MQTT 5.
+        mqtt5 = cfg.protocol == "5" and not cfg.embedded
+        settings = LinkSettings(**{**settings.__dict__, "client_id": client_id, "mqtt5": mqtt5})
         subs = [(t, 1) for t in self.node.command_topics]
         if self.host_topic is not None:
             subs.append((self.host_topic, 1))
