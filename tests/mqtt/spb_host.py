@@ -198,3 +198,37 @@ class Host:
 
     async def wait(self, pred: Any, what: str, within_s: float = 15.0) -> None:
         await self.sub.wait_for(pred, what, within_s)
+
+
+def seq_without_gaps(msgs: list[SpMsg]) -> None:
+    """Every message but NDEATH has seq; NBIRTH starts at 0; each next is +1 mod 256."""
+    last: int | None = None
+    for m in msgs:
+        if m.kind in ("NDEATH", "STATE", "NCMD", "DCMD"):
+            continue
+        assert m.seq is not None, m.topic
+        if m.kind == "NBIRTH":
+            assert m.seq == 0
+        else:
+            assert last is not None, f"{m.kind} before any NBIRTH"
+            assert m.seq == (last + 1) % 256, f"{m.topic}: seq {m.seq} after {last}"
+        last = m.seq
+
+
+def births_before_data(msgs: list[SpMsg]) -> None:
+    node_born = False
+    born: set[str] = set()
+    for m in msgs:
+        if m.kind == "NBIRTH":
+            node_born, born = True, set()
+        elif m.kind == "NDEATH":
+            node_born, born = False, set()
+        elif m.kind == "DBIRTH":
+            assert node_born, "DBIRTH before NBIRTH"
+            born.add(m.device or "")
+        elif m.kind == "DDEATH":
+            born.discard(m.device or "")
+        elif m.kind == "DDATA":
+            assert m.device in born, f"DDATA of {m.device} before its DBIRTH"
+            for metric in m.payload.metrics:
+                assert not metric.HasField("name") and metric.HasField("alias")
