@@ -31,6 +31,7 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus
 from cellctl.hotfolder import HotFolder
 from cellctl.jobs.service import JobService
+from cellctl.model import JobState
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
 from cellctl.retention import run_retention
@@ -95,11 +96,17 @@ class App:
                 commands=lambda: mqtt.commands if mqtt is not None else None,
                 spool_depth=lambda: mqtt.spool.counters.depth if mqtt and mqtt.spool else 0,
                 after=mqtt.ready if mqtt is not None else None,
+                open_jobs=self._open_jobs,
             )
             self.components["sparkplug"] = self.sparkplug.run
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
+
+    async def _open_jobs(self) -> list[str]:
+        """Ids of the jobs not yet ended (Sparkplug's Cell/OpenJobs at start)."""
+        open_states = [s for s in JobState if not s.terminal]
+        return [j.id for j in await self.jobs.list_jobs(open_states)]
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -87,6 +87,7 @@ class SparkplugService:
         commands: Callable[[], CommandHandler | None] = lambda: None,
         spool_depth: Callable[[], int] = lambda: 0,
         after: asyncio.Event | None = None,
+        open_jobs: Callable[[], Awaitable[Iterable[str]]] | None = None,
     ) -> None:
         mqtt = cell.config.mqtt
         assert mqtt is not None and mqtt.sparkplug is not None
@@ -98,6 +99,8 @@ class SparkplugService:
         self._spool_depth = spool_depth
         # Set when the JSON side is up (and with it an embedded broker): connect after it.
         self._after = after
+        # The jobs open at start (later, job events keep the count).
+        self._load_open_jobs = open_jobs
         self.topics = Topics(cell.name, mqtt.topic_prefix)
         self.node = EdgeNode(
             self.cfg.group_id, self.cfg.edge_node_id or cell.name, self.cfg.history_max
@@ -146,6 +149,8 @@ class SparkplugService:
                 tg.create_task(link.run(), name="sparkplug-link")
                 tg.create_task(self._consume(), name="sparkplug-events")
                 tg.create_task(self._poll_node(), name="sparkplug-node")
+                if self._load_open_jobs is not None:
+                    tg.create_task(self._initial_jobs(self._load_open_jobs), name="sparkplug-jobs")
                 self.ready.set()
                 try:
                     await asyncio.Event().wait()
@@ -153,6 +158,10 @@ class SparkplugService:
                     await self._goodbye(link)
         finally:
             self._bus.unsubscribe(self._sub)
+
+    async def _initial_jobs(self, load: Callable[[], Awaitable[Iterable[str]]]) -> None:
+        """The job service answers once it has loaded the store: the count waits, not the link."""
+        self._open_jobs |= set(await load())
 
     async def _goodbye(self, link: MqttLink) -> None:
         """NDEATH before DISCONNECT (3.0, edge-node-intentional-disconnect-ndeath)."""
@@ -280,10 +289,15 @@ class SparkplugService:
         ts = to_ms(ev.timestamp)
         changes = [Change(cat.STATE, int(ev.state), ts), Change(cat.STATE_NAME, ev.state.label, ts)]
         driver = runner.driver if runner is not None else None
-        if driver is not None:
-            changes += [
-                Change(cat.SETUP_PREFIX + k, v, ts) for k, v in driver.status().setup.items()
-            ]
+        if driver is not None and runner is not None:
+            setup = driver.status().setup
+            owner = self.node.devices.get(dev)
+            known = {n for n in owner.defs if n.startswith(cat.SETUP_PREFIX)} if owner else set()
+            if {cat.SETUP_PREFIX + k for k in setup} - known:
+                # A setup key its birth did not name: a new DBIRTH names it (and the state).
+                self._device_birth(dev, runner)
+                return
+            changes += [Change(cat.SETUP_PREFIX + k, v, ts) for k, v in setup.items()]
         self._changes(dev, changes)
 
     def _changes(self, device: str | None, changes: list[Change]) -> None:
