@@ -135,6 +135,15 @@ def encode_cmd(metrics: list[tuple[str, bool]]) -> bytes:
     return bytes(p.SerializeToString())
 
 
+def encode_values(metrics: list[tuple[str, int, str, Any]]) -> bytes:
+    """A command payload of (name, datatype, value field, value) metrics."""
+    p = PayloadClass(timestamp=1)
+    for name, datatype, field_name, v in metrics:
+        m = p.metrics.add(name=name, datatype=datatype)
+        setattr(m, field_name, v)
+    return bytes(p.SerializeToString())
+
+
 @dataclass
 class SpMsg:
     topic: str

@@ -7,13 +7,30 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
+import mqtt_testdev
 from mqtt_broker import Mosquitto
 from mqtt_rig import load, running_app, sims, write_config
-from spb_host import Host, births_before_data, encode_cmd, properties, seq_without_gaps, value
+from spb_host import (
+    Host,
+    births_before_data,
+    encode_cmd,
+    encode_values,
+    properties,
+    seq_without_gaps,
+    value,
+)
+
+from cellctl import config as config_mod
+from cellctl.app import App
+from cellctl.model import MetricSpec, MetricType
+from cellctl.registry import Registry
 
 SPB = '[mqtt.sparkplug]\ngroup_id = "plant"\nedge_node_id = "cell7"\n'
 
@@ -244,3 +261,73 @@ async def test_primary_host_offline_then_births_then_history_in_order(
         births_before_data(host.messages)
     finally:
         host.stop()
+
+
+class WritableDriver(mqtt_testdev.TestDriver):
+    """The test device with two writable tags and a write_tag that records."""
+
+    written: ClassVar[list[tuple[str, str, object]]] = []
+
+    def metrics(self) -> Sequence[MetricSpec]:
+        return [
+            *super().metrics(),
+            MetricSpec("setpoint", MetricType.FLOAT, "mm/s", writable=True),
+            MetricSpec("locked", MetricType.FLOAT, writable=True),
+        ]
+
+    async def write_tag(self, name: str, value: object) -> None:
+        WritableDriver.written.append((self.ctx.device_id, name, value))
+
+
+async def test_dcmd_writes_only_the_tags_the_config_allows(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    registry = Registry(
+        extra_drivers={"testdev": WritableDriver}, extra_sims={"testdev": mqtt_testdev.TestSim}
+    )
+    extra = SPB + 'write_tags = ["d1/setpoint"]\n'
+    cell = config_mod.load(
+        write_config(tmp_path / "c.toml", broker.port, devices=1, mqtt_extra=extra), registry
+    )
+    host = await Host(broker.port).start()
+    app = App(cell, registry)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(app.run())
+            await host.wait(lambda: len(host.of("DBIRTH")) == 1, "DBIRTH")
+            birth = host.of("DBIRTH")[0]
+            assert properties(birth.metric("setpoint"))["writable"] == "true"
+            host.sub.client.publish(
+                "spBv1.0/plant/DCMD/cell7/d1",
+                encode_values(
+                    [
+                        ("locked", 10, "double_value", 1.0),  # writable, not allowed
+                        ("temp", 10, "double_value", 99.0),  # not writable
+                        ("setpoint", 11, "boolean_value", True),  # wrong datatype
+                        ("setpoint", 10, "double_value", 12.5),
+                    ]
+                ),
+                qos=1,
+            )
+            await host.wait(lambda: len(WritableDriver.written) >= 1, "the allowed write")
+
+            def audits() -> list[tuple[str, str]]:
+                with sqlite3.connect(tmp_path / "state" / "cellctl.db") as conn:
+                    rows = conn.execute(
+                        "SELECT outcome, reason FROM command_audit"
+                        " WHERE command = 'sparkplug_write' ORDER BY id"
+                    )
+                    return list(rows)
+
+            await host.wait(lambda: len(audits()) == 4, "four audit rows")
+            app.request_stop()
+            async with asyncio.timeout(20):
+                await task
+    finally:
+        host.stop()
+    assert WritableDriver.written == [("d1", "setpoint", 12.5)]
+    outcomes = audits()
+    assert sorted(o for o, _ in outcomes) == ["accepted", "rejected", "rejected", "rejected"]
+    reasons = " | ".join(r for _, r in outcomes)
+    assert "write_tags" in reasons and "not a writable metric" in reasons
+    assert "datatype DOUBLE" in reasons

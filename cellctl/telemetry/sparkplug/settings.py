@@ -22,5 +22,8 @@ class SparkplugSection(BaseModel):
     command_user: str = Field(default="sparkplug", pattern=r"^[A-Za-z0-9_.-]+$")
     # Changes kept while the primary host is offline, sent after the births as historical.
     history_max: int = Field(default=10_000, ge=0)
+    # Writable driver tags a DCMD may write, as `<device>/<tag>` patterns (`*` matches);
+    # none by default (cellctl/telemetry/sparkplug/writes.py).
+    write_tags: tuple[str, ...] = ()
     # How often the node metrics (open jobs, spool depth) are looked at.
     node_poll_s: float = Field(default=1.0, gt=0)
