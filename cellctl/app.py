@@ -97,6 +97,7 @@ class App:
                 spool_depth=lambda: mqtt.spool.counters.depth if mqtt and mqtt.spool else 0,
                 after=mqtt.ready if mqtt is not None else None,
                 open_jobs=self._open_jobs,
+                store=self.store,
             )
             self.components["sparkplug"] = self.sparkplug.run
         self._stop = asyncio.Event()

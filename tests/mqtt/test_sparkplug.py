@@ -331,3 +331,50 @@ async def test_dcmd_writes_only_the_tags_the_config_allows(
     reasons = " | ".join(r for _, r in outcomes)
     assert "write_tags" in reasons and "not a writable metric" in reasons
     assert "datatype DOUBLE" in reasons
+
+
+async def test_history_kept_while_the_host_is_away_survives_a_restart(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    extra = SPB + 'primary_host_id = "scada"\n'
+    host = await Host(broker.port).start()
+
+    def say(online: bool, ts: int) -> None:
+        body = json.dumps({"online": online, "timestamp": ts}).encode()
+        host.sub.client.publish("spBv1.0/STATE/scada", body, qos=1, retain=True)
+
+    def rows() -> int:
+        with sqlite3.connect(tmp_path / "state" / "cellctl.db") as conn:
+            query = "SELECT count(*) FROM sparkplug_history WHERE name = 'temp'"
+            return int(conn.execute(query).fetchone()[0])
+
+    say(False, 1000)  # the host is away from the start
+    cell = load(write_config(tmp_path / "c.toml", broker.port, devices=1, mqtt_extra=extra))
+    try:
+        async with running_app(cell):
+            for v in (1.0, 2.0):
+                sims(cell)[0].sample("temp", v)
+            await host.wait(lambda: rows() == 2, "two changes on disk")
+        async with running_app(cell):
+            sims(cell)[0].sample("temp", 3.0)
+            await host.wait(lambda: rows() == 3, "a third change on disk")
+            assert host.of("NBIRTH") == []
+            say(True, 2000)
+            await host.wait(lambda: len(host.of("DBIRTH")) == 1, "births once the host is back")
+            alias = host.of("DBIRTH")[0].metric("temp").alias
+
+            def history() -> list[object]:
+                return [
+                    value(m)
+                    for d in host.of("DDATA")
+                    for m in d.payload.metrics
+                    if m.is_historical and m.alias == alias
+                ]
+
+            await host.wait(lambda: 3.0 in history(), "the kept changes, historical")
+            assert history() == [1.0, 2.0, 3.0]
+            await host.wait(lambda: rows() == 0, "the forwarded history deleted")
+        births_before_data(host.messages)
+        seq_without_gaps(host.messages)
+    finally:
+        host.stop()

@@ -50,7 +50,7 @@ from cellctl.model import (
     StepProgress,
     StepState,
 )
-from cellctl.store import StoreError
+from cellctl.store import Store, StoreError
 from cellctl.supervisor import DeviceRunner, Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.encoding import AuditRecord, Outgoing
@@ -60,6 +60,7 @@ from cellctl.telemetry.policy import SampleFilter
 from cellctl.telemetry.sparkplug import catalog as cat
 from cellctl.telemetry.sparkplug import writes
 from cellctl.telemetry.sparkplug.bdseq import BdSeqStore
+from cellctl.telemetry.sparkplug.history import HistoryStore
 from cellctl.telemetry.sparkplug.payload import Payload, to_ms
 from cellctl.telemetry.sparkplug.session import Change, EdgeNode
 from cellctl.telemetry.sparkplug.settings import SparkplugSection
@@ -94,6 +95,7 @@ class SparkplugService:
         spool_depth: Callable[[], int] = lambda: 0,
         after: asyncio.Event | None = None,
         open_jobs: Callable[[], Awaitable[Iterable[str]]] | None = None,
+        store: Store | None = None,
     ) -> None:
         mqtt = cell.config.mqtt
         assert mqtt is not None and mqtt.sparkplug is not None
@@ -112,6 +114,12 @@ class SparkplugService:
             self.cfg.group_id, self.cfg.edge_node_id or cell.name, self.cfg.history_max
         )
         self.bdseq = BdSeqStore(cell.state_dir)
+        # The kept changes on disk too (a restart while the host is away loses nothing).
+        self.history = (
+            HistoryStore(store, self.cfg.history_max)
+            if store is not None and self.cfg.history_max > 0
+            else None
+        )
         self.filter = SampleFilter(cell.config.telemetry)
         self._sub = bus.subscribe("sparkplug", lossless=True)
         self._bus = bus
@@ -131,6 +139,8 @@ class SparkplugService:
     async def run(self) -> None:
         if self._after is not None:
             await self._after.wait()
+        if self.history is not None:
+            self.node.restore(await self.history.load())
         cfg = self.mqtt_cfg
         client_id = self.cfg.client_id or f"{cfg.client_id or f'cellctl-{self.cell.name}'}-spb"
         settings = LinkSettings.from_config(cfg, client_id)
@@ -155,6 +165,8 @@ class SparkplugService:
                 tg.create_task(link.run(), name="sparkplug-link")
                 tg.create_task(self._consume(), name="sparkplug-events")
                 tg.create_task(self._poll_node(), name="sparkplug-node")
+                if self.history is not None:
+                    tg.create_task(self.history.run(), name="sparkplug-history")
                 if self._load_open_jobs is not None:
                     tg.create_task(self._initial_jobs(self._load_open_jobs), name="sparkplug-jobs")
                 self.ready.set()
@@ -201,8 +213,11 @@ class SparkplugService:
         self._publish(self.node.nbirth(self._node_values()))
         for dev_id, runner in self.supervisor.runners.items():
             self._device_birth(dev_id, runner)
+        kept = bool(self.node.history)
         for out in self.node.forward():
             self._publish(out)
+        if kept and self.history is not None:
+            self.history.forwarded()
 
     def _device_birth(self, dev_id: str, runner: DeviceRunner) -> None:
         driver = runner.driver
@@ -317,7 +332,9 @@ class SparkplugService:
         if connected and born:
             self._publish(self.node.data(device, changed))
         elif not self.node.born:
-            self.node.keep(device, changed)
+            entry = self.node.keep(device, changed)
+            if entry is not None and self.history is not None:
+                self.history.added(entry)
 
     # --- commands and the primary host ----------------------------------------------------
 

@@ -85,6 +85,7 @@ class EdgeNode:
         self.devices: dict[str, _Owner] = {}
         self._aliases: dict[tuple[str | None, str], int] = {}
         self.history: deque[Historical] = deque()
+        self._kept = 0  # changes in `history`
         self.history_max = history_max
         self.stats = SessionStats()
 
@@ -228,18 +229,29 @@ class EdgeNode:
         kind = "NDATA" if device is None else "DDATA"
         return Outgoing(self.topic(kind, device), p.SerializeToString(), Kind.SAMPLES)
 
-    def keep(self, device: str | None, changes: Sequence[Change]) -> None:
-        """Not born: keep the changes for after the next births (store and forward, 5.x)."""
+    def keep(self, device: str | None, changes: Sequence[Change]) -> Historical | None:
+        """Not born: keep the changes for after the next births (store and forward, 5.x).
+        Returns what was kept (None: nothing), for the copy on disk (history.py)."""
         if not changes or self.history_max <= 0:
-            return
-        self.history.append(Historical(device, tuple(changes)))
-        while sum(len(h.changes) for h in self.history) > self.history_max:
+            return None
+        entry = Historical(device, tuple(changes))
+        self.history.append(entry)
+        self._kept += len(entry.changes)
+        while self._kept > self.history_max:
             dropped = self.history.popleft()
+            self._kept -= len(dropped.changes)
             self.stats.history_dropped += len(dropped.changes)
+        return entry
+
+    def restore(self, entries: Iterable[Historical]) -> None:
+        """What a previous run kept (history.py), before anything new."""
+        for entry in entries:
+            self.keep(entry.device, entry.changes)
 
     def forward(self) -> list[Outgoing]:
         """What was kept, as historical DATA in the order it happened (after the births)."""
         out = []
+        self._kept = 0
         while self.history:
             h = self.history.popleft()
             owner = self.node if h.device is None else self.devices.get(h.device)
