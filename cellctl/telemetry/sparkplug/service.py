@@ -27,33 +27,30 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import structlog
 from google.protobuf.message import DecodeError
 
-from cellctl.commands import DEVICE_TIMEOUT_S, CommandHandler
-from cellctl.commands import _insert_audit as insert_audit
+from cellctl.commands import CommandHandler
 from cellctl.config import Cell
-from cellctl.errors import CellError
 from cellctl.events import EventBus
 from cellctl.model import (
     Alarm,
     DeviceState,
     Event,
     JobChanged,
-    MetricValue,
     Samples,
     StateChanged,
     StepChanged,
     StepProgress,
     StepState,
 )
-from cellctl.store import Store, StoreError
+from cellctl.store import Store
 from cellctl.supervisor import DeviceRunner, Supervisor
 from cellctl.tasks import TaskGroup
-from cellctl.telemetry.encoding import AuditRecord, Outgoing
+from cellctl.telemetry.encoding import Outgoing
 from cellctl.telemetry.link import Incoming, LinkSettings, MqttLink
 from cellctl.telemetry.pahoclient import BufferedClient
 from cellctl.telemetry.policy import SampleFilter
@@ -69,7 +66,6 @@ from cellctl.telemetry.topics import Topics
 log = structlog.get_logger("cellctl.sparkplug")
 
 GOODBYE_TIMEOUT_S = 3.0
-WRITE_COMMAND = "sparkplug_write"  # the audit's name for a DCMD tag write
 _ACTIVE_STEP = frozenset({StepState.STARTING, StepState.RUNNING, StepState.HELD})
 
 
@@ -114,6 +110,9 @@ class SparkplugService:
             self.cfg.group_id, self.cfg.edge_node_id or cell.name, self.cfg.history_max
         )
         self.bdseq = BdSeqStore(cell.state_dir)
+        self.writer = writes.TagWriter(
+            self.cfg.write_tags, self.cfg.command_user, commands, self._spawn
+        )
         # The kept changes on disk too (a restart while the host is away loses nothing).
         self.history = (
             HistoryStore(store, self.cfg.history_max)
@@ -404,71 +403,21 @@ class SparkplugService:
             )
 
     def _write(self, device: str, name: str, m: Payload.Metric) -> None:
-        """A DCMD to a writable driver tag: checked here, written in a task of ours."""
         owner = self.node.devices.get(device)
-        d = owner.defs.get(name) if owner is not None else None
         runner = self.supervisor.runners.get(device)
-        driver = runner.driver if runner is not None else None
-        why = ""
-        value = None
-        if d is None or not d.writable:
-            why = "not a writable metric of this device"
-        elif not writes.allowed(self.cfg.write_tags, device, name):
-            why = "not in [mqtt.sparkplug] write_tags"
-        elif not isinstance(driver, writes.SupportsWriteTag):
-            why = "the device is not connected, or its driver cannot write tags"
-        else:
-            value = writes.value_for(m, d.datatype)
-            if value is None:
-                why = f"the value does not fit the tag's datatype {d.datatype.name}"
-        if why or value is None or self._tg is None:
-            log.warning("Sparkplug DCMD write refused", device=device, tag=name, reason=why)
-            self._tg_audit(device, name, None, "rejected", why)
+        self.writer.request(
+            device,
+            name,
+            m,
+            owner.defs.get(name) if owner is not None else None,
+            runner.driver if runner is not None else None,
+        )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._tg is None:
+            work.close()
             return
-        assert isinstance(driver, writes.SupportsWriteTag)
-        self._tg.create_task(self._write_tag(driver, device, name, value), name="sparkplug-write")
-
-    async def _write_tag(
-        self, driver: writes.SupportsWriteTag, device: str, tag: str, value: MetricValue
-    ) -> None:
-        try:
-            async with asyncio.timeout(DEVICE_TIMEOUT_S):
-                await driver.write_tag(tag, value)
-            outcome, why = "accepted", ""
-            log.info("Sparkplug DCMD wrote a tag", device=device, tag=tag, value=value)
-        except (CellError, TimeoutError) as exc:
-            outcome, why = "rejected", str(exc) or "the device did not answer in time"
-            log.warning("Sparkplug DCMD write failed", device=device, tag=tag, reason=why)
-        await self._audit(device, tag, value, outcome, why)
-
-    def _tg_audit(
-        self, device: str, tag: str, value: MetricValue | None, outcome: str, why: str
-    ) -> None:
-        if self._tg is not None:
-            self._tg.create_task(self._audit(device, tag, value, outcome, why))
-
-    async def _audit(
-        self, device: str, tag: str, value: MetricValue | None, outcome: str, why: str
-    ) -> None:
-        """A row in the command audit (and its MQTT audit message), as JSON commands get."""
-        handler = self._commands()
-        if handler is None:
-            return
-        # The shape of a JSON command's origin (cellctl/schemas/payload.audit.json).
-        origin = {
-            "user": self.cfg.command_user,
-            "verified": False,
-            "client_id": None,
-            "user_properties": {"via": "sparkplug"},
-            "response_topic": None,
-        }
-        rec = AuditRecord(WRITE_COMMAND, None, origin, outcome, why)
-        body = json.dumps({"device": device, "tag": tag, "value": value}).encode()
-        try:
-            await handler.store.call(lambda conn: insert_audit(conn, rec, body))
-        except StoreError as exc:
-            log.error("Sparkplug write: its audit row could not be written", error=str(exc))
-        handler.audit(rec)
+        self._tg.create_task(work, name="sparkplug-write")
 
     def _host_state(self, raw: bytes) -> None:
         """3.0 STATE: JSON {"online": bool, "timestamp": ms}; older timestamps are ignored."""
