@@ -10,6 +10,7 @@ from cellctl.telemetry.sparkplug.bdseq import BdSeqStore
 from cellctl.telemetry.sparkplug.catalog import MetricDef
 from cellctl.telemetry.sparkplug.payload import DataType, Payload
 from cellctl.telemetry.sparkplug.session import Change, EdgeNode
+from cellctl.telemetry.sparkplug.writes import allowed, value_for
 
 TEMP = MetricDef("temp", DataType.DOUBLE, "degC")
 
@@ -89,3 +90,22 @@ def test_bdseq_persists_and_wraps(tmp_path: Path) -> None:
     assert BdSeqStore(tmp_path).next() == 0
     (tmp_path / "sparkplug-bdseq").write_text("garbage")
     assert BdSeqStore(tmp_path).next() == 0
+
+
+def test_a_dcmd_value_must_fit_the_tags_datatype() -> None:
+    def metric(field: str, v: object) -> Payload.Metric:
+        m = Payload.Metric(name="x")
+        setattr(m, field, v)
+        return m
+
+    assert value_for(metric("double_value", 2.5), DataType.DOUBLE) == 2.5
+    assert value_for(metric("long_value", 7), DataType.DOUBLE) == 7.0
+    assert value_for(metric("double_value", float("nan")), DataType.DOUBLE) is None
+    assert value_for(metric("long_value", (1 << 64) - 3), DataType.INT64) == -3
+    assert value_for(metric("int_value", (1 << 32) - 1), DataType.INT32) == -1
+    assert value_for(metric("double_value", 1.0), DataType.INT64) is None
+    assert value_for(metric("boolean_value", True), DataType.BOOLEAN) is True
+    assert value_for(metric("string_value", "1"), DataType.BOOLEAN) is None
+    assert value_for(metric("string_value", "abc"), DataType.STRING) == "abc"
+    assert value_for(Payload.Metric(name="x", is_null=True), DataType.STRING) is None
+    assert allowed(["plc/recipe_*"], "plc", "recipe_no") and not allowed([], "plc", "x")
