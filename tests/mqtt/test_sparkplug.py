@@ -223,7 +223,11 @@ async def test_primary_host_offline_then_births_then_history_in_order(
             for v in (1.0, 2.0, 3.0):
                 d1.sample("temp", v)
             await host.wait(
-                lambda: sum(len(h.changes) for h in spb.node.history) >= 3, "changes kept"
+                lambda: (
+                    [c.value for h in spb.node.history for c in h.changes if c.name == "temp"]
+                    == [1.0, 2.0, 3.0]
+                ),
+                "the changes kept",
             )
             await asyncio.sleep(0.3)
             assert len(host.of("NBIRTH")) == 1  # still waiting for the host
