@@ -218,8 +218,11 @@ class EdgeNode:
         p = Payload(timestamp=now_ms(), seq=self._next_seq())
         for c in changes:
             d = owner.defs[c.name]
-            # No datatype: the birth gave it (6.4.5: SHOULD NOT be in NDATA/DDATA).
+            # The datatype although 6.4.5 says it SHOULD NOT be in NDATA/DDATA (the birth
+            # gave it): decoders that keep no alias table (pysparkplug 0.6 among them)
+            # cannot read a value without it. Two bytes a metric.
             m = p.metrics.add(alias=self.alias(device, c.name), timestamp=c.timestamp_ms)
+            m.datatype = d.datatype
             if historical:
                 m.is_historical = True
             set_value(m, d.datatype, c.value)
