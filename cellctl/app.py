@@ -104,10 +104,10 @@ class App:
         self._reload = asyncio.Event()
         self.reloads = 0
 
-    async def _open_jobs(self) -> list[str]:
-        """Ids of the jobs not yet ended (Sparkplug's Cell/OpenJobs at start)."""
+    async def _open_jobs(self) -> list[tuple[str, JobState]]:
+        """The jobs not yet ended and their states (Sparkplug's job counts at start)."""
         open_states = [s for s in JobState if not s.terminal]
-        return [j.id for j in await self.jobs.list_jobs(open_states)]
+        return [(j.id, j.state) for j in await self.jobs.list_jobs(open_states)]
 
     def request_stop(self) -> None:
         self._stop.set()

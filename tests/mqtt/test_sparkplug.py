@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import mqtt_testdev
 from mqtt_broker import Mosquitto
-from mqtt_rig import load, running_app, sims, write_config
+from mqtt_rig import Commander, Subscriber, load, running_app, sims, write_config
 from spb_host import (
     Host,
     births_before_data,
@@ -31,6 +31,7 @@ from cellctl import config as config_mod
 from cellctl.app import App
 from cellctl.model import MetricSpec, MetricType
 from cellctl.registry import Registry
+from cellctl.telemetry.topics import Topics
 
 SPB = '[mqtt.sparkplug]\ngroup_id = "plant"\nedge_node_id = "cell7"\n'
 
@@ -382,3 +383,45 @@ async def test_history_kept_while_the_host_is_away_survives_a_restart(
         seq_without_gaps(host.messages)
     finally:
         host.stop()
+
+
+async def test_job_counts_step_and_progress(broker: Mosquitto, tmp_path: Path) -> None:
+    extra = SPB + "node_poll_s = 0.1\n"
+    cell = load(write_config(tmp_path / "c.toml", broker.port, devices=1, mqtt_extra=extra))
+    host = await Host(broker.port).start()
+    sub = await Subscriber(broker.port, [f"{Topics(cell.name).replies('tester')}/#"]).start()
+    cmd = Commander(sub, Topics(cell.name))
+
+    def node_values(name: str) -> list[object]:
+        aliases = {m.alias for b in host.of("NBIRTH") for m in b.payload.metrics if m.name == name}
+        return [value(m) for d in host.of("NDATA") for m in d.payload.metrics if m.alias in aliases]
+
+    def device_values(name: str) -> list[object]:
+        births = host.of("DBIRTH", "d1")
+        aliases = {m.alias for b in births for m in b.payload.metrics if m.name == name}
+        return [
+            value(m)
+            for d in host.of("DDATA", "d1")
+            for m in d.payload.metrics
+            if m.alias in aliases
+        ]
+
+    try:
+        async with running_app(cell):
+            await host.wait(lambda: len(host.of("DBIRTH")) == 1, "DBIRTH")
+            r = await cmd.send("out_of_service", {"device": "d1", "reason": "test"})
+            assert r["outcome"] == "accepted", r
+            job = {"job": "j-1", "steps": [{"process": "print", "gcode": "G28\nG1 X10\n"}]}
+            assert (await cmd.send("submit", job))["outcome"] == "accepted"
+            await host.wait(lambda: 1 in node_values("Cell/QueuedJobs"), "one job queued")
+            assert node_values("Cell/OpenJobs")[-1] == 1
+            assert (await cmd.send("into_service", {"device": "d1"}))["outcome"] == "accepted"
+            await host.wait(lambda: "j-1/0" in device_values("Job/Step"), "the step on d1")
+            await host.wait(lambda: 1.0 in device_values("Job/Progress"), "its progress")
+            await host.wait(lambda: device_values("Job/Step")[-1] == "", "the step over")
+            await host.wait(lambda: node_values("Cell/OpenJobs")[-1:] == [0], "no job open")
+            assert node_values("Cell/QueuedJobs")[-1] == 0
+        seq_without_gaps(host.messages)
+    finally:
+        host.stop()
+        sub.stop()

@@ -51,6 +51,7 @@ CONTROLS = {
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
 OPEN_JOBS = "Cell/OpenJobs"
+QUEUED_JOBS = "Cell/QueuedJobs"
 SPOOL_DEPTH = "Cell/SpoolDepth"
 DEVICES_ONLINE = "Cell/DevicesOnline"
 
@@ -58,6 +59,7 @@ NODE_METRICS = (
     MetricDef(BDSEQ, DataType.INT64),
     MetricDef(REBIRTH, DataType.BOOLEAN, writable=True),
     MetricDef(OPEN_JOBS, DataType.INT64, description="jobs queued, active or held"),
+    MetricDef(QUEUED_JOBS, DataType.INT64, description="jobs waiting, none of their steps begun"),
     MetricDef(SPOOL_DEPTH, DataType.INT64, description="JSON events not yet acknowledged"),
     MetricDef(DEVICES_ONLINE, DataType.INT64, description="devices connected now"),
 )

@@ -41,6 +41,7 @@ from cellctl.model import (
     DeviceState,
     Event,
     JobChanged,
+    JobState,
     Samples,
     StateChanged,
     StepChanged,
@@ -90,7 +91,7 @@ class SparkplugService:
         commands: Callable[[], CommandHandler | None] = lambda: None,
         spool_depth: Callable[[], int] = lambda: 0,
         after: asyncio.Event | None = None,
-        open_jobs: Callable[[], Awaitable[Iterable[str]]] | None = None,
+        open_jobs: Callable[[], Awaitable[Iterable[tuple[str, JobState]]]] | None = None,
         store: Store | None = None,
     ) -> None:
         mqtt = cell.config.mqtt
@@ -126,7 +127,7 @@ class SparkplugService:
         self.host_topic = None if host is None else f"spBv1.0/STATE/{host}"
         self.host_online = self.host_topic is None
         self.host_ts: int | None = None
-        self._open_jobs: set[str] = set()
+        self._open_jobs: dict[str, JobState] = {}
         self._tg: TaskGroup | None = None
         self._leaving = False
         self.link: SparkplugLink | None = None
@@ -176,9 +177,12 @@ class SparkplugService:
         finally:
             self._bus.unsubscribe(self._sub)
 
-    async def _initial_jobs(self, load: Callable[[], Awaitable[Iterable[str]]]) -> None:
+    async def _initial_jobs(
+        self, load: Callable[[], Awaitable[Iterable[tuple[str, JobState]]]]
+    ) -> None:
         """The job service answers once it has loaded the store: the count waits, not the link."""
-        self._open_jobs |= set(await load())
+        for job_id, state in await load():
+            self._open_jobs.setdefault(job_id, state)  # an event since then knows better
 
     async def _goodbye(self, link: MqttLink) -> None:
         """NDEATH before DISCONNECT (3.0, edge-node-intentional-disconnect-ndeath)."""
@@ -238,6 +242,7 @@ class SparkplugService:
         runners = self.supervisor.runners.values()
         return {
             cat.OPEN_JOBS: len(self._open_jobs),
+            cat.QUEUED_JOBS: sum(1 for s in self._open_jobs.values() if s == JobState.QUEUED),
             cat.SPOOL_DEPTH: self._spool_depth(),
             cat.DEVICES_ONLINE: sum(1 for r in runners if r.state != DeviceState.UNAVAILABLE),
         }
@@ -292,9 +297,9 @@ class SparkplugService:
             )
         elif isinstance(ev, JobChanged):
             if ev.state.terminal:
-                self._open_jobs.discard(ev.job_id)
+                self._open_jobs.pop(ev.job_id, None)
             else:
-                self._open_jobs.add(ev.job_id)
+                self._open_jobs[ev.job_id] = ev.state
 
     def _state(self, ev: StateChanged) -> None:
         dev = ev.device_id
