@@ -31,6 +31,7 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus
 from cellctl.hotfolder import HotFolder
 from cellctl.jobs.service import JobService
+from cellctl.model import JobState
 from cellctl.notify import Notifier, watchdog_interval
 from cellctl.registry import Registry
 from cellctl.retention import run_retention
@@ -39,6 +40,7 @@ from cellctl.store import DEFAULT_FILE, Store, StoreError, transaction
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.service import MqttService
+from cellctl.telemetry.sparkplug.service import SparkplugService
 
 log = structlog.get_logger("cellctl.app")
 
@@ -84,9 +86,28 @@ class App:
                 cell, self.bus, self.supervisor, store=self.store, jobs=JobBridge(self.jobs)
             )
             self.components["mqtt"] = self.mqtt.run
+        self.sparkplug: SparkplugService | None = None
+        if cell.config.mqtt is not None and cell.config.mqtt.sparkplug is not None:
+            mqtt = self.mqtt
+            self.sparkplug = SparkplugService(
+                cell,
+                self.bus,
+                self.supervisor,
+                commands=lambda: mqtt.commands if mqtt is not None else None,
+                spool_depth=lambda: mqtt.spool.counters.depth if mqtt and mqtt.spool else 0,
+                after=mqtt.ready if mqtt is not None else None,
+                open_jobs=self._open_jobs,
+                store=self.store,
+            )
+            self.components["sparkplug"] = self.sparkplug.run
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.reloads = 0
+
+    async def _open_jobs(self) -> list[tuple[str, JobState]]:
+        """The jobs not yet ended and their states (Sparkplug's job counts at start)."""
+        open_states = [s for s in JobState if not s.terminal]
+        return [(j.id, j.state) for j in await self.jobs.list_jobs(open_states)]
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -28,6 +28,7 @@ from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
 from cellctl.registry import Registry
+from cellctl.telemetry.sparkplug.settings import SparkplugSection
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
@@ -133,6 +134,8 @@ class MqttSection(Strict):
     # sent while their commit is pending, so the window costs no latency.
     spool_commit_s: float = Field(default=0.02, ge=0)
     max_inflight: int = Field(default=1000, ge=1, le=65535)
+    # Also run as a Sparkplug B edge node, on a second connection (docs/sparkplug.md).
+    sparkplug: SparkplugSection | None = None
 
 
 class MetricPolicy(Strict):
