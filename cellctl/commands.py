@@ -388,6 +388,7 @@ class CommandHandler:
         self._wake = {lane: asyncio.Event() for lane in Lane}
         # Refused at the door (too large, over the rate, lane full): no parse, no queue.
         self.refused = 0
+        self._refusals_logged: dict[tuple[str | None, str], tuple[float, int]] = {}
         self.handled = 0
         self.out_of_service: set[str] = set()
         # Emergency stop timing: command arrival → last device's emergency_stop() returned.
@@ -443,7 +444,23 @@ class CommandHandler:
         route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
         topic, _ = self._reply_topic(route, msg)
         self.refused += 1
-        log.warning("command refused", command=route.name, user=route.user, reason=reason)
+        # One line per user and kind of refusal a second: a flood must not become a log flood.
+        key = (route.user, reason.split(":", 1)[0])
+        now = asyncio.get_running_loop().time()
+        last, quiet = self._refusals_logged.get(key, (-1e9, 0))
+        if now - last >= 1.0:
+            log.warning(
+                "command refused",
+                command=route.name,
+                user=route.user,
+                reason=reason,
+                more_refused_not_logged=quiet,
+            )
+            if len(self._refusals_logged) > 1000:
+                self._refusals_logged.clear()
+            self._refusals_logged[key] = (now, 0)
+        else:
+            self._refusals_logged[key] = (last, quiet + 1)
         self._reply(msg, topic, route.name, None, "rejected", reason, None)
 
     async def run(self) -> None:
