@@ -55,6 +55,9 @@ from cellctl.uploads import ProgramUploads
 
 log = structlog.get_logger("cellctl.commands")
 
+# Lanes the others give way to (see CommandHandler._worker).
+URGENT = frozenset({Lane.ESTOP, Lane.CONTROL})
+
 DEVICE_TIMEOUT_S = 10.0
 AUDIT_PAYLOAD_MAX = 4096
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -386,6 +389,9 @@ class CommandHandler:
             lane: BoundedLane(self.limits.bound(lane)) for lane in Lane
         }
         self._wake = {lane: asyncio.Event() for lane in Lane}
+        self._urgent_idle = asyncio.Event()
+        self._urgent_idle.set()
+        self._urgent_in_hand = 0
         # Refused at the door (too large, over the rate, lane full): no parse, no queue.
         self.refused = 0
         self._refusals_logged: dict[tuple[str | None, str], tuple[float, int]] = {}
@@ -437,6 +443,8 @@ class CommandHandler:
             )
             return
         self._wake[lane].set()
+        if lane in URGENT:
+            self._urgent_idle.clear()
 
     def _refuse(self, msg: Incoming, reason: str) -> None:
         """A reply without parsing the payload: its `id` is not read, MQTT 5 correlation
@@ -479,7 +487,12 @@ class CommandHandler:
 
     async def _worker(self, lane: Lane) -> None:
         queue, wake = self.lanes[lane], self._wake[lane]
+        urgent = lane in URGENT
         while True:
+            if not urgent:
+                # Lanes share one event loop: while an emergency stop, stop or pause is
+                # waiting or in hand, no submit or query starts its parse and its work.
+                await self._urgent_idle.wait()
             msg = queue.take()
             if msg is None:
                 wake.clear()
@@ -489,7 +502,15 @@ class CommandHandler:
             # What everyone may do does not depend on who is asking: an estop never waits.
             if route is None or route.name not in self.access.everyone:
                 await self.access_known.wait()
-            await self.handle(msg)
+            if urgent:
+                self._urgent_in_hand += 1
+            try:
+                await self.handle(msg)
+            finally:
+                if urgent:
+                    self._urgent_in_hand -= 1
+                    if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
+                        self._urgent_idle.set()
 
     async def handle(self, msg: Incoming) -> None:
         route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
