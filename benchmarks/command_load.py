@@ -226,8 +226,12 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.to_thread(p.join, 30)
         handler = app.mqtt.commands
         assert handler is not None
-        while any(len(q) for q in handler.lanes.values()):
+        print(f"flood over; e-stop median {ms(statistics.median(flood))}", flush=True)
+        drain_until = time.monotonic() + 60  # the queues drain, or a minute passes
+        while any(len(q) for q in handler.lanes.values()) and time.monotonic() < drain_until:
             await asyncio.sleep(0.1)
+        waiting = sum(len(q) for q in handler.lanes.values())
+        print(f"commands queued once the flood ended and the queues drained (≤ 60 s): {waiting}")
         sampling = False
         sampler.join()
         gc.collect()
