@@ -246,6 +246,8 @@ async def run(args: argparse.Namespace) -> None:
             f"  8-client flood      (n={len(flood):3d}): median {ms(med_f)}  p99 {ms(p99(flood))}"
             f"  max {ms(max(flood))}"
         )
+        slowest = ", ".join(f"{x * 1000:.0f}" for x in sorted(flood)[-5:])
+        print(f"  slowest under the flood: {slowest} ms")
         print(
             f"  ratio flood/baseline: median {med_f / med_i:.1f}×"
             f"  p99 {p99(flood) / p99(idle):.1f}×"

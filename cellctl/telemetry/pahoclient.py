@@ -52,7 +52,7 @@ def remaining_length(n: int) -> bytes:
 # so a burst of large commands held the event loop for half a second (issue 23); what is
 # left stays in the socket (or in a half-read packet) for the loop's next turn.
 READ_PACKETS = 64
-READ_BYTES = 256 * 1024
+READ_BYTES = 1 << 20
 
 
 class BufferedClient(paho.Client):
