@@ -43,6 +43,7 @@ COMMAND_NAMES: frozenset[str] = frozenset(
         "resume_from",
         "answer_hold",
         "jobs",
+        "put_program",
     }
 )
 ALL = "*"
@@ -59,7 +60,7 @@ BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
     "operator": frozenset(
         {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"}
     ),
-    "planner": frozenset({"jobs", "submit", "reprint", "cancel"}),
+    "planner": frozenset({"jobs", "submit", "reprint", "cancel", "put_program"}),
     "maintenance": frozenset({"jobs", "reset", "set_setup", "out_of_service", "into_service"}),
     "admin": COMMAND_NAMES,
 }

@@ -16,11 +16,13 @@ from typing import Any
 
 from cellctl.cli_jobs_view import recent, show
 from cellctl.cli_mqtt import Remote, target_from
-from cellctl.cli_submission import build_submission, submit_command
+from cellctl.cli_submission import build_submission, submit_command, upload_large_programs
 from cellctl.config import CellConfig
 from cellctl.jobs.spec import JobRejected
+from cellctl.program_upload import UploadFailed
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+PAGE = 500  # jobs asked for per `jobs` command (the cell allows up to jobs_page_max)
 Result = Any  # a reply's `result`: a job, a device, a list of jobs
 
 
@@ -47,14 +49,40 @@ def _job_state(result: Result) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: CellConfig) -> int:
-    reply = send(args, settings, "jobs", {} if args.job is None else {"job": args.job})
+    if args.job is not None:
+        reply = send(args, settings, "jobs", {"job": args.job})
+        jobs = list(reply.get("result") or [])
+    else:
+        reply, jobs = _all_pages(args, settings)
     if reply.get("outcome") != "accepted":
         print(f"cellctl jobs: {reply.get('reason')}", file=sys.stderr)
         return EXIT_FAIL
-    jobs = list(reply.get("result") or [])
     if not args.all and args.job is None:
         jobs = recent(jobs)
     return show(jobs, args.job, args.json)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _all_pages(args: argparse.Namespace, settings: CellConfig) -> tuple[dict[str, Any], list[Any]]:
+    """Every job, a page at a time (the cell answers `jobs` in pages)."""
+    remote = Remote.connect(target_from(args, settings), args.wait)
+    jobs: list[Any] = []
+    try:
+        body: dict[str, Any] = {"limit": PAGE}
+        while True:
+            reply = remote.command("jobs", body)
+            if reply.get("outcome") != "accepted":
+                return reply, jobs
+            jobs += list(reply.get("result") or [])
+            page = reply.get("page") or {}
+            if not page.get("more"):
+                return reply, jobs
+            body = {"limit": PAGE, "after": page.get("after")}
+    finally:
+        remote.close()
 
 
 def cmd_submit(args: argparse.Namespace, settings: CellConfig) -> int:
@@ -65,7 +93,15 @@ def cmd_submit(args: argparse.Namespace, settings: CellConfig) -> int:
         print(f"cellctl submit: {exc}", file=sys.stderr)
         return EXIT_USAGE
     body["repeat"] = "always" if args.again else "ended"
-    reply = send(args, settings, "submit", body)
+    remote = Remote.connect(target_from(args, settings), args.wait)
+    try:
+        body = upload_large_programs(body, remote.command, _say)
+        reply = remote.command("submit", body)
+    except UploadFailed as exc:
+        print(f"cellctl submit: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        remote.close()
     return finish(reply, f"job {_made(reply, spec.id)}", _job_state)
 
 

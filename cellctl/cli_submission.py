@@ -2,12 +2,15 @@
 
 Both forms of the command start here, so that the same file becomes the same
 job: the local form queues the JobSpec with its program files in the store,
-the MQTT form sends it as a `submit` command with the G-code in the payload.
+the MQTT form sends it as a `submit` command with the G-code in the payload,
+or, for a program larger than INLINE_MAX, uploaded first in chunks
+(`put_program`) and named by its sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,11 @@ from cellctl.jobs.spec import (
     safe_program_path,
 )
 from cellctl.model import ProgramKind
+from cellctl.program_upload import Send, upload
+
+# G-code larger than this goes by put_program rather than inside the submit (whose
+# payload the cell caps, 4 MiB by default).
+INLINE_MAX = 1 << 20
 
 
 def build_submission(jobs: JobsSection, file: Path) -> tuple[JobSpec, dict[str, Path]]:
@@ -94,3 +102,25 @@ def _gcode_text(pos: int, name: str, files: dict[str, Path]) -> str:
             f"program {name!r}: not UTF-8 text (byte {exc.start}), which a JSON command "
             "cannot carry; submit it with --local on the cell's PC"
         ) from None
+
+
+def upload_large_programs(
+    body: dict[str, Any], send: Send, say: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """`body` with each program over INLINE_MAX uploaded and named `sha256:<hex>`.
+    Raises UploadFailed (a CellError) with the cell's reason."""
+    done: dict[str, str] = {}
+    steps = []
+    for step in body["steps"]:
+        text = step.get("gcode")
+        raw = text.encode() if isinstance(text, str) else b""
+        if len(raw) <= INLINE_MAX:
+            steps.append(step)
+            continue
+        key = hashlib.sha256(raw).hexdigest()
+        if key not in done:
+            say(f"uploading {step.get('name') or 'program'} ({len(raw)} bytes) in chunks")
+            done[key] = upload(send, raw, step.get("name"))
+        step = {k: v for k, v in step.items() if k not in ("gcode", "name")}
+        steps.append({**step, "file": done[key]})
+    return {**body, "steps": steps}

@@ -28,10 +28,12 @@ and reply `accepted`; the audit row they could not write is logged instead.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -39,6 +41,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cellctl.access import COMMAND_NAMES, Access
+from cellctl.command_ids import CommandIds
+from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
 from cellctl.errors import CellError, NotSupported
 from cellctl.model import DeviceState, RequestKind
 from cellctl.store import Store, StoreError, transaction
@@ -47,8 +51,12 @@ from cellctl.tasks import TaskGroup
 from cellctl.telemetry.encoding import PAYLOAD_VERSION, AuditRecord, Kind, Outgoing, dumps
 from cellctl.telemetry.link import Incoming
 from cellctl.telemetry.topics import CommandTopic, Topics
+from cellctl.uploads import ProgramUploads
 
 log = structlog.get_logger("cellctl.commands")
+
+# Lanes the others give way to (see CommandHandler._worker).
+URGENT = frozenset({Lane.ESTOP, Lane.CONTROL})
 
 DEVICE_TIMEOUT_S = 10.0
 AUDIT_PAYLOAD_MAX = 4096
@@ -68,8 +76,12 @@ class Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     v: Literal[1] = 1
-    # Echoed in the reply: the correlation on MQTT 3.1.1.
+    # Echoed in the reply: the correlation on MQTT 3.1.1. On a state-changing command
+    # it also makes a replay harmless: the first reply answers it (cellctl.command_ids).
     id: Annotated[str, Field(max_length=128)] | None = None
+    # A front end acting for another user (issue 29 gives it its meaning in access.py);
+    # taken and ignored here.
+    on_behalf_of: Annotated[str, Field(max_length=128)] | None = None
 
 
 class DeviceCommand(Command):
@@ -203,9 +215,26 @@ class AnswerHold(Command):
 
 class ListJobs(Command):
     """The job queue, for `cellctl jobs` and `cellctl status`; with `job`, that one job
-    and its transitions."""
+    and its transitions. A page at a time, in submission order: `limit` jobs (default
+    [commands] jobs_page) after the job whose `seq` is `after`; the reply's `page` says
+    whether more follow and which `after` asks for them."""
 
     job: Name | None = None
+    limit: Annotated[int, Field(ge=1)] | None = None
+    after: Annotated[int, Field(ge=0)] | None = None
+
+
+class PutProgram(Command):
+    """One chunk of a program upload (docs/mqtt.md, "Large programs"): chunks in any
+    order, resent at will; the program is stored once every byte is there and the
+    whole file's sha256 matches, then `submit` names it `file: "sha256:<hex>"`."""
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
+    # Base64 of the chunk's bytes.
+    data: str
+    name: Annotated[str, Field(max_length=256)] | None = None
 
 
 COMMANDS: dict[str, type[Command]] = {
@@ -224,6 +253,7 @@ COMMANDS: dict[str, type[Command]] = {
     "resume_from": ResumeFrom,
     "answer_hold": AnswerHold,
     "jobs": ListJobs,
+    "put_program": PutProgram,
 }
 assert set(COMMANDS) == COMMAND_NAMES, "cellctl.access.COMMAND_NAMES is out of date"
 
@@ -247,7 +277,9 @@ class JobService(Protocol):
     ) -> Mapping[str, Any]: ...
     async def resume_from(self, job_id: str, step: int, line: int) -> Mapping[str, Any]: ...
     async def answer_hold(self, cmd: AnswerHold) -> Mapping[str, Any]: ...
-    async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]: ...
+    async def list_jobs(
+        self, job_id: str | None, limit: int | None = None, after: int | None = None
+    ) -> list[Mapping[str, Any]]: ...
 
 
 class NoJobService:
@@ -278,7 +310,9 @@ class NoJobService:
     async def answer_hold(self, cmd: AnswerHold) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
-    async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]:
+    async def list_jobs(
+        self, job_id: str | None, limit: int | None = None, after: int | None = None
+    ) -> list[Mapping[str, Any]]:
         raise NotSupported(self.REASON)
 
 
@@ -330,6 +364,8 @@ class CommandHandler:
         device_timeout_s: float = DEVICE_TIMEOUT_S,
         access: Access | None = None,
         legacy: bool = False,
+        limits: CommandsSection | None = None,
+        uploads: ProgramUploads | None = None,
     ) -> None:
         self.topics = topics
         self.access = access or Access.from_section(None)
@@ -345,8 +381,20 @@ class CommandHandler:
         self.audit = audit
         self.jobs: JobService = jobs or NoJobService()
         self.device_timeout_s = device_timeout_s
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
-        self._estops: asyncio.Queue[Incoming] = asyncio.Queue()
+        self.limits = limits or CommandsSection()
+        self.uploads = uploads
+        self.ids = CommandIds(store, self.limits.id_retention_s)
+        self.rate = RateLimiter(self.limits.rate_per_s, self.limits.rate_burst)
+        self.lanes: dict[Lane, BoundedLane[Incoming]] = {
+            lane: BoundedLane(self.limits.bound(lane)) for lane in Lane
+        }
+        self._wake = {lane: asyncio.Event() for lane in Lane}
+        self._urgent_idle = asyncio.Event()
+        self._urgent_idle.set()
+        self._urgent_in_hand = 0
+        # Refused at the door (too large, over the rate, lane full): no parse, no queue.
+        self.refused = 0
+        self._refusals_logged: dict[tuple[str | None, str], tuple[float, int]] = {}
         self.handled = 0
         self.out_of_service: set[str] = set()
         # Emergency stop timing: command arrival → last device's emergency_stop() returned.
@@ -360,28 +408,109 @@ class CommandHandler:
         self.out_of_service = await self.store.call(read)
 
     def on_message(self, msg: Incoming) -> None:
-        """Called by the link on the event loop; never waits."""
+        """Called by the link on the event loop; never waits, never parses: a message is
+        refused here (too large, over its user's rate, its lane full) or queued."""
         route = self.topics.parse_command(msg.topic)
         if self.legacy and route is not None and not route.legacy and route.name == "reply":
             return  # a v1 reply (ours), not a command
-        if route is not None and route.name == "estop":
-            self._estops.put_nowait(msg)
+        name = route.name if route is not None else ""
+        lane = lane_of(name)
+        size = len(msg.payload)
+        cap = self.limits.payload_max_bytes
+        if size > cap:
+            self._refuse(
+                msg,
+                f"payload of {size} bytes is larger than the {cap} allowed ([commands] "
+                "payload_max_bytes); send a large program in chunks with put_program",
+            )
+            return
+        if lane is not Lane.ESTOP:
+            user = route.user if route is not None and route.user is not None else ""
+            wait_s = self.rate.take(user, asyncio.get_running_loop().time())
+            if wait_s > 0:
+                self._refuse(
+                    msg,
+                    f"rate limit: user {user!r} may send {self.limits.rate_per_s:g} commands/s "
+                    f"(bursts of {self.limits.rate_burst}); retry in {wait_s:.2f} s",
+                )
+                return
+        if not self.lanes[lane].offer(msg, size):
+            q = self.lanes[lane]
+            self._refuse(
+                msg,
+                f"busy: the {lane.value} queue is full ({len(q)} commands, {q.held_bytes} "
+                "bytes waiting); try again later",
+            )
+            return
+        self._wake[lane].set()
+        if lane in URGENT:
+            self._urgent_idle.clear()
+
+    def _refuse(self, msg: Incoming, reason: str) -> None:
+        """A reply without parsing the payload: its `id` is not read, MQTT 5 correlation
+        data still pairs it with the command."""
+        route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
+        topic, _ = self._reply_topic(route, msg)
+        self.refused += 1
+        # One line per user and kind of refusal a second: a flood must not become a log flood.
+        key = (route.user, reason.split(":", 1)[0])
+        now = asyncio.get_running_loop().time()
+        last, quiet = self._refusals_logged.get(key, (-1e9, 0))
+        if now - last >= 1.0:
+            log.warning(
+                "command refused",
+                command=route.name,
+                user=route.user,
+                reason=reason,
+                more_refused_not_logged=quiet,
+            )
+            if len(self._refusals_logged) > 1000:
+                self._refusals_logged.clear()
+            self._refusals_logged[key] = (now, 0)
         else:
-            self._queue.put_nowait(msg)
+            self._refusals_logged[key] = (last, quiet + 1)
+        self._reply(msg, topic, route.name, None, "rejected", reason, None)
 
     async def run(self) -> None:
+        if self.uploads is not None:
+            await asyncio.to_thread(self.uploads.discard_leftovers)
         async with TaskGroup() as tg:
-            tg.create_task(self._worker(self._queue), name="commands")
-            tg.create_task(self._worker(self._estops), name="estop")
+            for lane in Lane:
+                tg.create_task(self._worker(lane), name=f"commands-{lane.value}")
+            if self.uploads is not None:
+                tg.create_task(self._expire_uploads(self.uploads), name="commands-uploads")
 
-    async def _worker(self, queue: asyncio.Queue[Incoming]) -> None:
+    async def _expire_uploads(self, uploads: ProgramUploads) -> None:
         while True:
-            msg = await queue.get()
+            await asyncio.sleep(min(60.0, self.limits.upload_expiry_s / 2))
+            uploads.expire()  # on the loop: the uploads worker owns the same state
+
+    async def _worker(self, lane: Lane) -> None:
+        queue, wake = self.lanes[lane], self._wake[lane]
+        urgent = lane in URGENT
+        while True:
+            if not urgent:
+                # Lanes share one event loop: while an emergency stop, stop or pause is
+                # waiting or in hand, no submit or query starts its parse and its work.
+                await self._urgent_idle.wait()
+            msg = queue.take()
+            if msg is None:
+                wake.clear()
+                await wake.wait()
+                continue
             route = self.topics.parse_command(msg.topic)
             # What everyone may do does not depend on who is asking: an estop never waits.
             if route is None or route.name not in self.access.everyone:
                 await self.access_known.wait()
-            await self.handle(msg)
+            if urgent:
+                self._urgent_in_hand += 1
+            try:
+                await self.handle(msg)
+            finally:
+                if urgent:
+                    self._urgent_in_hand -= 1
+                    if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
+                        self._urgent_idle.set()
 
     async def handle(self, msg: Incoming) -> None:
         route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
@@ -389,34 +518,79 @@ class CommandHandler:
         request_id: str | None = None
         result: Mapping[str, Any] | list[Mapping[str, Any]] | None = None
         payload_text = msg.payload[:AUDIT_PAYLOAD_MAX]
-        data, malformed = self._try_parse(msg.payload)
-        rid = data.get("id")
-        request_id = rid if isinstance(rid, str) else None
         reply_topic, misdirected = self._reply_topic(route, msg)
+        # Set once the command was carried out or refused for what it asked: such a
+        # reply answers a replay of its id (cellctl.command_ids).
+        keep = False
+        page: Mapping[str, Any] | None = None
         try:
+            model = COMMANDS.get(name)
+            if misdirected or model is None or not self.access.allowed(route.user, name):
+                request_id = self._id_of(msg.payload)
             if misdirected:
                 raise Rejected(misdirected)
-            model = COMMANDS.get(name)
             if model is None:
                 raise Rejected(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
             self.access.check(route.user, name)  # before anything is touched
-            if malformed:
-                raise Rejected(malformed)
             try:
+                # Parsed once, by the model; the plain parse only explains a failure.
                 cmd = model.model_validate_json(msg.payload)
             except ValidationError as exc:
-                raise Rejected(_reject_validation(exc)) from None
-            result = await self._execute(name, cmd, msg)
+                data, malformed = self._try_parse(msg.payload)
+                rid = data.get("id")
+                request_id = rid if isinstance(rid, str) else None
+                raise Rejected(malformed or _reject_validation(exc)) from None
+            request_id = cmd.id
+            user = route.user
+            if user is not None and request_id and CommandIds.applies(name, user, request_id):
+                kept = await self.ids.find(user, request_id)
+                if kept is not None:
+                    log.info("command replayed", command=name, user=user, id=request_id)
+                    if kept.command != name:
+                        kept_reason = (
+                            f"id {request_id!r} was already used for {kept.command!r}; "
+                            "an id names one command"
+                        )
+                        self._reply(msg, reply_topic, name, request_id, "rejected", kept_reason)
+                    else:
+                        self._reply(
+                            msg,
+                            reply_topic,
+                            name,
+                            request_id,
+                            kept.outcome,
+                            kept.reason,
+                            kept.result,
+                        )
+                    self.handled += 1
+                    return
+                keep = True
+            done = await self._execute(name, cmd, msg)
+            if isinstance(done, Paged):
+                result, page = done.jobs, done.page
+            else:
+                result = done
             outcome, reason = "accepted", ""
+        except StoreError as exc:
+            keep = False  # the store failed, not the command: a retry may succeed
+            outcome, reason = "rejected", str(exc) or type(exc).__name__
         except CellError as exc:
             outcome, reason = "rejected", str(exc) or type(exc).__name__
         except Exception as exc:  # a bug: the daemon survives it and says so
+            keep = False
             log.error("command handler raised", command=name, exc_info=exc)
             outcome, reason = "rejected", f"internal error: {type(exc).__name__}"
         origin = self._origin(msg)
         record = AuditRecord(name, request_id, origin, outcome, reason)
+        chunk = name == "put_program" and outcome == "accepted"
+        if chunk and not (isinstance(result, Mapping) and result.get("complete")):
+            # A chunk of an upload in progress: the completed upload is audited, once.
+            self._reply(msg, reply_topic, name, request_id, outcome, reason, result)
+            self.handled += 1
+            return
         try:
-            await self._commit_audit(record, payload_text, name == "estop" or outcome != "accepted")
+            separate = name in ("estop", "put_program") or outcome != "accepted"
+            await self._commit_audit(record, payload_text, separate)
         except StoreError as exc:
             # Only an emergency stop gets here accepted: it has acted, so the reply
             # says accepted, and the log carries what the audit table could not.
@@ -432,8 +606,21 @@ class CommandHandler:
         else:
             log.info("command accepted", command=name, origin=origin)
         self.audit(record)
-        self._reply(msg, reply_topic, name, request_id, outcome, reason, result)
+        self._reply(msg, reply_topic, name, request_id, outcome, reason, result, page)
+        if keep and route.user is not None and request_id:
+            try:
+                await self.ids.keep(route.user, request_id, name, outcome, reason, result)
+            except StoreError as exc:
+                log.error(
+                    "the reply to a command id could not be kept", id=request_id, error=str(exc)
+                )
         self.handled += 1
+
+    @staticmethod
+    def _id_of(payload: bytes) -> str | None:
+        data, _ = CommandHandler._try_parse(payload)
+        rid = data.get("id")
+        return rid if isinstance(rid, str) else None
 
     def _reply_topic(self, route: CommandTopic, msg: Incoming) -> tuple[str, str]:
         """Where the reply goes, and why the asked-for response topic is refused ("": it is not).
@@ -502,7 +689,8 @@ class CommandHandler:
         request_id: str | None,
         outcome: str,
         reason: str,
-        result: Any,
+        result: Any = None,
+        page: Mapping[str, Any] | None = None,
     ) -> None:
         body = {
             "v": PAYLOAD_VERSION,
@@ -513,15 +701,24 @@ class CommandHandler:
             "reason": reason,
             "result": result,
         }
+        if page is not None:
+            body["page"] = page
         self.publish(Outgoing(topic, dumps(body), Kind.REPLY, qos=1), msg.correlation)
 
     # --- the commands --------------------------------------------------------
 
     async def _execute(
         self, name: str, cmd: Command, msg: Incoming
-    ) -> Mapping[str, Any] | list[Mapping[str, Any]] | None:
+    ) -> Mapping[str, Any] | list[Mapping[str, Any]] | Paged | None:
         if isinstance(cmd, EmergencyStop):
             return await self._estop(cmd, msg)
+        if isinstance(cmd, PutProgram):
+            return await self._put_program(cmd, msg)
+        if isinstance(cmd, ListJobs):
+            paged = await self._list_jobs(cmd)
+            rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+            await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+            return paged
         if isinstance(cmd, Pause):
             return await self._device_action(name, cmd, msg, PAUSABLE, lambda d: d.pause())
         if isinstance(cmd, Resume):
@@ -535,6 +732,13 @@ class CommandHandler:
         result: Mapping[str, Any] | list[Mapping[str, Any]]
         if isinstance(cmd, Submit):
             self._check_devices(s.device for s in cmd.steps if s.device is not None)
+            most = self.limits.quantity_steps_max
+            if cmd.quantity * len(cmd.steps) > most:
+                raise Rejected(
+                    f"quantity × steps = {cmd.quantity} × {len(cmd.steps)} = "
+                    f"{cmd.quantity * len(cmd.steps)}, more than the {most} allowed "
+                    "([commands] quantity_steps_max)"
+                )
             result = await self.jobs.submit(cmd)
         elif isinstance(cmd, Cancel):
             result = await self.jobs.cancel(cmd.job, cmd.reason)
@@ -550,14 +754,34 @@ class CommandHandler:
             result = await self.jobs.resume_from(cmd.job, cmd.step, cmd.line)
         elif isinstance(cmd, AnswerHold):
             result = await self.jobs.answer_hold(cmd)
-        elif isinstance(cmd, ListJobs):
-            result = await self.jobs.list_jobs(cmd.job)
         else:
             raise Rejected(f"command {name!r} has no handler")
         # The job service committed its change; the audit row follows.
         rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
         await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
         return result
+
+    async def _list_jobs(self, cmd: ListJobs) -> Paged:
+        if cmd.job is not None:
+            return Paged(await self.jobs.list_jobs(cmd.job), None)
+        lim = self.limits
+        limit = min(cmd.limit or lim.jobs_page, lim.jobs_page_max)
+        jobs = await self.jobs.list_jobs(None, limit + 1, cmd.after)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        last = jobs[-1].get("seq") if jobs else None
+        return Paged(jobs, {"limit": limit, "more": more, "after": last if more else None})
+
+    async def _put_program(self, cmd: PutProgram, msg: Incoming) -> Mapping[str, Any]:
+        if self.uploads is None:
+            raise NotSupported("program uploads are not available in this build")
+        try:
+            data = binascii.a2b_base64(cmd.data, strict_mode=True)
+        except (binascii.Error, ValueError) as exc:
+            raise Rejected(f"data: not base64: {exc}") from None
+        user = self.topics.parse_command(msg.topic)
+        who = user.user if user is not None and user.user is not None else ""
+        return await self.uploads.put(who, cmd.sha256, cmd.size, cmd.offset, data, cmd.name or "")
 
     def _check_devices(self, ids: Any) -> None:
         runners = self.runners()
@@ -662,6 +886,14 @@ class CommandHandler:
             "not_connected": skipped,
             "elapsed_ms": round(self.last_estop_s * 1000, 3),
         }
+
+
+@dataclass(frozen=True)
+class Paged:
+    """A page of `jobs` and what the reply's `page` says of the rest."""
+
+    jobs: list[Mapping[str, Any]]
+    page: Mapping[str, Any] | None
 
 
 def _wild(topic: str) -> bool:

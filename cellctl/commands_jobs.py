@@ -121,9 +121,16 @@ class JobBridge:
         )
         return _json(record.as_dict())
 
-    async def list_jobs(self, job_id: str | None) -> list[Mapping[str, Any]]:
+    async def list_jobs(
+        self, job_id: str | None, limit: int | None = None, after: int | None = None
+    ) -> list[Mapping[str, Any]]:
         if job_id is None:
-            return [_json(j.as_dict()) for j in await self.jobs.list_jobs()]
+            jobs = await self.jobs.list_jobs()
+            if after is not None:
+                jobs = [j for j in jobs if j.seq > after]
+            if limit is not None:
+                jobs = jobs[:limit]  # cut before serialising: a page costs its own size
+            return [_json(j.as_dict()) for j in jobs]
         one = {**(await self.jobs.get(job_id)).as_dict()}
         one["transitions"] = await self.jobs.transitions(job_id)
         return [_json(one)]

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cellctl.access import AccessSection
+from cellctl.command_limits import CommandsSection
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
@@ -296,6 +297,8 @@ class CellConfig(Strict):
     store: StoreSection = StoreSection()
     # Who may send which command (cellctl/access.py); absent: estop for everyone, no more.
     access: AccessSection = AccessSection()
+    # Bounds of the command path: payload cap, lanes, rate, paging, uploads (issue 23).
+    commands: CommandsSection = CommandsSection()
 
     @model_validator(mode="after")
     def _hotfolder_may_submit(self) -> CellConfig:

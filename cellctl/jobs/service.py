@@ -47,7 +47,7 @@ from cellctl.jobs.dispatch import (
     DispatchViolation,
     check_assignments,
 )
-from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
+from cellctl.jobs.gcode import GcodeInfo, cut_short
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -60,6 +60,7 @@ from cellctl.jobs.programs import ProgramStore
 from cellctl.jobs.records import JobRecord, StepRecord
 from cellctl.jobs.recovery import Changes, recovery_plan
 from cellctl.jobs.requests import apply_requests
+from cellctl.jobs.scanproc import scan
 from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec, NoSpace
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
 from cellctl.model import (
@@ -528,7 +529,7 @@ class JobService:
             except OSError as exc:
                 raise JobRejected(f"step {pos}: cannot read program {name!r}: {exc}") from None
         try:
-            info = scan_file(self.programs.path(sha))
+            info = scan(self.programs.path(sha))  # a large file in a worker process
             short = cut_short(self.programs.path(sha)) if info.complete is False else None
         except OSError as exc:
             raise JobRejected(f"step {pos}: cannot read program {name!r}: {exc}") from None

@@ -428,7 +428,9 @@ class MqttLink:
             self._loop.add_writer(sock, self._writable, session)
 
     def _readable(self, session: _Session) -> None:
-        session.client.loop_read()
+        session.client.loop_read()  # a bounded number of packets: the loop gets a turn
+        if session.client.read_pending() and self._loop is not None:
+            self._loop.call_soon(self._readable, session)
 
     def _writable(self, session: _Session) -> None:
         session.client.loop_write()

@@ -47,6 +47,14 @@ def remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
+# What one `loop_read()` takes at most: packets, and bytes read from the socket. paho's
+# own loop reads as many packets as it has messages in flight (up to a thousand), whole,
+# so a burst of large commands held the event loop for half a second (issue 23); what is
+# left stays in the socket (or in a half-read packet) for the loop's next turn.
+READ_PACKETS = 64
+READ_BYTES = 1 << 20
+
+
 class BufferedClient(paho.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,6 +63,38 @@ class BufferedClient(paho.Client):
         self._buffering = False
         self._mqtt5 = self.protocol == MQTTProtocolVersion.MQTTv5
         self._topic_fields: dict[str, bytes] = {}
+        self._read_budget = READ_BYTES
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        self._read_budget = READ_BYTES
+        try:
+            for _ in range(READ_PACKETS):
+                if self._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = self._packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        finally:
+            self._read_budget = READ_BYTES
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho takes BlockingIOError for "nothing more now" and keeps a half-read packet.
+        if self._read_budget <= 0:
+            raise BlockingIOError
+        data: bytes = super()._sock_recv(min(bufsize, self._read_budget))
+        self._read_budget -= len(data)
+        return data
+
+    def read_pending(self) -> bool:
+        """Bytes TLS decrypted already but not handed over: the socket shows no readiness
+        for them, so the reader must be called again."""
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def publish_qos0(self, topic: str, payload: bytes, retain: bool = False) -> bool:
         """Queue a QoS 0 PUBLISH; False when paho must do it (connection or queue state)."""

@@ -144,12 +144,22 @@ class AuditPayload(_Event):
     reason: str
 
 
+class JobsPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int
+    more: bool
+    after: int | None
+
+
 class Reply(_Payload):
     command: str
     id: str | None
     outcome: Literal["accepted", "rejected"]
     reason: str
     result: Any
+    # `jobs` replies only: whether more jobs follow, and the `after` that asks for them.
+    page: JobsPage | None = None
 
 
 PAYLOADS: dict[str, type[BaseModel]] = {

@@ -39,6 +39,7 @@ from cellctl.telemetry.publisher import Publisher
 from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
+from cellctl.uploads import ProgramUploads
 
 log = structlog.get_logger("cellctl.mqtt")
 
@@ -213,6 +214,12 @@ class MqttService:
             self.jobs,
             access=self.access,
             legacy=cfg.legacy_commands,
+            limits=self.cell.config.commands,
+            uploads=ProgramUploads(
+                self.cell.state_dir / "programs",
+                self.cell.state_dir / "uploads",
+                self.cell.config.commands,
+            ),
         )
         await commands.load()
         # With allow_anonymous nothing hangs on the answer: no check, no wait.

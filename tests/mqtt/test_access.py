@@ -53,7 +53,7 @@ MAY = {
     "alice": EVERYONE
     | {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"},
     "bob": EVERYONE | {"jobs"},
-    "carol": EVERYONE | {"jobs", "submit", "reprint", "cancel"},
+    "carol": EVERYONE | {"jobs", "submit", "reprint", "cancel", "put_program"},
     "dave": EVERYONE | {"jobs", "reset", "set_setup", "out_of_service", "into_service"},
     "root": set(COMMANDS),
     "mallory": EVERYONE,

@@ -1,0 +1,286 @@
+"""Emergency stops while 8 clients flood the command path; memory and queries/s.
+
+    python benchmarks/command_load.py [--quick] [--jobs N] [--seconds S]
+
+The demo cell (configs/demo.toml: a Modbus PLC, two serial machines on
+pseudo-terminals, an OPC UA robot, all simulated) runs in this process against
+a local Mosquitto, with N jobs queued. Eight client processes each send the
+largest submit the payload cap allows (QoS 1, one at a time) and `jobs`
+queries, for S seconds, while this process sends an emergency stop every
+0.2 s. E-stop latency is from the publish to the moment the last device's
+`emergency_stop()` returned (the stop written to the device), both on the
+same monotonic clock. The baseline is the same e-stops with no flood, in the
+same run. Also: resident size before, at the peak and after the flood; `jobs`
+replies per second; what was refused (rate, busy, size). Medians and p99 over
+the e-stops; the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+sys.path.insert(0, str(Path(__file__).parent))
+from telemetry import Broker  # this directory's broker helper
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+CAP = 4 << 20  # the default [commands] payload_max_bytes
+ESTOP_EVERY_S = 0.2
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def client(port: int, name: str) -> paho.Client:
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=name, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    c.connect("127.0.0.1", port, keepalive=30)
+    c.loop_start()
+    return c
+
+
+def flooder(port: int, base: str, user: str, seconds: float, out: Any) -> None:
+    """One flooding client (a process of its own: its work is not the daemon's). Niced:
+    clients run elsewhere in a real cell; here they share the daemon's CPUs."""
+    os.nice(10)
+    line = "G1 X10 Y10 F1200\n"
+    gcode = line * ((CAP - 2048) // (len(line) + 1))
+    stats: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
+        body = json.loads(msg.payload)
+        kind = body["command"] + ":" + body["outcome"]
+        if body["outcome"] == "rejected":
+            kind += ":" + body["reason"].split(":", 1)[0].split(" ", 1)[0]
+        with lock:
+            stats[kind] += 1
+
+    c = client(port, f"flood-{user}")
+    c.on_message = on_message
+    c.subscribe(f"{base}/replies/{user}/#", 1)
+    time.sleep(0.5)
+    n = 0
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        n += 1
+        body = {
+            "job": f"{user}-{n}",
+            "steps": [{"process": "print", "gcode": gcode, "setup": {"material": "unobtainium"}}],
+        }
+        info = c.publish(f"{base}/cmd/{user}/submit", json.dumps(body), qos=1)
+        info.wait_for_publish(30)
+        for _ in range(10):
+            c.publish(f"{base}/cmd/{user}/jobs", b'{"limit": 100}', qos=1).wait_for_publish(30)
+    time.sleep(3.0)  # the last replies
+    c.disconnect()
+    c.loop_stop()
+    out.put(dict(stats))
+
+
+class Stops:
+    """Wraps every connected driver's emergency_stop to note when it returned."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, float] = {}
+
+    def wrap(self, runners: dict[str, Any]) -> None:
+        for dev, r in runners.items():
+            d = r.driver
+            if d is None or getattr(d, "_bench_wrapped", False):
+                continue
+            inner = d.emergency_stop
+
+            async def stop(inner: Any = inner, dev: str = dev) -> None:
+                await inner()
+                self.done[dev] = time.monotonic()
+
+            d.emergency_stop = stop
+            d._bench_wrapped = True
+
+
+async def estops(
+    app: Any, sender: paho.Client, base: str, seconds: float, stops: Stops
+) -> list[float]:
+    lat: list[float] = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        runners = app.supervisor.runners
+        stops.wrap(runners)
+        stops.done.clear()
+        targets = {dev for dev, r in runners.items() if r.driver is not None}
+        t0 = time.monotonic()
+        sender.publish(f"{base}/cmd/safety/estop", b'{"reason": "bench"}', qos=1)
+        deadline = t0 + 5.0
+        while set(stops.done) < targets and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        if targets and set(stops.done) >= targets:
+            lat.append(max(stops.done[d] for d in targets) - t0)
+        await asyncio.sleep(max(0.0, ESTOP_EVERY_S - (time.monotonic() - t0)))
+    return lat
+
+
+def p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:7.1f} ms"
+
+
+async def run(args: argparse.Namespace) -> None:
+    from cellctl import config as config_mod
+    from cellctl import logs
+    from cellctl.app import App
+
+    work = Path(tempfile.mkdtemp(prefix="cellctl-bench-"))
+    broker = Broker(work)
+    text = DEMO.read_text()
+    mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    text = re.sub(r"(?ms)^\[mqtt\].*\Z", mqtt, text)
+    text = text.replace('level = "info"', 'level = "error"')
+    (work / "demo.toml").write_text(text)
+    cell = config_mod.load(work / "demo.toml")
+    logs.configure("error", "console")
+    if args.switch_ms is not None:
+        sys.setswitchinterval(args.switch_ms / 1000)
+    base = f"cellctl/v2/{cell.name}"
+    app = App(cell)
+    task = asyncio.create_task(app.run())
+    try:
+        assert app.mqtt is not None
+        async with asyncio.timeout(60):
+            await app.mqtt.ready.wait()
+            await app.supervisor.started.wait()
+            for r in app.supervisor.runners.values():
+                await r.connected.wait()
+        sender = client(broker.port, "bench-safety")
+        # N jobs queued (a setup no device has), from users of 90 each: under the rate.
+        replies: Counter[str] = Counter()
+        sender.on_message = lambda c, u, m: replies.update([json.loads(m.payload)["outcome"]])
+        sender.subscribe(f"{base}/replies/#", 1)
+        await asyncio.sleep(0.5)
+        for i in range(args.jobs):
+            step = {"process": "print", "gcode": "G28\n", "setup": {"material": "x"}}
+            body = {"job": f"q-{i}", "steps": [step]}
+            sender.publish(f"{base}/cmd/loader{i // 90}/submit", json.dumps(body), qos=1)
+            if i % 20 == 19:
+                while sum(replies.values()) < i - 20:
+                    await asyncio.sleep(0.05)
+        while sum(replies.values()) < args.jobs:
+            await asyncio.sleep(0.05)
+        print(f"{args.jobs} jobs queued: {dict(replies)}")
+        sender.unsubscribe(f"{base}/replies/#")
+
+        stops = Stops()
+        idle = await estops(app, sender, base, args.idle_seconds, stops)
+        gc.collect()
+        rss0 = rss_mib()
+        peak = [rss0]
+        sampling = True
+
+        def sample() -> None:
+            while sampling:
+                peak[0] = max(peak[0], rss_mib())
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        procs = [
+            ctx.Process(target=flooder, args=(broker.port, base, f"flood{k}", args.seconds, out))
+            for k in range(8)
+        ]
+        for p in procs:
+            p.start()
+        await asyncio.sleep(1.5)  # the clients connect and start
+        flood = await estops(app, sender, base, args.seconds - 1.5, stops)
+        totals: Counter[str] = Counter()
+        for _ in procs:
+            totals.update(await asyncio.to_thread(out.get, True, 120))
+        for p in procs:
+            await asyncio.to_thread(p.join, 30)
+        handler = app.mqtt.commands
+        assert handler is not None
+        print(f"flood over; e-stop median {ms(statistics.median(flood))}", flush=True)
+        drain_until = time.monotonic() + 60  # the queues drain, or a minute passes
+        while any(len(q) for q in handler.lanes.values()) and time.monotonic() < drain_until:
+            await asyncio.sleep(0.1)
+        waiting = sum(len(q) for q in handler.lanes.values())
+        print(f"commands queued once the flood ended and the queues drained (≤ 60 s): {waiting}")
+        sampling = False
+        sampler.join()
+        gc.collect()
+        await asyncio.sleep(2.0)
+        rss_after = rss_mib()
+
+        med_i, med_f = statistics.median(idle), statistics.median(flood)
+        devices = len(cell.devices)
+        print(f"\ne-stop latency, publish → last device's stop written ({devices} devices)")
+        print(f"  baseline, no flood  (n={len(idle):3d}): median {ms(med_i)}  p99 {ms(p99(idle))}")
+        print(
+            f"  8-client flood      (n={len(flood):3d}): median {ms(med_f)}  p99 {ms(p99(flood))}"
+            f"  max {ms(max(flood))}"
+        )
+        slowest = ", ".join(f"{x * 1000:.0f}" for x in sorted(flood)[-5:])
+        print(f"  slowest under the flood: {slowest} ms")
+        print(
+            f"  ratio flood/baseline: median {med_f / med_i:.1f}×"
+            f"  p99 {p99(flood) / p99(idle):.1f}×"
+        )
+        print("\nresident size of the daemon process")
+        print(
+            f"  before {rss0:.0f} MiB, peak {peak[0]:.0f} MiB (+{peak[0] - rss0:.0f}),"
+            f" after {rss_after:.0f} MiB (+{rss_after - rss0:.0f})"
+        )
+        queries = totals["jobs:accepted"]
+        rate = queries / args.seconds
+        print(f"\njobs queries answered: {queries} in {args.seconds:.0f} s = {rate:.0f}/s")
+        print(f"replies seen by the flooders: {dict(sorted(totals.items()))}")
+        print(f"refused at the door (size, rate, lane full): {handler.refused}")
+    finally:
+        app.request_stop()
+        async with asyncio.timeout(30):
+            await task
+        broker.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval")
+    args = ap.parse_args()
+    args.jobs = args.jobs if args.jobs is not None else (200 if args.quick else 2000)
+    args.seconds = args.seconds if args.seconds is not None else (6.0 if args.quick else 20.0)
+    args.idle_seconds = 3.0 if args.quick else 8.0
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
