@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal, Protocol
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cellctl.access import COMMAND_NAMES, Access
+from cellctl.access import COMMAND_NAMES, USER_PATTERN, Access
 from cellctl.errors import CellError, NotSupported
 from cellctl.model import DeviceState, RequestKind
 from cellctl.store import Store, StoreError, transaction
@@ -70,6 +70,9 @@ class Command(BaseModel):
     v: Literal[1] = 1
     # Echoed in the reply: the correlation on MQTT 3.1.1.
     id: Annotated[str, Field(max_length=128)] | None = None
+    # Sent by a front end (permission `frontend`, cellctl.access) for a user it verified
+    # itself: that user's roles decide, and the audit names both.
+    on_behalf_of: Annotated[str, Field(pattern=USER_PATTERN)] | None = None
 
 
 class DeviceCommand(Command):
@@ -392,6 +395,8 @@ class CommandHandler:
         data, malformed = self._try_parse(msg.payload)
         rid = data.get("id")
         request_id = rid if isinstance(rid, str) else None
+        behalf = data.get("on_behalf_of")
+        acting: str | None = None  # the user a front end acts for, once it may
         reply_topic, misdirected = self._reply_topic(route, msg)
         try:
             if misdirected:
@@ -399,7 +404,13 @@ class CommandHandler:
             model = COMMANDS.get(name)
             if model is None:
                 raise Rejected(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
-            self.access.check(route.user, name)  # before anything is touched
+            if behalf is None:
+                self.access.check(route.user, name)  # before anything is touched
+            elif not isinstance(behalf, str):
+                raise Rejected("on_behalf_of: expected a user name (a string)")
+            else:
+                self.access.check_on_behalf(route.user, behalf, name)
+                acting = behalf
             if malformed:
                 raise Rejected(malformed)
             try:
@@ -413,7 +424,7 @@ class CommandHandler:
         except Exception as exc:  # a bug: the daemon survives it and says so
             log.error("command handler raised", command=name, exc_info=exc)
             outcome, reason = "rejected", f"internal error: {type(exc).__name__}"
-        origin = self._origin(msg)
+        origin = self._origin(msg, acting)
         record = AuditRecord(name, request_id, origin, outcome, reason)
         try:
             await self._commit_audit(record, payload_text, name == "estop" or outcome != "accepted")
@@ -472,12 +483,14 @@ class CommandHandler:
             raise Rejected(f"expected a JSON object, got {type(data).__name__}")
         return data
 
-    def _origin(self, msg: Incoming) -> dict[str, Any]:
+    def _origin(self, msg: Incoming, behalf: str | None = None) -> dict[str, Any]:
+        """Who sent it; with `behalf` (checked: the sender has `frontend`), who it was for."""
         props = dict(msg.user_properties)
         route = self.topics.parse_command(msg.topic)
-        return {
+        sender = route.user if route is not None else None
+        origin: dict[str, Any] = {
             # The broker-verified user (from the topic); None on a legacy topic.
-            "user": route.user if route is not None else None,
+            "user": sender,
             "verified": route is not None
             and route.user is not None
             and self.access.verified
@@ -486,6 +499,9 @@ class CommandHandler:
             "user_properties": props,
             "response_topic": msg.response_topic,
         }
+        if behalf is not None:  # the user the front end verified; `via` the front end
+            origin["user"], origin["via"] = behalf, sender
+        return origin
 
     async def _commit_audit(self, rec: AuditRecord, payload: bytes, separate: bool) -> None:
         # Accepted commands other than estop committed their own rows with the audit
@@ -555,7 +571,7 @@ class CommandHandler:
         else:
             raise Rejected(f"command {name!r} has no handler")
         # The job service committed its change; the audit row follows.
-        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        rec = AuditRecord(name, cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted")
         await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
         return result
 
@@ -592,7 +608,7 @@ class CommandHandler:
                 await action(driver)
         except TimeoutError:
             raise Rejected(f"device {cmd.device!r} did not carry out {name} in time") from None
-        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        rec = AuditRecord(name, cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted")
         try:
             await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
         except StoreError as exc:  # it acted: the reply says so, the log says the rest
@@ -609,7 +625,7 @@ class CommandHandler:
         self._runner(cmd.device)
         in_service = isinstance(cmd, IntoService)
         reason = cmd.reason if isinstance(cmd, OutOfService) else ""
-        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        rec = AuditRecord(name, cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted")
 
         def write(conn: sqlite3.Connection) -> None:
             with transaction(conn):

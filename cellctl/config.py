@@ -27,6 +27,7 @@ from cellctl.access import AccessSection
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
+from cellctl.panel.config import PanelSection
 from cellctl.registry import Registry
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -281,6 +282,8 @@ class CellConfig(Strict):
     store: StoreSection = StoreSection()
     # Who may send which command (cellctl/access.py); absent: estop for everyone, no more.
     access: AccessSection = AccessSection()
+    # `cellctl panel`, the HTTP front end (docs/panel.md); read only by it.
+    panel: PanelSection = PanelSection()
 
     @model_validator(mode="after")
     def _hotfolder_may_submit(self) -> CellConfig:
