@@ -73,7 +73,7 @@ async def receive(request: web.Request, spool: Path | None, max_bytes: int) -> U
     """The multipart form's file in a spool file and its other fields. Raises UploadError."""
     length = request.content_length
     if length is not None and length > max_bytes + 64 * 1024:  # the form's own bytes aside
-        raise UploadError(413, f"upload of {length} bytes is over the limit of {max_bytes}")
+        raise UploadError(413, f"{length} bytes: over the upload limit of {max_bytes} bytes")
     if not request.content_type.startswith("multipart/"):
         raise UploadError(400, "expected a multipart/form-data body with a 'file' field")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -26,12 +27,13 @@ bob = ["viewer"]
 """
 
 
-def demo_config(where: Path, port: int, panel: str = "") -> Path:
+def demo_config(where: Path, port: int, **panel: object) -> Path:
     """configs/demo.toml on the test's broker, state in `where`, users and a [panel]."""
     text = DEMO.read_text()
     text = re.sub(r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n', text)
     text = re.sub(r"(?m)^\[access\]\nallow_anonymous = true\n", ACCESS, text)
-    text += f'\n[panel]\nport = 0\nmqtt_username = "panel"\ncommand_timeout_s = 30\n{panel}\n'
+    settings = {"port": 0, "mqtt_username": "panel", "command_timeout_s": 30, **panel}
+    text += "\n[panel]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     path = where / "demo.toml"
     path.write_text(text)
     return path
