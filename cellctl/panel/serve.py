@@ -46,6 +46,8 @@ async def running(
     settings = settings or load_settings(source)
     panel_cfg = settings.panel
     spool = source.parent / panel_cfg.spool_dir if panel_cfg.spool_dir is not None else None
+    if spool is not None:
+        spool.mkdir(parents=True, exist_ok=True)
     cell = CellClient(panel_target(settings), panel_cfg)
     panel = Panel(settings, key_store(settings, source), cell, spool)
     ctx: ssl.SSLContext | None = None

@@ -32,7 +32,13 @@ def demo_config(where: Path, port: int, **panel: object) -> Path:
     text = DEMO.read_text()
     text = re.sub(r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n', text)
     text = re.sub(r"(?m)^\[access\]\nallow_anonymous = true\n", ACCESS, text)
-    settings = {"port": 0, "mqtt_username": "panel", "command_timeout_s": 30, **panel}
+    settings = {
+        "port": 0,
+        "mqtt_username": "panel",
+        "command_timeout_s": 30,
+        "spool_dir": "spool",
+        **panel,
+    }
     text += "\n[panel]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     path = where / "demo.toml"
     path.write_text(text)
@@ -55,16 +61,25 @@ def new_key(config: Path, user: str) -> str:
     return done.stdout.splitlines()[1].strip()
 
 
-@contextlib.asynccontextmanager
-async def process(argv: list[str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """A cellctl subprocess, stopped with SIGTERM (bounded) on exit."""
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as err:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "cellctl", *argv],
             stdout=subprocess.PIPE,
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+
+def spooled(where: Path) -> list[Path]:
+    """Spool files the panel left behind."""
+    return list(where.glob("**/cellctl-panel-*"))
+
+
+@contextlib.asynccontextmanager
+async def process(argv: list[str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """A cellctl subprocess, stopped with SIGTERM (bounded) on exit."""
+    proc = spawn(argv, log)
     try:
         yield proc
     finally:

@@ -10,7 +10,7 @@ import aiohttp
 import octorest
 import pytest
 from mqtt_broker import Mosquitto
-from panel_rig import demo_config, new_key
+from panel_rig import demo_config, new_key, spooled
 
 from cellctl.config import load_settings
 from cellctl.panel.serve import running
@@ -79,8 +79,7 @@ async def test_refusals(tmp_path: Path, broker: Mosquitto) -> None:
 
         async def chunked() -> object:  # no Content-Length: refused at the limit while read
             head = (
-                b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.gcode"\r\n'
-                b"\r\n"
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.gcode"\r\n\r\n'
             )
             yield head
             for _ in range(20):
@@ -92,10 +91,12 @@ async def test_refusals(tmp_path: Path, broker: Mosquitto) -> None:
             async with s.post(url + "/api/files/local", data=chunked(), headers=headers) as r:
                 assert r.status == 413 and "over the upload limit" in await r.text()
 
-        status, text = await post(url, alice, form("a.gcode", GCODE), "/device/nope/api/files/local")
+        one = "/device/nope/api/files/local"
+        status, text = await post(url, alice, form("a.gcode", GCODE), one)
         assert status == 404 and "no device 'nope'" in text and "printer-1" in text
 
         # Nothing answers on the broker (no daemon): 503, the reason given.
         status, text = await post(url, alice, form("a.gcode", GCODE, print="true"))
         assert status == 503 and "the cell did not answer" in text and "no reply to submit" in text
-    assert not list(tmp_path.glob("**/cellctl-panel-*"))  # every spool file removed
+    assert (tmp_path / "spool").is_dir()
+    assert not await asyncio.to_thread(spooled, tmp_path)  # every spool file removed
