@@ -117,7 +117,7 @@ class Panel:
     ) -> web.Response:
         do_print = up.fields.get("print", "false").lower() in TRUE
         label = _label(up.fields.get("path", ""))
-        spec = await asyncio.to_thread(self._job, up, label)
+        spec = await asyncio.to_thread(self._job, up, label, device)
         try:
             if do_print:
                 job = await self._submit(spec, up, user, device)
@@ -160,15 +160,19 @@ class Panel:
             body["job"] = job
         return web.json_response(body, status=201)
 
-    def _job(self, up: Upload, label: str) -> JobSpec:
-        """The job the hot folder would make of this file (slicer metadata → setup)."""
+    def _job(self, up: Upload, label: str, device: str | None) -> JobSpec:
+        """The job the hot folder would make of this file (slicer metadata → setup).
+
+        Its id is the file's stem and hash, as for `cellctl submit`; the label and the
+        device asked for are part of it, since a reprint repeats the job as first sent."""
         stem = PurePosixPath(up.filename).stem
         try:
             spec = gcode_job(self.settings.jobs, Path(up.filename), up.sha256, scan_file(up.path))
         except ValueError as exc:
             raise _error(409, f"not a valid job: {exc}") from None
-        if label:
-            spec = spec.model_copy(update={"id": job_id_for(f"{label}_{stem}", up.sha256)})
+        if label or device:
+            named = "_".join(p for p in (label, stem, device) if p)
+            spec = spec.model_copy(update={"id": job_id_for(named, up.sha256)})
         return spec
 
     async def _submit(self, spec: JobSpec, up: Upload, user: str, device: str | None) -> Any:

@@ -93,12 +93,31 @@ async def test_slicer_uploads_print_on_the_demo_cell(tmp_path: Path, broker: Mos
                 assert code == "409", refused
                 assert "looks cut short" in json.loads(body)["error"]
 
+                # A per-device URL: only that device may run it; one that cannot, refused.
+                for device, want in [("printer-1", "201"), ("mill-1", "409")]:
+                    sent = await asyncio.to_thread(
+                        subprocess.run,
+                        [*curl[:4], "-F", f"file=@{part}", "-F", "print=true", "-w",
+                         "\n%{http_code}", f"{url}/device/{device}/api/files/local"],
+                        capture_output=True, text=True, timeout=BOUND,
+                    )  # fmt: skip
+                    body, _, code = sent.stdout.rpartition("\n")
+                    assert code == want, sent
+                    if device == "printer-1":
+                        pinned = json.loads(body)["job"]
+                        assert pinned["id"] == f"part_printer-1-{digest[:12]}"
+                        assert pinned["steps"][0]["target"] == "printer-1"
+                        await job_done(sub, pinned["id"])
+                    else:
+                        why = "device 'mill-1' cannot do process 'print'"
+                        assert why in json.loads(body)["error"]
+
             # The audit names the user the panel verified and the panel's own user.
             accepted = origins(sub, "accepted")
-            assert len(accepted) == 2, accepted
+            assert len(accepted) == 3, accepted
             assert all(o["user"] == "alice" and o["via"] == "panel" for o in accepted)
             refused = origins(sub, "rejected")
-            assert [(o["user"], o["via"]) for o in refused] == [("alice", "panel")]
+            assert [(o["user"], o["via"]) for o in refused] == [("alice", "panel")] * 2
 
             # The cell enforces it too: only a `frontend` user may speak for another,
             # and then the other's roles decide.
