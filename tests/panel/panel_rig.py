@@ -31,7 +31,7 @@ def demo_config(where: Path, port: int, **panel: object) -> Path:
     """configs/demo.toml on the test's broker, state in `where`, users and a [panel]."""
     text = DEMO.read_text()
     text = re.sub(r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n', text)
-    text = re.sub(r"(?m)^\[access\]\nallow_anonymous = true\n", ACCESS, text)
+    text = re.sub(r"(?ms)^\[access\].*?(?=^\[mqtt\])", ACCESS + "\n", text)  # and [panel]
     settings = {
         "port": 0,
         "mqtt_username": "panel",
