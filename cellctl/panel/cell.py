@@ -31,6 +31,7 @@ from cellctl.panel.config import PanelSection
 log = structlog.get_logger("cellctl.panel")
 
 RESENDS = 2  # rounds of resending what the cell says is missing
+CONNECT_S = 5.0
 
 
 class CellUnavailable(CellError):
@@ -73,11 +74,26 @@ class CellClient:
     def _send(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             if self._remote is None:
-                self._remote = Remote.connect(self.target, self.panel.command_timeout_s)
+                self._remote = self._open()
             return self._remote.command(name, body)
         except CellError as exc:
             self._drop()
             raise CellUnavailable(str(exc)) from None
+
+    def _open(self) -> Remote:
+        connect_s = min(CONNECT_S, self.panel.command_timeout_s)
+        try:
+            remote = Remote.connect(self.target, connect_s)
+        except CellError:
+            if not self.target.mqtt5:
+                raise
+            # amqtt (the demo's embedded broker) speaks 3.1.1 only, and leaves an MQTT 5
+            # CONNECT that carries a user name unanswered instead of refusing its version.
+            older = dataclasses.replace(self.target, mqtt5=False)
+            remote = Remote.connect(older, connect_s)
+            self.target = older
+        remote.timeout = self.panel.command_timeout_s
+        return remote
 
     def _drop(self) -> None:
         remote, self._remote = self._remote, None

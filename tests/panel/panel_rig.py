@@ -27,10 +27,12 @@ bob = ["viewer"]
 """
 
 
-def demo_config(where: Path, port: int, **panel: object) -> Path:
-    """configs/demo.toml on the test's broker, state in `where`, users and a [panel]."""
+def demo_config(where: Path, port: int, embedded: bool = False, **panel: object) -> Path:
+    """configs/demo.toml on the test's broker (or its own embedded one on `port`), state in
+    `where`, users and a [panel]."""
     text = DEMO.read_text()
-    text = re.sub(r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n', text)
+    mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nembedded = {str(embedded).lower()}\n'
+    text = re.sub(r"(?ms)^\[mqtt\].*\Z", mqtt, text)
     text = re.sub(r"(?ms)^\[access\].*?(?=^\[mqtt\])", ACCESS + "\n", text)  # and [panel]
     settings = {
         "port": 0,

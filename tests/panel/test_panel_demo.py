@@ -12,9 +12,9 @@ from pathlib import Path
 
 import octoclient
 from jobs.conftest import gcode
-from mqtt_broker import Mosquitto
+from mqtt_broker import Mosquitto, free_port
 from mqtt_rig import Commander, Subscriber
-from panel_rig import BOUND, demo_config, new_key, process
+from panel_rig import BOUND, cellctl, demo_config, new_key, process
 
 from cellctl.config import load_settings
 from cellctl.panel.serve import running
@@ -135,3 +135,33 @@ async def test_slicer_uploads_print_on_the_demo_cell(tmp_path: Path, broker: Mos
             assert panel_only["outcome"] == "rejected"  # frontend alone submits nothing
     finally:
         sub.stop()
+
+
+async def test_the_demo_as_the_readme_runs_it_on_its_embedded_broker(tmp_path: Path) -> None:
+    """The README's steps: the demo's own broker (amqtt, MQTT 3.1.1 only), the panel, curl."""
+    cfg = demo_config(tmp_path, free_port(), embedded=True)
+    alice = await asyncio.to_thread(new_key, cfg, "alice")
+    part = tmp_path / "my-part.gcode"
+    part.write_text(gcode(15))
+    async with process(["run", str(cfg)], tmp_path / "daemon.log"):
+        async with running(cfg, load_settings(cfg)) as url:
+            argv = ["curl", "-sS", "-H", f"X-Api-Key: {alice}", "-F", f"file=@{part}",
+                    "-F", "print=true", "-w", "\n%{http_code}",
+                    f"{url}/api/files/local"]  # fmt: skip
+            for _ in range(int(BOUND)):  # the daemon starts its broker: until it answers
+                out = await asyncio.to_thread(
+                    subprocess.run, argv, capture_output=True, text=True, timeout=BOUND
+                )
+                body, _, code = out.stdout.rpartition("\n")
+                if code != "503":
+                    break
+                await asyncio.sleep(1)
+            assert code == "201", out
+            job_id = json.loads(body)["job"]["id"]
+            for _ in range(int(BOUND)):
+                done = await asyncio.to_thread(cellctl, "jobs", str(cfg), "--job", job_id, "--json")
+                if done.returncode == 0 and json.loads(done.stdout)[0]["state"] == "done":
+                    break
+                await asyncio.sleep(1)
+            else:
+                raise AssertionError(f"job {job_id} not done: {done.stdout} {done.stderr}")

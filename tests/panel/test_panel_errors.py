@@ -44,6 +44,9 @@ async def test_refusals(tmp_path: Path, broker: Mosquitto) -> None:
                 assert r.status == 401 and "no API key" in await r.text()
             async with s.get(url + "/api/version", headers={"X-Api-Key": "ck_0_x"}) as r:
                 assert r.status == 401 and "invalid API key" in await r.text()
+            bearer = {"Authorization": f"Bearer {alice}"}
+            async with s.get(url + "/api/version", headers=bearer) as r:
+                assert r.status == 200
             async with s.get(url + "/api/version", headers={"X-Api-Key": alice}) as r:
                 version = await r.json()
                 assert r.status == 200 and version["api"] == "0.1"
