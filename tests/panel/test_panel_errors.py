@@ -103,3 +103,32 @@ async def test_refusals(tmp_path: Path, broker: Mosquitto) -> None:
         assert status == 503 and "the cell did not answer" in text and "no reply to submit" in text
     assert (tmp_path / "spool").is_dir()
     assert not await asyncio.to_thread(spooled, tmp_path)  # every spool file removed
+
+
+async def test_tls_by_configuration(tmp_path: Path, broker: Mosquitto) -> None:
+    """[panel.tls]: the panel serves HTTPS only; a client that trusts the CA gets in."""
+    import ssl
+
+    from mqtt_broker import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    cfg = demo_config(tmp_path, broker.port)
+    cfg.write_text(
+        cfg.read_text()
+        + f'\n[panel.tls]\ncert_file = "{certs.server_cert}"\nkey_file = "{certs.server_key}"\n'
+    )
+    alice = await asyncio.to_thread(new_key, cfg, "alice")
+    trust = ssl.create_default_context(cafile=str(certs.ca))
+    async with running(cfg, load_settings(cfg)) as url:
+        assert url.startswith("https://127.0.0.1:")
+        async with aiohttp.ClientSession() as s:
+            headers = {"X-Api-Key": alice}
+            async with s.get(url + "/api/version", headers=headers, ssl=trust) as r:
+                assert r.status == 200 and (await r.json())["api"] == "0.1"
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with s.get(url + "/api/version", headers=headers):
+                    pass
+            plain = url.replace("https://", "http://")
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(plain + "/api/version", headers=headers):
+                    pass
