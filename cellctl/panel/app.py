@@ -25,7 +25,7 @@ from cellctl.config import CellConfig
 from cellctl.jobs.gcode import scan_file
 from cellctl.jobs.jobfiles import gcode_job, job_id_for
 from cellctl.jobs.spec import JobSpec
-from cellctl.panel.apikeys import KeyStore
+from cellctl.panel.apikeys import KeyFileError, KeyStore
 from cellctl.panel.cell import CellClient, CellRefused, CellUnavailable
 from cellctl.panel.upload import Upload, UploadError, receive
 
@@ -66,7 +66,11 @@ class Panel:
             key = auth[len("Bearer ") :].strip() if auth.startswith("Bearer ") else ""
         if not key:
             raise _error(401, "no API key: send it in the X-Api-Key header")
-        user = self.keys.verify(key)
+        try:
+            user = self.keys.verify(key)
+        except KeyFileError as exc:  # the operator's to fix; no key can be checked meanwhile
+            log.error("API keys unreadable", error=str(exc))
+            raise _error(500, f"the panel cannot check API keys: {exc}") from None
         if user is None:
             raise _error(401, "invalid API key")
         return user
@@ -207,6 +211,7 @@ def _error(status: int, message: str) -> web.HTTPException:
         409: web.HTTPConflict,
         413: web.HTTPRequestEntityTooLarge,
         415: web.HTTPUnsupportedMediaType,
+        500: web.HTTPInternalServerError,
         503: web.HTTPServiceUnavailable,
     }[status]
     body = json.dumps({"error": message})

@@ -98,6 +98,13 @@ async def test_refusals(tmp_path: Path, broker: Mosquitto) -> None:
         status, text = await post(url, alice, form("a.gcode", GCODE), one)
         assert status == 404 and "no device 'nope'" in text and "printer-1" in text
 
+        keys = tmp_path / "state" / "panel-keys.json"
+        saved = keys.read_bytes()
+        keys.write_text("{damaged")  # the operator's mistake: said, not a traceback
+        status, text = await post(url, alice, form("a.gcode", GCODE))
+        assert status == 500 and "panel-keys.json: not a key file" in text
+        keys.write_bytes(saved)
+
         # Nothing answers on the broker (no daemon): 503, the reason given.
         status, text = await post(url, alice, form("a.gcode", GCODE, print="true"))
         assert status == 503 and "the cell did not answer" in text and "no reply to submit" in text

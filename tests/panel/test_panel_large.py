@@ -12,11 +12,16 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from jobs.conftest import gcode
 from mqtt_broker import Mosquitto
+from mqtt_rig import Subscriber
 from panel_rig import BOUND, demo_config, new_key, process, spooled
 from program_double import ProgramDouble
 
+from cellctl.access import COMMAND_NAMES
+from cellctl.config import load_settings
+from cellctl.panel.serve import running
 from cellctl.telemetry.topics import Topics
 
 MIB = 1 << 20
@@ -108,7 +113,6 @@ async def test_100_mb_upload_streams_with_bounded_memory(tmp_path: Path, broker:
 
 async def test_a_hash_the_cell_refuses_is_reported(tmp_path: Path, broker: Mosquitto) -> None:
     """The cell's `sha256 mismatch` (the file changed under the panel, say) is reported."""
-    from cellctl.config import load_settings
     from cellctl.panel.cell import CellClient, CellRefused, panel_target
 
     cfg = demo_config(tmp_path, broker.port, chunk_bytes=4096)
@@ -132,3 +136,40 @@ async def test_a_hash_the_cell_refuses_is_reported(tmp_path: Path, broker: Mosqu
     finally:
         await client.close()
         double.stop()
+
+
+@pytest.mark.skipif(
+    "put_program" not in COMMAND_NAMES,
+    reason="the daemon has no put_program yet (issue 23): runs once that branch is merged",
+)
+async def test_chunked_upload_prints_on_the_demo_cell(tmp_path: Path, broker: Mosquitto) -> None:
+    """The real daemon's put_program: over the inline limit, print=true and print=false."""
+    cfg = demo_config(tmp_path, broker.port, inline_max_mb=0.01, chunk_bytes=8192)
+    alice = await asyncio.to_thread(new_key, cfg, "alice")
+    part = tmp_path / "chunky.gcode"
+    part.write_text(gcode(2000))  # ~60 KB: 8 chunks
+    kept = tmp_path / "kept.gcode"
+    kept.write_text(gcode(1500))
+    sub = await Subscriber(broker.port, [Topics("demo").everything]).start()
+    try:
+        async with process(["run", str(cfg)], tmp_path / "daemon.log"):
+            await sub.online()
+            async with running(cfg, load_settings(cfg)) as url:
+                code, body = await asyncio.to_thread(curl, url, alice, part, print="true")
+                assert code == 201, body
+                job = body["job"]
+                assert isinstance(job, dict)
+                sha = hashlib.sha256(part.read_bytes()).hexdigest()
+                assert job["steps"][0]["program"]["sha256"] == sha
+                await sub.wait_for(
+                    lambda: any(
+                        m.json().get("state") == "done" for m in sub.on(f"jobs/{job['id']}/events")
+                    ),
+                    "the chunked job done",
+                    within_s=BOUND,
+                )
+                for _ in range(2):  # stored; the second time the cell has it already
+                    code, body = await asyncio.to_thread(curl, url, alice, kept, print="false")
+                    assert code == 201 and body["effectivePrint"] is False, body
+    finally:
+        sub.stop()
