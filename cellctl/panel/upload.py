@@ -55,7 +55,8 @@ class Upload:
 
 def base_name(name: str) -> str:
     """The last component of a client's file name, whichever separator it used."""
-    return PureWindowsPath(PurePosixPath(name).name).name.strip()
+    last = PureWindowsPath(PurePosixPath(name).name).name.strip()
+    return "" if last in (".", "..") else last
 
 
 def check_name(name: str) -> None:

@@ -4,6 +4,7 @@ the panel refuses these before it asks the cell, and says so when the cell is si
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -79,6 +80,17 @@ async def test_refusals(tmp_path: Path, broker: Mosquitto) -> None:
         big = GCODE * (70_000 // len(GCODE))  # over 64 KiB
         status, text = await post(url, alice, form("big.gcode", big))
         assert status == 413 and "over the upload limit of 65536 bytes" in text
+
+        # curl sends Content-Length: refused before the body is read.
+        (tmp_path / "big.gcode").write_bytes(big * 3)  # past the form's allowance too
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "-sS", "-H", f"X-Api-Key: {alice}", "-F", f"file=@{tmp_path / 'big.gcode'}",
+             "-w", "\n%{http_code}", url + "/api/files/local"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        text, _, code = out.stdout.rpartition("\n")
+        assert code == "413" and "bytes: over the upload limit of 65536 bytes" in text, out
 
         async def chunked() -> object:  # no Content-Length: refused at the limit while read
             head = (
