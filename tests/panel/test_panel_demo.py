@@ -113,6 +113,11 @@ async def test_slicer_uploads_print_on_the_demo_cell(tmp_path: Path, broker: Mos
                         assert why in json.loads(body)["error"]
 
             # The audit names the user the panel verified and the panel's own user.
+            # Audit records are events (spooled): they may trail the replies a little.
+            await sub.wait_for(
+                lambda: len(origins(sub, "accepted")) == 3 and len(origins(sub, "rejected")) == 2,
+                "the audit of three accepted and two refused submits",
+            )
             accepted = origins(sub, "accepted")
             assert len(accepted) == 3, accepted
             assert all(o["user"] == "alice" and o["via"] == "panel" for o in accepted)
@@ -121,18 +126,31 @@ async def test_slicer_uploads_print_on_the_demo_cell(tmp_path: Path, broker: Mos
 
             # The cell enforces it too: only a `frontend` user may speak for another,
             # and then the other's roles decide.
+            # One Commander per user: its correlation data count from 1.
+            as_user = {u: Commander(sub, topics, user=u) for u in ("mallory", "panel")}
             for user, behalf, why in [
                 ("mallory", "alice", "user 'mallory' may not act on behalf of 'alice'"),
                 ("panel", "bob", "user 'bob' lacks permission 'submit'"),
             ]:
-                cmd = Commander(sub, topics, user=user)
+                cmd = as_user[user]
                 body = {"job": "x", "steps": [{"process": "print"}], "on_behalf_of": behalf}
                 reply = await cmd.send("submit", body)
                 assert reply["outcome"] == "rejected" and reply["reason"].startswith(why), reply
-            panel_only = await Commander(sub, topics, user="panel").send(
+            panel_only = await as_user["panel"].send(
                 "submit", {"job": "x", "steps": [{"process": "print"}]}
             )
             assert panel_only["outcome"] == "rejected"  # frontend alone submits nothing
+            # An emergency stop is never refused for its on_behalf_of: it acts as the sender.
+            stop = {"reason": "test", "on_behalf_of": "alice"}
+            reply = await as_user["mallory"].send("estop", stop)
+            assert reply["outcome"] == "accepted", reply
+
+            def estops() -> list[dict[str, dict[str, object]]]:
+                return [m.json() for m in sub.on("/audit") if m.json()["command"] == "estop"]
+
+            await sub.wait_for(lambda: bool(estops()), "the estop's audit record")
+            [last] = estops()
+            assert last["origin"]["user"] == "mallory" and last["origin"].get("via") is None
     finally:
         sub.stop()
 
