@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import octoclient
+import pytest
 from jobs.conftest import gcode
 from mqtt_broker import Mosquitto, free_port
 from mqtt_rig import Commander, Subscriber
@@ -35,6 +36,7 @@ def origins(sub: Subscriber, outcome: str) -> list[dict[str, object]]:
     return [b["origin"] for b in bodies if b["command"] == "submit" and b["outcome"] == outcome]
 
 
+@pytest.mark.timeout(300)  # the whole demo cell starts, prints three jobs, stops
 async def test_slicer_uploads_print_on_the_demo_cell(tmp_path: Path, broker: Mosquitto) -> None:
     cfg = demo_config(tmp_path, broker.port)
     alice = await asyncio.to_thread(new_key, cfg, "alice")
@@ -155,6 +157,7 @@ async def test_slicer_uploads_print_on_the_demo_cell(tmp_path: Path, broker: Mos
         sub.stop()
 
 
+@pytest.mark.timeout(300)
 async def test_the_demo_as_the_readme_runs_it_on_its_embedded_broker(tmp_path: Path) -> None:
     """The README's steps: the demo's own broker (amqtt, MQTT 3.1.1 only), the panel, curl."""
     cfg = demo_config(tmp_path, free_port(), embedded=True)
