@@ -12,6 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import octorest
 import pytest
 from jobs.conftest import gcode
 from mqtt_broker import Mosquitto
@@ -88,6 +89,12 @@ async def test_100_mb_upload_streams_with_bounded_memory(tmp_path: Path, broker:
             sent = len(double.chunks)
             code, body = await asyncio.to_thread(curl, url, alice, small, print="false")
             assert code == 201 and len(double.chunks) == sent
+
+            # octorest 0.4 passes its form fields as `json=` beside `files=`, which requests
+            # drops: its upload(print=True) arrives without `print`, so it is only stored.
+            client = await asyncio.to_thread(octorest.OctoRest, url=url, apikey=alice)
+            answer = await asyncio.to_thread(client.upload, str(small), print=True)
+            assert answer["effectivePrint"] is False and double.submits == []
 
             before = status_kib(proc.pid, "VmRSS")
             code, body = await asyncio.to_thread(curl, url, alice, big, print="true")
