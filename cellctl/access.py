@@ -3,7 +3,9 @@
 The user is the one the broker vouched for: commands arrive on
 `<prefix>/<cell>/cmd/<user>/<command>` and the broker's ACL lets each client
 write only under its own user name (docs/mqtt.md). Nothing in a payload or
-in MQTT 5 user properties names the user.
+in MQTT 5 user properties names the user, with one exception: a user with the
+`frontend` permission (a front end such as `cellctl panel` that verified its
+own users) may name another in `on_behalf_of`, whose roles then decide.
 
 Without an `[access]` section, anybody may `estop` and nobody may do
 anything else. `allow_anonymous = true` (the demo) means the broker may let
