@@ -3,7 +3,9 @@
 The user is the one the broker vouched for: commands arrive on
 `<prefix>/<cell>/cmd/<user>/<command>` and the broker's ACL lets each client
 write only under its own user name (docs/mqtt.md). Nothing in a payload or
-in MQTT 5 user properties names the user.
+in MQTT 5 user properties names the user, with one exception: a user with the
+`frontend` permission (a front end such as `cellctl panel` that verified its
+own users) may name another in `on_behalf_of`, whose roles then decide.
 
 Without an `[access]` section, anybody may `estop` and nobody may do
 anything else. `allow_anonymous = true` (the demo) means the broker may let
@@ -47,6 +49,11 @@ COMMAND_NAMES: frozenset[str] = frozenset(
     }
 )
 ALL = "*"
+# Not a command: the right to send commands for another user, who is named by the
+# command's `on_behalf_of` (a front end such as `cellctl panel` that verified that
+# user itself). "*" does not include it: a role must name it.
+FRONTEND = "frontend"
+PERMISSION_NAMES: frozenset[str] = COMMAND_NAMES | {FRONTEND}
 
 # A user name is one MQTT topic level. '/' would let `alice/submit` pass for alice under
 # a `cmd/%u/#` ACL; '+' and '#' are wildcards (Mosquitto refuses %u for them anyway).
@@ -63,6 +70,7 @@ BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
     "planner": frozenset({"jobs", "submit", "reprint", "cancel", "put_program"}),
     "maintenance": frozenset({"jobs", "reset", "set_setup", "out_of_service", "into_service"}),
     "admin": COMMAND_NAMES,
+    "frontend": frozenset({FRONTEND}),
 }
 DEFAULT_EVERYONE: tuple[str, ...] = ("estop",)
 
@@ -74,11 +82,11 @@ class AccessDenied(CellError):
 
 
 def _check_commands(commands: Iterable[str], where: str) -> None:
-    unknown = sorted(set(commands) - COMMAND_NAMES - {ALL})
+    unknown = sorted(set(commands) - PERMISSION_NAMES - {ALL})
     if unknown:
         raise ValueError(
             f"{where}: unknown command {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(sorted(COMMAND_NAMES))} or '*' for all"
+            f"known: {', '.join(sorted(COMMAND_NAMES))}, '*' for all, or {FRONTEND!r}"
         )
 
 
@@ -119,6 +127,11 @@ class AccessSection(BaseModel):
     def _everyone(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if v is not None:
             _check_commands(v, "everyone")
+            if FRONTEND in v:
+                raise ValueError(
+                    f"everyone: {FRONTEND!r} lets a client act as any user; give it to the "
+                    "front end's own user in [access.users] instead"
+                )
         return v
 
     @field_validator("roles")
@@ -154,7 +167,7 @@ class AccessSection(BaseModel):
 
 def _expand(commands: Iterable[str]) -> frozenset[str]:
     names = frozenset(commands)
-    return COMMAND_NAMES if ALL in names else names
+    return COMMAND_NAMES | (names & {FRONTEND}) if ALL in names else names
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,21 @@ class Access:
         has = f"has roles {', '.join(roles)}" if roles else "has no role"
         via = f" (a role with it: {', '.join(granting)})" if granting else ""
         raise AccessDenied(f"user {user!r} lacks permission {command!r}: {has}{via}")
+
+    def check_on_behalf(self, via: str | None, user: str, command: str) -> None:
+        """`via` sends `command` for `user`: via needs `frontend`, user the command.
+
+        Raises AccessDenied naming who lacks what."""
+        if via is None or not self.verified or not self.allowed(via, FRONTEND):
+            who = "a command on a legacy topic" if via is None else f"user {via!r}"
+            why = "" if self.verified else " (the broker accepts anonymous clients)"
+            raise AccessDenied(
+                f"{who} may not act on behalf of {user!r}: permission {FRONTEND!r} "
+                f"refused{why}; give the front end's user the role {FRONTEND!r}"
+            )
+        if not valid_user(user):
+            raise AccessDenied(f"on_behalf_of {user!r} is not a user name")
+        self.check(user, command)
 
     @staticmethod
     def _list(commands: Iterable[str]) -> str:

@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli_plan import add_commands as add_plan_commands
 
     add_plan_commands(sub)
+    from cellctl.cli_panel import add_commands as add_panel_commands
+
+    add_panel_commands(sub)  # panel, apikey
     return p
 
 

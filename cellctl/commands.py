@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal, Protocol
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cellctl.access import COMMAND_NAMES, Access
+from cellctl.access import COMMAND_NAMES, USER_PATTERN, Access, AccessDenied
 from cellctl.command_ids import CommandIds
 from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
 from cellctl.errors import CellError, NotSupported
@@ -79,9 +79,9 @@ class Command(BaseModel):
     # Echoed in the reply: the correlation on MQTT 3.1.1. On a state-changing command
     # it also makes a replay harmless: the first reply answers it (cellctl.command_ids).
     id: Annotated[str, Field(max_length=128)] | None = None
-    # A front end acting for another user (issue 29 gives it its meaning in access.py);
-    # taken and ignored here.
-    on_behalf_of: Annotated[str, Field(max_length=128)] | None = None
+    # Sent by a front end (permission `frontend`, cellctl.access) for a user it verified
+    # itself: that user's roles decide, and the audit names both.
+    on_behalf_of: Annotated[str, Field(pattern=USER_PATTERN)] | None = None
 
 
 class DeviceCommand(Command):
@@ -518,6 +518,7 @@ class CommandHandler:
         request_id: str | None = None
         result: Mapping[str, Any] | list[Mapping[str, Any]] | None = None
         payload_text = msg.payload[:AUDIT_PAYLOAD_MAX]
+        acting: str | None = None  # the user a front end acts for, once it may
         reply_topic, misdirected = self._reply_topic(route, msg)
         # Set once the command was carried out or refused for what it asked: such a
         # reply answers a replay of its id (cellctl.command_ids).
@@ -531,7 +532,26 @@ class CommandHandler:
                 raise Rejected(misdirected)
             if model is None:
                 raise Rejected(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
-            self.access.check(route.user, name)  # before anything is touched
+            behalf: Any = None
+            malformed = ""
+            if b"on_behalf_of" in msg.payload:  # only a front end's commands pay this parse
+                data, malformed = self._try_parse(msg.payload)
+                behalf = data.get("on_behalf_of")
+            if behalf is None:
+                self.access.check(route.user, name)  # before anything is touched
+            elif not isinstance(behalf, str):
+                raise Rejected("on_behalf_of: expected a user name (a string)")
+            else:
+                try:
+                    self.access.check_on_behalf(route.user, behalf, name)
+                    acting = behalf
+                except AccessDenied:
+                    # An emergency stop is never refused for a field it need not carry:
+                    # a sender that may stop the cell by itself does so in its own name.
+                    if name != "estop" or not self.access.allowed(route.user, name):
+                        raise
+            if malformed:
+                raise Rejected(malformed)
             try:
                 # Parsed once, by the model; the plain parse only explains a failure.
                 cmd = model.model_validate_json(msg.payload)
@@ -541,7 +561,7 @@ class CommandHandler:
                 request_id = rid if isinstance(rid, str) else None
                 raise Rejected(malformed or _reject_validation(exc)) from None
             request_id = cmd.id
-            user = route.user
+            user = acting or route.user  # a front end's users each have their own ids
             if user is not None and request_id and CommandIds.applies(name, user, request_id):
                 kept = await self.ids.find(user, request_id)
                 if kept is not None:
@@ -580,7 +600,7 @@ class CommandHandler:
             keep = False
             log.error("command handler raised", command=name, exc_info=exc)
             outcome, reason = "rejected", f"internal error: {type(exc).__name__}"
-        origin = self._origin(msg)
+        origin = self._origin(msg, acting)
         record = AuditRecord(name, request_id, origin, outcome, reason)
         chunk = name == "put_program" and outcome == "accepted"
         if chunk and not (isinstance(result, Mapping) and result.get("complete")):
@@ -659,12 +679,14 @@ class CommandHandler:
             raise Rejected(f"expected a JSON object, got {type(data).__name__}")
         return data
 
-    def _origin(self, msg: Incoming) -> dict[str, Any]:
+    def _origin(self, msg: Incoming, behalf: str | None = None) -> dict[str, Any]:
+        """Who sent it; with `behalf` (checked: the sender has `frontend`), who it was for."""
         props = dict(msg.user_properties)
         route = self.topics.parse_command(msg.topic)
-        return {
+        sender = route.user if route is not None else None
+        origin: dict[str, Any] = {
             # The broker-verified user (from the topic); None on a legacy topic.
-            "user": route.user if route is not None else None,
+            "user": sender,
             "verified": route is not None
             and route.user is not None
             and self.access.verified
@@ -673,6 +695,9 @@ class CommandHandler:
             "user_properties": props,
             "response_topic": msg.response_topic,
         }
+        if behalf is not None:  # the user the front end verified; `via` the front end
+            origin["user"], origin["via"] = behalf, sender
+        return origin
 
     async def _commit_audit(self, rec: AuditRecord, payload: bytes, separate: bool) -> None:
         # Accepted commands other than estop committed their own rows with the audit
@@ -757,7 +782,7 @@ class CommandHandler:
         else:
             raise Rejected(f"command {name!r} has no handler")
         # The job service committed its change; the audit row follows.
-        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        rec = AuditRecord(name, cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted")
         await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
         return result
 
@@ -816,7 +841,7 @@ class CommandHandler:
                 await action(driver)
         except TimeoutError:
             raise Rejected(f"device {cmd.device!r} did not carry out {name} in time") from None
-        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        rec = AuditRecord(name, cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted")
         try:
             await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
         except StoreError as exc:  # it acted: the reply says so, the log says the rest
@@ -833,7 +858,7 @@ class CommandHandler:
         self._runner(cmd.device)
         in_service = isinstance(cmd, IntoService)
         reason = cmd.reason if isinstance(cmd, OutOfService) else ""
-        rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
+        rec = AuditRecord(name, cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted")
 
         def write(conn: sqlite3.Connection) -> None:
             with transaction(conn):

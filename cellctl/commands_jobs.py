@@ -63,6 +63,7 @@ class JobBridge:
                         setup=s.setup,
                         reserves=tuple(s.reserves),
                         estimated_s=s.estimated_s,
+                        device=s.device,
                     )
                 )
             try:

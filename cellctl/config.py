@@ -28,6 +28,7 @@ from cellctl.command_limits import CommandsSection
 from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
+from cellctl.panel.config import PanelSection
 from cellctl.registry import Registry
 from cellctl.telemetry.sparkplug.settings import SparkplugSection
 
@@ -299,6 +300,8 @@ class CellConfig(Strict):
     access: AccessSection = AccessSection()
     # Bounds of the command path: payload cap, lanes, rate, paging, uploads (issue 23).
     commands: CommandsSection = CommandsSection()
+    # `cellctl panel`, the HTTP front end (docs/panel.md); read only by it.
+    panel: PanelSection = PanelSection()
 
     @model_validator(mode="after")
     def _hotfolder_may_submit(self) -> CellConfig:

@@ -35,6 +35,8 @@ class StepRecord:
     # Set when a step stops part-way (held after running): the device it must resume on.
     # While the step is held or queued, that device takes no other work.
     pinned: str | None = None
+    # The one device the submission asked for (StepSpec.device); None: any capable one.
+    target: str | None = None
     attempt: int = 0
     start_line: int = 0
     last_acked_line: int | None = None
@@ -89,6 +91,7 @@ class StepRecord:
             "reason": self.reason,
             "device": self.device,
             "pinned": self.pinned,
+            "target": self.target,
             "attempt": self.attempt,
             "start_line": self.start_line,
             "last_acked_line": self.last_acked_line,

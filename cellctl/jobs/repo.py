@@ -39,6 +39,7 @@ def _step_from_row(r: sqlite3.Row) -> StepRecord:
         device=r["device"],
         reserved=tuple(json.loads(r["reserved"])),
         pinned=r["pinned"],
+        target=r["target"],
         attempt=r["attempt"],
         start_line=r["start_line"],
         last_acked_line=r["last_acked_line"],
@@ -123,7 +124,8 @@ def insert_job(conn: sqlite3.Connection, job: JobRecord, spec_json: str) -> None
         conn.execute(
             "INSERT INTO steps (job_id, idx, unit, position, process, program_kind,"
             " program_sha256, program_file, program_name, program_parameters, gcode, setup,"
-            " reserves, estimated_s, state, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " reserves, estimated_s, state, reason, target)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 s.job_id,
                 s.index,
@@ -141,6 +143,7 @@ def insert_job(conn: sqlite3.Connection, job: JobRecord, spec_json: str) -> None
                 s.estimated_s,
                 s.state.value,
                 s.reason,
+                s.target,
             ),
         )
     add_transition(conn, job.id, None, None, job.state.value, None, job.reason, job.created)

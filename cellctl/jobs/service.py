@@ -470,6 +470,16 @@ class JobService:
                     f"step {pos}: no device in the cell can do process {step.process!r} "
                     f"(processes offered: {have})"
                 )
+            if step.device is not None:
+                target = devices.get(step.device)
+                if target is None:
+                    raise JobRejected(f"step {pos}: no device {step.device!r} in the cell")
+                if step.process not in target.common.processes:
+                    can = ", ".join(target.common.processes) or "nothing"
+                    raise JobRejected(
+                        f"step {pos}: device {step.device!r} cannot do process "
+                        f"{step.process!r} (it does: {can})"
+                    )
             for r in step.reserves:
                 if r == PREVIOUS and pos == 0:
                     raise JobRejected(f"step 0: reserves {PREVIOUS}, but there is no earlier step")
@@ -510,6 +520,7 @@ class JobService:
                     setup=dict(step.setup),
                     reserves=step.reserves,
                     estimated_s=estimate,
+                    target=step.device,
                 )
             )
         return out
@@ -794,7 +805,7 @@ class JobService:
                         reserves=reserves,
                         estimated_s=s.estimated_s,
                         due=job.due,
-                        only_on=s.pinned,
+                        only_on=s.pinned or s.target,
                     )
                 )
         return out, never

@@ -67,6 +67,8 @@ class StepSpec(_Strict):
     setup: dict[str, str] = Field(default_factory=dict)
     reserves: tuple[str, ...] = ()
     estimated_s: float | None = Field(default=None, ge=0)
+    # Only this device may run the step (it must offer the process); None: any that can.
+    device: str | None = Field(default=None, min_length=1, max_length=64)
 
     _norm = field_validator("setup", mode="before")(_setup_values)
 

@@ -134,6 +134,8 @@ class Origin(BaseModel):
     client_id: str | None
     user_properties: dict[str, str]
     response_topic: str | None
+    # A front end's own user when it sent the command for `user` (`on_behalf_of`).
+    via: str | None = None
 
 
 class AuditPayload(_Event):
