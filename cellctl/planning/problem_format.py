@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cellctl.planning.calendar import Calendar, Shift
 from cellctl.planning.instance import Instance
-from cellctl.planning.model import Job, Machine, Objective, Plan, Problem
+from cellctl.planning.model import PREVIOUS, Job, Machine, Objective, Plan, Problem
 
 TOP_KEYS = {"objective", "time_unit", "machines", "setup_times", "jobs", "calendar", "pinned"}
 MACHINE_KEYS = {"id", "initial_setup", "free_at"}
-JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear"}
+JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear", "reserves"}
 CHANGE_KEYS = {"min", "manual"}
 CALENDAR_KEYS = {"timezone", "start", "horizon_days", "shifts", "exceptions"}
 # Any time, weight or count: ample (31 years in seconds), and far below the
@@ -369,16 +369,43 @@ def _jobs(r: _Reader, raw: object, mids: set[Any]) -> list[Job]:
                     ok = False
                 elif a not in deps:
                     deps.append(a)
+        reserves = _reserves(r, where, j.get("reserves", []), mids, raw_d, deps)
         if (
             ok
+            and reserves is not None
             and jid
             and setup
             and release is not None
             and weight is not None
             and clear is not None
         ):
-            out.append(Job(jid, setup, durations, release, due, weight, tuple(deps), clear))
+            out.append(
+                Job(jid, setup, durations, release, due, weight, tuple(deps), clear, reserves)
+            )
     return out
+
+
+def _reserves(
+    r: _Reader, where: str, raw: object, mids: set[Any], durations: object, after: list[str]
+) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        r.bad.append(f"{where}.reserves: expected a list of machine ids, got {_show(raw)}")
+        return None
+    before = len(r.bad)
+    out: list[str] = []
+    for k, d in enumerate(raw):
+        at = f"{where}.reserves[{k}]"
+        if d == PREVIOUS:
+            if len(after) != 1:
+                r.bad.append(f"{at}: {PREVIOUS} needs exactly one job in after, got {len(after)}")
+        elif not isinstance(d, str) or d not in mids:
+            r.bad.append(f"{at}: unknown machine {_show(d)} (a machine id or {PREVIOUS})")
+        elif isinstance(durations, dict) and d in durations:
+            r.bad.append(f"{at}: {d} may run this job; a job cannot hold a machine it may run on")
+        if d in out:
+            r.bad.append(f"{at}: {_show(d)} is reserved twice")
+        out.append(str(d))
+    return tuple(out) if len(r.bad) == before else None
 
 
 def _setup_times(
@@ -503,6 +530,11 @@ def plan_to_json(problem: Problem, plan: Plan) -> dict[str, Any]:
                 "changeover_from": a.setup_before,
                 "changeover_start": a.changeover_start,
                 **({"clear_start": a.clear_start} if a.clear_start is not None else {}),
+                **(
+                    {"reserved": [{"device": d, "from": f, "to": t} for d, f, t in a.reserved]}
+                    if a.reserved
+                    else {}
+                ),
             }
             for a in plan.assignments
         ],

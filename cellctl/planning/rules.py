@@ -52,6 +52,12 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
     waiting = arrival_order(inst)
     active = {m for m in range(inst.m) if any(inst.p[m][j] >= 0 for j in waiting)}
     parked: set[int] = set()
+    pending = set(waiting)
+
+    def held(d: int) -> list[int]:
+        # Holders (`@previous`) of d's last job still waiting: d takes nothing else.
+        return [u for u in inst.holders[seqs[d][-1]] if u in pending] if seqs[d] else []
+
     while waiting:
         if not active:
             raise AssertionError("jobs left that no machine can run")
@@ -61,10 +67,13 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
         pick = -1
         capable = False
         nxt = None
+        only = held(m)
         for j in waiting:
             if pm[j] < 0:
                 continue
             capable = True
+            if only and j not in only:
+                continue
             head = inst.release[j]
             done = True
             for q in inst.preds[j]:
@@ -72,6 +81,11 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
                     done = False
                     break
                 head = max(head, end[q])
+            for d in inst.res[j]:
+                if held(d):
+                    done = False
+                    break
+                head = max(head, ready[d])
             if not done:
                 continue
             if head <= now:
@@ -86,10 +100,12 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
                 nxt = head
         if pick >= 0:
             waiting.remove(pick)
+            pending.discard(pick)
             seqs[m].append(pick)
             c = inst.st[m][prev[m]][inst.setup[pick]]
             end[pick] = now + c + pm[pick]
             ready[m], prev[m] = end[pick], inst.setup[pick]
+            _hold(inst, pick, end, ready, seqs)
             parked.clear()
             continue
         if not capable:
@@ -106,6 +122,17 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
         else:
             parked.add(m)
     return seqs
+
+
+def _hold(inst: Instance, j: int, end: list[int], ready: list[int], seqs: list[list[int]]) -> None:
+    """The devices j reserves are busy until it ends (in a list schedule's own times)."""
+    for d in inst.res[j]:
+        ready[d] = max(ready[d], end[j])
+    if inst.holds_prev[j]:
+        q = inst.preds[j][0]
+        for d, s in enumerate(seqs):
+            if q in s:
+                ready[d] = max(ready[d], end[j])
 
 
 def fifo(inst: Instance) -> list[list[int]]:
@@ -150,6 +177,8 @@ def append_coupled(inst: Instance, order: list[int]) -> list[list[int]]:
         head = inst.release[j]
         for q in inst.preds[j]:
             head = max(head, end[q])
+        for d in inst.res[j]:
+            head = max(head, ready[d])
         best: tuple[int, int, int] | None = None
         for m in inst.capable[j]:
             c = inst.st[m][prev[m]][inst.setup[j]]
@@ -160,6 +189,7 @@ def append_coupled(inst: Instance, order: list[int]) -> list[list[int]]:
         e, _, m = best
         seqs[m].append(j)
         end[j], ready[m], prev[m] = e, e, inst.setup[j]
+        _hold(inst, j, end, ready, seqs)
     return seqs
 
 
