@@ -87,6 +87,10 @@ class Instance:
         for j in range(self.n):
             if self.holds_prev[j]:
                 self.holders[self.preds[j][0]].append(j)
+        self.succs: list[list[int]] = [[] for _ in range(self.n)]
+        for j in range(self.n):
+            for q in self.preds[j]:
+                self.succs[q].append(j)
         self.reserving = any(self.res) or any(self.holds_prev)
         # `after` and reservations tie machines' timings together.
         self.coupled = any(self.preds) or self.reserving

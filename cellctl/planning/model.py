@@ -14,7 +14,8 @@ from typing import Final
 
 # In a job's `reserves`: the machine that ran its one `after` job, held from when
 # that job leaves it until this one ends (a robot unloading a printer: the
-# printer takes no other work while the part waits on its bed).
+# printer takes no other work while the part waits on its bed). A job has at
+# most one such holder.
 PREVIOUS: Final = "@previous"
 
 

@@ -100,6 +100,7 @@ def parse_problem(raw: object) -> Problem:
     manual: set[tuple[str, str, str]] = set()
     setup_times = _setup_times(r, raw.get("setup_times", {}), machines, jobs, mids, manual)
     _acyclic(r, jobs)
+    _one_holder(r, jobs)
     shifts = None
     if raw.get("calendar") is not None:
         cal = _calendar(r, raw["calendar"])
@@ -475,6 +476,21 @@ def _setup_times(
                         f"setup_times.{m.id}.{a}.{b}: missing (a changeover {m.id} may need)"
                     )
     return out
+
+
+def _one_holder(r: _Reader, jobs: list[Job]) -> None:
+    """Two jobs holding one job's machine (`@previous`) would both have to follow it
+    at once (one unload per part): say so."""
+    holder: dict[str, str] = {}
+    for j in jobs:
+        if PREVIOUS in j.reserves:
+            q = j.after[0]
+            if q in holder:
+                r.bad.append(
+                    f"jobs ({j.id}).reserves: {PREVIOUS} holds {q}'s machine, "
+                    f"which {holder[q]} already holds (one holder per job)"
+                )
+            holder.setdefault(q, j.id)
 
 
 def _acyclic(r: _Reader, jobs: list[Job]) -> None:

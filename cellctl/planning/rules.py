@@ -148,8 +148,8 @@ def insert_all(inst: Instance, order: list[int], grouped: bool) -> Solution:
     for j in order:
         found = sol.best_insertion(j, grouped)
         assert found is not None, "a job without a capable machine passed validation"
-        _, m, pos = found
-        sol.insert(j, m, pos)
+        key, m, pos = found
+        sol.insert(j, m, pos, key)
     return sol
 
 

@@ -60,10 +60,10 @@ def local_search(
             found = sol.best_insertion(j)
             work += sum(len(sol.seqs[m]) + 1 for m in inst.capable[j])
             if found is not None and found[0] < cur:
-                sol.insert(j, found[1], found[2])
+                sol.insert(j, found[1], found[2], found[0])
                 improved = True
             else:
-                sol.insert(j, m0, pos0)
+                sol.insert(j, m0, pos0, cur)
             if work_limit is not None and work > work_limit:
                 return work
             if deadline is not None and clock is not None and clock() > deadline:
@@ -108,7 +108,7 @@ def _reinsert(sol: Solution, jobs: list[int]) -> bool:
         found = sol.best_insertion(j)
         if found is None:
             return False
-        sol.insert(j, found[1], found[2])
+        sol.insert(j, found[1], found[2], found[0])
     return True
 
 

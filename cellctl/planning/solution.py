@@ -10,13 +10,16 @@ tardiness and changeover up to each position):
   the makespan, one pass over the suffix's lateness for tardiness;
 - elsewhere the suffix is walked until a job ends where it used to, after
   which nothing changes.
-A coupled problem (with `after`) is priced by decoding the whole solution.
+A coupled problem (with `after`) is priced by re-timing only what the
+insertion moves (`coupled.Pricer`); one with reservations by decoding the
+whole solution.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 
+from cellctl.planning.coupled import Pricer
 from cellctl.planning.instance import NO_DUE, Instance
 
 Key = tuple[int, ...]
@@ -24,8 +27,13 @@ NO_LIMIT = 1 << 62
 
 
 class Solution:
+    # Price coupled moves with `Pricer` (False: full decodes, the reference the
+    # benchmark and the property test compare it with).
+    incremental = True
+
     def __init__(self, inst: Instance, seqs: list[list[int]]) -> None:
         self.inst = inst
+        self._pricer: Pricer | None = None  # loaded with the current seqs, or None
         self.seqs = [list(s) for s in seqs]
         self.where = [-1] * inst.n
         for m, s in enumerate(self.seqs):
@@ -62,6 +70,8 @@ class Solution:
         other.TWL = [list(c) for c in self.TWL]
         other.early = [list(c) for c in self.early]
         other._key = self._key
+        other._pricer = None
+        other.incremental = self.incremental
         return other
 
     # --- bookkeeping ------------------------------------------------------
@@ -151,7 +161,7 @@ class Solution:
         if self._key is None:
             inst = self.inst
             if inst.coupled:
-                k = inst.key_of(self.seqs)
+                k = self._loaded().key if self._uses_pricer() else inst.key_of(self.seqs)
                 assert k is not None, "a coupled solution under search deadlocked"
                 self._key = k
             else:
@@ -171,20 +181,34 @@ class Solution:
         # Makespan counts job ends only: an idle machine's free_at is not work.
         return max((self.C[m][-1] for m in range(self.inst.m) if self.C[m]), default=0)
 
+    def _uses_pricer(self) -> bool:
+        return self.incremental and not self.inst.reserving
+
+    def _loaded(self) -> Pricer:
+        if self._pricer is None:
+            self._pricer = Pricer(self.inst)
+            self._pricer.load(self.seqs)
+        return self._pricer
+
     def remove(self, j: int) -> None:
         m = self.where[j]
         self.seqs[m].remove(j)
         self.where[j] = -1
         self._key = None
+        self._pricer = None
         if not self.inst.coupled:
             self._refresh(m)
 
-    def insert(self, j: int, m: int, pos: int) -> None:
+    def insert(self, j: int, m: int, pos: int, key: Key | None = None) -> None:
+        """Put j back; `key`, when the caller priced this very move, spares a decode."""
         self.seqs[m].insert(pos, j)
         self.where[j] = m
         self._key = None
+        self._pricer = None
         if not self.inst.coupled:
             self._refresh(m)
+        elif key is not None and self._uses_pricer():
+            self._key = key
 
     # --- pricing insertions -------------------------------------------------
 
@@ -408,6 +432,14 @@ class Solution:
     def _best_coupled(self, j: int, grouped: bool) -> tuple[Key, int, int] | None:
         inst = self.inst
         best: tuple[Key, int, int] | None = None
+        if self._uses_pricer():
+            pricer = self._loaded()
+            for m in inst.capable[j]:
+                for pos in self._positions(m, j, grouped):
+                    key = pricer.price(j, m, pos)
+                    if key is not None and (best is None or key < best[0]):
+                        best = (key, m, pos)
+            return best
         for m in inst.capable[j]:
             seq = self.seqs[m]
             for pos in self._positions(m, j, grouped):

@@ -80,13 +80,15 @@ def with_reserves(rng: random.Random, problem: Problem) -> Problem:
     robot = Machine("R", SETUPS[0])
     ms = (*problem.machines, robot)
     js = []
+    taken: set[str] = set()  # one holder per job
     for j in problem.jobs:
         held: list[str] = []
         others = [m.id for m in ms if m.id not in j.durations]
         if others and rng.random() < 0.3:
             held.append(rng.choice(others))
-        if len(j.after) == 1 and rng.random() < 0.5:
+        if len(j.after) == 1 and j.after[0] not in taken and rng.random() < 0.5:
             held.append(PREVIOUS)
+            taken.add(j.after[0])
         js.append(dataclasses.replace(j, reserves=tuple(held)))
     return dataclasses.replace(problem, machines=ms, jobs=tuple(js))
 

@@ -200,3 +200,23 @@ def test_bad_reserves_are_named(job: int, reserves: object, says: str) -> None:
     with pytest.raises(ProblemInvalid) as err:
         parse_problem(raw)
     assert says in err.value.problems[0]
+
+
+def test_one_job_has_one_holder() -> None:
+    raw = _raw()
+    jobs = raw["jobs"]
+    jobs.append(  # type: ignore[attr-defined]
+        {
+            "id": "unload2",
+            "setup": "grip",
+            "durations": {"R": 5},
+            "after": ["print1"],
+            "reserves": ["@previous"],
+        }
+    )
+    with pytest.raises(ProblemInvalid) as err:
+        parse_problem(raw)
+    assert err.value.problems == [
+        "jobs (unload2).reserves: @previous holds print1's machine, which unload already "
+        "holds (one holder per job)"
+    ]

@@ -62,3 +62,38 @@ def test_a_deadline_on_an_injected_clock_ends_the_run() -> None:
     ticks = iter(range(10**6))
     got = plan(problem, "anytime", budget_s=40, seed=1, clock=lambda: float(next(ticks)))
     assert 0 < got.iterations < 40
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_jobs=12), st.integers(0, 1000))
+def test_incremental_coupled_pricing_equals_the_full_decode(problem: Problem, seed: int) -> None:
+    """Every place of a removed job: the Pricer's key is the full decode's, deadlock included."""
+    from cellctl.planning.coupled import Pricer
+
+    inst = Instance(problem)
+    if inst.n == 0:
+        return
+    rng = random.Random(seed)
+    seqs: list[list[int]] = [[] for _ in range(inst.m)]
+    for j in range(inst.n):
+        seqs[rng.choice(inst.capable[j])].append(j)
+    for _ in range(4):
+        j = rng.randrange(inst.n)
+        m0 = next(m for m, s in enumerate(seqs) if j in s)
+        seqs[m0].remove(j)
+        pricer = Pricer(inst)
+        loaded = pricer.load(seqs)
+        if any(seqs):  # (key_of's makespan of nothing placed is -1: no plan's)
+            assert loaded == inst.key_of(seqs)
+        for m in inst.capable[j]:
+            for pos in range(len(seqs[m]) + 1):
+                seqs[m].insert(pos, j)
+                want = inst.key_of(seqs)
+                del seqs[m][pos]
+                assert pricer.price(j, m, pos) == want, (j, m, pos)
+        # Somewhere random, even a place that deadlocks (then the next round's
+        # sequences deadlock and every price must say None).
+        m = rng.choice(inst.capable[j])
+        seqs[m].insert(rng.randint(0, len(seqs[m])), j)
+        if inst.decode(seqs) is None:
+            return
