@@ -9,11 +9,19 @@ each job is re-timed once, after everything it waits for. A job whose end
 and free time come out as before stops the walk there: nothing downstream
 of it moves (through it).
 
+Only the job after j on its machine can come out earlier (its changeover
+now follows j, and the setup times need not obey the triangle inequality,
+nor a manual changeover wait for the same shift); once it does not, every
+other re-timed job only gets later, so the tardiness summed so far (the
+makespan so far) bounds the result from below, and a place that cannot beat
+the best one found is dropped mid-walk. Places are tried from the end of a
+sequence back, so the cheap ones set the bound first.
+
 An insertion can close a cycle (j after something that now waits for j):
-the decode would deadlock. A path out of j's successors back to its
-predecessors must run forward in time, so it is searched only when a
-successor does not already lie after every predecessor, and only among jobs
-no later than the latest predecessor.
+the decode would deadlock. This is checked only for a place that would win.
+A path out of j's successors back to its predecessors must run forward in
+time, so it is searched only when a successor does not already lie after
+every predecessor, and only among jobs no later than the latest one.
 
 Problems with reservations (`reserves`) are priced by full decodes:
 claiming a shared device is decided in time order, not by a fixed graph.
@@ -45,7 +53,7 @@ class Pricer:
         self.free = [0] * n  # when the job's machine is free again (after any clearing)
         self.order = [0] * n  # decode order: a topological order of the plan's graph
         self.by_end: list[int] = []  # placed jobs, latest end first
-        self.wt = self.cs = self.last = 0
+        self.wt = self.cs = self.last = self.mk = 0
         self.key: Key | None = None
 
     def load(self, seqs: list[list[int]]) -> Key | None:
@@ -108,6 +116,7 @@ class Pricer:
         self.cs = sum(co[j] for j in jobs)
         self.last = sum(end[s[-1]] if s else inst.free_at[m] for m, s in enumerate(seqs))
         mk = end[self.by_end[0]] if jobs else 0
+        self.mk = mk
         self.key = self._key(wt, self.cs, mk, self.last)
         return self.key
 
@@ -143,8 +152,9 @@ class Pricer:
                     todo.append(w)
         return False
 
-    def price(self, j: int, m: int, pos: int) -> Key | None:
-        """The key with removed job j inserted on machine m at pos; None if it deadlocks.
+    def price(self, j: int, m: int, pos: int, limit: Key | None = None) -> Key | None:
+        """The key with removed job j inserted on machine m at pos; None if it deadlocks,
+        or if it cannot be better than `limit` (then the walk stops early).
 
         `load` must have been given the current sequences, without j.
         """
@@ -157,9 +167,6 @@ class Pricer:
         preds = [q for q in inst.preds[j] if placed[q]]
         succs = [s for s in self.succs[j] if placed[s]]
         sources = succs + ([next_job] if next_job >= 0 else [])
-        targets = preds + ([prev_job] if prev_job >= 0 else [])
-        if self._cycle(sources, targets):
-            return None
         head = inst.release[j]
         for q in preds:
             if end[q] > head:
@@ -170,6 +177,12 @@ class Pricer:
         co_j = inst.st[m][before][inst.setup[j]]
         wt = self.wt + (inst.weight[j] * (e_j - inst.due[j]) if e_j > inst.due[j] else 0)
         cs = self.cs + co_j
+        makespan_only = inst.makespan_only
+        # Only next_job can come out earlier (its changeover now follows j); once it
+        # does not, every other job only gets later, so the partial tardiness (or
+        # makespan) is a lower bound, and a place that cannot win is dropped.
+        monotone = next_job < 0
+        lo_mk = self.mk if self.mk > e_j else e_j
         new_end: dict[int, int] = {j: e_j}
         new_free: dict[int, int] = {j: f_j}
         heap: list[tuple[int, int, int, int]] = []
@@ -180,6 +193,12 @@ class Pricer:
                 heapq.heappush(heap, (start[v], end[v], order[v], v))
         where = self.where
         while heap:
+            if monotone and limit is not None:
+                if makespan_only:
+                    if lo_mk > limit[0]:
+                        return None
+                elif wt > limit[0] or (wt == limit[0] and cs > limit[1]):
+                    return None
             v = heapq.heappop(heap)[3]
             mv = where[v]
             sv = self.seqs[mv]
@@ -202,11 +221,14 @@ class Pricer:
             _, _, e, _, f = inst.advance(mv, r, su, v, h)
             if v == next_job:
                 cs += inst.st[mv][su][inst.setup[v]] - self.co[v]
+                monotone = e >= end[v] and f >= free[v]
             if e != end[v]:
                 d = inst.due[v]
                 w = inst.weight[v]
                 wt += w * ((e - d if e > d else 0) - (end[v] - d if end[v] > d else 0))
                 new_end[v] = e
+                if e > lo_mk:
+                    lo_mk = e
                 for s in self.succs[v]:
                     if placed[s] and s not in queued:
                         queued.add(s)
@@ -236,4 +258,12 @@ class Pricer:
                 last += now - old
             elif sq and sq[-1] in new_end:
                 last += new_end[sq[-1]] - end[sq[-1]]
-        return self._key(wt, cs, mk, last)
+        key = self._key(wt, cs, mk, last)
+        if limit is not None and key >= limit:
+            return None
+        # Checked last, and only for a place that would win: most places are dropped
+        # above, and the search for a path costs more than the walk.
+        targets = preds + ([prev_job] if prev_job >= 0 else [])
+        if self._cycle(sources, targets):
+            return None
+        return key

@@ -432,17 +432,19 @@ class Solution:
     def _best_coupled(self, j: int, grouped: bool) -> tuple[Key, int, int] | None:
         inst = self.inst
         best: tuple[Key, int, int] | None = None
+        # From the end back: the places that move least come first (and, priced
+        # incrementally, set the bound that drops the others early).
         if self._uses_pricer():
             pricer = self._loaded()
             for m in inst.capable[j]:
-                for pos in self._positions(m, j, grouped):
-                    key = pricer.price(j, m, pos)
-                    if key is not None and (best is None or key < best[0]):
+                for pos in reversed(self._positions(m, j, grouped)):
+                    key = pricer.price(j, m, pos, None if best is None else best[0])
+                    if key is not None:
                         best = (key, m, pos)
             return best
         for m in inst.capable[j]:
             seq = self.seqs[m]
-            for pos in self._positions(m, j, grouped):
+            for pos in reversed(self._positions(m, j, grouped)):
                 seq.insert(pos, j)
                 key = inst.key_of(self.seqs)
                 del seq[pos]

@@ -91,6 +91,12 @@ def test_incremental_coupled_pricing_equals_the_full_decode(problem: Problem, se
                 want = inst.key_of(seqs)
                 del seqs[m][pos]
                 assert pricer.price(j, m, pos) == want, (j, m, pos)
+                # With a bound: the key if it beats the bound, else None.
+                width = 2 if inst.makespan_only else 4
+                for bound in (want, (0,) * width, (1 << 62,) * width):
+                    if bound is not None:
+                        got = pricer.price(j, m, pos, bound)
+                        assert got == (want if want is not None and want < bound else None)
         # Somewhere random, even a place that deadlocks (then the next round's
         # sequences deadlock and every price must say None).
         m = rng.choice(inst.capable[j])

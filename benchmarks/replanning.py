@@ -1,0 +1,268 @@
+"""Re-planning figures: pricing with `after`, the anytime method at 5,000 steps, and
+the loop and the Marlin stream while a 5,000-step re-plan runs off the loop.
+
+1. Routes (`after`): the 10-machine cell of `scheduling.py` with its jobs
+   chained into routes of 2–3 steps. The greedy method (every job priced at
+   every place: pricing dominates it) and anytime for 1 s, with moves priced
+   by full decodes (before) and incrementally (`coupled.Pricer`, after), in
+   the same process. Same plans, so the figures must match.
+2. The anytime method on the 5,000-step re-plan: how much it improves on the
+   instant plan within a 1 s budget (weighted tardiness, and when it first
+   improves).
+3. Loop lag and Marlin streaming while a 5,000-step re-plan (anytime, 1 s
+   budget after the instant plan) runs in a worker thread with the daemon's
+   1 ms switch interval: loop lag p50/p99 on 1 ms ticks, and a G-code file
+   streamed to the simulated Marlin printer (`marlin_stream.py`'s set-up),
+   lines per second with and without the re-plan.
+
+    python benchmarks/replanning.py [--quick] [--json OUT.json]
+
+Medians of repetitions; ratios against the baseline run in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import random
+import statistics
+import sys
+import time
+from typing import Any
+
+from scheduling import cell_problem
+
+from cellctl.planning import Objective, Problem, check, plan
+from cellctl.planning.solution import Solution
+
+
+def routed(seed: int, steps: int) -> Problem:
+    """The cell's jobs chained into routes of 2–3 steps (step k+1 after step k)."""
+    base = cell_problem(seed, steps, 6, 4, Objective.WEIGHTED_TARDINESS)
+    rng = random.Random(seed)
+    jobs = list(base.jobs)
+    k = 0
+    while k < len(jobs):
+        length = rng.randint(2, 3)
+        for i in range(k + 1, min(k + length, len(jobs))):
+            prev = jobs[i - 1]
+            due = jobs[i].due
+            if due is not None and prev.due is not None:
+                due = max(due, prev.due + min(jobs[i].durations.values()))
+            jobs[i] = dataclasses.replace(jobs[i], after=(prev.id,), due=due)
+        k += length
+    return dataclasses.replace(base, jobs=tuple(jobs))
+
+
+def _timed(problem: Problem, method: str, incremental: bool, **kw: Any) -> tuple[float, Any]:
+    Solution.incremental = incremental
+    try:
+        t0 = time.perf_counter()
+        got = plan(problem, method, **kw)
+        took = time.perf_counter() - t0
+    finally:
+        Solution.incremental = True
+    assert check(problem, got.assignments) == got.figures
+    return took, got
+
+
+def pricing(quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    reps = 1 if quick else 3
+    for steps in (50, 100) if quick else (50, 100, 200):
+        prob = routed(steps, steps)
+        full = [_timed(prob, "greedy", False) for _ in range(reps)]
+        inc = [_timed(prob, "greedy", True) for _ in range(reps)]
+        assert full[0][1].sequences == inc[0][1].sequences  # the same prices, the same plan
+        t_full = statistics.median(t for t, _ in full)
+        t_inc = statistics.median(t for t, _ in inc)
+        rows.append(
+            {
+                "steps": steps,
+                "method": "greedy",
+                "full_s": t_full,
+                "incremental_s": t_inc,
+                "speedup": t_full / t_inc,
+            }
+        )
+    for steps in (100,) if quick else (100, 300):
+        prob = routed(steps, steps)
+        _, a = _timed(prob, "anytime", False, budget_s=1.0, seed=1)
+        _, b = _timed(prob, "anytime", True, budget_s=1.0, seed=1)
+        _, inst = _timed(prob, "instant", True)
+        rows.append(
+            {
+                "steps": steps,
+                "method": "anytime 1 s",
+                "instant_wt": inst.figures.weighted_tardiness,
+                "full_iterations": a.iterations,
+                "full_wt": a.figures.weighted_tardiness,
+                "incremental_iterations": b.iterations,
+                "incremental_wt": b.figures.weighted_tardiness,
+            }
+        )
+    return rows
+
+
+REPLAN_STEPS = 5000
+
+
+def big() -> Problem:
+    return cell_problem(500, REPLAN_STEPS, 6, 4, Objective.WEIGHTED_TARDINESS)
+
+
+def anytime_5000(reps: int) -> dict[str, Any]:
+    prob = big()
+    out: dict[str, Any] = {"instant": [], "anytime": [], "improved_after_s": []}
+    for r in range(reps):
+        inst = plan(prob, "instant")
+        ticks: list[tuple[float, int]] = []
+        got = plan(prob, "anytime", budget_s=1.0, seed=r, progress=ticks.append)
+        assert check(prob, got.assignments) == got.figures
+        out["instant"].append((inst.elapsed_s, inst.figures.weighted_tardiness))
+        out["anytime"].append((got.elapsed_s, got.figures.weighted_tardiness, got.iterations))
+        first = next((t for t, wt in ticks if wt < inst.figures.weighted_tardiness), None)
+        out["improved_after_s"].append(first)
+    return out
+
+
+def _replan(problem: Problem) -> int:
+    return plan(problem, "anytime", budget_s=1.0).figures.weighted_tardiness
+
+
+async def _lag_while(pool: concurrent.futures.Executor | None, prob: Problem) -> dict[str, float]:
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - t - 0.001) * 1000)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(ticker())
+        t0 = time.perf_counter()
+        if pool is None:
+            await asyncio.sleep(2.0)
+        else:
+            await asyncio.get_running_loop().run_in_executor(pool, _replan, prob)
+        took = time.perf_counter() - t0
+        done.set()
+    lags.sort()
+    return {
+        "replan_s": took,
+        "p50_ms": lags[len(lags) // 2],
+        "p99_ms": lags[int(len(lags) * 0.99)],
+        "max_ms": lags[-1],
+    }
+
+
+def loop_lag(reps: int) -> dict[str, dict[str, float]]:
+    prob = big()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    out: dict[str, list[dict[str, float]]] = {"idle": [], "thread": []}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            for _ in range(reps):
+                out["idle"].append(asyncio.run(_lag_while(None, prob)))
+                out["thread"].append(asyncio.run(_lag_while(pool, prob)))
+    finally:
+        sys.setswitchinterval(old)
+    return {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in out.items()}
+
+
+def marlin(reps: int, lines: int) -> dict[str, Any]:
+    """Lines per second streamed to the simulated Marlin, alone and beside the re-plan."""
+    from marlin_stream import stream_beside
+
+    prob = big()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    alone: list[float] = []
+    beside: list[float] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            for _ in range(reps):
+                alone.append(asyncio.run(stream_beside(lines, None)))
+
+                async def replanning() -> None:
+                    await asyncio.get_running_loop().run_in_executor(pool, _replan, prob)
+
+                beside.append(asyncio.run(stream_beside(lines, replanning)))
+    finally:
+        sys.setswitchinterval(old)
+    a, b = statistics.median(alone), statistics.median(beside)
+    return {"alone_lps": a, "beside_lps": b, "ratio": b / a, "runs": reps}
+
+
+def report(res: dict[str, Any]) -> None:
+    print("1. pricing with `after` (routes of 2-3 steps, 10 machines)")
+    for r in res["pricing"]:
+        if r["method"] == "greedy":
+            print(
+                f"  {r['steps']:>4} steps  greedy: full decodes {r['full_s'] * 1000:8.1f} ms"
+                f"  incremental {r['incremental_s'] * 1000:7.1f} ms  ×{r['speedup']:.1f}"
+            )
+        else:
+            print(
+                f"  {r['steps']:>4} steps  anytime 1 s: iterations {r['full_iterations']} → "
+                f"{r['incremental_iterations']}; weighted tardiness instant {r['instant_wt']}, "
+                f"full {r['full_wt']}, incremental {r['incremental_wt']}"
+            )
+    if "anytime" in res:
+        a = res["anytime"]
+        wt0 = statistics.median(w for _, w in a["instant"])
+        wt1 = statistics.median(w for _, w, _ in a["anytime"])
+        firsts = [t for t in a["improved_after_s"] if t is not None]
+        print("2. anytime on the 5,000-step re-plan, 1 s budget")
+        print(
+            f"  instant {statistics.median(t for t, _ in a['instant']):.2f} s, weighted "
+            f"tardiness {wt0}; anytime {statistics.median(t for t, _, _ in a['anytime']):.2f} s, "
+            f"{wt1} (÷ {wt0 / max(wt1, 1):.3f}), iterations "
+            f"{statistics.median(i for _, _, i in a['anytime'])}; first improvement after "
+            f"{statistics.median(firsts) if firsts else float('nan'):.2f} s "
+            f"({len(firsts)}/{len(a['improved_after_s'])} runs improved)"
+        )
+    if "loop_lag" in res:
+        print("3. loop lag on 1 ms ticks (medians of runs)")
+        for k, f in res["loop_lag"].items():
+            print(
+                f"  {k:<7} p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  max "
+                f"{f['max_ms']:.1f} ms  (re-plan {f['replan_s']:.2f} s)"
+            )
+    if "marlin" in res:
+        m = res["marlin"]
+        print(
+            f"  Marlin stream: alone {m['alone_lps']:.0f} lines/s, beside the re-plan "
+            f"{m['beside_lps']:.0f} lines/s, ratio {m['ratio']:.3f} (median of {m['runs']})"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--parts", default="123", help="1 pricing, 2 anytime 5,000, 3 lag+Marlin")
+    args = ap.parse_args()
+    reps = 1 if args.quick else 3
+    res: dict[str, Any] = {"pricing": []}
+    if "1" in args.parts:
+        res["pricing"] = pricing(args.quick)
+    if "2" in args.parts:
+        res["anytime"] = anytime_5000(reps)
+    if "3" in args.parts:
+        res["loop_lag"] = loop_lag(reps)
+        res["marlin"] = marlin(reps, 2000 if args.quick else 4000)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    report(res)
+
+
+if __name__ == "__main__":
+    main()
