@@ -82,7 +82,7 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
                     break
                 head = max(head, end[q])
             for d in inst.res[j]:
-                if held(d):
+                if any(u != j for u in held(d)):
                     done = False
                     break
                 head = max(head, ready[d])

@@ -45,10 +45,11 @@ class Solution:
         self.S: list[list[int]] = [[] for _ in range(inst.m)]
         self.lat: list[list[int]] = [[] for _ in range(inst.m)]
         self.R: list[list[int]] = [[] for _ in range(inst.m)]  # free again after each job
-        # For tardiness under a shift delta ≥ 0: suffix sums over the jobs already
-        # late (their tardiness grows by w·delta), and the on-time jobs by position.
-        self.TW: list[list[int]] = [[0] for _ in range(inst.m)]
-        self.TWL: list[list[int]] = [[0] for _ in range(inst.m)]
+        # For tardiness under a shift delta ≥ 0: prefix sums over the jobs already
+        # late (their tardiness grows by w·delta; a suffix's is total − prefix), and
+        # the on-time jobs by position.
+        self.PW: list[list[int]] = [[0] for _ in range(inst.m)]
+        self.PWL: list[list[int]] = [[0] for _ in range(inst.m)]
         self.early: list[list[int]] = [[] for _ in range(inst.m)]
         self._key: Key | None = None
         if not inst.coupled:
@@ -65,9 +66,9 @@ class Solution:
         other.W = [list(c) for c in self.W]
         other.S = [list(c) for c in self.S]
         other.lat = [list(c) for c in self.lat]
-        other.R = [list(c) for c in self.R]
-        other.TW = [list(c) for c in self.TW]
-        other.TWL = [list(c) for c in self.TWL]
+        other.R = [other.C[m] if c is self.C[m] else list(c) for m, c in enumerate(self.R)]
+        other.PW = [list(c) for c in self.PW]
+        other.PWL = [list(c) for c in self.PWL]
         other.early = [list(c) for c in self.early]
         other._key = self._key
         other._pricer = None
@@ -76,11 +77,11 @@ class Solution:
 
     # --- bookkeeping ------------------------------------------------------
 
-    def _refresh(self, m: int) -> None:
-        if self.inst.timed[m]:
-            self._refresh_timed(m)
-            return
+    def _refresh(self, m: int, start: int = 0) -> None:
+        """Machine m's prefix arrays from position `start` on (those before it hold)."""
         inst = self.inst
+        seq = self.seqs[m]
+        timed = inst.timed[m]
         pm, stm, setup, rel, due, w = (
             inst.p[m],
             inst.st[m],
@@ -89,73 +90,53 @@ class Solution:
             inst.due,
             inst.weight,
         )
-        t = inst.free_at[m]
-        prev = inst.init_setup[m]
-        wt = cs = 0
-        C, W, S, lat = [], [], [], []
-        for j in self.seqs[m]:
+        C, W, S, lat, R = self.C[m], self.W[m], self.S[m], self.lat[m], self.R[m]
+        PW, PWL, early = self.PW[m], self.PWL[m], self.early[m]
+        start = min(start, len(C))
+        del C[start:], W[start:], S[start:], lat[start:], PW[start + 1 :], PWL[start + 1 :]
+        del early[bisect_left(early, start) :]
+        if timed:
+            del R[start:]
+        if start:
+            t = R[start - 1] if timed else C[start - 1]
+            prev, wt, cs = setup[seq[start - 1]], W[start - 1], S[start - 1]
+        else:
+            t, prev, wt, cs = inst.free_at[m], inst.init_setup[m], 0, 0
+        pw, pwl = PW[start], PWL[start]
+        end = C[start - 1] if start else t
+        for k in range(start, len(seq)):
+            j = seq[k]
             sj = setup[j]
-            c = stm[prev][sj]
-            t += c
-            if t < rel[j]:
-                t = rel[j]
-            t += pm[j]
-            if t > due[j]:
-                wt += w[j] * (t - due[j])
+            if timed:
+                _, _, end, _, t = inst.advance(m, t, prev, j, rel[j])
+                c = stm[prev][sj]
+                R.append(t)
+            else:
+                c = stm[prev][sj]
+                t += c
+                if t < rel[j]:
+                    t = rel[j]
+                t += pm[j]
+                end = t
+            x = end - due[j]
+            if x > 0:
+                wt += w[j] * x
+            if x >= 0:
+                pw += w[j]
+                pwl += w[j] * x
+            elif due[j] != NO_DUE:
+                early.append(k)
             cs += c
             prev = sj
-            C.append(t)
-            W.append(wt)
-            S.append(cs)
-            lat.append(t - due[j])
-        self.C[m], self.W[m], self.S[m], self.lat[m] = C, W, S, lat
-        self.R[m] = C
-        self.cost[m] = (wt, cs, t)
-        self._late_sums(m)
-
-    def _refresh_timed(self, m: int) -> None:
-        inst = self.inst
-        ready, prev = inst.free_at[m], inst.init_setup[m]
-        wt = cs = 0
-        C, W, S, lat, R = [], [], [], [], []
-        last = ready
-        for j in self.seqs[m]:
-            _, _, end, _, ready = inst.advance(m, ready, prev, j, inst.release[j])
-            cs += inst.st[m][prev][inst.setup[j]]
-            if end > inst.due[j]:
-                wt += inst.weight[j] * (end - inst.due[j])
-            prev = inst.setup[j]
             C.append(end)
             W.append(wt)
             S.append(cs)
-            lat.append(end - inst.due[j])
-            R.append(ready)
-            last = end
-        self.C[m], self.W[m], self.S[m], self.lat[m], self.R[m] = C, W, S, lat, R
-        self.cost[m] = (wt, cs, last)
-        self._late_sums(m)
-
-    def _late_sums(self, m: int) -> None:
-        inst = self.inst
-        w, due = inst.weight, inst.due
-        lat = self.lat[m]
-        seq = self.seqs[m]
-        L = len(seq)
-        TW = [0] * (L + 1)
-        TWL = [0] * (L + 1)
-        early = []
-        for k in range(L - 1, -1, -1):
-            x = lat[k]
-            if x >= 0:
-                wk = w[seq[k]]
-                TW[k] = TW[k + 1] + wk
-                TWL[k] = TWL[k + 1] + wk * x
-            else:
-                TW[k], TWL[k] = TW[k + 1], TWL[k + 1]
-                if due[seq[k]] != NO_DUE:
-                    early.append(k)
-        early.reverse()
-        self.TW[m], self.TWL[m], self.early[m] = TW, TWL, early
+            lat.append(x)
+            PW.append(pw)
+            PWL.append(pwl)
+        if not timed:
+            self.R[m] = C
+        self.cost[m] = (wt, cs, C[-1] if C else inst.free_at[m])
 
     def key(self) -> Key:
         if self._key is None:
@@ -192,12 +173,13 @@ class Solution:
 
     def remove(self, j: int) -> None:
         m = self.where[j]
-        self.seqs[m].remove(j)
+        pos = self.seqs[m].index(j)
+        del self.seqs[m][pos]
         self.where[j] = -1
         self._key = None
         self._pricer = None
         if not self.inst.coupled:
-            self._refresh(m)
+            self._refresh(m, pos)
 
     def insert(self, j: int, m: int, pos: int, key: Key | None = None) -> None:
         """Put j back; `key`, when the caller priced this very move, spares a decode."""
@@ -206,7 +188,7 @@ class Solution:
         self._key = None
         self._pricer = None
         if not self.inst.coupled:
-            self._refresh(m)
+            self._refresh(m, pos)
         elif key is not None and self._uses_pricer():
             self._key = key
 
@@ -315,7 +297,7 @@ class Solution:
             inst.weight,
         )
         C, W, S, lat = self.C[m], self.W[m], self.S[m], self.lat[m]
-        TW, TWL, early = self.TW[m], self.TWL[m], self.early[m]
+        PW, PWL, early = self.PW[m], self.PWL[m], self.early[m]
         L = len(seq)
         sj, pj, rj, dj, wj = setup[j], pm[j], rel[j], due[j], w[j]
         no_idle = inst.no_idle[m]
@@ -351,7 +333,7 @@ class Solution:
                 elif delta > 0:
                     if wt + old_suffix > limit:
                         continue
-                    wt += TWL[pos] + delta * TW[pos]
+                    wt += PWL[L] - PWL[pos] + delta * (PW[L] - PW[pos])
                     for k in early[bisect_left(early, pos) :]:
                         x = lat[k] + delta
                         if x > 0:
@@ -515,5 +497,5 @@ class Solution:
         self.seqs[mj][a], self.seqs[mk][b] = k, j
         self.where[j], self.where[k] = mk, mj
         self._key = None
-        self._refresh(mj)
-        self._refresh(mk)
+        self._refresh(mj, a)
+        self._refresh(mk, b)
