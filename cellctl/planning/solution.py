@@ -51,6 +51,7 @@ class Solution:
         self.PW: list[list[int]] = [[0] for _ in range(inst.m)]
         self.PWL: list[list[int]] = [[0] for _ in range(inst.m)]
         self.early: list[list[int]] = [[] for _ in range(inst.m)]
+        self.SS: list[list[int]] = [[] for _ in range(inst.m)]  # setups in sequence order
         self._key: Key | None = None
         if not inst.coupled:
             for m in range(inst.m):
@@ -70,6 +71,7 @@ class Solution:
         other.PW = [list(c) for c in self.PW]
         other.PWL = [list(c) for c in self.PWL]
         other.early = [list(c) for c in self.early]
+        other.SS = [list(c) for c in self.SS]
         other._key = self._key
         other._pricer = None
         other.incremental = self.incremental
@@ -95,6 +97,8 @@ class Solution:
         start = min(start, len(C))
         del C[start:], W[start:], S[start:], lat[start:], PW[start + 1 :], PWL[start + 1 :]
         del early[bisect_left(early, start) :]
+        SS = self.SS[m]
+        del SS[start:]
         if timed:
             del R[start:]
         if start:
@@ -128,6 +132,7 @@ class Solution:
                 early.append(k)
             cs += c
             prev = sj
+            SS.append(sj)
             C.append(end)
             W.append(wt)
             S.append(cs)
@@ -239,7 +244,16 @@ class Solution:
         sj = self.inst.setup[j]
         setup = self.inst.setup
         out = [len(seq)]
-        # Right after the latest job with the same setup (a scan from the end).
+        # Right after the latest job with the same setup (the last pinned one counts).
+        if not self.inst.coupled:
+            ss = self.SS[m]
+            if sj in ss:
+                k = len(ss) - 1 - ss[::-1].index(sj)  # a reversed search at C speed
+                if k >= first - 1 and k + 1 < len(seq):
+                    out.append(k + 1)
+            if first == 0 and self.inst.init_setup[m] == sj:
+                out.append(0)
+            return out
         for k in range(len(seq) - 1, first - 2, -1):
             if k >= 0 and setup[seq[k]] == sj:
                 if k + 1 < len(seq):
