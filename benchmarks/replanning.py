@@ -30,7 +30,9 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from scheduling import cell_problem
@@ -164,42 +166,113 @@ async def _lag_while(pool: concurrent.futures.Executor | None, prob: Problem) ->
 
 
 def loop_lag(reps: int) -> dict[str, dict[str, float]]:
+    """Loop lag on 1 ms ticks: idle, and while a 5,000-step re-plan runs in a thread (the
+    daemon's 1 ms switch interval) or a warm worker process."""
     prob = big()
     old = sys.getswitchinterval()
     sys.setswitchinterval(0.001)
-    out: dict[str, list[dict[str, float]]] = {"idle": [], "thread": []}
+    out: dict[str, list[dict[str, float]]] = {"idle": [], "thread": [], "process": []}
     try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with _pool("thread") as threads, _pool("process") as procs:
             for _ in range(reps):
                 out["idle"].append(asyncio.run(_lag_while(None, prob)))
-                out["thread"].append(asyncio.run(_lag_while(pool, prob)))
+                out["thread"].append(asyncio.run(_lag_while(threads, prob)))
+                out["process"].append(asyncio.run(_lag_while(procs, prob)))
     finally:
         sys.setswitchinterval(old)
     return {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in out.items()}
 
 
-def marlin(reps: int, lines: int) -> dict[str, Any]:
-    """Lines per second streamed to the simulated Marlin, alone and beside the re-plan."""
-    from marlin_stream import stream_beside
+MARLIN_BAUD, MARLIN_LATENCY_MS = 115200, 1.0
 
+
+def _pool(mode: str) -> concurrent.futures.Executor:
+    if mode == "thread":
+        return concurrent.futures.ThreadPoolExecutor(1)
+    procs = concurrent.futures.ProcessPoolExecutor(1)
+    procs.submit(_replan, cell_problem(1, 5, 1, 0, Objective.MAKESPAN)).result()  # warm
+    return procs
+
+
+async def stream_beside(
+    path: Path, replan: Problem | None, pool: concurrent.futures.Executor | None
+) -> dict[str, float]:
+    """Stream `path` to a simulated Marlin (its own process, as `marlin_stream.py`'s
+    eight printers) while, if given, `pool` re-plans `replan` back to back."""
+    from marlin_stream import external_sims, job_stats, stream
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    replans: list[float] = []
+
+    async def replanning() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            await loop.run_in_executor(pool, _replan, replan)
+            replans.append(time.perf_counter() - t0)
+
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - t - 0.001) * 1000)
+
+    async with external_sims(1, MARLIN_BAUD, MARLIN_LATENCY_MS) as (paths, _):
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(ticker())
+            if replan is not None:
+                tg.create_task(replanning())
+                await asyncio.sleep(0.5)  # the re-plan is under way before the stream
+            elapsed, _, reactions = await stream(paths[0], path, None)
+            stop.set()
+    lines, _, framed = job_stats(path)
+    lags.sort()
+    reactions.sort()
+    return {
+        "lines_s": lines / elapsed,
+        "wire": framed / elapsed / (MARLIN_BAUD / 10),
+        "lag_p99_ms": lags[int(len(lags) * 0.99)],
+        "ok_send_p99_ms": 1000 * reactions[int(0.99 * (len(reactions) - 1))],
+        "replans": len(replans),
+        "replan_s": statistics.median(replans) if replans else 0.0,
+    }
+
+
+def marlin(reps: int, lines: int) -> dict[str, Any]:
+    """The Marlin stream alone and beside back-to-back 5,000-step re-plans (medians)."""
+    import structlog
+    from cellctl_drivers.marlin.samples import write_short_segments
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     prob = big()
     old = sys.getswitchinterval()
     sys.setswitchinterval(0.001)
-    alone: list[float] = []
-    beside: list[float] = []
+    runs: dict[str, list[dict[str, float]]] = {"alone": [], "thread": [], "process": []}
     try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with (
+            tempfile.TemporaryDirectory() as d,
+            _pool("thread") as threads,
+            _pool("process") as procs,
+        ):
+            path = Path(d) / "short.gcode"
+            write_short_segments(path, lines)
             for _ in range(reps):
-                alone.append(asyncio.run(stream_beside(lines, None)))
-
-                async def replanning() -> None:
-                    await asyncio.get_running_loop().run_in_executor(pool, _replan, prob)
-
-                beside.append(asyncio.run(stream_beside(lines, replanning)))
+                runs["alone"].append(asyncio.run(stream_beside(path, None, None)))
+                runs["thread"].append(asyncio.run(stream_beside(path, prob, threads)))
+                runs["process"].append(asyncio.run(stream_beside(path, prob, procs)))
     finally:
         sys.setswitchinterval(old)
-    a, b = statistics.median(alone), statistics.median(beside)
-    return {"alone_lps": a, "beside_lps": b, "ratio": b / a, "runs": reps}
+    out: dict[str, Any] = {
+        k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()
+    }
+    for k in ("thread", "process"):
+        out[k]["ratio"] = out[k]["lines_s"] / out["alone"]["lines_s"]
+    out["runs"] = reps
+    out["lines"] = lines
+    out["baud"] = MARLIN_BAUD
+    return out
 
 
 def report(res: dict[str, Any]) -> None:
@@ -241,9 +314,17 @@ def report(res: dict[str, Any]) -> None:
     if "marlin" in res:
         m = res["marlin"]
         print(
-            f"  Marlin stream: alone {m['alone_lps']:.0f} lines/s, beside the re-plan "
-            f"{m['beside_lps']:.0f} lines/s, ratio {m['ratio']:.3f} (median of {m['runs']})"
+            f"4. Marlin: {m['lines']} short lines at {m['baud']} baud, 1 ms latency timer, "
+            f"simulator in its own process; medians of {m['runs']}"
         )
+        for k in ("alone", "thread", "process"):
+            f = m[k]
+            what = "alone" if k == "alone" else f"re-plans in a {k} ({f['replans']:.0f})"
+            ratio = f" ÷ alone {f['ratio']:.3f}" if "ratio" in f else ""
+            print(
+                f"  {what:<26} {f['lines_s']:7.1f} lines/s{ratio}  wire/cap {f['wire']:.3f}  "
+                f"loop lag p99 {f['lag_p99_ms']:.2f} ms  ok→send p99 {f['ok_send_p99_ms']:.2f} ms"
+            )
 
 
 def main() -> None:
@@ -260,7 +341,7 @@ def main() -> None:
         res["anytime"] = anytime_5000(reps)
     if "3" in args.parts:
         res["loop_lag"] = loop_lag(reps)
-        res["marlin"] = marlin(reps, 2000 if args.quick else 4000)
+        res["marlin"] = marlin(reps, 1000 if args.quick else 2000)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
