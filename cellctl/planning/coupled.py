@@ -45,6 +45,7 @@ class Pricer:
         self.succs = inst.succs
         self.seqs: list[list[int]] = []
         self.placed = [False] * n
+        self.is_last = [False] * n
         self.where = [-1] * n
         self.pos = [-1] * n
         self.start = [0] * n
@@ -106,6 +107,10 @@ class Pricer:
                 self.key = None
                 return None
         jobs = [j for s in seqs for j in s]
+        self.is_last = [False] * inst.n
+        for sq in seqs:
+            if sq:
+                self.is_last[sq[-1]] = True
         self.by_end = sorted(jobs, key=lambda j: -end[j])
         wt = 0
         for j in jobs:
@@ -250,14 +255,14 @@ class Pricer:
                 if end[v] > mk:
                     mk = end[v]
                 break
-        last = self.last
-        for mm, sq in enumerate(self.seqs):
-            if mm == m:
-                old = end[sq[-1]] if sq else inst.free_at[m]
-                now = e_j if pos == len(sq) else new_end.get(sq[-1], end[sq[-1]])
-                last += now - old
-            elif sq and sq[-1] in new_end:
-                last += new_end[sq[-1]] - end[sq[-1]]
+        # The sum of the machines' last ends: only re-timed last jobs change it.
+        old = end[seq[-1]] if seq else inst.free_at[m]
+        now = e_j if pos == len(seq) else new_end.get(seq[-1], end[seq[-1]])
+        last = self.last + now - old
+        is_last = self.is_last
+        for v, e in new_end.items():
+            if v != j and is_last[v] and where[v] != m:
+                last += e - end[v]
         key = self._key(wt, cs, mk, last)
         if limit is not None and key >= limit:
             return None
