@@ -115,6 +115,8 @@ def render(problem: Problem, result: Plan) -> str:
             )
         if a.clear_start is not None:
             co += f"  (bed cleared from {a.clear_start})"
+        for d, held_from, held_to in a.reserved:
+            co += f"  (holds {d} {held_from}–{held_to})"
         by_machine[a.machine].append(f"    {a.start:>7}–{a.end:<7} {a.job}{co}")
     for mid, rows in by_machine.items():
         lines.append(f"{mid}: {len(rows)} job{'s' if len(rows) != 1 else ''}")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from pathlib import Path
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from planning.instances import problems
 
+from cellctl.cli import main
 from cellctl.planning import (
     METHODS,
     Assignment,
@@ -220,3 +224,19 @@ def test_one_job_has_one_holder() -> None:
         "jobs (unload2).reserves: @previous holds print1's machine, which unload already "
         "holds (one holder per job)"
     ]
+
+
+def test_the_cli_reads_reserves_and_both_schemas_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schemas = Path(__file__).resolve().parents[2] / "cellctl" / "schemas"
+    raw = _raw()
+    jsonschema.validate(raw, json.loads((schemas / "problem.json").read_text()))
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(raw))
+    assert main(["plan", "--problem", str(f), "--method", "instant"]) == 0
+    assert "(holds R " in capsys.readouterr().out
+    assert main(["plan", "--problem", str(f), "--budget-s", "0.05", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, json.loads((schemas / "plan.json").read_text()))
+    assert any(j.get("reserved") for j in doc["jobs"])
