@@ -7,13 +7,17 @@ the loop and the Marlin stream while a 5,000-step re-plan runs off the loop.
    by full decodes (before) and incrementally (`coupled.Pricer`, after), in
    the same process. Same plans, so the figures must match.
 2. The anytime method on the 5,000-step re-plan: how much it improves on the
-   instant plan within a 1 s budget (weighted tardiness, and when it first
-   improves).
-3. Loop lag and Marlin streaming while a 5,000-step re-plan (anytime, 1 s
-   budget after the instant plan) runs in a worker thread with the daemon's
-   1 ms switch interval: loop lag p50/p99 on 1 ms ticks, and a G-code file
-   streamed to the simulated Marlin printer (`marlin_stream.py`'s set-up),
-   lines per second with and without the re-plan.
+   instant plan within budgets of 0.25, 0.5 and 1 s (weighted tardiness),
+   from scratch (the budget includes building the instant plan) and from the
+   plan in force (`plan(..., start=)`, here the instant plan).
+3. Loop lag while a 5,000-step re-plan (anytime from scratch, 1 s budget)
+   runs in a worker thread (the daemon's 1 ms switch interval) or a warm
+   worker process: p50/p99/max on 1 ms ticks, against the idle loop.
+4. A G-code file (short segments) streamed to the simulated Marlin printer
+   (in its own process, as `marlin_stream.py`'s eight printers; 115200 baud,
+   1 ms latency timer) alone, and while the thread or the process re-plans
+   back to back: lines per second and the ratio to alone, loop lag p99, and
+   the p99 from reading an `ok` to writing the next line.
 
     python benchmarks/replanning.py [--quick] [--json OUT.json]
 
