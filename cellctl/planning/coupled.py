@@ -197,12 +197,16 @@ class Pricer:
                 queued.add(v)
                 heapq.heappush(heap, (start[v], end[v], order[v], v))
         where = self.where
+        # The sum of the machines' last ends, from below: exact for j at the end of
+        # m, then each re-timed last job's increase.
+        is_last = self.is_last
+        lo_last = self.last
+        if pos == len(seq):
+            lo_last += e_j - (end[seq[-1]] if seq else inst.free_at[m])
         while heap:
             if monotone and limit is not None:
-                if makespan_only:
-                    if lo_mk > limit[0]:
-                        return None
-                elif wt > limit[0] or (wt == limit[0] and cs > limit[1]):
+                lb = (lo_mk, lo_last) if makespan_only else (wt, cs, lo_mk, lo_last)
+                if lb >= limit:
                     return None
             v = heapq.heappop(heap)[3]
             mv = where[v]
@@ -234,6 +238,8 @@ class Pricer:
                 new_end[v] = e
                 if e > lo_mk:
                     lo_mk = e
+                if is_last[v]:
+                    lo_last += e - end[v]
                 for s in self.succs[v]:
                     if placed[s] and s not in queued:
                         queued.add(s)
@@ -259,7 +265,6 @@ class Pricer:
         old = end[seq[-1]] if seq else inst.free_at[m]
         now = e_j if pos == len(seq) else new_end.get(seq[-1], end[seq[-1]])
         last = self.last + now - old
-        is_last = self.is_last
         for v, e in new_end.items():
             if v != j and is_last[v] and where[v] != m:
                 last += e - end[v]
