@@ -182,25 +182,36 @@ def loop_lag(reps: int) -> dict[str, dict[str, float]]:
     prob = big()
     old = sys.getswitchinterval()
     sys.setswitchinterval(0.001)
-    out: dict[str, list[dict[str, float]]] = {"idle": [], "thread": [], "process": []}
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in ("idle", *MODES)}
+    pools = {k: _pool(k) for k in MODES}
     try:
-        with _pool("thread") as threads, _pool("process") as procs:
-            for _ in range(reps):
-                out["idle"].append(asyncio.run(_lag_while(None, prob)))
-                out["thread"].append(asyncio.run(_lag_while(threads, prob)))
-                out["process"].append(asyncio.run(_lag_while(procs, prob)))
+        for _ in range(reps):
+            out["idle"].append(asyncio.run(_lag_while(None, prob)))
+            for k, pool in pools.items():
+                out[k].append(asyncio.run(_lag_while(pool, prob)))
     finally:
         sys.setswitchinterval(old)
+        for pool in pools.values():
+            pool.shutdown()
     return {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in out.items()}
 
 
 MARLIN_BAUD, MARLIN_LATENCY_MS = 115200, 1.0
+# Where the re-plan runs: a thread of the daemon's process, a warm worker
+# process, and one at nice +10 (the OS prefers the daemon's loop over it).
+MODES = ("thread", "process", "nice process")
+
+
+def _nice() -> None:
+    os.nice(10)  # the planner yields the CPU to the daemon's loop under contention
 
 
 def _pool(mode: str) -> concurrent.futures.Executor:
     if mode == "thread":
         return concurrent.futures.ThreadPoolExecutor(1)
-    procs = concurrent.futures.ProcessPoolExecutor(1)
+    procs = concurrent.futures.ProcessPoolExecutor(
+        1, initializer=_nice if mode == "nice process" else None
+    )
     procs.submit(_replan, cell_problem(1, 5, 1, 0, Objective.MAKESPAN)).result()  # warm
     return procs
 
@@ -260,25 +271,24 @@ def marlin(reps: int, lines: int) -> dict[str, Any]:
     prob = big()
     old = sys.getswitchinterval()
     sys.setswitchinterval(0.001)
-    runs: dict[str, list[dict[str, float]]] = {"alone": [], "thread": [], "process": []}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("alone", *MODES)}
+    pools = {k: _pool(k) for k in MODES}
     try:
-        with (
-            tempfile.TemporaryDirectory() as d,
-            _pool("thread") as threads,
-            _pool("process") as procs,
-        ):
+        with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "short.gcode"
             write_short_segments(path, lines)
             for _ in range(reps):
                 runs["alone"].append(asyncio.run(stream_beside(path, None, None)))
-                runs["thread"].append(asyncio.run(stream_beside(path, prob, threads)))
-                runs["process"].append(asyncio.run(stream_beside(path, prob, procs)))
+                for k, pool in pools.items():
+                    runs[k].append(asyncio.run(stream_beside(path, prob, pool)))
     finally:
         sys.setswitchinterval(old)
+        for pool in pools.values():
+            pool.shutdown()
     out: dict[str, Any] = {
         k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()
     }
-    for k in ("thread", "process"):
+    for k in MODES:
         out[k]["ratio"] = out[k]["lines_s"] / out["alone"]["lines_s"]
     out["runs"] = reps
     out["lines"] = lines
@@ -324,7 +334,7 @@ def report(res: dict[str, Any]) -> None:
         print("3. loop lag on 1 ms ticks (medians of runs)")
         for k, f in res["loop_lag"].items():
             print(
-                f"  {k:<7} p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  max "
+                f"  {k:<12} p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  max "
                 f"{f['max_ms']:.1f} ms  (re-plan {f['replan_s']:.2f} s)"
             )
     if "marlin" in res:
@@ -333,12 +343,12 @@ def report(res: dict[str, Any]) -> None:
             f"4. Marlin: {m['lines']} short lines at {m['baud']} baud, 1 ms latency timer, "
             f"simulator in its own process; medians of {m['runs']}"
         )
-        for k in ("alone", "thread", "process"):
+        for k in ("alone", *MODES):
             f = m[k]
             what = "alone" if k == "alone" else f"re-plans in a {k} ({f['replans']:.0f})"
             ratio = f" ÷ alone {f['ratio']:.3f}" if "ratio" in f else ""
             print(
-                f"  {what:<26} {f['lines_s']:7.1f} lines/s{ratio}  wire/cap {f['wire']:.3f}  "
+                f"  {what:<31} {f['lines_s']:7.1f} lines/s{ratio}  wire/cap {f['wire']:.3f}  "
                 f"loop lag p99 {f['lag_p99_ms']:.2f} ms  ok→send p99 {f['ok_send_p99_ms']:.2f} ms"
             )
 
