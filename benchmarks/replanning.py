@@ -42,7 +42,8 @@ from typing import Any
 
 from scheduling import cell_problem
 
-from cellctl.planning import Objective, Problem, check, plan
+from cellctl.planning import Job, Machine, Objective, Problem, check, plan
+from cellctl.planning.model import PREVIOUS
 from cellctl.planning.solution import Solution
 
 
@@ -62,6 +63,49 @@ def routed(seed: int, steps: int) -> Problem:
             jobs[i] = dataclasses.replace(jobs[i], after=(prev.id,), due=due)
         k += length
     return dataclasses.replace(base, jobs=tuple(jobs))
+
+
+def tended(seed: int, steps: int) -> Problem:
+    """`routed`, plus a robot R1: it tends half the mill steps (`reserves: ["R1"]`) and
+    unloads every print that ends a route (a 2-minute step after it, `@previous`)."""
+    base = routed(seed, steps)
+    rng = random.Random(seed + 1)
+    last_of_route = {j.id for j in base.jobs} - {a for j in base.jobs for a in j.after}
+    jobs: list[Job] = []
+    for j in base.jobs:
+        if j.id.startswith("J") and any(m.startswith("M") for m in j.durations):
+            if rng.random() < 0.5:
+                j = dataclasses.replace(j, reserves=("R1",))
+        jobs.append(j)
+        if j.id in last_of_route and any(m.startswith("P") for m in j.durations):
+            jobs.append(Job(f"U{j.id}", "gripper", {"R1": 2}, after=(j.id,), reserves=(PREVIOUS,)))
+    return dataclasses.replace(
+        base, machines=(*base.machines, Machine("R1", "gripper")), jobs=tuple(jobs)
+    )
+
+
+def reservations(quick: bool) -> list[dict[str, Any]]:
+    """Planning with a tending and unloading robot: every method's time and figures."""
+    rows = []
+    for steps in (40,) if quick else (40, 80):
+        prob = tended(steps, steps)
+        for method, kw in (
+            ("fifo", {}),
+            ("instant", {}),
+            ("greedy", {}),
+            ("anytime", {"budget_s": 1.0}),
+        ):
+            took, got = _timed(prob, method, True, **kw)
+            rows.append(
+                {
+                    "steps": len(prob.jobs),
+                    "method": method,
+                    "s": took,
+                    "wt": got.figures.weighted_tardiness,
+                    "iterations": got.iterations,
+                }
+            )
+    return rows
 
 
 def _timed(problem: Problem, method: str, incremental: bool, **kw: Any) -> tuple[float, Any]:
@@ -310,6 +354,14 @@ def report(res: dict[str, Any]) -> None:
                 f"{r['incremental_iterations']}; weighted tardiness instant {r['instant_wt']}, "
                 f"full {r['full_wt']}, incremental {r['incremental_wt']}"
             )
+    if res.get("reserves"):
+        print("1b. reservations: a robot tends half the mill steps and unloads route-ending prints")
+        for r in res["reserves"]:
+            print(
+                f"  {r['steps']:>4} steps  {r['method']:<8} {r['s'] * 1000:8.1f} ms  weighted "
+                f"tardiness {r['wt']:,}"
+                + (f"  ({r['iterations']} iterations)" if r["iterations"] else "")
+            )
     if "anytime" in res:
         a = res["anytime"]
         wt0 = statistics.median(w for _, w in a["instant"])
@@ -364,6 +416,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {res['load_average']:.1f} at the start")
     if "1" in args.parts:
         res["pricing"] = pricing(args.quick)
+        res["reserves"] = reservations(args.quick)
     if "2" in args.parts:
         res["anytime"] = anytime_5000(reps)
     if "3" in args.parts:
