@@ -106,6 +106,13 @@ def dispatch(inst: Instance, prefer_setup: bool) -> list[list[int]]:
             end[pick] = now + c + pm[pick]
             ready[m], prev[m] = end[pick], inst.setup[pick]
             _hold(inst, pick, end, ready, seqs)
+            # Its unload (`@previous`) goes at once, to the machine that can start it
+            # first: two machines each waiting for an unload only the other can run
+            # would stall, and the machine is held until the unload ends anyway.
+            for u in [u for u in inst.holders[pick] if u in pending]:
+                waiting.remove(u)
+                pending.discard(u)
+                _unload(inst, u, end, ready, prev, seqs)
             parked.clear()
             continue
         if not capable:
@@ -133,6 +140,27 @@ def _hold(inst: Instance, j: int, end: list[int], ready: list[int], seqs: list[l
         for d, s in enumerate(seqs):
             if q in s:
                 ready[d] = max(ready[d], end[j])
+
+
+def _unload(
+    inst: Instance,
+    u: int,
+    end: list[int],
+    ready: list[int],
+    prev: list[int],
+    seqs: list[list[int]],
+) -> None:
+    head = max(inst.release[u], end[inst.preds[u][0]], *(ready[d] for d in inst.res[u]))
+    best: tuple[int, int] | None = None
+    for mu in inst.capable[u]:
+        e = max(ready[mu] + inst.st[mu][prev[mu]][inst.setup[u]], head) + inst.p[mu][u]
+        if best is None or e < best[0]:
+            best = (e, mu)
+    assert best is not None
+    e, mu = best
+    seqs[mu].append(u)
+    end[u], ready[mu], prev[mu] = e, e, inst.setup[u]
+    _hold(inst, u, end, ready, seqs)
 
 
 def fifo(inst: Instance) -> list[list[int]]:

@@ -240,3 +240,19 @@ def test_the_cli_reads_reserves_and_both_schemas_agree(
     doc = json.loads(capsys.readouterr().out)
     jsonschema.validate(doc, json.loads((schemas / "plan.json").read_text()))
     assert any(j.get("reserved") for j in doc["jobs"])
+
+
+def test_two_machines_each_unloaded_by_the_other_do_not_stall() -> None:
+    """A print on each machine, each unloaded by a step only the other machine runs:
+    giving both machines a print first would hold each for an unload the other runs."""
+    ms = (Machine("P", "A"), Machine("Q", "A"))
+    jobs = (
+        Job("p1", "A", {"P": 10}),
+        Job("q1", "A", {"Q": 10}),
+        Job("u1", "A", {"Q": 2}, after=("p1",), reserves=(PREVIOUS,)),
+        Job("v1", "A", {"P": 2}, after=("q1",), reserves=(PREVIOUS,)),
+    )
+    problem = Problem(Objective.MAKESPAN, ms, {}, jobs)
+    for method in METHODS:
+        got = plan(problem, method, iterations=5)
+        check(problem, got.assignments)
