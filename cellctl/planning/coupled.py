@@ -75,6 +75,7 @@ class Pricer:
         left = sum(len(s) for s in seqs)
         stamp = 0
         start, end, co, free, order = self.start, self.end, self.co, self.free, self.order
+        holder_of = inst.holder_of
         while left:
             progressed = False
             for m, seq in enumerate(seqs):
@@ -90,9 +91,17 @@ class Pricer:
                                 break
                             if end[q] > head:
                                 head = end[q]
+                    r = ready[m]
+                    if k:  # the machine waits for its last job's holder (`@previous`)
+                        h = holder_of[seq[k - 1]]
+                        if h >= 0 and h != j and placed[h]:
+                            if not done[h]:
+                                blocked = True
+                            elif end[h] > r:
+                                r = end[h]
                     if blocked:
                         break
-                    _, t0, t1, _, after = inst.advance(m, ready[m], prev[m], j, head)
+                    _, t0, t1, _, after = inst.advance(m, r, prev[m], j, head)
                     start[j], end[j], free[j] = t0, t1, after
                     co[j] = inst.st[m][prev[m]][inst.setup[j]]
                     order[j] = stamp
@@ -151,11 +160,31 @@ class Pricer:
             seq = self.seqs[self.where[v]]
             if self.pos[v] + 1 < len(seq):
                 nxt.append(seq[self.pos[v] + 1])
+            w = self._held_next(v)
+            if w >= 0:
+                nxt.append(w)
             for w in nxt:
                 if self.placed[w] and w not in seen and self._rank(w) <= top:
                     seen.add(w)
                     todo.append(w)
         return False
+
+    def _held_next(self, h: int) -> int:
+        """The job that waits for holder h: the next one on the machine h holds, or -1."""
+        if not self.inst.holds_prev[h]:
+            return -1
+        q = self.inst.preds[h][0]
+        if not self.placed[q]:
+            return -1
+        seq = self.seqs[self.where[q]]
+        k = self.pos[q] + 1
+        return seq[k] if k < len(seq) and seq[k] != h else -1
+
+    def _full(self, j: int, m: int, pos: int, limit: Key | None) -> Key | None:
+        self.seqs[m].insert(pos, j)
+        key = self.inst.key_of(self.seqs)
+        del self.seqs[m][pos]
+        return None if key is None or (limit is not None and key >= limit) else key
 
     def price(self, j: int, m: int, pos: int, limit: Key | None = None) -> Key | None:
         """The key with removed job j inserted on machine m at pos; None if it deadlocks,
@@ -164,19 +193,41 @@ class Pricer:
         `load` must have been given the current sequences, without j.
         """
         inst = self.inst
-        seq = self.seqs[m]
+        holder_of = inst.holder_of
         placed = self.placed
+        h_j = holder_of[j]
+        if self.key is None:  # the sequences deadlock already (not in a search)
+            return self._full(j, m, pos, limit)
+        if h_j >= 0 and placed[h_j]:
+            # j's holder now holds j's machine: a new edge from a job downstream of j
+            # to j's next job, which need not respect the plan's order. Decode it.
+            return self._full(j, m, pos, limit)
+        seq = self.seqs[m]
         start, end, free, order = self.start, self.end, self.free, self.order
         prev_job = seq[pos - 1] if pos else -1
         next_job = seq[pos] if pos < len(seq) else -1
         preds = [q for q in inst.preds[j] if placed[q]]
         succs = [s for s in self.succs[j] if placed[s]]
         sources = succs + ([next_job] if next_job >= 0 else [])
+        held = -1  # the job that, j being a holder, now waits for j
+        if inst.holds_prev[j] and preds:
+            q = preds[0]
+            sq = self.seqs[self.where[q]]
+            k = self.pos[q] + 1
+            if k < len(sq) and not (self.where[q] == m and pos == k):
+                held = sq[k]
+                sources.append(held)
         head = inst.release[j]
         for q in preds:
             if end[q] > head:
                 head = end[q]
         ready = free[prev_job] if prev_job >= 0 else inst.free_at[m]
+        wait = holder_of[prev_job] if prev_job >= 0 else -1
+        if wait >= 0 and wait != j and placed[wait]:
+            if end[wait] > ready:
+                ready = end[wait]
+        else:
+            wait = -1
         before = inst.setup[prev_job] if prev_job >= 0 else inst.init_setup[m]
         _, _, e_j, _, f_j = inst.advance(m, ready, before, j, head)
         co_j = inst.st[m][before][inst.setup[j]]
@@ -219,6 +270,11 @@ class Pricer:
             if u >= 0:
                 r = new_free.get(u, free[u])
                 su = inst.setup[u]
+                h = holder_of[u]
+                if h >= 0 and h != v and (h == j or placed[h]):
+                    eh = new_end.get(h, end[h])
+                    if eh > r:
+                        r = eh
             else:
                 r, su = inst.free_at[mv], inst.init_setup[mv]
             h = inst.release[v]
@@ -244,6 +300,10 @@ class Pricer:
                     if placed[s] and s not in queued:
                         queued.add(s)
                         heapq.heappush(heap, (start[s], end[s], order[s], s))
+                w = self._held_next(v)
+                if w >= 0 and w not in queued:
+                    queued.add(w)
+                    heapq.heappush(heap, (start[w], end[w], order[w], w))
             if f != free[v]:
                 new_free[v] = f
                 if k + 1 < len(sv):
@@ -273,7 +333,7 @@ class Pricer:
             return None
         # Checked last, and only for a place that would win: most places are dropped
         # above, and the search for a path costs more than the walk.
-        targets = preds + ([prev_job] if prev_job >= 0 else [])
+        targets = preds + ([prev_job] if prev_job >= 0 else []) + ([wait] if wait >= 0 else [])
         if self._cycle(sources, targets):
             return None
         return key

@@ -92,6 +92,11 @@ class Instance:
             for q in self.preds[j]:
                 self.succs[q].append(j)
         self.reserving = any(self.res) or any(self.holds_prev)
+        # The one job holding each job's machine (`@previous`), or -1.
+        self.holder_of = [h[0] if len(h) == 1 else -1 for h in self.holders]
+        # Holds alone are graph edges (the held machine's next job waits for the
+        # holder): `coupled.Pricer` prices them; devices claimed by time are not.
+        self.graph_only = not any(self.res) and all(len(h) <= 1 for h in self.holders)
         # `after` and reservations tie machines' timings together.
         self.coupled = any(self.preds) or self.reserving
         self.topo_rank = [0] * self.n

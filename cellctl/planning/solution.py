@@ -168,7 +168,7 @@ class Solution:
         return max((self.C[m][-1] for m in range(self.inst.m) if self.C[m]), default=0)
 
     def _uses_pricer(self) -> bool:
-        return self.incremental and not self.inst.reserving
+        return self.incremental and self.inst.graph_only
 
     def _loaded(self) -> Pricer:
         if self._pricer is None:
