@@ -65,16 +65,17 @@ def routed(seed: int, steps: int) -> Problem:
     return dataclasses.replace(base, jobs=tuple(jobs))
 
 
-def tended(seed: int, steps: int) -> Problem:
-    """`routed`, plus a robot R1: it tends half the mill steps (`reserves: ["R1"]`) and
-    unloads every print that ends a route (a 2-minute step after it, `@previous`)."""
+def tended(seed: int, steps: int, tend: bool = True) -> Problem:
+    """`routed`, plus a robot R1: it tends half the mill steps (`reserves: ["R1"]`; not
+    if `tend` is false) and unloads every print that ends a route (a 2-minute step
+    after it, `@previous`)."""
     base = routed(seed, steps)
     rng = random.Random(seed + 1)
     last_of_route = {j.id for j in base.jobs} - {a for j in base.jobs for a in j.after}
     jobs: list[Job] = []
     for j in base.jobs:
         if j.id.startswith("J") and any(m.startswith("M") for m in j.durations):
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and tend:
                 j = dataclasses.replace(j, reserves=("R1",))
         jobs.append(j)
         if j.id in last_of_route and any(m.startswith("P") for m in j.durations):
@@ -85,8 +86,24 @@ def tended(seed: int, steps: int) -> Problem:
 
 
 def reservations(quick: bool) -> list[dict[str, Any]]:
-    """Planning with a tending and unloading robot: every method's time and figures."""
+    """Planning with a tending and unloading robot: every method's time and figures; and
+    with unloads only (`@previous`: priced incrementally), greedy before and after."""
     rows = []
+    for steps in (40, 80) if quick else (40, 80, 160):
+        prob = tended(steps, steps, tend=False)
+        t_full, a = _timed(prob, "greedy", False)
+        t_inc, b = _timed(prob, "greedy", True)
+        assert a.sequences == b.sequences
+        rows.append(
+            {
+                "steps": len(prob.jobs),
+                "method": "greedy, unloads only",
+                "s": t_inc,
+                "full_s": t_full,
+                "wt": b.figures.weighted_tardiness,
+                "iterations": 0,
+            }
+        )
     for steps in (40,) if quick else (40, 80):
         prob = tended(steps, steps)
         for method, kw in (
@@ -357,6 +374,13 @@ def report(res: dict[str, Any]) -> None:
     if res.get("reserves"):
         print("1b. reservations: a robot tends half the mill steps and unloads route-ending prints")
         for r in res["reserves"]:
+            if "full_s" in r:
+                print(
+                    f"  {r['steps']:>4} steps  greedy, unloads only: full decodes "
+                    f"{r['full_s'] * 1000:8.1f} ms, incremental {r['s'] * 1000:7.1f} ms "
+                    f"×{r['full_s'] / r['s']:.1f}"
+                )
+                continue
             print(
                 f"  {r['steps']:>4} steps  {r['method']:<8} {r['s'] * 1000:8.1f} ms  weighted "
                 f"tardiness {r['wt']:,}"
