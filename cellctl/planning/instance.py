@@ -125,6 +125,18 @@ class Instance:
         self.pin_len = [len(s) for s in self.pinned_seqs]
         fixed = {j for s in self.pinned_seqs for j in s}
         self.movable = [j for j in range(self.n) if j not in fixed]
+        # Per machine, the movable jobs its pinned jobs wait for (through `after`): one
+        # of them placed there would come after the pins, so after what waits for it.
+        self.pin_blocked: list[set[int]] = []
+        for s in self.pinned_seqs:
+            seen: set[int] = set()
+            todo = [q for p in s for q in self.preds[p]]
+            while todo:
+                q = todo.pop()
+                if q not in seen:
+                    seen.add(q)
+                    todo.extend(self.preds[q])
+            self.pin_blocked.append(seen - fixed)
         self.no_idle = [
             not self.timed[m]
             and all(self.release[j] <= self.free_at[m] for j in range(self.n) if self.p[m][j] >= 0)

@@ -128,6 +128,30 @@ def parse_problem(raw: object) -> Problem:
     inst = Instance(problem)  # the decoder: the one judge of deadlock
     if any(problem.pinned.values()) and inst.decode(inst.pinned_seqs) is None:
         raise ProblemInvalid(["pinned: the pinned orders contradict `after`"])
+    for m, pins in enumerate(inst.pinned_seqs):
+        for k, q in enumerate(pins[:-1]):
+            for u in inst.holders[q]:
+                if u not in {j for s in inst.pinned_seqs for j in s}:
+                    raise ProblemInvalid(
+                        [
+                            f"pinned.{inst.machine_ids[m]}: {inst.job_ids[pins[k + 1]]} "
+                            f"follows {inst.job_ids[q]}, but {inst.job_ids[u]} holds the "
+                            f"machine after {inst.job_ids[q]} (@previous) and is not pinned"
+                        ]
+                    )
+    stuck = [
+        inst.job_ids[j]
+        for j in inst.movable
+        if all(j in inst.pin_blocked[m] for m in inst.capable[j])
+    ]
+    if stuck:
+        raise ProblemInvalid(
+            [
+                f"pinned: pinned jobs wait for {jid}, which only machines whose pinned "
+                "jobs wait for it can run (it would come after them)"
+                for jid in stuck
+            ]
+        )
     return problem
 
 
