@@ -23,8 +23,12 @@ A path out of j's successors back to its predecessors must run forward in
 time, so it is searched only when a successor does not already lie after
 every predecessor, and only among jobs no later than the latest one.
 
-Problems with reservations (`reserves`) are priced by full decodes:
-claiming a shared device is decided in time order, not by a fixed graph.
+An unload (`@previous`) is an edge of the same graph: the held machine's
+next job waits for the holder. Moving the held job itself changes which job
+waits, from a job that may lie downstream of it: that place is priced by a
+full decode. Problems where a job claims a device over its run (`reserves`
+naming a machine) are priced by full decodes throughout: who claims a
+shared device first is decided in time order, not by a fixed graph.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ tardiness and changeover up to each position):
   the makespan, one pass over the suffix's lateness for tardiness;
 - elsewhere the suffix is walked until a job ends where it used to, after
   which nothing changes.
-A coupled problem (with `after`) is priced by re-timing only what the
-insertion moves (`coupled.Pricer`); one with reservations by decoding the
-whole solution.
+A coupled problem (with `after`, and unloads: `@previous`) is priced by
+re-timing only what the insertion moves (`coupled.Pricer`); one where a job
+claims a device over its run by decoding the whole solution.
 """
 
 from __future__ import annotations
