@@ -38,6 +38,11 @@ def add_commands(sub: Any) -> None:
         help="free the pinned jobs if a plan without them is better by more than F (0.1: 10 %%)",
     )
     p.add_argument("--seed", type=int, default=0, help="anytime: random seed (default 0)")
+    p.add_argument(
+        "--start",
+        metavar="PLAN.json",
+        help="anytime: improve this earlier plan (as --json writes it) instead of building one",
+    )
     p.add_argument("--json", action="store_true", help="write the plan as JSON (plan.json schema)")
     p.add_argument(
         "--svg", metavar="FILE.svg", help="also draw the plan as a Gantt chart into this file"
@@ -57,26 +62,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not args.budget_s >= 0:
         print(f"cellctl plan: --budget-s must be ≥ 0, got {args.budget_s}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        with open(name, "rb") as fh:
-            raw = json.loads(fh.read().decode("utf-8"))
-    except FileNotFoundError:
-        print(f"{name}: file not found", file=sys.stderr)
+    if args.start is not None and args.method != "anytime":
+        print("cellctl plan: --start needs --method anytime", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
+    raw = _read_json(name)
+    if raw is _UNREAD:
         return EXIT_USAGE
-    except UnicodeDecodeError as exc:
-        print(f"{name}: not UTF-8 text (byte {exc.start})", file=sys.stderr)
-        return EXIT_USAGE
-    except json.JSONDecodeError as exc:
-        print(
-            f"{name}: not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=sys.stderr
-        )
-        return EXIT_USAGE
-    except RecursionError:
-        print(f"{name}: not JSON this planner reads: nested too deeply", file=sys.stderr)
-        return EXIT_USAGE
+    start = None
+    if args.start is not None:
+        doc = _read_json(args.start)
+        if doc is _UNREAD:
+            return EXIT_USAGE
+        machines = doc.get("machines") if isinstance(doc, dict) else None
+        if not isinstance(machines, dict) or not all(
+            isinstance(v, list) and all(isinstance(j, str) for j in v) for v in machines.values()
+        ):
+            print(
+                f"{args.start}: machines: expected an object machine → [job ids] "
+                "(a plan as `cellctl plan --json` writes it)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        start = machines
     try:
         problem = parse_problem(raw)
     except ProblemInvalid as exc:
@@ -92,6 +99,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             budget_s=args.budget_s,
             seed=args.seed,
             unpin_margin=args.unpin_margin,
+            start=start,
         )
     except OutsideCalendar as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -111,6 +119,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_UNREAD: Any = object()  # a file that could not be read as JSON (the reason is printed)
+
+
+def _read_json(name: str) -> Any:
+    try:
+        with open(name, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except FileNotFoundError:
+        print(f"{name}: file not found", file=sys.stderr)
+    except OSError as exc:
+        print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
+    except UnicodeDecodeError as exc:
+        print(f"{name}: not UTF-8 text (byte {exc.start})", file=sys.stderr)
+    except json.JSONDecodeError as exc:
+        print(
+            f"{name}: not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=sys.stderr
+        )
+    except RecursionError:
+        print(f"{name}: not JSON this planner reads: nested too deeply", file=sys.stderr)
+    return _UNREAD
+
+
 def render(problem: Problem, result: Plan) -> str:
     u = problem.time_unit
     f = result.figures
@@ -127,6 +157,8 @@ def render(problem: Problem, result: Plan) -> str:
             )
         if a.clear_start is not None:
             co += f"  (bed cleared from {a.clear_start})"
+        for d, held_from, held_to in a.reserved:
+            co += f"  (holds {d} {held_from}–{held_to})"
         by_machine[a.machine].append(f"    {a.start:>7}–{a.end:<7} {a.job}{co}")
     for mid, rows in by_machine.items():
         lines.append(f"{mid}: {len(rows)} job{'s' if len(rows) != 1 else ''}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cellctl.planning.model import Assignment, Figures, Problem
+from cellctl.planning.model import PREVIOUS, Assignment, Figures, Problem
 
 
 class ScheduleInvalid(ValueError):
@@ -88,6 +88,7 @@ def check(problem: Problem, assignments: Iterable[Assignment]) -> Figures:
                     ready = a.clear_start + job.clear
             total_changeover += want
             loaded = need
+    _reservations(bad, problem, placed)
     if bad:
         raise ScheduleInvalid(bad)
     wt = 0
@@ -108,3 +109,52 @@ def _in_shift(bad: list[str], problem: Problem, what: str, start: int, length: i
         return
     if not any(s <= start and start + length <= e for s, e in problem.shifts):
         bad.append(f"{what} [{start}, {start + length}) is not inside one operator shift")
+
+
+def _reservations(bad: list[str], problem: Problem, placed: dict[str, Assignment]) -> None:
+    """No device is held (`reserves`) while it does anything else or is held by another job.
+
+    A job holds each device it names over its run, [start, end); `@previous`
+    holds the machine of its one `after` job from when that job leaves it (its
+    end, or the end of its bed clearing) until this job ends.
+    """
+    jobs = {j.id: j for j in problem.jobs}
+    if not any(j.reserves for j in jobs.values()):
+        return
+    # device -> (from, to, job, what): everything a device does, then every hold.
+    busy: dict[str, list[tuple[int, int, str, str]]] = {}
+    for jid, a in placed.items():
+        job = jobs.get(jid)
+        if job is None or a.machine not in job.durations:
+            continue
+        busy.setdefault(a.machine, []).append((a.changeover_start, a.end, jid, "runs"))
+        if job.clear and a.clear_start is not None:
+            busy[a.machine].append((a.clear_start, a.clear_start + job.clear, jid, "clears"))
+    holds: list[tuple[str, int, int, str, str | None]] = []  # device, from, to, holder, excused
+    for jid, a in placed.items():
+        job = jobs.get(jid)
+        if job is None:
+            continue
+        for d in job.reserves:
+            if d != PREVIOUS:
+                holds.append((d, a.start, a.end, jid, None))
+                continue
+            q = placed.get(job.after[0]) if len(job.after) == 1 else None
+            if q is None:
+                continue
+            qjob = jobs[q.job]
+            left = q.end
+            if qjob.clear and q.clear_start is not None:
+                left = q.clear_start + qjob.clear
+            holds.append((q.machine, left, max(left, a.end), jid, q.job))
+    for k, (d, s, e, who, excused) in enumerate(holds):
+        if e <= s:
+            continue
+        for bs, be, other, what in busy.get(d, []):
+            if other != who and other != excused and bs < e and s < be and be > bs:
+                bad.append(
+                    f"{who}: holds {d} over [{s}, {e}), but {other} {what} there [{bs}, {be})"
+                )
+        for d2, s2, e2, who2, _ in holds[k + 1 :]:
+            if d2 == d and who2 != who and s2 < e and s < e2 and e2 > s2:
+                bad.append(f"{who} and {who2} both hold {d} over [{max(s, s2)}, {min(e, e2)})")

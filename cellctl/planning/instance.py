@@ -18,7 +18,7 @@ import heapq
 from dataclasses import dataclass
 
 from cellctl.planning.calendar import fit
-from cellctl.planning.model import Assignment, Figures, Objective, Plan, Problem
+from cellctl.planning.model import PREVIOUS, Assignment, Figures, Objective, Plan, Problem
 
 NO_DUE = 1 << 62  # a job without a due date is never tardy
 
@@ -31,6 +31,8 @@ class Timing:
     machine: list[int]
     changeover_start: list[int]
     clear_start: list[int]  # -1: no clearing
+    # Per job, (device index, from, to) it holds besides its machine (`reserves`).
+    reserved: list[list[tuple[int, int, int]]] | None = None
 
 
 class Instance:
@@ -76,7 +78,27 @@ class Instance:
                     if b in sidx and a != b:
                         self.st[m][sidx[a]][sidx[b]] = t
         self.preds = [tuple(jidx[a] for a in j.after) for j in problem.jobs]
-        self.coupled = any(self.preds)  # `after` ties machines' timings together
+        # Reservations: explicit devices held over the job's run, and `@previous`
+        # (the machine of the job's one `after` job, held from when that job leaves
+        # it until this one ends: that machine's next job waits for this one).
+        self.res = [tuple(midx[d] for d in j.reserves if d != PREVIOUS) for j in problem.jobs]
+        self.holds_prev = [PREVIOUS in j.reserves for j in problem.jobs]
+        self.holders: list[list[int]] = [[] for _ in range(self.n)]
+        for j in range(self.n):
+            if self.holds_prev[j]:
+                self.holders[self.preds[j][0]].append(j)
+        self.succs: list[list[int]] = [[] for _ in range(self.n)]
+        for j in range(self.n):
+            for q in self.preds[j]:
+                self.succs[q].append(j)
+        self.reserving = any(self.res) or any(self.holds_prev)
+        # The one job holding each job's machine (`@previous`), or -1.
+        self.holder_of = [h[0] if len(h) == 1 else -1 for h in self.holders]
+        # Holds alone are graph edges (the held machine's next job waits for the
+        # holder): `coupled.Pricer` prices them; devices claimed by time are not.
+        self.graph_only = not any(self.res) and all(len(h) <= 1 for h in self.holders)
+        # `after` and reservations tie machines' timings together.
+        self.coupled = any(self.preds) or self.reserving
         self.topo_rank = [0] * self.n
         for r, j in enumerate(topological(self, list(range(self.n)))):
             self.topo_rank[j] = r
@@ -103,6 +125,18 @@ class Instance:
         self.pin_len = [len(s) for s in self.pinned_seqs]
         fixed = {j for s in self.pinned_seqs for j in s}
         self.movable = [j for j in range(self.n) if j not in fixed]
+        # Per machine, the movable jobs its pinned jobs wait for (through `after`): one
+        # of them placed there would come after the pins, so after what waits for it.
+        self.pin_blocked: list[set[int]] = []
+        for s in self.pinned_seqs:
+            seen: set[int] = set()
+            todo = [q for p in s for q in self.preds[p]]
+            while todo:
+                q = todo.pop()
+                if q not in seen:
+                    seen.add(q)
+                    todo.extend(self.preds[q])
+            self.pin_blocked.append(seen - fixed)
         self.no_idle = [
             not self.timed[m]
             and all(self.release[j] <= self.free_at[m] for j in range(self.n) if self.p[m][j] >= 0)
@@ -135,6 +169,8 @@ class Instance:
 
         An `after` job that is in no sequence (taken out by a search move) is ignored.
         """
+        if self.reserving:
+            return self._decode_reserving(seqs)
         n = self.n
         start = [0] * n
         end = [-1] * n
@@ -179,6 +215,87 @@ class Instance:
             if not progressed:
                 return None
         return Timing(start, end, co, mach, co_start, clear_start)
+
+    def _decode_reserving(self, seqs: list[list[int]]) -> Timing | None:
+        """`decode` with reservations: jobs are timed in order of their start.
+
+        Holding a device is claiming it from when it is free, so the order in
+        which jobs claim a shared device decides the times: the job that can
+        start first claims first (ties: the lower machine index). A device
+        held by `@previous` runs nothing else until its holder has been timed.
+        """
+        n, m_count = self.n, self.m
+        start = [0] * n
+        end = [-1] * n
+        co = [0] * n
+        mach = [-1] * n
+        co_start = [0] * n
+        clear_start = [-1] * n
+        free_after = [0] * n  # when the job's machine is free again (after clearing)
+        reserved: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+        placed = [False] * n
+        for seq in seqs:
+            for j in seq:
+                placed[j] = True
+        pos = [0] * m_count
+        ready = list(self.free_at)
+        prev = list(self.init_setup)
+        last = [-1] * m_count  # the last job timed on each machine
+
+        def held(d: int, by: int) -> bool:
+            # d's last job waits for a holder (`@previous`) not yet timed.
+            q = last[d]
+            return q >= 0 and any(u != by and placed[u] and end[u] < 0 for u in self.holders[q])
+
+        left = sum(len(s) for s in seqs)
+        while left:
+            best: tuple[int, int, tuple[int, ...]] | None = None
+            for m, seq in enumerate(seqs):
+                k = pos[m]
+                if k >= len(seq):
+                    continue
+                j = seq[k]
+                if held(m, j):
+                    continue
+                head = self.release[j]
+                blocked = False
+                for q in self.preds[j]:
+                    if end[q] < 0:
+                        if placed[q]:
+                            blocked = True
+                            break
+                        continue
+                    head = max(head, end[q])
+                for d in self.res[j]:
+                    if held(d, j):
+                        blocked = True
+                        break
+                    head = max(head, ready[d])
+                if blocked:
+                    continue
+                got = self.advance(m, ready[m], prev[m], j, head)
+                if best is None or (got[1], m) < (best[2][1], best[0]):
+                    best = (m, j, got)
+            if best is None:
+                return None
+            m, j, (cs, s, e, clr, after) = best
+            start[j], end[j], mach[j] = s, e, m
+            co[j] = self.st[m][prev[m]][self.setup[j]]
+            co_start[j], clear_start[j] = cs, clr
+            ready[m], prev[m], last[m] = after, self.setup[j], j
+            free_after[j] = after
+            for d in self.res[j]:
+                reserved[j].append((d, s, e))
+                ready[d] = max(ready[d], e)
+            if self.holds_prev[j]:
+                q = self.preds[j][0]
+                if end[q] >= 0 and mach[q] != m:
+                    d = mach[q]
+                    reserved[j].append((d, free_after[q], max(free_after[q], e)))
+                    ready[d] = max(ready[d], e)
+            pos[m] += 1
+            left -= 1
+        return Timing(start, end, co, mach, co_start, clear_start, reserved)
 
     def figures_of(self, timing: Timing) -> Figures:
         wt = 0
@@ -227,6 +344,11 @@ class Instance:
                         setup_before=self.setup_labels[prev],
                         changeover_start=timing.changeover_start[j],
                         clear_start=None if timing.clear_start[j] < 0 else timing.clear_start[j],
+                        reserved=tuple(
+                            (self.machine_ids[d], a, b) for d, a, b in timing.reserved[j]
+                        )
+                        if timing.reserved
+                        else (),
                     )
                 )
                 prev = self.setup[j]
@@ -254,14 +376,17 @@ def topological(inst: Instance, order: list[int]) -> list[int]:
     for j in range(inst.n):
         for q in inst.preds[j]:
             succs[q].append(j)
-    heap = [(rank[j], j) for j in range(inst.n) if indeg[j] == 0]
+    # A job holding its predecessor's machine (`@previous`) comes right after it,
+    # so that a list schedule never gives that machine other work first.
+    first = [-1 if inst.holds_prev[j] else 0 for j in range(inst.n)]
+    heap = [(first[j], rank[j], j) for j in range(inst.n) if indeg[j] == 0]
     heapq.heapify(heap)
     out = []
     while heap:
-        _, j = heapq.heappop(heap)
+        _, _, j = heapq.heappop(heap)
         out.append(j)
         for s in succs[j]:
             indeg[s] -= 1
             if indeg[s] == 0:
-                heapq.heappush(heap, (rank[s], s))
+                heapq.heappush(heap, (first[s], rank[s], s))
     return out

@@ -10,6 +10,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
+
+# In a job's `reserves`: the machine that ran its one `after` job, held from when
+# that job leaves it until this one ends (a robot unloading a printer: the
+# printer takes no other work while the part waits on its bed). A job has at
+# most one such holder.
+PREVIOUS: Final = "@previous"
 
 
 class Objective(enum.StrEnum):
@@ -40,6 +47,9 @@ class Job:
     # Operator work on the machine after the job ends (clearing the bed when the
     # route has no unload step): manual, so inside a shift when there is a calendar.
     clear: int = 0
+    # Devices (machine ids, or PREVIOUS) held while the job runs, besides the one
+    # that runs it: a robot tending a machine, a printer waiting to be unloaded.
+    reserves: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class Assignment:
     # begins as early as an operator window holds it.
     changeover_start: int
     clear_start: int | None = None  # the bed clearing after the job, if it has one
+    # (device, from, to): the devices the job holds besides its machine (`Job.reserves`).
+    reserved: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

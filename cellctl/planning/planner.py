@@ -26,6 +26,7 @@ def plan(
     seed: int = 0,
     clock: Clock = time.perf_counter,
     unpin_margin: float | None = None,
+    start: Mapping[str, Sequence[str]] | None = None,
 ) -> Plan:
     """Plan `problem`. `anytime` needs `budget_s` or `iterations` (both: whichever ends first).
 
@@ -37,12 +38,27 @@ def plan(
     better by more than that fraction on the objective's first figure
     (weighted tardiness, or makespan): then the budget is shared between the
     two plans, and the free one wins only by that margin.
+
+    `start` (anytime only): the sequences of an earlier plan (job ids per
+    machine id) to improve instead of building the instant plan, so a re-plan
+    spends its whole budget improving. Jobs and machines the problem no longer
+    has are dropped, pinned jobs open their machines as pinned, and jobs the
+    start lacks (or places a machine cannot run) are inserted at their best
+    places; a start that contradicts `after` falls back to the instant plan.
     """
     if unpin_margin is not None and any(problem.pinned.values()):
         half_b = None if budget_s is None else budget_s / 2
         half_i = None if iterations is None else max(1, iterations // 2)
         t0 = clock()
-        kept = plan(problem, method, budget_s=half_b, iterations=half_i, seed=seed, clock=clock)
+        kept = plan(
+            problem,
+            method,
+            budget_s=half_b,
+            iterations=half_i,
+            seed=seed,
+            clock=clock,
+            start=start,
+        )
         free = plan(
             replace(problem, pinned={}),
             method,
@@ -50,6 +66,7 @@ def plan(
             iterations=half_i,
             seed=seed,
             clock=clock,
+            start=start,
         )
         better = free.figures.key[0] < kept.figures.key[0] * (1 - unpin_margin)
         return replace(free if better else kept, elapsed_s=clock() - t0)
@@ -68,15 +85,41 @@ def plan(
         if budget_s is None and iterations is None:
             raise ValueError("the anytime method needs budget_s or iterations")
         deadline = None if budget_s is None else t0 + budget_s
-        start: Solution = rules.instant(inst)
+        first = _warm(inst, start) if start is not None else None
+        if first is None:
+            first = rules.instant(inst)
         best, done = iterated_greedy(
-            inst, start, seed=seed, iterations=iterations, deadline=deadline, clock=clock
+            inst, first, seed=seed, iterations=iterations, deadline=deadline, clock=clock
         )
         seqs = best.seqs
     else:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     result = _within_calendar(problem, inst.to_plan(seqs, method, iterations=done))
     return replace(result, elapsed_s=clock() - t0)
+
+
+def _warm(inst: Instance, start: Mapping[str, Sequence[str]]) -> Solution | None:
+    """The earlier plan's sequences as a solution of this problem (see `plan`'s `start`)."""
+    jidx = {j: k for k, j in enumerate(inst.job_ids)}
+    pinned = {j for s in inst.pinned_seqs for j in s}
+    seqs = [list(s) for s in inst.pinned_seqs]
+    placed = set(pinned)
+    for m, mid in enumerate(inst.machine_ids):
+        for jid in start.get(mid, ()):
+            j = jidx.get(jid, -1)
+            if j >= 0 and j not in placed and inst.p[m][j] >= 0:
+                seqs[m].append(j)
+                placed.add(j)
+    if inst.coupled and inst.decode(seqs) is None:
+        return None
+    sol = Solution(inst, seqs)
+    for j in rules.urgency_order(inst):
+        if j not in placed:
+            found = sol.best_insertion(j)
+            if found is None:
+                return None
+            sol.insert(j, found[1], found[2], found[0])
+    return sol
 
 
 def _within_calendar(problem: Problem, result: Plan) -> Plan:

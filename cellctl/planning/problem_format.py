@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cellctl.planning.calendar import Calendar, Shift
 from cellctl.planning.instance import Instance
-from cellctl.planning.model import Job, Machine, Objective, Plan, Problem
+from cellctl.planning.model import PREVIOUS, Job, Machine, Objective, Plan, Problem
 
 TOP_KEYS = {"objective", "time_unit", "machines", "setup_times", "jobs", "calendar", "pinned"}
 MACHINE_KEYS = {"id", "initial_setup", "free_at"}
-JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear"}
+JOB_KEYS = {"id", "setup", "durations", "release", "due", "weight", "after", "clear", "reserves"}
 CHANGE_KEYS = {"min", "manual"}
 CALENDAR_KEYS = {"timezone", "start", "horizon_days", "shifts", "exceptions"}
 # Any time, weight or count: ample (31 years in seconds), and far below the
@@ -100,6 +100,7 @@ def parse_problem(raw: object) -> Problem:
     manual: set[tuple[str, str, str]] = set()
     setup_times = _setup_times(r, raw.get("setup_times", {}), machines, jobs, mids, manual)
     _acyclic(r, jobs)
+    _one_holder(r, jobs)
     shifts = None
     if raw.get("calendar") is not None:
         cal = _calendar(r, raw["calendar"])
@@ -127,6 +128,30 @@ def parse_problem(raw: object) -> Problem:
     inst = Instance(problem)  # the decoder: the one judge of deadlock
     if any(problem.pinned.values()) and inst.decode(inst.pinned_seqs) is None:
         raise ProblemInvalid(["pinned: the pinned orders contradict `after`"])
+    for m, pins in enumerate(inst.pinned_seqs):
+        for k, q in enumerate(pins[:-1]):
+            for u in inst.holders[q]:
+                if u not in {j for s in inst.pinned_seqs for j in s}:
+                    raise ProblemInvalid(
+                        [
+                            f"pinned.{inst.machine_ids[m]}: {inst.job_ids[pins[k + 1]]} "
+                            f"follows {inst.job_ids[q]}, but {inst.job_ids[u]} holds the "
+                            f"machine after {inst.job_ids[q]} (@previous) and is not pinned"
+                        ]
+                    )
+    stuck = [
+        inst.job_ids[j]
+        for j in inst.movable
+        if all(j in inst.pin_blocked[m] for m in inst.capable[j])
+    ]
+    if stuck:
+        raise ProblemInvalid(
+            [
+                f"pinned: pinned jobs wait for {jid}, which only machines whose pinned "
+                "jobs wait for it can run (it would come after them)"
+                for jid in stuck
+            ]
+        )
     return problem
 
 
@@ -369,16 +394,43 @@ def _jobs(r: _Reader, raw: object, mids: set[Any]) -> list[Job]:
                     ok = False
                 elif a not in deps:
                     deps.append(a)
+        reserves = _reserves(r, where, j.get("reserves", []), mids, raw_d, deps)
         if (
             ok
+            and reserves is not None
             and jid
             and setup
             and release is not None
             and weight is not None
             and clear is not None
         ):
-            out.append(Job(jid, setup, durations, release, due, weight, tuple(deps), clear))
+            out.append(
+                Job(jid, setup, durations, release, due, weight, tuple(deps), clear, reserves)
+            )
     return out
+
+
+def _reserves(
+    r: _Reader, where: str, raw: object, mids: set[Any], durations: object, after: list[str]
+) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        r.bad.append(f"{where}.reserves: expected a list of machine ids, got {_show(raw)}")
+        return None
+    before = len(r.bad)
+    out: list[str] = []
+    for k, d in enumerate(raw):
+        at = f"{where}.reserves[{k}]"
+        if d == PREVIOUS:
+            if len(after) != 1:
+                r.bad.append(f"{at}: {PREVIOUS} needs exactly one job in after, got {len(after)}")
+        elif not isinstance(d, str) or d not in mids:
+            r.bad.append(f"{at}: unknown machine {_show(d)} (a machine id or {PREVIOUS})")
+        elif isinstance(durations, dict) and d in durations:
+            r.bad.append(f"{at}: {d} may run this job; a job cannot hold a machine it may run on")
+        if d in out:
+            r.bad.append(f"{at}: {_show(d)} is reserved twice")
+        out.append(str(d))
+    return tuple(out) if len(r.bad) == before else None
 
 
 def _setup_times(
@@ -450,6 +502,21 @@ def _setup_times(
     return out
 
 
+def _one_holder(r: _Reader, jobs: list[Job]) -> None:
+    """Two jobs holding one job's machine (`@previous`) would both have to follow it
+    at once (one unload per part): say so."""
+    holder: dict[str, str] = {}
+    for j in jobs:
+        if PREVIOUS in j.reserves:
+            q = j.after[0]
+            if q in holder:
+                r.bad.append(
+                    f"jobs ({j.id}).reserves: {PREVIOUS} holds {q}'s machine, "
+                    f"which {holder[q]} already holds (one holder per job)"
+                )
+            holder.setdefault(q, j.id)
+
+
 def _acyclic(r: _Reader, jobs: list[Job]) -> None:
     after = {j.id: j.after for j in jobs}
     state: dict[str, int] = {}  # 1 on the path, 2 done
@@ -503,6 +570,11 @@ def plan_to_json(problem: Problem, plan: Plan) -> dict[str, Any]:
                 "changeover_from": a.setup_before,
                 "changeover_start": a.changeover_start,
                 **({"clear_start": a.clear_start} if a.clear_start is not None else {}),
+                **(
+                    {"reserved": [{"device": d, "from": f, "to": t} for d, f, t in a.reserved]}
+                    if a.reserved
+                    else {}
+                ),
             }
             for a in plan.assignments
         ],

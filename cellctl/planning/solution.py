@@ -10,13 +10,16 @@ tardiness and changeover up to each position):
   the makespan, one pass over the suffix's lateness for tardiness;
 - elsewhere the suffix is walked until a job ends where it used to, after
   which nothing changes.
-A coupled problem (with `after`) is priced by decoding the whole solution.
+A coupled problem (with `after`, and unloads: `@previous`) is priced by
+re-timing only what the insertion moves (`coupled.Pricer`); one where a job
+claims a device over its run by decoding the whole solution.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 
+from cellctl.planning.coupled import Pricer
 from cellctl.planning.instance import NO_DUE, Instance
 
 Key = tuple[int, ...]
@@ -24,8 +27,13 @@ NO_LIMIT = 1 << 62
 
 
 class Solution:
+    # Price coupled moves with `Pricer` (False: full decodes, the reference the
+    # benchmark and the property test compare it with).
+    incremental = True
+
     def __init__(self, inst: Instance, seqs: list[list[int]]) -> None:
         self.inst = inst
+        self._pricer: Pricer | None = None  # loaded with the current seqs, or None
         self.seqs = [list(s) for s in seqs]
         self.where = [-1] * inst.n
         for m, s in enumerate(self.seqs):
@@ -37,11 +45,13 @@ class Solution:
         self.S: list[list[int]] = [[] for _ in range(inst.m)]
         self.lat: list[list[int]] = [[] for _ in range(inst.m)]
         self.R: list[list[int]] = [[] for _ in range(inst.m)]  # free again after each job
-        # For tardiness under a shift delta ≥ 0: suffix sums over the jobs already
-        # late (their tardiness grows by w·delta), and the on-time jobs by position.
-        self.TW: list[list[int]] = [[0] for _ in range(inst.m)]
-        self.TWL: list[list[int]] = [[0] for _ in range(inst.m)]
+        # For tardiness under a shift delta ≥ 0: prefix sums over the jobs already
+        # late (their tardiness grows by w·delta; a suffix's is total − prefix), and
+        # the on-time jobs by position.
+        self.PW: list[list[int]] = [[0] for _ in range(inst.m)]
+        self.PWL: list[list[int]] = [[0] for _ in range(inst.m)]
         self.early: list[list[int]] = [[] for _ in range(inst.m)]
+        self.SS: list[list[int]] = [[] for _ in range(inst.m)]  # setups in sequence order
         self._key: Key | None = None
         if not inst.coupled:
             for m in range(inst.m):
@@ -57,20 +67,23 @@ class Solution:
         other.W = [list(c) for c in self.W]
         other.S = [list(c) for c in self.S]
         other.lat = [list(c) for c in self.lat]
-        other.R = [list(c) for c in self.R]
-        other.TW = [list(c) for c in self.TW]
-        other.TWL = [list(c) for c in self.TWL]
+        other.R = [other.C[m] if c is self.C[m] else list(c) for m, c in enumerate(self.R)]
+        other.PW = [list(c) for c in self.PW]
+        other.PWL = [list(c) for c in self.PWL]
         other.early = [list(c) for c in self.early]
+        other.SS = [list(c) for c in self.SS]
         other._key = self._key
+        other._pricer = None
+        other.incremental = self.incremental
         return other
 
     # --- bookkeeping ------------------------------------------------------
 
-    def _refresh(self, m: int) -> None:
-        if self.inst.timed[m]:
-            self._refresh_timed(m)
-            return
+    def _refresh(self, m: int, start: int = 0) -> None:
+        """Machine m's prefix arrays from position `start` on (those before it hold)."""
         inst = self.inst
+        seq = self.seqs[m]
+        timed = inst.timed[m]
         pm, stm, setup, rel, due, w = (
             inst.p[m],
             inst.st[m],
@@ -79,79 +92,62 @@ class Solution:
             inst.due,
             inst.weight,
         )
-        t = inst.free_at[m]
-        prev = inst.init_setup[m]
-        wt = cs = 0
-        C, W, S, lat = [], [], [], []
-        for j in self.seqs[m]:
+        C, W, S, lat, R = self.C[m], self.W[m], self.S[m], self.lat[m], self.R[m]
+        PW, PWL, early = self.PW[m], self.PWL[m], self.early[m]
+        start = min(start, len(C))
+        del C[start:], W[start:], S[start:], lat[start:], PW[start + 1 :], PWL[start + 1 :]
+        del early[bisect_left(early, start) :]
+        SS = self.SS[m]
+        del SS[start:]
+        if timed:
+            del R[start:]
+        if start:
+            t = R[start - 1] if timed else C[start - 1]
+            prev, wt, cs = setup[seq[start - 1]], W[start - 1], S[start - 1]
+        else:
+            t, prev, wt, cs = inst.free_at[m], inst.init_setup[m], 0, 0
+        pw, pwl = PW[start], PWL[start]
+        end = C[start - 1] if start else t
+        for k in range(start, len(seq)):
+            j = seq[k]
             sj = setup[j]
-            c = stm[prev][sj]
-            t += c
-            if t < rel[j]:
-                t = rel[j]
-            t += pm[j]
-            if t > due[j]:
-                wt += w[j] * (t - due[j])
+            if timed:
+                _, _, end, _, t = inst.advance(m, t, prev, j, rel[j])
+                c = stm[prev][sj]
+                R.append(t)
+            else:
+                c = stm[prev][sj]
+                t += c
+                if t < rel[j]:
+                    t = rel[j]
+                t += pm[j]
+                end = t
+            x = end - due[j]
+            if x > 0:
+                wt += w[j] * x
+            if x >= 0:
+                pw += w[j]
+                pwl += w[j] * x
+            elif due[j] != NO_DUE:
+                early.append(k)
             cs += c
             prev = sj
-            C.append(t)
-            W.append(wt)
-            S.append(cs)
-            lat.append(t - due[j])
-        self.C[m], self.W[m], self.S[m], self.lat[m] = C, W, S, lat
-        self.R[m] = C
-        self.cost[m] = (wt, cs, t)
-        self._late_sums(m)
-
-    def _refresh_timed(self, m: int) -> None:
-        inst = self.inst
-        ready, prev = inst.free_at[m], inst.init_setup[m]
-        wt = cs = 0
-        C, W, S, lat, R = [], [], [], [], []
-        last = ready
-        for j in self.seqs[m]:
-            _, _, end, _, ready = inst.advance(m, ready, prev, j, inst.release[j])
-            cs += inst.st[m][prev][inst.setup[j]]
-            if end > inst.due[j]:
-                wt += inst.weight[j] * (end - inst.due[j])
-            prev = inst.setup[j]
+            SS.append(sj)
             C.append(end)
             W.append(wt)
             S.append(cs)
-            lat.append(end - inst.due[j])
-            R.append(ready)
-            last = end
-        self.C[m], self.W[m], self.S[m], self.lat[m], self.R[m] = C, W, S, lat, R
-        self.cost[m] = (wt, cs, last)
-        self._late_sums(m)
-
-    def _late_sums(self, m: int) -> None:
-        inst = self.inst
-        w, due = inst.weight, inst.due
-        lat = self.lat[m]
-        seq = self.seqs[m]
-        L = len(seq)
-        TW = [0] * (L + 1)
-        TWL = [0] * (L + 1)
-        early = []
-        for k in range(L - 1, -1, -1):
-            x = lat[k]
-            if x >= 0:
-                wk = w[seq[k]]
-                TW[k] = TW[k + 1] + wk
-                TWL[k] = TWL[k + 1] + wk * x
-            else:
-                TW[k], TWL[k] = TW[k + 1], TWL[k + 1]
-                if due[seq[k]] != NO_DUE:
-                    early.append(k)
-        early.reverse()
-        self.TW[m], self.TWL[m], self.early[m] = TW, TWL, early
+            lat.append(x)
+            PW.append(pw)
+            PWL.append(pwl)
+        if not timed:
+            self.R[m] = C
+        self.cost[m] = (wt, cs, C[-1] if C else inst.free_at[m])
 
     def key(self) -> Key:
         if self._key is None:
             inst = self.inst
             if inst.coupled:
-                k = inst.key_of(self.seqs)
+                k = self._loaded().key if self._uses_pricer() else inst.key_of(self.seqs)
                 assert k is not None, "a coupled solution under search deadlocked"
                 self._key = k
             else:
@@ -171,20 +167,35 @@ class Solution:
         # Makespan counts job ends only: an idle machine's free_at is not work.
         return max((self.C[m][-1] for m in range(self.inst.m) if self.C[m]), default=0)
 
+    def _uses_pricer(self) -> bool:
+        return self.incremental and self.inst.graph_only
+
+    def _loaded(self) -> Pricer:
+        if self._pricer is None:
+            self._pricer = Pricer(self.inst)
+            self._pricer.load(self.seqs)
+        return self._pricer
+
     def remove(self, j: int) -> None:
         m = self.where[j]
-        self.seqs[m].remove(j)
+        pos = self.seqs[m].index(j)
+        del self.seqs[m][pos]
         self.where[j] = -1
         self._key = None
+        self._pricer = None
         if not self.inst.coupled:
-            self._refresh(m)
+            self._refresh(m, pos)
 
-    def insert(self, j: int, m: int, pos: int) -> None:
+    def insert(self, j: int, m: int, pos: int, key: Key | None = None) -> None:
+        """Put j back; `key`, when the caller priced this very move, spares a decode."""
         self.seqs[m].insert(pos, j)
         self.where[j] = m
         self._key = None
+        self._pricer = None
         if not self.inst.coupled:
-            self._refresh(m)
+            self._refresh(m, pos)
+        elif key is not None and self._uses_pricer():
+            self._key = key
 
     # --- pricing insertions -------------------------------------------------
 
@@ -233,7 +244,16 @@ class Solution:
         sj = self.inst.setup[j]
         setup = self.inst.setup
         out = [len(seq)]
-        # Right after the latest job with the same setup (a scan from the end).
+        # Right after the latest job with the same setup (the last pinned one counts).
+        if not self.inst.coupled:
+            ss = self.SS[m]
+            if sj in ss:
+                k = len(ss) - 1 - ss[::-1].index(sj)  # a reversed search at C speed
+                if k >= first - 1 and k + 1 < len(seq):
+                    out.append(k + 1)
+            if first == 0 and self.inst.init_setup[m] == sj:
+                out.append(0)
+            return out
         for k in range(len(seq) - 1, first - 2, -1):
             if k >= 0 and setup[seq[k]] == sj:
                 if k + 1 < len(seq):
@@ -291,7 +311,7 @@ class Solution:
             inst.weight,
         )
         C, W, S, lat = self.C[m], self.W[m], self.S[m], self.lat[m]
-        TW, TWL, early = self.TW[m], self.TWL[m], self.early[m]
+        PW, PWL, early = self.PW[m], self.PWL[m], self.early[m]
         L = len(seq)
         sj, pj, rj, dj, wj = setup[j], pm[j], rel[j], due[j], w[j]
         no_idle = inst.no_idle[m]
@@ -327,7 +347,7 @@ class Solution:
                 elif delta > 0:
                     if wt + old_suffix > limit:
                         continue
-                    wt += TWL[pos] + delta * TW[pos]
+                    wt += PWL[L] - PWL[pos] + delta * (PW[L] - PW[pos])
                     for k in early[bisect_left(early, pos) :]:
                         x = lat[k] + delta
                         if x > 0:
@@ -408,9 +428,19 @@ class Solution:
     def _best_coupled(self, j: int, grouped: bool) -> tuple[Key, int, int] | None:
         inst = self.inst
         best: tuple[Key, int, int] | None = None
+        # From the end back: the places that move least come first (and, priced
+        # incrementally, set the bound that drops the others early).
+        if self._uses_pricer():
+            pricer = self._loaded()
+            for m in inst.capable[j]:
+                for pos in reversed(self._positions(m, j, grouped)):
+                    key = pricer.price(j, m, pos, None if best is None else best[0])
+                    if key is not None:
+                        best = (key, m, pos)
+            return best
         for m in inst.capable[j]:
             seq = self.seqs[m]
-            for pos in self._positions(m, j, grouped):
+            for pos in reversed(self._positions(m, j, grouped)):
                 seq.insert(pos, j)
                 key = inst.key_of(self.seqs)
                 del seq[pos]
@@ -481,5 +511,5 @@ class Solution:
         self.seqs[mj][a], self.seqs[mk][b] = k, j
         self.where[j], self.where[k] = mk, mj
         self._key = None
-        self._refresh(mj)
-        self._refresh(mk)
+        self._refresh(mj, a)
+        self._refresh(mk, b)

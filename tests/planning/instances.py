@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from hypothesis import strategies as st
 
 from cellctl.planning import Figures, Job, Machine, Objective, Problem
+from cellctl.planning.model import PREVIOUS
 
 SETUPS = ("A", "B", "C")
 
@@ -24,6 +26,7 @@ def build(
     due: bool = True,
     free_at: bool = True,
     operators: bool = False,
+    reserves: bool = False,
 ) -> Problem:
     """A random problem; `operators`: some changeovers manual, some jobs with bed
     clearing, and operator shifts of 20–60 every 100 (a lights-out cell in miniature)."""
@@ -53,16 +56,45 @@ def build(
             )
         )
     if not operators:
-        return Problem(objective, tuple(ms), setup_times, tuple(js))
-    manual = frozenset(
-        (m.id, a, b) for m in ms for a in SETUPS for b in SETUPS if a != b and rng.random() < 0.5
-    )
-    shifts = tuple((100 * d + rng.randint(0, 30), 100 * d + rng.randint(50, 90)) for d in range(60))
-    return Problem(objective, tuple(ms), setup_times, tuple(js), manual=manual, shifts=shifts)
+        problem = Problem(objective, tuple(ms), setup_times, tuple(js))
+    else:
+        manual = frozenset(
+            (m.id, a, b)
+            for m in ms
+            for a in SETUPS
+            for b in SETUPS
+            if a != b and rng.random() < 0.5
+        )
+        shifts = tuple(
+            (100 * d + rng.randint(0, 30), 100 * d + rng.randint(50, 90)) for d in range(60)
+        )
+        problem = Problem(
+            objective, tuple(ms), setup_times, tuple(js), manual=manual, shifts=shifts
+        )
+    return with_reserves(rng, problem) if reserves else problem
+
+
+def with_reserves(rng: random.Random, problem: Problem) -> Problem:
+    """Some jobs hold a machine they cannot run on (a robot that has no jobs of its
+    own, `R`, or another machine), some with one `after` hold its machine (`@previous`)."""
+    robot = Machine("R", SETUPS[0])
+    ms = (*problem.machines, robot)
+    js = []
+    taken: set[str] = set()  # one holder per job
+    for j in problem.jobs:
+        held: list[str] = []
+        others = [m.id for m in ms if m.id not in j.durations]
+        if others and rng.random() < 0.3:
+            held.append(rng.choice(others))
+        if len(j.after) == 1 and j.after[0] not in taken and rng.random() < 0.5:
+            held.append(PREVIOUS)
+            taken.add(j.after[0])
+        js.append(dataclasses.replace(j, reserves=tuple(held)))
+    return dataclasses.replace(problem, machines=ms, jobs=tuple(js))
 
 
 @st.composite
-def problems(draw: st.DrawFn, max_jobs: int = 9) -> Problem:
+def problems(draw: st.DrawFn, max_jobs: int = 9, reserves: bool = False) -> Problem:
     seed = draw(st.integers(0, 2**32 - 1))
     jobs = draw(st.integers(0, max_jobs))
     machines = draw(st.integers(1, 3))
@@ -77,6 +109,7 @@ def problems(draw: st.DrawFn, max_jobs: int = 9) -> Problem:
         release=flags[1],
         free_at=flags[2],
         operators=flags[3],
+        reserves=reserves,
     )
 
 

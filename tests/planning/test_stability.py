@@ -99,3 +99,35 @@ def test_pinned_mistakes_are_one_line(pinned: dict[str, list[str]], line: str) -
     with pytest.raises(ProblemInvalid) as err:
         parse_problem(doc)
     assert line in err.value.problems
+
+
+def test_a_job_a_pinned_job_waits_for_never_goes_after_that_pin() -> None:
+    """J7 is pinned at the head of M2 and waits for J4; M2 is free long before M0. A
+    list schedule must not give J4 to M2 (after J7): it goes to M0."""
+    p = Problem(
+        Objective.WEIGHTED_TARDINESS,
+        (Machine("M0", "A", free_at=100), Machine("M2", "A")),
+        {},
+        (Job("J4", "A", {"M0": 5, "M2": 5}), Job("J7", "A", {"M2": 5}, after=("J4",))),
+        pinned={"M2": ("J7",)},
+    )
+    for method in METHODS:
+        got = plan(p, method, iterations=3)
+        check(p, got.assignments)
+        assert got.sequences["M0"] == ("J4",), method
+
+
+def test_pins_no_plan_can_keep_are_refused() -> None:
+    raw = {
+        "objective": "makespan",
+        "machines": [{"id": "M2", "initial_setup": "A"}],
+        "setup_times": {},
+        "jobs": [
+            {"id": "J4", "setup": "A", "durations": {"M2": 5}},
+            {"id": "J7", "setup": "A", "durations": {"M2": 5}, "after": ["J4"]},
+        ],
+        "pinned": {"M2": ["J7"]},
+    }
+    with pytest.raises(ProblemInvalid) as err:
+        parse_problem(raw)
+    assert "pinned: pinned jobs wait for J4" in str(err.value)
