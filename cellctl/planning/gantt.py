@@ -2,7 +2,8 @@
 
 Pure: a `Problem` and its `Plan` in, SVG text out. Changeovers are drawn apart
 from the jobs (hatched; manual ones outlined, since they need an operator),
-bed clearings as dark slivers after their job, operator shifts as shaded
+bed clearings as dark slivers after their job, devices held for a job on
+another machine (`reserves`: a robot tending it) as dashed outlines, operator shifts as shaded
 bands behind every lane, and `now` as a red line. Each element carries
 `data-*` attributes (machine, job, kind), so a test or a script can read the
 chart back without guessing from its geometry.
@@ -100,6 +101,10 @@ def gantt_svg(problem: Problem, result: Plan, now: int | None = None, title: str
         for a in (a for a in result.assignments if a.machine == m.id):
             out.extend(_assignment(problem, a, y, x, scale, colours, setups[a.job]))
         out.append("</g>")
+    for a in result.assignments:
+        for device, start, end in a.reserved:
+            if device in lanes:
+                out.append(_hold(a.job, device, start, end, TOP + LANE_H * lanes[device], x, scale))
     if now is not None:
         out.append(
             f'<line data-kind="now" x1="{x(now):.1f}" y1="{TOP - 4}" x2="{x(now):.1f}" '
@@ -152,6 +157,18 @@ def _assignment(
             f"<title>bed cleared</title></rect>"
         )
     return parts
+
+
+def _hold(
+    job: str, device: str, start: int, end: int, y: int, x: Callable[[float], float], scale: float
+) -> str:
+    """A device held by a job on another machine (a robot tending it): an outline."""
+    return (
+        f'<rect data-kind="hold" data-job={quoteattr(job)} data-machine={quoteattr(device)} '
+        f'x="{x(start):.1f}" y="{y + 8}" width="{max(1.0, (end - start) * scale):.1f}" '
+        f'height="{LANE_H - 16}" fill="none" stroke="#555" stroke-dasharray="3 2">'
+        f"<title>{escape(f'held for {job}, {start}–{end}')}</title></rect>"
+    )
 
 
 def _legend(colours: dict[str, str], y: int) -> list[str]:

@@ -19,6 +19,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Hold(_Strict):
+    device: str  # held for this job while it runs elsewhere (a robot tending it)
+    start: float
+    end: float
+
+
 class PlannedStep(_Strict):
     job: str
     setup: str
@@ -29,6 +35,7 @@ class PlannedStep(_Strict):
     changeover_start: float
     manual: bool  # the changeover needs an operator
     clear_start: float | None = None
+    reserved: list[Hold] = []
 
 
 class WorkItem(_Strict):
@@ -82,6 +89,10 @@ def plan_payload(
                 "changeover_start": at(a.changeover_start),
                 "manual": manual,
                 "clear_start": at(a.clear_start) if a.clear_start is not None else None,
+                "reserved": [
+                    {"device": d, "start": at(start), "end": at(end)}
+                    for d, start, end in a.reserved
+                ],
             }
         )
         if a.changeover and manual:

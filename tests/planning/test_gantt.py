@@ -99,3 +99,19 @@ def test_cli_writes_the_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len([g for g in root.iter(f"{NS}g") if g.get("class") == "lane"]) == 2
     assert main(["plan", "--problem", str(f), "--svg", str(tmp_path / "no" / "x.svg")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_holds_are_drawn_on_the_held_device() -> None:
+    doc = json.loads(json.dumps(EXAMPLE))
+    doc["machines"].append({"id": "R1", "initial_setup": "gripper"})
+    doc["setup_times"]["R1"] = {}
+    doc["jobs"][0]["reserves"] = ["R1"]
+    problem = parse_problem(doc)
+    result = plan(problem, "instant")
+    holds = [h for a in result.assignments for h in a.reserved]
+    assert holds
+    root = parsed(gantt_svg(problem, result))
+    drawn = [(e.get("data-job"), e.get("data-machine")) for e in of_kind(root, "hold")]
+    assert drawn == [(a.job, d) for a in result.assignments for d, _, _ in a.reserved]
+    lanes = [g.get("data-machine") for g in root.iter(f"{NS}g") if g.get("class") == "lane"]
+    assert "R1" in lanes
