@@ -28,6 +28,7 @@ from cellctl.driver import DriverOptions, Secret, SimOptions
 from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
 from cellctl.registry import Registry
+from cellctl.scheduler_config import SchedulerSection
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
@@ -281,6 +282,8 @@ class CellConfig(Strict):
     store: StoreSection = StoreSection()
     # Who may send which command (cellctl/access.py); absent: estop for everyone, no more.
     access: AccessSection = AccessSection()
+    # Which dispatcher runs the cell: the baseline rule or the live planner (issue 20).
+    scheduler: SchedulerSection = SchedulerSection()
 
     @model_validator(mode="after")
     def _hotfolder_may_submit(self) -> CellConfig:

@@ -46,6 +46,9 @@ class DeviceView:
     # Kept for one step: the next step of a unit that reserves `@previous`, or a step
     # held part-way on it. Only that step may use (run on or reserve) the device.
     kept_for: str | None = None
+    # Busy (engaged) devices: when the running step is expected to end (epoch seconds);
+    # None for a free device or one that is down. The live planner plans past it.
+    busy_until: float | None = None
 
 
 def usable(device: DeviceView, c: Candidate) -> bool:

@@ -40,7 +40,6 @@ from cellctl.jobs.api import (
     job_summary,
 )
 from cellctl.jobs.dispatch import (
-    BaselineDispatcher,
     Candidate,
     DeviceView,
     Dispatcher,
@@ -48,6 +47,7 @@ from cellctl.jobs.dispatch import (
     check_assignments,
 )
 from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
+from cellctl.jobs.planned import PlannerDispatcher, make_dispatcher
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -115,7 +115,10 @@ class JobService:
         self._supervisor = supervisor
         self._bus = bus
         self._cell = cell
-        self.dispatcher: Dispatcher = dispatcher or BaselineDispatcher()
+        self._wake = asyncio.Event()
+        self.dispatcher: Dispatcher = dispatcher or make_dispatcher(
+            lambda: self._cell().config.scheduler, self._wake.set
+        )
         self.programs = ProgramStore(cell().state_dir / "programs")
         self._jobs: dict[str, JobRecord] = {}
         self._devices: dict[str, repo.DeviceRow] = {}
@@ -124,7 +127,6 @@ class JobService:
         self._aborting: set[str] = set()  # step keys being stopped because their job ended
         self._acked: dict[str, tuple[str, int, int]] = {}
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self._tg: TaskGroup | None = None
         self._next_seq = 1
         self.ready = asyncio.Event()
@@ -148,6 +150,8 @@ class JobService:
                 tg.create_task(self._flush_progress_loop(), name="jobs:progress")
                 tg.create_task(self._request_loop(), name="jobs:requests")
                 tg.create_task(self._watch_devices(events), name="jobs:devices")
+                if isinstance(self.dispatcher, PlannerDispatcher):
+                    tg.create_task(self.dispatcher.run(), name="jobs:planner")
                 self.ready.set()
                 while True:
                     self._wake.clear()
@@ -724,9 +728,41 @@ class JobService:
                 and dev_id not in self._engaged
             )
             views[dev_id] = DeviceView(
-                dev_id, frozenset(cfg.common.processes), row.setup, free, kept.get(dev_id)
+                dev_id,
+                frozenset(cfg.common.processes),
+                row.setup,
+                free,
+                kept.get(dev_id),
+                None if free else self._busy_until(dev_id),
             )
         return views
+
+    def _busy_until(self, dev_id: str) -> float | None:
+        """When the step engaging the device should end (started + its estimate)."""
+        key = self._engaged.get(dev_id)
+        if key is None:
+            return None
+        job_id, _, index = key.rpartition("/")
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        step = job.steps[int(index)]
+        started = step.started or time.time()
+        return started + (step.estimated_s or self._cell().config.scheduler.default_step_s)
+
+    async def _changeovers(self, planner: PlannerDispatcher) -> None:
+        """Publish the planner's changeover requests; a step waiting for one says so."""
+        for request in planner.take_requests():
+            self._publish(request)
+            log.info("changeover request", device=request.device_id, text=request.text)
+        for key, reason in planner.waiting_reasons().items():
+            job_id, _, index = key.rpartition("/")
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            step = job.steps[int(index)]
+            if step.state == StepState.QUEUED and step.reason != reason:
+                await self._change(job_id, {step.index: {"reason": reason}})
 
     async def _watch_devices(self, events: Any) -> None:
         async for ev in events:
@@ -762,6 +798,7 @@ class JobService:
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
         never: list[tuple[str, int, str]] = []
+        planning = isinstance(self.dispatcher, PlannerDispatcher)
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
                 continue
@@ -789,7 +826,7 @@ class JobService:
                         seq=job.seq,
                         priority=job.priority,
                         process=s.process,
-                        setup=s.setup,
+                        setup=self._needs(s, planning),
                         reserves=reserves,
                         estimated_s=s.estimated_s,
                         due=job.due,
@@ -798,17 +835,28 @@ class JobService:
                 )
         return out, never
 
+    @staticmethod
+    def _needs(step: StepRecord, planning: bool) -> Mapping[str, str]:
+        """The setup a step needs. The planner also reads a G-code file's own (material,
+        nozzle), so that a bare file gets its changeover instead of a pre-flight hold."""
+        if not planning or step.gcode is None:
+            return step.setup
+        return {**step.gcode.requirements(), **step.setup}
+
     async def _dispatch_once(self) -> None:
         self.dispatch_rounds += 1
         candidates, never = self._candidates()
         for job_id, index, reason in never:
             await self._fail(job_id, index, f"rejected: {reason}")
-        if not candidates:
+        planner = self.dispatcher if isinstance(self.dispatcher, PlannerDispatcher) else None
+        if not candidates and planner is None:
             return
         views = self._device_views(self._kept())
-        if not any(v.free for v in views.values()):
+        if not any(v.free for v in views.values()) and planner is None:
             return
         assignments = self.dispatcher.assign(candidates, views)
+        if planner is not None:
+            await self._changeovers(planner)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

@@ -1,0 +1,73 @@
+"""`[scheduler]`: which dispatcher the job service uses, and the live planner's settings.
+
+Kept out of config.py (which only names the section) so the planner's knobs
+live beside each other. docs/scheduling.md, "The planner in the live cell".
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PLANNER_METHODS = ("fifo", "group", "greedy", "instant", "anytime")
+
+
+class DispatchMethod(enum.StrEnum):
+    BASELINE = "baseline"  # oldest capable step whose setup is loaded (no changeovers)
+    PLANNER = "planner"  # the changeover-minimising planner, re-planned off the event loop
+
+
+class KeyChange(BaseModel):
+    """How long changing one setup key takes on any device, and whether an operator does it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seconds: int = Field(ge=0)
+    manual: bool = True
+
+
+# Marlin printers (material, nozzle) and GRBL mills (tool, fixture): a config
+# without a model still plans. Any other key costs `unknown_key_s`, manual.
+DEFAULT_CHANGES = {
+    "material": KeyChange(seconds=600),
+    "nozzle": KeyChange(seconds=900),
+    "tool": KeyChange(seconds=180),
+    "fixture": KeyChange(seconds=900),
+}
+
+
+class SchedulerSection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: DispatchMethod = DispatchMethod.BASELINE
+    # The pure planner's method for each re-plan (docs/scheduling.md, "Methods").
+    planner_method: str = "anytime"
+    # Wall-time bound of one re-plan (anytime search), on a worker thread.
+    budget_s: float = Field(default=0.2, gt=0, le=30)
+    # A plan older than this, or one whose re-plan failed, is not followed: dispatch
+    # falls back to the baseline rule (never a changeover) until a fresh plan arrives.
+    max_plan_age_s: float = Field(default=60.0, gt=0)
+    # A step with no estimate is planned as taking this long.
+    default_step_s: int = Field(default=600, gt=0)
+    # A manual changeover is requested this long before the plan needs it.
+    notice_s: float = Field(default=900.0, ge=0)
+    # True: a step whose changeover was requested stays first on its device in every
+    # re-plan (no request moves once made); false: a better plan may move it.
+    keep_announced: bool = False
+    # Per setup key: its changeover time and who does it (overrides DEFAULT_CHANGES).
+    changeover: dict[str, KeyChange] = Field(default_factory=dict)
+    unknown_key_s: int = Field(default=600, ge=0)
+
+    @model_validator(mode="after")
+    def _known_method(self) -> SchedulerSection:
+        if self.planner_method not in PLANNER_METHODS:
+            raise ValueError(
+                f"planner_method: expected one of {', '.join(PLANNER_METHODS)}, "
+                f"got {self.planner_method!r}"
+            )
+        return self
+
+    def key_change(self, key: str) -> KeyChange:
+        found = self.changeover.get(key) or DEFAULT_CHANGES.get(key)
+        return found if found is not None else KeyChange(seconds=self.unknown_key_s)

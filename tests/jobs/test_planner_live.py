@@ -1,0 +1,136 @@
+"""The planner as the live dispatcher, end to end in one process: the real App, store,
+supervisor and in-test machines (jobs.jobdevice, time_factor 10), `[scheduler]
+method = "planner"`, with a scripted operator answering changeover requests."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from jobs.conftest import BOUND, REGISTRY, gcode, printer, running, wait_for, wait_job
+
+from cellctl.config import Cell, parse
+from cellctl.events import Subscription
+from cellctl.jobs.planned import PlannerDispatcher
+from cellctl.jobs.spec import JobSpec
+from cellctl.model import JobState, OperatorRequest, RequestKind, StepState
+
+
+def planner_cell(tmp_path: Path, devices: dict[str, Any], **scheduler: Any) -> Cell:
+    data = {
+        "cell": {"name": "plantest"},
+        "supervisor": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "stable_after_s": 0},
+        "jobs": {"dispatch_interval_s": 0.2, "progress_flush_s": 0.1},
+        "scheduler": {"method": "planner", "budget_s": 0.05, **scheduler},
+        "devices": devices,
+    }
+    return parse(tmp_path / "cell.toml", data, REGISTRY)
+
+
+def print_job(tmp_path: Path, job_id: str, material: str, lines: int = 40) -> tuple[JobSpec, dict]:
+    path = tmp_path / f"{job_id}.gcode"
+    path.write_text(gcode(lines, material=material))
+    spec = JobSpec.model_validate(
+        {"id": job_id, "route": [{"process": "print", "program": path.name}]}
+    )
+    return spec, {path.name: path}
+
+
+async def next_request(events: Subscription, bound: float = BOUND) -> OperatorRequest:
+    async with asyncio.timeout(bound):
+        while True:
+            ev = await events.queue.get()
+            if isinstance(ev, OperatorRequest) and ev.kind == RequestKind.CHANGEOVER:
+                return ev
+
+
+async def test_bare_file_for_an_unloaded_material_asks_for_a_changeover(tmp_path: Path) -> None:
+    cell = planner_cell(tmp_path, {"p1": printer()})  # PLA loaded
+    async with running(cell) as app:
+        assert isinstance(app.jobs.dispatcher, PlannerDispatcher)
+        events = app.bus.subscribe("test", lossless=True)
+        spec, files = print_job(tmp_path, "petg", "PETG")
+        await app.jobs.submit(spec, files)
+        req = await next_request(events)
+        assert req.device_id == "p1" and req.step_key == "petg/0"
+        assert req.details["load"] == {"material": "PETG"}
+        assert req.details["unload"] == {"material": "PLA"}
+        assert req.details["withdrawn"] is False
+        # Its reason is what `cellctl jobs` shows.
+        await wait_for(
+            lambda: "waiting for a changeover on p1" in app.jobs._jobs["petg"].steps[0].reason,
+            "the step's reason names its changeover",
+        )
+        assert app.jobs._jobs["petg"].steps[0].state == StepState.QUEUED
+        # The operator loads PETG and says so (`answer` with setup{} does the same).
+        await app.jobs.set_setup("p1", {"material": "PETG"}, merge=True)
+        done = await wait_job(app, "petg", JobState.DONE, JobState.FAILED, JobState.HELD)
+        assert done.state == JobState.DONE, done.reason
+        gone = await next_request(events)
+        assert gone.details["withdrawn"] is True and gone.details["why"] == "setup loaded"
+
+
+async def test_a_replan_that_moves_a_changeover_withdraws_its_request(tmp_path: Path) -> None:
+    cell = planner_cell(
+        tmp_path, {"p1": printer(), "p2": printer(setup={"material": "PETG", "nozzle": "0.4"})}
+    )
+    async with running(cell) as app:
+        await app.jobs.set_in_service("p2", False, "maintenance")
+        events = app.bus.subscribe("test", lossless=True)
+        spec, files = print_job(tmp_path, "petg", "PETG")
+        await app.jobs.submit(spec, files)
+        req = await next_request(events)
+        assert req.device_id == "p1" and req.details["withdrawn"] is False
+        # p2, with PETG loaded, comes back: the re-plan runs the job there, no changeover.
+        await app.jobs.set_in_service("p2", True)
+        gone = await next_request(events)
+        assert gone.device_id == "p1" and gone.details["withdrawn"] is True
+        assert gone.details["why"] == "the plan changed"
+        done = await wait_job(app, "petg", JobState.DONE, JobState.FAILED, JobState.HELD)
+        assert done.state == JobState.DONE and done.steps[0].device == "p2"
+        assert app.jobs._device_row("p1").setup["material"] == "PLA"
+
+
+async def test_mixed_materials_with_a_scripted_operator(tmp_path: Path) -> None:
+    """Every job ends done; no changeover is asked for a setup already loaded; the
+    planner groups the ABS work into one changeover where first-come order needs more."""
+    cell = planner_cell(
+        tmp_path,
+        {"p1": printer(), "p2": printer(setup={"material": "PETG", "nozzle": "0.4"})},
+    )
+    mix = ["ABS", "PLA", "ABS", "PETG", "ABS", "PLA", "PETG", "ABS"]
+    async with running(cell) as app:
+        for d in ("p1", "p2"):  # all work in before the first plan: one problem, one answer
+            await app.jobs.set_in_service(d, False, "loading")
+        events = app.bus.subscribe("test", lossless=True)
+        for i, material in enumerate(mix):
+            spec, files = print_job(tmp_path, f"j{i}", material)
+            await app.jobs.submit(spec, files)
+        for d in ("p1", "p2"):
+            await app.jobs.set_in_service(d, True)
+        done_changeovers: list[tuple[str, dict[str, str]]] = []
+
+        async def operator() -> None:
+            while True:
+                req = await next_request(events)
+                if req.details["withdrawn"]:
+                    continue
+                loaded = app.jobs._device_row(req.device_id).setup
+                for key, value in req.details["load"].items():
+                    assert loaded.get(key) != value, f"asked for a loaded setup: {req.text}"
+                done_changeovers.append((req.device_id, dict(req.details["load"])))
+                await app.jobs.set_setup(req.device_id, req.details["load"], merge=True)
+
+        async with asyncio.TaskGroup() as tg:
+            op = tg.create_task(operator())
+            for i in range(len(mix)):
+                job = await wait_job(app, f"j{i}", JobState.DONE, JobState.FAILED, JobState.HELD)
+                assert job.state == JobState.DONE, job.reason
+            op.cancel()
+        # ABS on one printer once, and that printer's own material never needed again
+        # before (fifo order on two printers would switch at least three times).
+        assert len(done_changeovers) == 1, done_changeovers
+        assert done_changeovers[0][1] == {"material": "ABS"}
+        planner = app.jobs.dispatcher
+        assert isinstance(planner, PlannerDispatcher) and planner.stats.plans >= 1
