@@ -1,0 +1,150 @@
+"""The planner dispatcher's own rules (pure logic, the real planner on a worker thread):
+it follows the latest plan, re-plans latest-wins, and falls back to the baseline rule
+when the plan is stale or the re-plan failed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import pytest
+
+from cellctl.jobs import planned
+from cellctl.jobs.dispatch import Candidate, DeviceView, check_assignments
+from cellctl.jobs.live_problem import Snapshot, build_problem
+from cellctl.jobs.planned import PlannerDispatcher
+from cellctl.scheduler_config import DispatchMethod, SchedulerSection
+
+BOUND = 20.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def cand(n: int, material: str, est: float = 600.0, **kw: object) -> Candidate:
+    return Candidate(
+        key=f"j{n}/0",
+        job_id=f"j{n}",
+        index=0,
+        seq=n,
+        priority=0,
+        process="print",
+        setup={"material": material},
+        estimated_s=est,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def dev(name: str, material: str, free: bool = True, busy_until: float | None = None) -> DeviceView:
+    return DeviceView(name, frozenset({"print"}), {"material": material}, free, None, busy_until)
+
+
+async def planned_once(
+    d: PlannerDispatcher, cands: list[Candidate], devs: Mapping[str, DeviceView]
+) -> None:
+    """One assign (which queues a re-plan) and wait for that plan."""
+    before = d.stats.plans + d.stats.failures
+    d.assign(cands, devs)
+    async with asyncio.timeout(BOUND):
+        while d.stats.plans + d.stats.failures == before:
+            await asyncio.sleep(0.01)
+
+
+def settings(**kw: object) -> SchedulerSection:
+    return SchedulerSection.model_validate({"method": "planner", "budget_s": 0.05, **kw})
+
+
+async def test_follows_the_plan_and_groups_setups() -> None:
+    clock = Clock()
+    d = PlannerDispatcher(lambda: settings(), clock=clock)
+    cands = [cand(1, "PETG"), cand(2, "PLA"), cand(3, "PETG"), cand(4, "PLA")]
+    devs = {"p1": dev("p1", "PLA"), "p2": dev("p2", "PETG")}
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(d.run())
+        await planned_once(d, cands, devs)
+        out = d.assign(cands, devs)
+        task.cancel()
+    check_assignments(out, {c.key: c for c in cands}, devs)
+    assert {(a.key, a.device) for a in out} == {("j2/0", "p1"), ("j1/0", "p2")}
+    assert d.current is not None and d.current.plan.figures.changeover == 0
+    assert d.announcer.take() == []  # nothing to change over
+
+
+async def test_stale_or_failed_plan_falls_back_to_the_baseline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    d = PlannerDispatcher(lambda: settings(max_plan_age_s=30), clock=clock)
+    cands = [cand(1, "ABS"), cand(2, "PLA")]
+    devs = {"p1": dev("p1", "PLA")}
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(d.run())
+        await planned_once(d, cands, devs)
+        # The plan: j2 (PLA) first; j1 asks for a changeover to ABS later.
+        out = d.assign(cands, devs)
+        assert [a.key for a in out] == ["j2/0"]
+        # Stale: the baseline rule decides (it never needs a changeover), no request.
+        clock.t += 31
+        fallbacks = d.stats.fallbacks
+        out = d.assign([cands[0]], devs)  # only ABS waits: the baseline starts nothing
+        assert out == [] and d.stats.fallbacks == fallbacks + 1
+
+        # A re-plan that raises is not followed either.
+        def broken(*_: object) -> object:
+            raise RuntimeError("planner bug")
+
+        monkeypatch.setattr(planned, "_plan_snapshot", broken)
+        await planned_once(d, [cands[1]], devs)
+        assert d.stats.failures == 1 and "planner bug" in d.stats.last_error
+        fallbacks = d.stats.fallbacks
+        out = d.assign([cands[1]], devs)
+        assert [a.key for a in out] == ["j2/0"] and d.stats.fallbacks == fallbacks + 1
+        task.cancel()
+
+
+async def test_replans_latest_wins() -> None:
+    """Many changes while one plan runs: one more plan, of the latest problem."""
+    clock = Clock()
+    d = PlannerDispatcher(lambda: settings(), clock=clock)
+    devs = {"p1": dev("p1", "PLA", free=False, busy_until=clock.t + 600)}
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(d.run())
+        for n in range(1, 30):
+            d.assign([cand(k, "PLA") for k in range(1, n + 1)], devs)
+        async with asyncio.timeout(BOUND):
+            while d.current is None or len(d.current.planned) != 29:
+                await asyncio.sleep(0.01)
+        task.cancel()
+    assert d.stats.plans < 29  # the snapshots in between were skipped, not queued
+
+
+def test_problem_from_the_cell() -> None:
+    """Busy devices are planned from their step's end; down ones and their steps left out;
+    a change costs only the keys the step names."""
+    now = 5000.0
+    cfg = settings(changeover={"material": {"seconds": 300, "manual": True}})
+    devs = {
+        "p1": dev("p1", "PLA"),
+        "p2": dev("p2", "PETG", free=False, busy_until=now + 120),
+        "down": DeviceView("down", frozenset({"mill"}), {}, False, None, None),
+    }
+    cands = [cand(1, "PETG"), cand(2, "PLA", due=now + 60)]
+    cands.append(Candidate("m/0", "m", 0, 9, 0, "mill", {"tool": "T1"}, estimated_s=10.0))
+    problem = build_problem(Snapshot(now, tuple(cands), devs), cfg)
+    assert [m.id for m in problem.machines] == ["p1", "p2"]
+    assert [m.free_at for m in problem.machines] == [0, 120]
+    assert [j.id for j in problem.jobs] == ["j1/0", "j2/0"]
+    assert problem.jobs[1].due == 60
+    pla, petg = problem.machines[0].initial_setup, problem.machines[1].initial_setup
+    assert problem.changeover("p1", pla, petg) == 300 and problem.is_manual("p1", pla, petg)
+
+
+def test_baseline_stays_the_default() -> None:
+    assert SchedulerSection().method is DispatchMethod.BASELINE
+    with pytest.raises(ValueError, match="planner_method"):
+        SchedulerSection(planner_method="magic")
