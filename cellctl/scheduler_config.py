@@ -18,6 +18,11 @@ class DispatchMethod(enum.StrEnum):
     PLANNER = "planner"  # the changeover-minimising planner, re-planned off the event loop
 
 
+class PlanWorker(enum.StrEnum):
+    THREAD = "thread"  # a worker thread: no start-up, but it shares the GIL with the loop
+    PROCESS = "process"  # one worker process: the loop keeps the GIL to itself
+
+
 class KeyChange(BaseModel):
     """How long changing one setup key takes on any device, and whether an operator does it."""
 
@@ -43,8 +48,10 @@ class SchedulerSection(BaseModel):
     method: DispatchMethod = DispatchMethod.BASELINE
     # The pure planner's method for each re-plan (docs/scheduling.md, "Methods").
     planner_method: str = "anytime"
-    # Wall-time bound of one re-plan (anytime search), on a worker thread.
+    # Wall-time bound of one re-plan (anytime search), off the event loop.
     budget_s: float = Field(default=0.2, gt=0, le=30)
+    # Where re-plans run (docs/scheduling.md, "The planner in the live cell").
+    worker: PlanWorker = PlanWorker.THREAD
     # A plan older than this, or one whose re-plan failed, is not followed: dispatch
     # falls back to the baseline rule (never a changeover) until a fresh plan arrives.
     max_plan_age_s: float = Field(default=60.0, gt=0)

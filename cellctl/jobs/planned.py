@@ -19,8 +19,11 @@ does not model) go to devices with nothing planned left, by the baseline rule.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import structlog
@@ -38,8 +41,9 @@ from cellctl.jobs.dispatch import (
 from cellctl.jobs.live_problem import Snapshot, build_problem
 from cellctl.model import OperatorRequest
 from cellctl.planning import plan as run_planner
+from cellctl.planning.model import Assignment as PlanAssignment
 from cellctl.planning.model import Plan
-from cellctl.scheduler_config import DispatchMethod, SchedulerSection
+from cellctl.scheduler_config import DispatchMethod, PlanWorker, SchedulerSection
 
 log = structlog.get_logger("cellctl.jobs.planner")
 
@@ -49,6 +53,7 @@ class LivePlan:
     plan: Plan
     made_at: float  # epoch seconds: problem time 0
     planned: frozenset[str]  # step keys it holds
+    by_job: Mapping[str, PlanAssignment]  # step key → its place in the plan
 
 
 @dataclass
@@ -107,7 +112,6 @@ class PlannerDispatcher:
         needed: dict[str, Needed] = {}
         met: set[tuple[str, str]] = set()
         idle: list[str] = []  # free devices with nothing planned left
-        starts = {a.job: a for a in live.plan.assignments}
         for dev_id in sorted(devices):
             view = devices[dev_id]
             nxt = next(
@@ -118,7 +122,7 @@ class PlannerDispatcher:
                     idle.append(dev_id)
                 continue
             if unmet(view.setup, nxt.setup):
-                a = starts[nxt.key]
+                a = live.by_job[nxt.key]
                 needed[dev_id] = Needed(
                     device=dev_id,
                     step=nxt,
@@ -199,30 +203,55 @@ class PlannerDispatcher:
     # --- the planning task -------------------------------------------------------
 
     async def run(self) -> None:
-        """Plan the latest snapshot, one at a time, on a worker thread; until cancelled."""
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            snap, self._pending = self._pending, None
-            if snap is None:
-                continue
-            cfg = self._settings()
-            t0 = time.perf_counter()
-            try:
+        """Plan the latest snapshot, one at a time, off the loop; until cancelled."""
+        pool: ProcessPoolExecutor | None = None
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                snap, self._pending = self._pending, None
+                if snap is None:
+                    continue
+                cfg = self._settings()
+                if cfg.worker is PlanWorker.PROCESS and pool is None:
+                    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                try:
+                    await self._replan(
+                        snap, cfg, pool if cfg.worker is PlanWorker.PROCESS else None
+                    )
+                except BrokenProcessPool:
+                    pool = None  # the worker died (killed, out of memory): a new one next time
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _replan(
+        self, snap: Snapshot, cfg: SchedulerSection, pool: ProcessPoolExecutor | None
+    ) -> None:
+        """One re-plan; a failure is logged and counted, and dispatch falls back."""
+        t0 = time.perf_counter()
+        try:
+            if pool is None:
                 live = await asyncio.to_thread(_plan_snapshot, snap, cfg)
-            except Exception as exc:  # a planner bug must not stop dispatch: fall back
-                self._failed = True
-                self.stats.failures += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("planner: re-plan failed", error=self.stats.last_error)
-                self._fallback_said = False
             else:
-                self._failed = False
-                self.current = live
-                self.stats.plans += 1
-                self.stats.plan_s.append(time.perf_counter() - t0)
-                del self.stats.plan_s[:-100]
+                loop = asyncio.get_running_loop()
+                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg)
+        except Exception as exc:  # a planner bug must not stop dispatch: fall back
+            self._failed = True
+            self.stats.failures += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("planner: re-plan failed", error=self.stats.last_error)
+            self._fallback_said = False
             self._on_plan()
+            if isinstance(exc, BrokenProcessPool):
+                raise
+            return
+        self._failed = False
+        self.current = live
+        self.stats.plans += 1
+        self.stats.plan_s.append(time.perf_counter() - t0)
+        del self.stats.plan_s[:-100]
+        self._on_plan()
 
 
 def _busy(v: DeviceView) -> DeviceView:
@@ -234,7 +263,12 @@ def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
     method = cfg.planner_method
     budget = cfg.budget_s if method == "anytime" else None
     result = run_planner(problem, method, budget_s=budget)
-    return LivePlan(result, snap.now, frozenset(j.id for j in problem.jobs))
+    return LivePlan(
+        result,
+        snap.now,
+        frozenset(j.id for j in problem.jobs),
+        {a.job: a for a in result.assignments},
+    )
 
 
 def make_dispatcher(

@@ -59,9 +59,10 @@ def settings(**kw: object) -> SchedulerSection:
     return SchedulerSection.model_validate({"method": "planner", "budget_s": 0.05, **kw})
 
 
-async def test_follows_the_plan_and_groups_setups() -> None:
+@pytest.mark.parametrize("worker", ["thread", "process"])
+async def test_follows_the_plan_and_groups_setups(worker: str) -> None:
     clock = Clock()
-    d = PlannerDispatcher(lambda: settings(), clock=clock)
+    d = PlannerDispatcher(lambda: settings(worker=worker), clock=clock)
     cands = [cand(1, "PETG"), cand(2, "PLA"), cand(3, "PETG"), cand(4, "PLA")]
     devs = {"p1": dev("p1", "PLA"), "p2": dev("p2", "PETG")}
     async with asyncio.TaskGroup() as tg:
