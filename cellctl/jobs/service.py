@@ -126,6 +126,7 @@ class JobService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aborting: set[str] = set()  # step keys being stopped because their job ended
         self._acked: dict[str, tuple[str, int, int]] = {}
+        self._waiting: set[str] = set()  # step keys whose reason names their changeover
         self._lock = asyncio.Lock()
         self._tg: TaskGroup | None = None
         self._next_seq = 1
@@ -755,7 +756,11 @@ class JobService:
         for request in planner.take_requests():
             self._publish(request)
             log.info("changeover request", device=request.device_id, text=request.text)
-        for key, reason in planner.waiting_reasons().items():
+        reasons = planner.waiting_reasons()
+        for key in self._waiting - set(reasons):  # asked no more: say so, not the old ask
+            reasons[key] = "queued: its changeover request was withdrawn by a re-plan"
+        self._waiting = {k for k, r in reasons.items() if r.startswith("waiting")}
+        for key, reason in reasons.items():
             job_id, _, index = key.rpartition("/")
             job = self._jobs.get(job_id)
             if job is None:
