@@ -59,9 +59,6 @@ class SchedulerSection(BaseModel):
     default_step_s: int = Field(default=600, gt=0)
     # A manual changeover is requested this long before the plan needs it.
     notice_s: float = Field(default=900.0, ge=0)
-    # True: a step whose changeover was requested stays first on its device in every
-    # re-plan (no request moves once made); false: a better plan may move it.
-    keep_announced: bool = False
     # Per setup key: its changeover time and who does it (overrides DEFAULT_CHANGES).
     changeover: dict[str, KeyChange] = Field(default_factory=dict)
     unknown_key_s: int = Field(default=600, ge=0)

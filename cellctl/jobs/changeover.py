@@ -6,9 +6,10 @@ changeover starts within `[scheduler] notice_s`, or the device is free now).
 The announcer turns the difference from the last round into operator
 requests of kind `changeover`: a new one, an updated one (another step or
 setup), and a withdrawn one (`details.withdrawn`, with why) when a re-plan
-moved it or the setup was loaded. With `[scheduler] keep_announced` an
-announced step is pinned first on its device for later re-plans, so a request
-never moves once made.
+moved it or the setup was loaded. An announced step stays first on its device
+in later re-plans unless a plan that moves it has less tardiness or less
+changeover time (`planned._plan_snapshot`): a request does not flap between
+devices on a tie.
 
 Nothing is stored: after a restart the first plan announces again what is
 still needed (the stored setup is the one confirmed with `answer … setup`

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -184,7 +184,7 @@ class PlannerDispatcher:
             now=now,
             candidates=tuple(candidates),
             devices=dict(devices),
-            pinned=self.announcer.pins() if cfg.keep_announced else {},
+            pinned=self.announcer.pins(),
         )
         self._dirty.set()
 
@@ -259,10 +259,19 @@ def _busy(v: DeviceView) -> DeviceView:
 
 
 def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
+    """Plan the snapshot. A changeover already requested stays where it is unless a plan
+    free to move it has less tardiness or less changeover time (not merely an earlier
+    end): a request does not flap between devices on a tie."""
     problem = build_problem(snap, cfg)
     method = cfg.planner_method
     budget = cfg.budget_s if method == "anytime" else None
-    result = run_planner(problem, method, budget_s=budget)
+    if problem.pinned:
+        half = None if budget is None else budget / 2
+        kept = run_planner(problem, method, budget_s=half)
+        free = run_planner(replace(problem, pinned={}), method, budget_s=half)
+        result = free if free.figures.key[:2] < kept.figures.key[:2] else kept
+    else:
+        result = run_planner(problem, method, budget_s=budget)
     return LivePlan(
         result,
         snap.now,
