@@ -3,7 +3,8 @@
 1,000 waiting steps (four materials, two nozzles), 10 printers. Each round some
 printers are free; the decision (`assign`, on the event loop) is timed. The
 planner's re-plans run meanwhile on its worker thread, as in the daemon (they
-compete for the GIL: that is in the figures). Rounds pass the way a cell's do:
+compete for the GIL, with the daemon's 1 ms switch interval: that is in the
+figures). Rounds pass the way a cell's do:
 the assigned steps leave, their printers turn busy, a few steps arrive, a busy
 printer frees up.
 
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -98,6 +100,9 @@ def p99(xs: list[float]) -> float:
 
 async def main(quick: bool) -> None:
     logs.configure("warning")
+    # As the daemon runs ([supervisor] thread_switch_ms = 1): a worker thread gives the
+    # interpreter lock back to the event loop within 1 ms.
+    sys.setswitchinterval(0.001)
     n_steps, n_dev = 1000, 10
     n_rounds = 150 if quick else 600
     pause = 0.01

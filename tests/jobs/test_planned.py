@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,24 @@ def test_baseline_stays_the_default() -> None:
     assert SchedulerSection().method is DispatchMethod.BASELINE
     with pytest.raises(ValueError, match="planner_method"):
         SchedulerSection(planner_method="magic")
+
+
+def test_config_mistakes_name_the_key(tmp_path: Path) -> None:
+    from jobs.conftest import REGISTRY
+
+    from cellctl.config import parse
+    from cellctl.errors import ConfigError
+
+    bad = {"cell": {"name": "x"}, "scheduler": {"method": "planner", "budget_s": -1}}
+    with pytest.raises(ConfigError, match=r"cell.toml: scheduler.budget_s: expected greater"):
+        parse(tmp_path / "cell.toml", bad, REGISTRY)
+    bad = {"cell": {"name": "x"}, "scheduler": {"planner_method": "magic"}}
+    with pytest.raises(ConfigError, match=r"scheduler: .*planner_method: expected one of"):
+        parse(tmp_path / "cell.toml", bad, REGISTRY)
+    cell = parse(
+        tmp_path / "cell.toml",
+        {"cell": {"name": "x"}, "scheduler": {"changeover": {"tool": {"seconds": 30}}}},
+        REGISTRY,
+    )
+    assert cell.config.scheduler.key_change("tool").seconds == 30
+    assert cell.config.scheduler.key_change("nozzle").seconds == 900  # Marlin default
