@@ -297,6 +297,13 @@ class CellConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _automatic_devices_exist(self) -> CellConfig:
+        unknown = self.scheduler.unknown_devices(self.devices)
+        if unknown:
+            raise ValueError(f"scheduler.automatic: no device {', '.join(unknown)} in [devices]")
+        return self
+
+    @model_validator(mode="after")
     def _embedded_needs_users(self) -> CellConfig:
         mqtt = self.mqtt
         if mqtt is None or not mqtt.embedded or self.access.allow_anonymous:

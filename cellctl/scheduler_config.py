@@ -7,6 +7,7 @@ live beside each other. docs/scheduling.md, "The planner in the live cell".
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,6 +63,11 @@ class SchedulerSection(BaseModel):
     # Per setup key: its changeover time and who does it (overrides DEFAULT_CHANGES).
     changeover: dict[str, KeyChange] = Field(default_factory=dict)
     unknown_key_s: int = Field(default=600, ge=0)
+    # Device id → the setup keys it changes itself through its driver's `change_setup`
+    # (a GRBL mill's tool_change_macro): planned as automatic, run with no operator.
+    automatic: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Bound of one automatic changeover; past it the change is asked of an operator.
+    automatic_timeout_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _known_method(self) -> SchedulerSection:
@@ -71,6 +77,9 @@ class SchedulerSection(BaseModel):
                 f"got {self.planner_method!r}"
             )
         return self
+
+    def unknown_devices(self, devices: Collection[str]) -> list[str]:
+        return sorted(d for d in self.automatic if d not in devices)
 
     def key_change(self, key: str) -> KeyChange:
         found = self.changeover.get(key) or DEFAULT_CHANGES.get(key)

@@ -17,7 +17,7 @@ Problem time 0 is the snapshot's instant, in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from cellctl.jobs.dispatch import Candidate, DeviceView
@@ -51,8 +51,11 @@ def _parse(lab: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in lab.split(",")) if lab else {}
 
 
-def change_cost(cfg: SchedulerSection, a: str, b: str) -> tuple[int, bool]:
-    """(seconds, manual) to go from setup label a to b: the keys b names that differ."""
+def change_cost(
+    cfg: SchedulerSection, a: str, b: str, automatic: Collection[str] = ()
+) -> tuple[int, bool]:
+    """(seconds, manual) to go from setup label a to b: the keys b names that differ.
+    A key in `automatic` the device changes itself (its driver's `change_setup`)."""
     have, need = _parse(a), _parse(b)
     total, manual = 0, False
     for key, value in need.items():
@@ -60,7 +63,7 @@ def change_cost(cfg: SchedulerSection, a: str, b: str) -> tuple[int, bool]:
             continue
         rule = cfg.key_change(key)
         total += rule.seconds
-        manual = manual or rule.manual
+        manual = manual or (rule.manual and key not in automatic)
     return total, manual
 
 
@@ -104,8 +107,13 @@ def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
     labels = {m.initial_setup for m in machines} | {j.setup for j in jobs}
     setup_times: dict[str, dict[str, dict[str, int]]] = {}
     manual: set[tuple[str, str, str]] = set()
-    costs = {(a, b): change_cost(cfg, a, b) for a in labels for b in labels if a != b}
+    by_auto: dict[frozenset[str], dict[tuple[str, str], tuple[int, bool]]] = {}
     for m in machines:
+        auto = frozenset(cfg.automatic.get(m.id, ()))
+        costs = by_auto.get(auto)
+        if costs is None:
+            costs = {(a, b): change_cost(cfg, a, b, auto) for a in labels for b in labels if a != b}
+            by_auto[auto] = costs
         table = setup_times.setdefault(m.id, {})
         for (a, b), (t, is_manual) in costs.items():
             table.setdefault(a, {})[b] = t

@@ -56,6 +56,13 @@ class LivePlan:
     by_job: Mapping[str, PlanAssignment]  # step key → its place in the plan
 
 
+@dataclass(frozen=True)
+class AutoChange:
+    device: str
+    step_key: str
+    setup: Mapping[str, str]  # the keys to change, to these values
+
+
 @dataclass
 class PlannerStats:
     plans: int = 0
@@ -88,6 +95,8 @@ class PlannerDispatcher:
         self._seen_at = 0.0
         self._failed = False
         self._fallback_said = False
+        self._automatic: list[AutoChange] = []
+        self.auto_failed: dict[str, str] = {}  # device → why its change_setup failed
 
     # --- on the event loop -------------------------------------------------------
 
@@ -123,7 +132,7 @@ class PlannerDispatcher:
                 continue
             if unmet(view.setup, nxt.setup):
                 a = live.by_job[nxt.key]
-                needed[dev_id] = Needed(
+                need = Needed(
                     device=dev_id,
                     step=nxt,
                     loaded=dict(view.setup),
@@ -131,6 +140,14 @@ class PlannerDispatcher:
                     changeover_start=live.made_at + a.changeover_start,
                     device_free_at=now if view.free else view.busy_until,
                 )
+                auto = (
+                    set(cfg.automatic.get(dev_id, ())) if dev_id not in self.auto_failed else set()
+                )
+                if not set(need.load) <= auto:
+                    needed[dev_id] = need
+                elif dev_id in free and view.kept_for in (None, nxt.key):
+                    self._automatic.append(AutoChange(dev_id, nxt.key, need.load))
+                    free.discard(dev_id)
                 continue
             met.add((dev_id, nxt.key))
             if dev_id not in free or not can_run(view, nxt):
@@ -152,6 +169,17 @@ class PlannerDispatcher:
             views = {d: v if d in rest and d not in taken else _busy(v) for d, v in devices.items()}
             out.extend(self._baseline.assign(unplanned, views))
         return out
+
+    def take_automatic(self) -> list[AutoChange]:
+        """Automatic changeovers to run now (the service runs each through the driver's
+        `change_setup` and records the setup once it returned)."""
+        out, self._automatic = self._automatic, []
+        return out
+
+    def automatic_failed(self, device: str, reason: str) -> None:
+        """The device could not change its own setup: ask an operator from now on."""
+        self.auto_failed[device] = reason
+        self._seen = None  # re-plan: the request comes from the next plan followed
 
     def take_requests(self) -> list[OperatorRequest]:
         """Changeover requests (new, changed, withdrawn) for the service to publish."""

@@ -98,6 +98,9 @@ __all__ = [
 # While the disk is full: how often a write that must happen (a step's end) is tried.
 FULL_RETRY_S = 1.0
 
+# What `_engaged` holds for a device running an automatic changeover (+ the step key).
+AUTO_CHANGEOVER = "changeover for "
+
 # Device states in which a device may be given a step.
 READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
 
@@ -127,6 +130,7 @@ class JobService:
         self._aborting: set[str] = set()  # step keys being stopped because their job ended
         self._acked: dict[str, tuple[str, int, int]] = {}
         self._waiting: set[str] = set()  # step keys whose reason names their changeover
+        self._auto_until: dict[str, float] = {}  # device → end estimate of its changeover
         self._lock = asyncio.Lock()
         self._tg: TaskGroup | None = None
         self._next_seq = 1
@@ -743,6 +747,8 @@ class JobService:
         key = self._engaged.get(dev_id)
         if key is None:
             return None
+        if key.startswith(AUTO_CHANGEOVER):
+            return self._auto_until.get(dev_id)
         job_id, _, index = key.rpartition("/")
         job = self._jobs.get(job_id)
         if job is None:
@@ -750,6 +756,50 @@ class JobService:
         step = job.steps[int(index)]
         started = step.started or time.time()
         return started + (step.estimated_s or self._cell().config.scheduler.default_step_s)
+
+    def _start_automatic(self, planner: PlannerDispatcher) -> None:
+        """Run the plan's automatic changeovers, each holding its device meanwhile."""
+        assert self._tg is not None
+        sched = self._cell().config.scheduler
+        for change in planner.take_automatic():
+            if change.device in self._engaged:
+                continue
+            self._engaged[change.device] = AUTO_CHANGEOVER + change.step_key
+            seconds = sum(sched.key_change(k).seconds for k in change.setup)
+            self._auto_until[change.device] = time.time() + seconds
+            self._tg.create_task(
+                self._automatic_changeover(planner, change.device, dict(change.setup)),
+                name=f"changeover:{change.device}",
+            )
+
+    async def _automatic_changeover(
+        self, planner: PlannerDispatcher, device_id: str, setup: dict[str, str]
+    ) -> None:
+        """The device changes its own setup (driver `change_setup`); the new setup is
+        stored only once that returned, so a crash meanwhile leaves the old one and the
+        next plan runs the change again."""
+        runner = self._supervisor.runners.get(device_id)
+        bound = self._cell().config.scheduler.automatic_timeout_s
+        log.info("automatic changeover", device=device_id, setup=setup)
+        try:
+            driver = runner.driver if runner is not None else None
+            if driver is None:
+                raise LinkError(f"{device_id} is not connected")
+            async with asyncio.timeout(bound):
+                await driver.change_setup(setup)
+            await self.set_setup(device_id, setup, merge=True)
+            log.info("automatic changeover done", device=device_id, setup=setup)
+        except (CellError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning(
+                "automatic changeover failed; asking an operator", device=device_id, error=reason
+            )
+            planner.automatic_failed(device_id, reason)
+        finally:
+            if self._engaged.get(device_id, "").startswith(AUTO_CHANGEOVER):
+                del self._engaged[device_id]
+            self._auto_until.pop(device_id, None)
+            self._wake.set()
 
     async def _changeovers(self, planner: PlannerDispatcher) -> None:
         """Publish the planner's changeover requests; a step waiting for one says so."""
@@ -862,6 +912,7 @@ class JobService:
         assignments = self.dispatcher.assign(candidates, views)
         if planner is not None:
             await self._changeovers(planner)
+            self._start_automatic(planner)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

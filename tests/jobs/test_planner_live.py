@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from cellctl_drivers.grbl.sim import GrblSim, GrblSimOptions
 from jobs.conftest import BOUND, REGISTRY, gcode, printer, running, wait_for, wait_job
 
 from cellctl.config import Cell, parse
@@ -134,3 +135,68 @@ async def test_mixed_materials_with_a_scripted_operator(tmp_path: Path) -> None:
         assert done_changeovers[0][1] == {"material": "ABS"}
         planner = app.jobs.dispatcher
         assert isinstance(planner, PlannerDispatcher) and planner.stats.plans >= 1
+
+
+async def test_automatic_tool_change_through_change_setup_on_the_grbl_simulator(
+    tmp_path: Path,
+) -> None:
+    """A mill with a tool-change macro declared automatic for `tool`: the planner's
+    changeover runs through the driver's `change_setup` on the GRBL simulator (time_factor
+    50), no operator is asked, the new tool is stored once it ran, then the job runs."""
+    sim = GrblSim(GrblSimOptions(time_factor=50.0, emulate_link=False, build_info="mill"))
+    prog = tmp_path / "part.nc"
+    prog.write_text("G21 G90\nG0 X1\nG0 X2\n")
+    macro = ["G53 G0 Z0", "G4 P0.1"]
+    async with sim:
+        cell = planner_cell(
+            tmp_path,
+            {
+                "mill": {
+                    "driver": "grbl",
+                    "backend": "real",
+                    "port": sim.endpoint,
+                    "expected_build_info": "mill",
+                    "processes": ["mill"],
+                    "setup": {"tool": "T1", "fixture": "vise"},
+                    "tool_change_macro": macro,
+                }
+            },
+            automatic={"mill": ["tool"]},
+        )
+        async with running(cell) as app:
+            events = app.bus.subscribe("test", lossless=True)
+            spec = JobSpec.model_validate(
+                {
+                    "id": "cut",
+                    "route": [{"process": "mill", "program": "part.nc", "setup": {"tool": "T2"}}],
+                }
+            )
+            await app.jobs.submit(spec, {"part.nc": prog})
+            done = await wait_job(app, "cut", JobState.DONE, JobState.FAILED, JobState.HELD)
+            assert done.state == JobState.DONE, done.reason
+            assert app.jobs._device_row("mill").setup == {"tool": "T2", "fixture": "vise"}
+            ran = [line.replace(" ", "") for line in sim.executed]
+            at = ran.index("G53G0Z0")  # the macro, before the job's first move
+            assert ran.index("G0X1") > at, ran
+            asked = []
+            while not events.queue.empty():
+                ev = events.queue.get_nowait()
+                if isinstance(ev, OperatorRequest):
+                    asked.append(ev)
+            assert asked == [], asked
+
+
+async def test_a_failed_automatic_changeover_asks_an_operator(tmp_path: Path) -> None:
+    """Declared automatic, but the driver cannot (jobsim: NotSupported): the setup is
+    not changed, and the change is asked of an operator instead."""
+    cell = planner_cell(tmp_path, {"p1": printer()}, automatic={"p1": ["material"]})
+    async with running(cell) as app:
+        events = app.bus.subscribe("test", lossless=True)
+        spec, files = print_job(tmp_path, "petg", "PETG")
+        await app.jobs.submit(spec, files)
+        req = await next_request(events)
+        assert req.device_id == "p1" and req.details["load"] == {"material": "PETG"}
+        planner = app.jobs.dispatcher
+        assert isinstance(planner, PlannerDispatcher)
+        assert "operator" in planner.auto_failed["p1"]
+        assert app.jobs._device_row("p1").setup["material"] == "PLA"
