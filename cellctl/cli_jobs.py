@@ -249,6 +249,15 @@ def cmd_service(args: argparse.Namespace) -> int:
     return _request(args, "service", payload, f"{args.device} {args.state} of service")
 
 
+def cmd_bed_clear(args: argparse.Namespace) -> int:
+    """The operator took the part off a printer's bed (issue 20: bed clearing gate)."""
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_bed_clear(args, settings)
+    payload = {"device": args.device, "who": "operator (cli)"}
+    return _request(args, "clear_bed", payload, f"bed of {args.device} cleared")
+
+
 def add_commands(sub: Any) -> None:
     """Hook the job commands into the `cellctl` parser's subparsers."""
 
@@ -319,3 +328,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("state", choices=["in", "out"])
     p.add_argument("--note", default="")
     p.set_defaults(func=cmd_service)
+
+    p = sub.add_parser("bed-clear", help="confirm a printer's bed clear (it may print again)")
+    common(p)
+    p.add_argument("device")
+    p.set_defaults(func=cmd_bed_clear)

@@ -90,6 +90,9 @@ class JobBridge:
 
         With `setup{}` (a changeover's answer) it first records what was loaded; a
         `changeover` answer, or one with no held step on the device, returns the device."""
+        if cmd.kind == RequestKind.CLEAR_BED and self.jobs.bed_uncleared(cmd.device):
+            info = await self.jobs.confirm_bed_clear(cmd.device, who="operator over MQTT")
+            return _json(info.as_dict())
         if cmd.kind == RequestKind.CHANGEOVER and cmd.setup is None:
             raise CellError("a changeover answer needs setup{}: what was loaded")
         if cmd.setup is not None:

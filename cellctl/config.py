@@ -300,7 +300,10 @@ class CellConfig(Strict):
     def _automatic_devices_exist(self) -> CellConfig:
         unknown = self.scheduler.unknown_devices(self.devices)
         if unknown:
-            raise ValueError(f"scheduler.automatic: no device {', '.join(unknown)} in [devices]")
+            raise ValueError(
+                f"scheduler: automatic/bed_clearing name no device {', '.join(unknown)} "
+                "in [devices]"
+            )
         return self
 
     @model_validator(mode="after")

@@ -68,6 +68,11 @@ class SchedulerSection(BaseModel):
     automatic: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     # Bound of one automatic changeover; past it the change is asked of an operator.
     automatic_timeout_s: float = Field(default=300.0, gt=0)
+    # Devices whose bed must be confirmed clear (`answer` kind clear_bed) after a step
+    # with no unload step after it, before they take another (any dispatcher).
+    bed_clearing: tuple[str, ...] = ()
+    # How long clearing a bed takes an operator (the planner plans it after the print).
+    bed_clearing_s: int = Field(default=120, ge=0)
 
     @model_validator(mode="after")
     def _known_method(self) -> SchedulerSection:
@@ -79,7 +84,8 @@ class SchedulerSection(BaseModel):
         return self
 
     def unknown_devices(self, devices: Collection[str]) -> list[str]:
-        return sorted(d for d in self.automatic if d not in devices)
+        named = {*self.automatic, *self.bed_clearing}
+        return sorted(d for d in named if d not in devices)
 
     def key_change(self, key: str) -> KeyChange:
         found = self.changeover.get(key) or DEFAULT_CHANGES.get(key)

@@ -31,6 +31,7 @@ class Candidate:
     estimated_s: float | None = None
     due: float | None = None
     only_on: str | None = None  # a step resuming part-way runs where it started
+    clear_s: int = 0  # operator time to clear the bed after it (the planner's `clear`)
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -102,6 +102,7 @@ def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
                 durations=durations,
                 due=due,
                 weight=1 + max(0, c.priority),
+                clear=c.clear_s,
             )
         )
     labels = {m.initial_setup for m in machines} | {j.setup for j in jobs}

@@ -30,7 +30,7 @@ import structlog
 from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
 from cellctl.events import EventBus
-from cellctl.jobs import repo
+from cellctl.jobs import beds, repo
 from cellctl.jobs.api import (
     DeviceInfo,
     HoldAction,
@@ -131,6 +131,7 @@ class JobService:
         self._acked: dict[str, tuple[str, int, int]] = {}
         self._waiting: set[str] = set()  # step keys whose reason names their changeover
         self._auto_until: dict[str, float] = {}  # device → end estimate of its changeover
+        self._uncleared: dict[str, str] = {}  # device → the step whose part is on its bed
         self._lock = asyncio.Lock()
         self._tg: TaskGroup | None = None
         self._next_seq = 1
@@ -157,6 +158,8 @@ class JobService:
                 tg.create_task(self._watch_devices(events), name="jobs:devices")
                 if isinstance(self.dispatcher, PlannerDispatcher):
                     tg.create_task(self.dispatcher.run(), name="jobs:planner")
+                for device_id, key in self._uncleared.items():  # still asked after a restart
+                    self._publish(self._bed_request(device_id, key))
                 self.ready.set()
                 while True:
                     self._wake.clear()
@@ -178,12 +181,14 @@ class JobService:
         cell = self._cell()
         initial = {d.id: d.common.setup for d in cell.devices.values()}
 
-        def load(conn: Any) -> tuple[list[JobRecord], dict[str, repo.DeviceRow]]:
+        def load(
+            conn: Any,
+        ) -> tuple[list[JobRecord], dict[str, repo.DeviceRow], dict[str, str]]:
             with transaction(conn):
                 repo.ensure_devices(conn, initial)
-            return repo.load_jobs(conn), repo.load_devices(conn)
+            return repo.load_jobs(conn), repo.load_devices(conn), beds.load(conn)
 
-        jobs, devices = await self._store.call(load)
+        jobs, devices, self._uncleared = await self._store.call(load)
         await asyncio.to_thread(self.programs.sweep_incoming)
         self._jobs = {j.id: j for j in jobs}
         self._devices = devices
@@ -584,6 +589,15 @@ class JobService:
                 steps[idx] = new
                 changed.append(new)
             new_job = job.replace(steps=tuple(steps), updated=now, **dict(job_changes or {}))
+            clearing = self._cell().config.scheduler.bed_clearing
+            parts_left = [
+                (s.device, s.key)
+                for s in changed
+                if s.state == StepState.DONE
+                and job.steps[s.index].state != StepState.DONE
+                and s.device in clearing
+                and beds.leaves_part(new_job, s)
+            ]
             job_event: JobChanged | None = None
             if not job.state.terminal:
                 state = derive_job_state((s.state for s in steps), new_job.cancel_requested)
@@ -603,6 +617,8 @@ class JobService:
                                 conn, job_id, s.index, old.state, s.state, s.device, s.reason, now
                             )
                     repo.update_job(conn, new_job)
+                    for device_id, key in parts_left:
+                        beds.mark(conn, device_id, key, now)
                     if job_event is not None:
                         repo.add_transition(
                             conn, job_id, None, job.state, new_job.state, None, new_job.reason, now
@@ -616,6 +632,9 @@ class JobService:
                 self._jobs[job_id] = new_job
                 raise
             self._jobs[job_id] = new_job
+            for device_id, key in parts_left:
+                self._uncleared[device_id] = key
+                events.append(self._bed_request(device_id, key))
         for ev in events:
             self._publish(ev)
         if job_event is not None:
@@ -623,6 +642,47 @@ class JobService:
             log.info("job changed", job=job_id, state=job_event.state, reason=job_event.reason)
         self._wake.set()
         return new_job
+
+    @staticmethod
+    def _bed_request(device_id: str, step_key: str) -> OperatorRequest:
+        return OperatorRequest(
+            device_id=device_id,
+            kind=RequestKind.CLEAR_BED,
+            text=f"clear the bed of {device_id} (the part of {step_key} is on it)",
+            step_key=step_key,
+            details={"cleared": False},
+        )
+
+    async def confirm_bed_clear(self, device_id: str, who: str = "operator") -> DeviceInfo:
+        """An operator took the part off: the device may take work again."""
+        await self.ready.wait()
+        self._device_row(device_id)  # a known device, or InvalidRequest
+        async with self._lock:
+            key = self._uncleared.get(device_id)
+            if key is None:
+                raise InvalidRequest(f"the bed of {device_id} is not waiting to be cleared")
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    beds.clear(conn, device_id)
+
+            await self._store.call(write)
+            del self._uncleared[device_id]
+        log.info("bed cleared", device=device_id, step=key, who=who)
+        self._publish(
+            OperatorRequest(
+                device_id=device_id,
+                kind=RequestKind.CLEAR_BED,
+                text=f"bed of {device_id} cleared by {who}",
+                step_key=key,
+                details={"cleared": True},
+            )
+        )
+        self._wake.set()
+        return self._device_info(device_id)
+
+    def bed_uncleared(self, device_id: str) -> bool:
+        return device_id in self._uncleared
 
     @staticmethod
     def _hold_request(step: StepRecord) -> OperatorRequest:
@@ -731,6 +791,7 @@ class JobService:
                 and not runner.busy
                 and row.in_service
                 and dev_id not in self._engaged
+                and dev_id not in self._uncleared
             )
             views[dev_id] = DeviceView(
                 dev_id,
@@ -744,6 +805,8 @@ class JobService:
 
     def _busy_until(self, dev_id: str) -> float | None:
         """When the step engaging the device should end (started + its estimate)."""
+        if dev_id in self._uncleared and dev_id not in self._engaged:
+            return time.time() + self._cell().config.scheduler.bed_clearing_s
         key = self._engaged.get(dev_id)
         if key is None:
             return None
@@ -886,9 +949,19 @@ class JobService:
                         estimated_s=s.estimated_s,
                         due=job.due,
                         only_on=s.pinned,
+                        clear_s=self._clear_s(job, s) if planning else 0,
                     )
                 )
         return out, never
+
+    def _clear_s(self, job: JobRecord, step: StepRecord) -> int:
+        """The bed clearing the planner plans after this step (0: none)."""
+        sched = self._cell().config.scheduler
+        devices = self._cell().devices
+        clears = any(
+            step.process in devices[d].common.processes for d in sched.bed_clearing if d in devices
+        )
+        return sched.bed_clearing_s if clears and beds.leaves_part(job, step) else 0
 
     @staticmethod
     def _needs(step: StepRecord, planning: bool) -> Mapping[str, str]:

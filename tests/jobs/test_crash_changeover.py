@@ -187,3 +187,63 @@ async def test_sigkill_while_a_changeover_is_requested_and_while_it_is_answered(
     done_counts = Counter(e[1] for e in machine_log(log) if e and e[0] == "done")
     assert len(done_counts) == 4 and all(n == 1 for n in done_counts.values()), done_counts
     assert '"level": "error"' not in errlog.read_text()
+
+
+def uncleared(db: Path) -> dict[str, str]:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return {r[0]: r[1] for r in conn.execute("SELECT device_id, step_key FROM bed_uncleared")}
+    finally:
+        conn.close()
+
+
+async def test_sigkill_after_a_print_keeps_its_bed_uncleared(tmp_path: Path) -> None:
+    """The bed mark is written with the step's end: the daemon killed right after a print
+    (`bed_clearing = ["p1"]`) restarts with the printer still gated, asks again, and
+    prints the next job only once the bed is confirmed clear (the CLI's request)."""
+    log = tmp_path / "machine.log"
+    config = tmp_path / "cell.toml"
+    config.write_text(
+        CONFIG.format(log=log).replace("notice_s = 0", 'notice_s = 0\nbed_clearing = ["p1"]')
+    )
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    db = tmp_path / "state" / "cellctl.db"
+    errlog = tmp_path / "daemon.log"
+    errlog.touch()
+    first = {"a.gcode": gcode(60)}
+    drop(folder, first)
+    start = errlog.stat().st_size
+    proc = await _spawn(config, errlog)
+    try:
+        await _wait_loaded(errlog, start, proc)
+        jobs = await wait_store(
+            db, lambda js: any(j.state == JobState.DONE for j in js), "the first print done"
+        )
+    finally:
+        await kill(proc)
+    [a] = jobs
+    assert uncleared(db) == {"p1": f"{a.id}/0"}  # committed with the end, never after
+    drop(folder, {"b.gcode": gcode(70)})
+    start = errlog.stat().st_size
+    proc = await _spawn(config, errlog)
+    try:
+        await _wait_loaded(errlog, start, proc)
+        await wait_log(errlog, start, b"job accepted")
+        await asyncio.sleep(1.0)  # ten dispatch ticks: the gate holds across the restart
+        jobs, _ = await asyncio.to_thread(read_store, db)
+        b = next(j for j in jobs if j.id != a.id)
+        assert b.state == JobState.QUEUED, (b.state, b.reason)
+        await asyncio.to_thread(queue_request, db, "clear_bed", {"device": "p1"})
+        await wait_store(
+            db, lambda js: len(js) == 2 and all(j.state.terminal for j in js), "both ended"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await proc.wait()
+    jobs, _ = await asyncio.to_thread(read_store, db)
+    assert all(j.state == JobState.DONE for j in jobs), [(j.id, j.reason) for j in jobs]
+    assert uncleared(db) == {"p1": f"{b.id}/0"}  # the second part waits now
+    done_counts = Counter(e[1] for e in machine_log(log) if e and e[0] == "done")
+    assert sorted(done_counts.values()) == [1, 1], done_counts

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cellctl_drivers.grbl.sim import GrblSim, GrblSimOptions
-from jobs.conftest import BOUND, REGISTRY, gcode, printer, running, wait_for, wait_job
+from jobs.conftest import BOUND, REGISTRY, gcode, printer, robot, running, wait_for, wait_job
 
 from cellctl.config import Cell, parse
 from cellctl.events import Subscription
@@ -200,3 +200,63 @@ async def test_a_failed_automatic_changeover_asks_an_operator(tmp_path: Path) ->
         assert isinstance(planner, PlannerDispatcher)
         assert "operator" in planner.auto_failed["p1"]
         assert app.jobs._device_row("p1").setup["material"] == "PLA"
+
+
+async def test_bed_clearing_gates_the_next_print(tmp_path: Path) -> None:
+    """A printer in `bed_clearing` holds its finished part: no new print until the bed
+    is confirmed clear; a route whose unload step (reserving @previous) takes the part
+    leaves no such wait. With either dispatcher: here the baseline."""
+    data_cell = planner_cell(
+        tmp_path,
+        {"p1": printer(), "arm": robot()},
+        method="baseline",
+        bed_clearing=["p1"],
+    )
+    async with running(data_cell) as app:
+        events = app.bus.subscribe("test", lossless=True)
+        first, files = print_job(tmp_path, "first", "PLA")
+        await app.jobs.submit(first, files)
+        done = await wait_job(app, "first", JobState.DONE, JobState.FAILED, JobState.HELD)
+        assert done.state == JobState.DONE, done.reason
+        req = await next_kind(events, RequestKind.CLEAR_BED)
+        assert req.device_id == "p1" and req.step_key == "first/0"
+        assert req.details["cleared"] is False
+        second, files = print_job(tmp_path, "second", "PLA")
+        await app.jobs.submit(second, files)
+        # Dispatch rounds pass (the tick is 0.2 s); the gate holds however many.
+        rounds = app.jobs.dispatch_rounds
+        await wait_for(lambda: app.jobs.dispatch_rounds >= rounds + 5, "five dispatch rounds")
+        assert app.jobs._jobs["second"].steps[0].state == StepState.QUEUED
+        await app.jobs.confirm_bed_clear("p1", who="test")
+        done = await wait_job(app, "second", JobState.DONE, JobState.FAILED, JobState.HELD)
+        assert done.state == JobState.DONE, done.reason
+        await next_kind(events, RequestKind.CLEAR_BED)  # cleared, announced
+        await app.jobs.confirm_bed_clear("p1", who="test")  # the second part
+        # A print with its unload step: the robot takes the part, no clearing asked.
+        path = tmp_path / "unloaded.gcode"
+        path.write_text(gcode(40))
+        spec = JobSpec.model_validate(
+            {
+                "id": "unloaded",
+                "route": [
+                    {"process": "print", "program": path.name},
+                    {
+                        "process": "tend",
+                        "program": {"kind": "robot", "name": "unload"},
+                        "reserves": ["@previous"],
+                    },
+                ],
+            }
+        )
+        await app.jobs.submit(spec, {path.name: path})
+        done = await wait_job(app, "unloaded", JobState.DONE, JobState.FAILED, JobState.HELD)
+        assert done.state == JobState.DONE, done.reason
+        assert not app.jobs.bed_uncleared("p1")
+
+
+async def next_kind(events: Subscription, kind: RequestKind) -> OperatorRequest:
+    async with asyncio.timeout(BOUND):
+        while True:
+            ev = await events.queue.get()
+            if isinstance(ev, OperatorRequest) and ev.kind == kind:
+                return ev
