@@ -54,3 +54,39 @@ async def test_changeover_request_answered_with_setup(tmp_path: Path, broker: Mo
             assert r["outcome"] == "rejected" and "no step is held" in r["reason"], r
     finally:
         sub.stop()
+
+
+async def test_clear_bed_answer_opens_the_gate(tmp_path: Path, broker: Mosquitto) -> None:
+    gate = '[scheduler]\nbed_clearing = ["d1"]\n'
+    cell = load(write_config(tmp_path / "cell.toml", broker.port, devices=1, telemetry=gate))
+    topics = Topics(cell.name)
+    sub = await Subscriber(broker.port, [topics.everything, "replies/#"]).start()
+    cmd = Commander(sub, topics)
+
+    def beds() -> list[dict]:
+        return [m.json() for m in sub.on("d1/requests") if m.json()["kind"] == "clear_bed"]
+
+    def done(job: str) -> bool:
+        return any(m.json()["state"] == "done" for m in sub.on(f"{job}/events"))
+
+    try:
+        async with running_app(cell):
+            await sub.online()
+            for job in ("a", "b"):
+                r = await cmd.send(
+                    "submit", {"job": job, "steps": [{"process": "print", "gcode": "G28\n"}]}
+                )
+                assert r["outcome"] == "accepted", r
+            await sub.wait_for(lambda: len(beds()) == 1, "a clear_bed request after the first")
+            first = beds()[0]
+            assert first["details"]["cleared"] is False
+            ran = "a" if done("a") else "b"
+            other = "b" if ran == "a" else "a"
+            assert first["step"] == f"{ran}/0" and not done(other)
+            r = await cmd.send("answer", {"device": "d1", "kind": "clear_bed"})
+            assert r["outcome"] == "accepted", r
+            await sub.wait_for(lambda: done(other), "the second job after the bed was cleared")
+            await sub.wait_for(lambda: len(beds()) == 3, "the second part's clear_bed request")
+            assert [b["details"]["cleared"] for b in beds()] == [False, True, False]
+    finally:
+        sub.stop()
