@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from cellctl.jobs.dispatch import Candidate, unmet
+from cellctl.jobs.dispatch import SPOOL_KEY, Candidate, unmet
 from cellctl.model import OperatorRequest, RequestKind
 
 
@@ -34,6 +34,7 @@ class Needed:
     planned_start: float  # epoch seconds
     changeover_start: float
     device_free_at: float | None  # None: unknown (no estimate of the running step)
+    spool_g: float | None = None  # a fresh spool of at least this many grams is needed
 
     def due_for_notice(self, now: float, notice_s: float) -> bool:
         if self.device_free_at is not None and self.device_free_at <= now:
@@ -42,7 +43,10 @@ class Needed:
 
     @property
     def load(self) -> dict[str, str]:
-        return {k: v for k, v in self.step.setup.items() if unmet(self.loaded, {k: v})}
+        out = {k: v for k, v in self.step.setup.items() if unmet(self.loaded, {k: v})}
+        if self.spool_g is not None:
+            out[SPOOL_KEY] = f">={self.spool_g:g}"
+        return out
 
     @property
     def unload(self) -> dict[str, str]:
@@ -108,7 +112,7 @@ class Announcer:
                 f"changeover on {n.device} for {n.step.key}: unload {_pairs(n.unload) or 'nothing'}"
                 f", load {_pairs(n.load)}; answer with the setup loaded"
                 f" (cellctl setup {n.device} --merge "
-                + " ".join(f"{k}={v}" for k, v in n.load.items())
+                + " ".join(f"{k}={'<grams>' if k == SPOOL_KEY else v}" for k, v in n.load.items())
                 + ")"
             ),
             step_key=n.step.key,

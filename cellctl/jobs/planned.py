@@ -35,6 +35,7 @@ from cellctl.jobs.dispatch import (
     Candidate,
     DeviceView,
     can_run,
+    spool_short,
     unmet,
     usable,
 )
@@ -130,7 +131,8 @@ class PlannerDispatcher:
                 if dev_id in free:
                     idle.append(dev_id)
                 continue
-            if unmet(view.setup, nxt.setup):
+            short = spool_short(view.setup, nxt)
+            if unmet(view.setup, nxt.setup) or short is not None:
                 a = live.by_job[nxt.key]
                 need = Needed(
                     device=dev_id,
@@ -139,6 +141,7 @@ class PlannerDispatcher:
                     planned_start=live.made_at + a.start,
                     changeover_start=live.made_at + a.changeover_start,
                     device_free_at=now if view.free else view.busy_until,
+                    spool_g=short,
                 )
                 auto = (
                     set(cfg.automatic.get(dev_id, ())) if dev_id not in self.auto_failed else set()

@@ -40,13 +40,14 @@ from cellctl.jobs.api import (
     job_summary,
 )
 from cellctl.jobs.dispatch import (
+    SPOOL_KEY,
     Candidate,
     DeviceView,
     Dispatcher,
     DispatchViolation,
     check_assignments,
 )
-from cellctl.jobs.gcode import GcodeInfo, cut_short, scan_file
+from cellctl.jobs.gcode import GcodeInfo, cut_short, format_number, scan_file
 from cellctl.jobs.planned import PlannerDispatcher, make_dispatcher
 from cellctl.jobs.preflight import (
     PreflightFailed,
@@ -590,6 +591,7 @@ class JobService:
                 changed.append(new)
             new_job = job.replace(steps=tuple(steps), updated=now, **dict(job_changes or {}))
             clearing = self._cell().config.scheduler.bed_clearing
+            spools = self._spools_after(changed, job)
             parts_left = [
                 (s.device, s.key)
                 for s in changed
@@ -619,6 +621,8 @@ class JobService:
                     repo.update_job(conn, new_job)
                     for device_id, key in parts_left:
                         beds.mark(conn, device_id, key, now)
+                    for row in spools:
+                        repo.save_device(conn, row)
                     if job_event is not None:
                         repo.add_transition(
                             conn, job_id, None, job.state, new_job.state, None, new_job.reason, now
@@ -632,6 +636,8 @@ class JobService:
                 self._jobs[job_id] = new_job
                 raise
             self._jobs[job_id] = new_job
+            for row in spools:
+                self._devices[row.id] = row
             for device_id, key in parts_left:
                 self._uncleared[device_id] = key
                 events.append(self._bed_request(device_id, key))
@@ -950,9 +956,29 @@ class JobService:
                         due=job.due,
                         only_on=s.pinned,
                         clear_s=self._clear_s(job, s) if planning else 0,
+                        filament_g=s.gcode.filament_g if s.gcode is not None else None,
                     )
                 )
         return out, never
+
+    def _spools_after(self, changed: list[StepRecord], job: JobRecord) -> list[repo.DeviceRow]:
+        """Devices whose counted spool a step just ended (done) took filament off: the
+        grams are stored with the step's end (one transaction), so a crash loses none."""
+        out: dict[str, repo.DeviceRow] = {}
+        for s in changed:
+            grams = s.gcode.filament_g if s.gcode is not None else None
+            if s.state != StepState.DONE or job.steps[s.index].state == StepState.DONE:
+                continue
+            if grams is None or s.device is None or s.device not in self._cell().devices:
+                continue
+            row = out.get(s.device) or self._device_row(s.device)
+            try:
+                left = float(row.setup[SPOOL_KEY])
+            except (KeyError, ValueError):
+                continue
+            setup = {**row.setup, SPOOL_KEY: format_number(round(max(0.0, left - grams), 1))}
+            out[s.device] = repo.DeviceRow(row.id, setup, row.in_service, row.note)
+        return list(out.values())
 
     def _clear_s(self, job: JobRecord, step: StepRecord) -> int:
         """The bed clearing the planner plans after this step (0: none)."""

@@ -171,3 +171,24 @@ def test_config_mistakes_name_the_key(tmp_path: Path) -> None:
     )
     assert cell.config.scheduler.key_change("tool").seconds == 30
     assert cell.config.scheduler.key_change("nozzle").seconds == 900  # Marlin default
+
+
+def test_a_short_spool_is_never_dispatched(tmp_path: Path) -> None:
+    from jobs.conftest import gcode
+
+    from cellctl.jobs.dispatch import Assignment, DispatchViolation, can_run, spool_short
+    from cellctl.jobs.gcode import scan_file
+
+    path = tmp_path / "p.gcode"
+    path.write_text(gcode(10, extra="; filament used [g] = 12.5, 3.5"))
+    assert scan_file(path).filament_g == 16.0  # two extruders: both come off spools
+    c = cand(1, "PLA", filament_g=16.0)
+    loaded = {
+        "p1": DeviceView("p1", frozenset({"print"}), {"material": "PLA", "spool_g": "15"}, True)
+    }
+    assert spool_short(loaded["p1"].setup, c) == 16.0 and not can_run(loaded["p1"], c)
+
+    with pytest.raises(DispatchViolation, match="spool_g: needs 16 g, loaded 15"):
+        check_assignments([Assignment(c.key, "p1")], {c.key: c}, loaded)
+    uncounted = DeviceView("p1", frozenset({"print"}), {"material": "PLA"}, True)
+    assert can_run(uncounted, c)  # no spool_g: not counted, not gated

@@ -260,3 +260,34 @@ async def next_kind(events: Subscription, kind: RequestKind) -> OperatorRequest:
             ev = await events.queue.get()
             if isinstance(ev, OperatorRequest) and ev.kind == kind:
                 return ev
+
+
+async def test_a_spool_too_light_for_the_next_job_gets_a_spool_change_first(
+    tmp_path: Path,
+) -> None:
+    """The spool's grams (setup `spool_g`) count down by each print's `filament used [g]`;
+    a job needing more than is left is asked a spool change and never started short."""
+    cell = planner_cell(
+        tmp_path, {"p1": printer(setup={"material": "PLA", "nozzle": "0.4", "spool_g": "30"})}
+    )
+    async with running(cell) as app:
+        events = app.bus.subscribe("test", lossless=True)
+        for name in ("s1", "s2"):
+            path = tmp_path / f"{name}.gcode"
+            path.write_text(gcode(40, extra="; filament used [g] = 20.5"))
+            spec = JobSpec.model_validate(
+                {"id": name, "route": [{"process": "print", "program": path.name}]}
+            )
+            await app.jobs.submit(spec, {path.name: path})
+        req = await next_request(events)
+        # The first print took 20.5 g of 30: 9.5 g left, short for the second.
+        assert req.details["load"] == {"spool_g": ">=20.5"}, req.details
+        assert req.details["unload"] == {"spool_g": "9.5"}
+        ran = [j for j in ("s1", "s2") if app.jobs._jobs[j].state == JobState.DONE]
+        assert len(ran) == 1
+        waiting = "s2" if ran == ["s1"] else "s1"
+        assert app.jobs._jobs[waiting].steps[0].state == StepState.QUEUED
+        await app.jobs.set_setup("p1", {"spool_g": "1000"}, merge=True)
+        done = await wait_job(app, waiting, JobState.DONE, JobState.FAILED, JobState.HELD)
+        assert done.state == JobState.DONE, done.reason
+        assert app.jobs._device_row("p1").setup["spool_g"] == "979.5"
