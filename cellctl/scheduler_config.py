@@ -6,10 +6,15 @@ live beside each other. docs/scheduling.md, "The planner in the live cell".
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Collection
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cellctl.planning.calendar import Calendar, Shift
 
 PLANNER_METHODS = ("fifo", "group", "greedy", "instant", "anytime")
 
@@ -43,6 +48,63 @@ DEFAULT_CHANGES = {
 }
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ShiftConfig(BaseModel):
+    """A weekly operator shift, local time: `to` ≤ `from` ends the next day."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    days: tuple[Day, ...] = DAYS
+    start: dt.time = Field(alias="from")
+    end: dt.time = Field(alias="to")
+
+
+class DayException(BaseModel):
+    """A date whose shifts replace the weekly ones (a holiday: none; overtime: others)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    date: dt.date
+    shifts: tuple[ShiftConfig, ...] = ()
+
+
+class CalendarConfig(BaseModel):
+    """`[scheduler.calendar]`: when an operator is there for manual work (docs/scheduling.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str
+    shifts: tuple[ShiftConfig, ...] = Field(min_length=1, max_length=100)
+    exceptions: tuple[DayException, ...] = Field(default=(), max_length=1000)
+    # How far ahead the shifts are laid out for each re-plan.
+    horizon_days: int = Field(default=14, ge=1, le=366)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name: Europe/Berlin)") from None
+        return v
+
+    def at(self, now: float) -> Calendar:
+        """The calendar with problem time 0 at `now` (epoch seconds, whole seconds)."""
+        start = dt.datetime.fromtimestamp(int(now), ZoneInfo(self.timezone)).replace(tzinfo=None)
+        return Calendar(
+            self.timezone,
+            start,
+            tuple(
+                Shift(frozenset(DAYS.index(d) for d in s.days), s.start, s.end) for s in self.shifts
+            ),
+            tuple((e.date, tuple((s.start, s.end) for s in e.shifts)) for e in self.exceptions),
+            self.horizon_days,
+        )
+
+
 class SchedulerSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,6 +135,9 @@ class SchedulerSection(BaseModel):
     bed_clearing: tuple[str, ...] = ()
     # How long clearing a bed takes an operator (the planner plans it after the print).
     bed_clearing_s: int = Field(default=120, ge=0)
+    # Operator shifts: manual changeovers and bed clearing are planned inside them.
+    # Unset: an operator is assumed always there.
+    calendar: CalendarConfig | None = None
 
     @model_validator(mode="after")
     def _known_method(self) -> SchedulerSection:

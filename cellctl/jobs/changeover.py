@@ -2,7 +2,8 @@
 
 The dispatcher tells the `Announcer`, every round, which device's next
 planned step needs a setup that is not loaded and is due for notice (the
-changeover starts within `[scheduler] notice_s`, or the device is free now).
+changeover starts within `[scheduler] notice_s`; with an operator calendar the
+plan puts a manual one inside a shift, so it is asked for that much before).
 The announcer turns the difference from the last round into operator
 requests of kind `changeover`: a new one, an updated one (another step or
 setup), and a withdrawn one (`details.withdrawn`, with why) when a re-plan
@@ -37,8 +38,8 @@ class Needed:
     spool_g: float | None = None  # a fresh spool of at least this many grams is needed
 
     def due_for_notice(self, now: float, notice_s: float) -> bool:
-        if self.device_free_at is not None and self.device_free_at <= now:
-            return True
+        # The plan's changeover start: on a free device without a calendar that is the
+        # plan's own time 0 (now); with one, the next operator window that holds it.
         return self.changeover_start - now <= notice_s
 
     @property

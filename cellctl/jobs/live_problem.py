@@ -126,6 +126,7 @@ def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
         for d, keys_ in snap.pinned.items()
         if d in mids
     }
+    shifts = None if cfg.calendar is None else cfg.calendar.at(snap.now).windows(1)
     return Problem(
         objective=Objective.WEIGHTED_TARDINESS,
         machines=tuple(machines),
@@ -133,6 +134,7 @@ def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
         jobs=tuple(jobs),
         time_unit="s",
         manual=frozenset(manual),
+        shifts=shifts,
         pinned={d: ks for d, ks in pinned.items() if ks},
     )
 

@@ -192,3 +192,39 @@ def test_a_short_spool_is_never_dispatched(tmp_path: Path) -> None:
         check_assignments([Assignment(c.key, "p1")], {c.key: c}, loaded)
     uncounted = DeviceView("p1", frozenset({"print"}), {"material": "PLA"}, True)
     assert can_run(uncounted, c)  # no spool_g: not counted, not gated
+
+
+async def test_a_manual_changeover_waits_for_the_shift_and_is_asked_ahead_of_it() -> None:
+    """Monday 03:00 in Berlin, the shift from 06:00: the changeover is planned at 06:00,
+    asked for `notice_s` (15 min) before, not at once; then the step starts after it."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    monday_3am = dt.datetime(2026, 12, 7, 3, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    clock = Clock()
+    clock.t = monday_3am
+    cfg = settings(
+        max_plan_age_s=86400,
+        notice_s=900,
+        calendar={
+            "timezone": "Europe/Berlin",
+            "shifts": [{"days": ["mon"], "from": "06:00", "to": "14:00"}],
+        },
+    )
+    d = PlannerDispatcher(lambda: cfg, clock=clock)
+    cands = [cand(1, "PETG")]
+    devs = {"p1": dev("p1", "PLA")}
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(d.run())
+        await planned_once(d, cands, devs)
+        assert d.assign(cands, devs) == []
+        assert d.announcer.take() == []  # three hours early: not yet
+        live = d.current
+        assert live is not None
+        [a] = live.plan.assignments
+        assert live.made_at + a.changeover_start == monday_3am + 3 * 3600
+        clock.t = monday_3am + 3 * 3600 - 800  # 05:46:40: within the notice
+        assert d.assign(cands, devs) == []
+        [req] = d.announcer.take()
+        assert req.details["changeover_start"] == monday_3am + 3 * 3600
+        task.cancel()
