@@ -634,13 +634,11 @@ class JobService:
                 # The write still runs to its end on the store's thread (and later
                 # writes queue behind it): keep memory equal to what will be stored.
                 self._jobs[job_id] = new_job
+                self._apply_device_marks(spools, parts_left)
                 raise
             self._jobs[job_id] = new_job
-            for row in spools:
-                self._devices[row.id] = row
-            for device_id, key in parts_left:
-                self._uncleared[device_id] = key
-                events.append(self._bed_request(device_id, key))
+            self._apply_device_marks(spools, parts_left)
+            events.extend(self._bed_request(d, key) for d, key in parts_left)
         for ev in events:
             self._publish(ev)
         if job_event is not None:
@@ -648,6 +646,15 @@ class JobService:
             log.info("job changed", job=job_id, state=job_event.state, reason=job_event.reason)
         self._wake.set()
         return new_job
+
+    def _apply_device_marks(
+        self, spools: list[repo.DeviceRow], parts_left: list[tuple[str, str]]
+    ) -> None:
+        """Memory after a step's end was stored: spools counted down, beds to clear."""
+        for row in spools:
+            self._devices[row.id] = row
+        for device_id, key in parts_left:
+            self._uncleared[device_id] = key
 
     @staticmethod
     def _bed_request(device_id: str, step_key: str) -> OperatorRequest:
