@@ -120,6 +120,10 @@ class SchedulerSection(BaseModel):
     max_plan_age_s: float = Field(default=60.0, gt=0)
     # A step with no estimate is planned as taking this long.
     default_step_s: int = Field(default=600, gt=0)
+    # A job without a due date is planned as due at its submission + this many times
+    # its step's estimate, so an old job weighs against work that needs no changeover;
+    # 0 (the default): no implicit due dates, changeover time alone orders such jobs.
+    implicit_due_factor: float = Field(default=0.0, ge=0)
     # A manual changeover is requested this long before the plan needs it.
     notice_s: float = Field(default=900.0, ge=0)
     # Per setup key: its changeover time and who does it (overrides DEFAULT_CHANGES).

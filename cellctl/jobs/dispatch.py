@@ -33,6 +33,7 @@ class Candidate:
     only_on: str | None = None  # a step resuming part-way runs where it started
     clear_s: int = 0  # operator time to clear the bed after it (the planner's `clear`)
     filament_g: float | None = None  # grams of filament it takes off the spool
+    submitted: float | None = None  # when its job was accepted (epoch seconds)
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -95,6 +95,8 @@ def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
         if not durations:
             continue
         due = None if c.due is None else int(c.due - snap.now)
+        if due is None and c.submitted is not None and cfg.implicit_due_factor > 0:
+            due = int(c.submitted + cfg.implicit_due_factor * est - snap.now)
         jobs.append(
             Job(
                 id=c.key,

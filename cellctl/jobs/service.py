@@ -964,6 +964,7 @@ class JobService:
                         only_on=s.pinned,
                         clear_s=self._clear_s(job, s) if planning else 0,
                         filament_g=s.gcode.filament_g if s.gcode is not None else None,
+                        submitted=job.created,
                     )
                 )
         return out, never

@@ -228,3 +228,23 @@ async def test_a_manual_changeover_waits_for_the_shift_and_is_asked_ahead_of_it(
         [req] = d.announcer.take()
         assert req.details["changeover_start"] == monday_3am + 3 * 3600
         task.cancel()
+
+
+async def test_an_old_job_needing_a_changeover_does_not_starve() -> None:
+    """Without a due date a job is due at submission + implicit_due_factor × its estimate:
+    a PETG job waiting long goes before fresh PLA work, changeover or not; with the factor
+    0 the planner groups the PLA work first (fewer changeover minutes)."""
+    clock = Clock()
+    old = cand(1, "PETG", est=600.0, submitted=clock.t - 3000)
+    fresh = [cand(n, "PLA", est=600.0, submitted=clock.t) for n in range(2, 4)]
+    devs = {"p1": dev("p1", "PLA")}
+    firsts = {}
+    for factor in (4.0, 0.0):
+        d = PlannerDispatcher(lambda f=factor: settings(implicit_due_factor=f), clock=clock)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(d.run())
+            await planned_once(d, [old, *fresh], devs)
+            task.cancel()
+        assert d.current is not None
+        firsts[factor] = d.current.plan.sequences["p1"][0]
+    assert firsts == {4.0: "j1/0", 0.0: "j2/0"}
