@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -245,7 +247,12 @@ class PlannerDispatcher:
                     continue
                 cfg = self._settings()
                 if cfg.worker is PlanWorker.PROCESS and pool is None:
-                    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                    pool = ProcessPoolExecutor(
+                        1,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_exit_with_parent,
+                        initargs=(os.getpid(),),
+                    )
                 try:
                     await self._replan(
                         snap, cfg, pool if cfg.worker is PlanWorker.PROCESS else None
@@ -283,6 +290,18 @@ class PlannerDispatcher:
         self.stats.plan_s.append(time.perf_counter() - t0)
         del self.stats.plan_s[:-100]
         self._on_plan()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the worker process: end when the daemon is gone (a SIGKILL leaves no one to
+    shut the pool down, and the worker would wait for work forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _busy(v: DeviceView) -> DeviceView:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import signal
 import sqlite3
 from collections import Counter
@@ -247,3 +248,50 @@ async def test_sigkill_after_a_print_keeps_its_bed_uncleared(tmp_path: Path) -> 
     assert uncleared(db) == {"p1": f"{b.id}/0"}  # the second part waits now
     done_counts = Counter(e[1] for e in machine_log(log) if e and e[0] == "done")
     assert sorted(done_counts.values()) == [1, 1], done_counts
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid …: comm may hold spaces, so split after its ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_sigkill_mid_plan_leaves_no_worker_process(tmp_path: Path) -> None:
+    """`worker = "process"`: the daemon killed while its planning process lives; that
+    process ends by itself (it watches its parent) instead of waiting forever."""
+    log = tmp_path / "machine.log"
+    config = tmp_path / "cell.toml"
+    config.write_text(
+        CONFIG.format(log=log).replace("notice_s = 0", 'notice_s = 0\nworker = "process"')
+    )
+    (tmp_path / "hot").mkdir()
+    errlog = tmp_path / "daemon.log"
+    errlog.touch()
+    proc = await _spawn(config, errlog)
+    try:
+        await _wait_loaded(errlog, 0, proc)
+        await wait_log(errlog, 0, b"following the plan again")  # a plan came back
+        workers = await asyncio.to_thread(children, proc.pid)
+        assert workers, "no planning process"
+    finally:
+        await kill(proc)
+    async with asyncio.timeout(BOUND):
+        while any(alive(w) for w in workers):
+            await asyncio.sleep(0.2)
