@@ -76,7 +76,8 @@ class PlannerStats:
 
 
 class PlannerDispatcher:
-    observes_busy = True  # asked every round, busy devices too: changeovers ahead of time
+    """The job service asks it every round, with busy devices too (changeovers ahead
+    of time), and runs `run` in its TaskGroup."""
 
     def __init__(
         self,
