@@ -168,9 +168,9 @@ class PlannerDispatcher:
         self.announcer.update(
             {d: n for d, n in needed.items() if n.due_for_notice(now, cfg.notice_s)}, now, met
         )
-        unplanned = [c for c in candidates if c.key not in live.planned]
         rest = [d for d in idle if d in free]
-        if unplanned and rest:
+        unplanned = [c for c in candidates if c.key not in live.planned] if rest else []
+        if unplanned:
             taken = {d for a in out for d in (a.device, *a.reserves)}
             views = {d: v if d in rest and d not in taken else _busy(v) for d, v in devices.items()}
             out.extend(self._baseline.assign(unplanned, views))
