@@ -93,6 +93,12 @@ class JobBridge:
         if cmd.kind == RequestKind.CLEAR_BED and self.jobs.bed_uncleared(cmd.device):
             info = await self.jobs.confirm_bed_clear(cmd.device, who="operator over MQTT")
             return _json(info.as_dict())
+        if cmd.kind == RequestKind.CLEAR_BED and cmd.step is None:
+            if not await self._has_held(cmd.device):
+                raise CellError(
+                    f"the bed of {cmd.device} is not waiting to be cleared "
+                    "(and no step is held on it)"
+                )
         if cmd.kind == RequestKind.CHANGEOVER and cmd.setup is None:
             raise CellError("a changeover answer needs setup{}: what was loaded")
         if cmd.setup is not None:
