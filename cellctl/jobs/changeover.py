@@ -58,6 +58,11 @@ class Needed:
         return (self.step.key, tuple(sorted(self.load.items())))
 
 
+# A request is published again (`details.updated`) when a re-plan moves its changeover
+# by more than this; smaller drifts (estimates ticking) are not news for an operator.
+MOVED_S = 120.0
+
+
 class Announcer:
     def __init__(self) -> None:
         self._shown: dict[str, Needed] = {}
@@ -72,7 +77,11 @@ class Announcer:
         for dev, old in list(self._shown.items()):
             new = needed.get(dev)
             if new is not None and new.ident == old.ident:
-                self._shown[dev] = new  # same request; its times may have moved
+                self._shown[dev] = new
+                if abs(new.changeover_start - old.changeover_start) > MOVED_S:
+                    self._out.append(self._request(new, now, updated=True))
+                else:
+                    self._shown[dev] = old  # the times it was announced with
                 continue
             del self._shown[dev]
             if new is not None:
@@ -81,6 +90,7 @@ class Announcer:
                 why = "setup loaded"
             else:
                 why = "the plan changed"
+            self.withdrawn += 1
             self._out.append(self._withdraw(old, why, now))
         for dev, new in needed.items():
             if dev not in self._shown:
@@ -105,7 +115,7 @@ class Announcer:
         }
 
     @staticmethod
-    def _request(n: Needed, now: float) -> OperatorRequest:
+    def _request(n: Needed, now: float, updated: bool = False) -> OperatorRequest:
         return OperatorRequest(
             device_id=n.device,
             kind=RequestKind.CHANGEOVER,
@@ -126,6 +136,7 @@ class Announcer:
                 "changeover_start": n.changeover_start,
                 "device_free_at": n.device_free_at,
                 "withdrawn": False,
+                "updated": updated,  # the same request again, its times moved
             },
             timestamp=now,
         )

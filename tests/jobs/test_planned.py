@@ -248,3 +248,26 @@ async def test_an_old_job_needing_a_changeover_does_not_starve() -> None:
         assert d.current is not None
         firsts[factor] = d.current.plan.sequences["p1"][0]
     assert firsts == {4.0: "j1/0", 0.0: "j2/0"}
+
+
+def test_a_request_is_updated_when_its_changeover_moves_and_withdrawn_when_it_goes() -> None:
+    from cellctl.jobs.changeover import MOVED_S, Announcer, Needed
+
+    a = Announcer()
+    step = cand(1, "PETG")
+
+    def need(start: float) -> Needed:
+        return Needed("p1", step, {"material": "PLA"}, start + 600, start, None)
+
+    a.update({"p1": need(1000.0)}, 0.0)
+    [first] = a.take()
+    assert first.details["load"] == {"material": "PETG"} and not first.details["updated"]
+    a.update({"p1": need(1000.0 + MOVED_S / 2)}, 1.0)  # drift: not news
+    assert a.take() == []
+    a.update({"p1": need(1000.0 + MOVED_S * 2)}, 2.0)  # moved: asked again, updated
+    [moved] = a.take()
+    assert moved.details["updated"] and moved.details["changeover_start"] == 1000.0 + MOVED_S * 2
+    a.update({}, 3.0)
+    [gone] = a.take()
+    assert gone.details["withdrawn"] and gone.details["why"] == "the plan changed"
+    assert a.requested == 1 and a.withdrawn == 1 and a.pins() == {}
