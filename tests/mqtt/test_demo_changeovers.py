@@ -2,7 +2,7 @@
 PLC and robot simulators) as a subprocess with `[scheduler] method = "planner"`, a job
 mix needing changeovers submitted over MQTT, and a scripted operator answering each
 changeover request with `answer … setup{}`. Wall time about 20 s on an idle machine;
-every wait is bounded (90 s in all, inside the suite's 120 s per test).
+every wait is bounded (online 15 s, the work 70 s, the stop 20 s: inside the suite's 120 s).
 
 Every job ends done; no changeover is asked for a setup already loaded; the changeovers
 done are the plan's (one per device: PLA→PETG, T1→T2); and their minutes are below what
@@ -85,7 +85,7 @@ async def test_demo_cell_plans_its_changeovers(tmp_path: Path, broker: Mosquitto
             }
 
         jobs = {f"print-{i}" for i in range(len(PRINTS))} | {f"cut-{i}" for i in range(len(CUTS))}
-        async with asyncio.timeout(90):
+        async with asyncio.timeout(70):
             while ended() != jobs:
                 asks = [m.json() for m in sub.on("/requests") if m.json()["kind"] == "changeover"]
                 for req in asks[seen:]:
