@@ -202,7 +202,41 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _request(args, "cancel", {"job": args.job, "reason": args.reason}, f"cancel {args.job}")
 
 
+def _pairs(values: list[str], command: str) -> dict[str, str] | None:
+    out = {}
+    for pair in values:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"cellctl {command}: expected KEY=VALUE, got {pair!r}", file=sys.stderr)
+            return None
+        out[key] = value
+    return out
+
+
+def cmd_answer_changeover(args: argparse.Namespace) -> int:
+    """`answer --device D --setup K=V…`: a changeover request answered with what was loaded."""
+    setup = _pairs(args.setup, "answer")
+    if setup is None:
+        return EXIT_USAGE
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_answer_changeover(args, settings, setup)
+    payload = {"device": args.device, "setup": setup, "merge": True}
+    return _request(args, "setup", payload, f"changeover on {args.device}")
+
+
 def cmd_answer(args: argparse.Namespace) -> int:
+    if args.setup:
+        if args.device is None or args.job is not None:
+            print(
+                "cellctl answer: --setup answers a changeover: give --device, no step",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return cmd_answer_changeover(args)
+    if args.job is None or args.index is None or args.action is None:
+        print("cellctl answer: give JOB STEP ACTION, or --device and --setup", file=sys.stderr)
+        return EXIT_USAGE
     settings = over_mqtt(args)
     if settings is not None:
         return remote.cmd_answer(args, settings)
@@ -247,6 +281,15 @@ def cmd_service(args: argparse.Namespace) -> int:
         return remote.cmd_service(args, settings)
     payload = {"device": args.device, "in_service": args.state == "in", "note": args.note}
     return _request(args, "service", payload, f"{args.device} {args.state} of service")
+
+
+def cmd_bed_clear(args: argparse.Namespace) -> int:
+    """The operator took the part off a printer's bed (issue 20: bed clearing gate)."""
+    settings = over_mqtt(args)
+    if settings is not None:
+        return remote.cmd_bed_clear(args, settings)
+    payload = {"device": args.device, "who": "operator (cli)"}
+    return _request(args, "clear_bed", payload, f"bed of {args.device} cleared")
 
 
 def add_commands(sub: Any) -> None:
@@ -298,12 +341,22 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--reason", default="cancelled by operator (cli)")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("answer", help="answer a held step: retry, resume, fail or done")
+    p = sub.add_parser(
+        "answer", help="answer a held step (retry, resume, fail, done) or a changeover (--setup)"
+    )
     common(p)
-    p.add_argument("job")
-    p.add_argument("index", type=int)
-    p.add_argument("action", choices=["retry", "resume", "fail", "done"])
+    p.add_argument("job", nargs="?")
+    p.add_argument("index", type=int, nargs="?")
+    p.add_argument("action", nargs="?", choices=["retry", "resume", "fail", "done"])
     p.add_argument("--line", type=int, default=None, help="resume from this line")
+    p.add_argument("--device", default=None, help="the device a changeover request named")
+    p.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="what was loaded (answers a changeover; repeat for more keys)",
+    )
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("setup", help="record what is loaded on a device")
@@ -319,3 +372,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("state", choices=["in", "out"])
     p.add_argument("--note", default="")
     p.set_defaults(func=cmd_service)
+
+    p = sub.add_parser("bed-clear", help="confirm a printer's bed clear (it may print again)")
+    common(p)
+    p.add_argument("device")
+    p.set_defaults(func=cmd_bed_clear)

@@ -154,6 +154,25 @@ def cmd_setup(args: argparse.Namespace, settings: CellConfig, setup: dict[str, s
     return finish(send(args, settings, "set_setup", body), f"setup of {args.device}", loaded)
 
 
+def cmd_answer_changeover(
+    args: argparse.Namespace, settings: CellConfig, setup: dict[str, str]
+) -> int:
+    body = {"device": args.device, "kind": "changeover", "setup": setup}
+
+    def loaded(result: Result) -> str:
+        got = result.get("setup", {}) if isinstance(result, dict) else {}
+        return "recorded (" + ", ".join(f"{k}={v}" for k, v in sorted(got.items())) + ")"
+
+    return finish(send(args, settings, "answer", body), f"changeover on {args.device}", loaded)
+
+
+def cmd_bed_clear(args: argparse.Namespace, settings: CellConfig) -> int:
+    body = {"device": args.device, "kind": "clear_bed"}
+    return finish(
+        send(args, settings, "answer", body), f"bed of {args.device}", lambda _: "cleared"
+    )
+
+
 def cmd_service(args: argparse.Namespace, settings: CellConfig) -> int:
     if args.state == "in":
         name, body = "into_service", {"device": args.device}

@@ -182,6 +182,11 @@ class Answer(DeviceCommand):
     kind: RequestKind
     step: Name | None = None
     note: Annotated[str, Field(max_length=500)] = ""
+    # What was actually loaded (merged into the device's stored setup); a `changeover`
+    # answer must carry it. A different setup than asked makes the planner re-plan.
+    setup: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] | None
+    ) = None
 
 
 class SetSetup(DeviceCommand):

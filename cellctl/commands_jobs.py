@@ -18,7 +18,7 @@ from cellctl.commands import Answer, AnswerHold, Submit
 from cellctl.errors import CellError
 from cellctl.jobs.service import JobService, Repeat
 from cellctl.jobs.spec import JobSpec, ProgramSpec, StepSpec
-from cellctl.model import ProgramKind, StepState
+from cellctl.model import ProgramKind, RequestKind, StepState
 
 
 def _json(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,10 +87,37 @@ class JobBridge:
         return _json(record.as_dict())
 
     async def answer(self, cmd: Answer) -> Mapping[str, Any]:
-        """Confirms the operator did what the held step on `device` asked: the step retries."""
+        """Confirms the operator did what the held step on `device` asked: the step retries.
+
+        With `setup{}` (a changeover's answer) it first records what was loaded; a
+        `changeover` answer, or one with no held step on the device, returns the device."""
+        if cmd.kind == RequestKind.CLEAR_BED and self.jobs.bed_uncleared(cmd.device):
+            info = await self.jobs.confirm_bed_clear(cmd.device, who="operator over MQTT")
+            return _json(info.as_dict())
+        if cmd.kind == RequestKind.CLEAR_BED and cmd.step is None:
+            if not await self._has_held(cmd.device):
+                raise CellError(
+                    f"the bed of {cmd.device} is not waiting to be cleared "
+                    "(and no step is held on it)"
+                )
+        if cmd.kind == RequestKind.CHANGEOVER and cmd.setup is None:
+            raise CellError("a changeover answer needs setup{}: what was loaded")
+        if cmd.setup is not None:
+            info = await self.jobs.set_setup(cmd.device, cmd.setup, merge=True)
+            if cmd.kind == RequestKind.CHANGEOVER or (
+                cmd.step is None and not await self._has_held(cmd.device)
+            ):
+                return _json(info.as_dict())
         job_id, index = await self._held_step(cmd.device, cmd.step)
         record = await self.jobs.answer_hold(job_id, index, "retry", who="operator over MQTT")
         return _json(record.as_dict())
+
+    async def _has_held(self, device: str) -> bool:
+        return any(
+            s.state == StepState.HELD and device in (s.device, s.pinned)
+            for job in await self.jobs.list_jobs()
+            for s in job.steps
+        )
 
     async def _held_step(self, device: str, step: str | None) -> tuple[str, int]:
         if step is not None:

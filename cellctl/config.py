@@ -30,6 +30,7 @@ from cellctl.errors import ConfigError, DriverNotFound
 from cellctl.jobs.policy import DENY_ENTRY, rule_ids
 from cellctl.panel.config import PanelSection
 from cellctl.registry import Registry
+from cellctl.scheduler_config import SchedulerSection
 from cellctl.telemetry.sparkplug.settings import SparkplugSection
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -302,6 +303,8 @@ class CellConfig(Strict):
     commands: CommandsSection = CommandsSection()
     # `cellctl panel`, the HTTP front end (docs/panel.md); read only by it.
     panel: PanelSection = PanelSection()
+    # Which dispatcher runs the cell: the baseline rule or the live planner (issue 20).
+    scheduler: SchedulerSection = SchedulerSection()
 
     @model_validator(mode="after")
     def _hotfolder_may_submit(self) -> CellConfig:
@@ -311,6 +314,16 @@ class CellConfig(Strict):
                 f"jobs.hotfolder: the hot folder submits as user {user!r} "
                 "([access] hotfolder_user), whose roles in [access.users] do not allow "
                 "submit: give it a role with submit (planner), or remove the hot folder"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _automatic_devices_exist(self) -> CellConfig:
+        unknown = self.scheduler.unknown_devices(self.devices)
+        if unknown:
+            raise ValueError(
+                f"scheduler: automatic/bed_clearing name no device {', '.join(unknown)} "
+                "in [devices]"
             )
         return self
 

@@ -193,6 +193,7 @@ class RequestKind(enum.StrEnum):
     LOAD_MATERIAL = "load_material"
     CLEAR_BED = "clear_bed"
     CHANGE_TOOL = "change_tool"
+    CHANGEOVER = "changeover"  # the live planner asks for a setup change ahead of time
     ACKNOWLEDGE = "acknowledge"  # generic "operator, please confirm" (M0, paused for user)
 
 

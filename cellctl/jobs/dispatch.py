@@ -31,6 +31,9 @@ class Candidate:
     estimated_s: float | None = None
     due: float | None = None
     only_on: str | None = None  # a step resuming part-way runs where it started
+    clear_s: int = 0  # operator time to clear the bed after it (the planner's `clear`)
+    filament_g: float | None = None  # grams of filament it takes off the spool
+    submitted: float | None = None  # when its job was accepted (epoch seconds)
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -46,6 +49,9 @@ class DeviceView:
     # Kept for one step: the next step of a unit that reserves `@previous`, or a step
     # held part-way on it. Only that step may use (run on or reserve) the device.
     kept_for: str | None = None
+    # Busy (engaged) devices: when the running step is expected to end (epoch seconds);
+    # None for a free device or one that is down. The live planner plans past it.
+    busy_until: float | None = None
 
 
 def usable(device: DeviceView, c: Candidate) -> bool:
@@ -92,12 +98,30 @@ def unmet(have: Mapping[str, str], need: Mapping[str, str]) -> list[str]:
     return out
 
 
+# The setup key holding the grams left on a printer's spool (counted down per print).
+SPOOL_KEY = "spool_g"
+
+
+def spool_short(have: Mapping[str, str], c: Candidate) -> float | None:
+    """The grams the step needs when the loaded spool holds less; None when it holds
+    enough or is not counted (no `spool_g` in the setup, or the file does not say)."""
+    left = have.get(SPOOL_KEY)
+    if c.filament_g is None or left is None:
+        return None
+    try:
+        grams = float(left)
+    except ValueError:
+        return None
+    return c.filament_g if grams < c.filament_g else None
+
+
 def can_run(device: DeviceView, c: Candidate) -> bool:
     return (
         usable(device, c)
         and c.only_on in (None, device.id)
         and c.process in device.processes
         and not unmet(device.setup, c.setup)
+        and spool_short(device.setup, c) is None
     )
 
 
@@ -153,6 +177,9 @@ def check_assignments(
         if c.only_on not in (None, a.device):
             raise DispatchViolation(f"{a.key}: must run on {c.only_on}, not {a.device}")
         missing = unmet(device.setup, c.setup)
+        short = spool_short(device.setup, c)
+        if short is not None:
+            missing.append(f"{SPOOL_KEY}: needs {short:g} g, loaded {device.setup[SPOOL_KEY]}")
         if missing:
             raise DispatchViolation(f"{a.key}: device {a.device}: " + "; ".join(missing))
         if tuple(a.reserves) != tuple(c.reserves):

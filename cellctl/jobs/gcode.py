@@ -63,6 +63,8 @@ class GcodeInfo:
     moves_time_s: float = 0.0
     # False: the slicer that wrote it always ends with a marker this file lacks.
     complete: bool | None = None
+    # The slicer's `filament used [g]` (all extruders): what the print takes off a spool.
+    filament_g: float | None = None
 
     @property
     def estimated_s(self) -> float:
@@ -97,6 +99,7 @@ class GcodeInfo:
             "slicer_time_s": self.slicer_time_s,
             "moves_time_s": self.moves_time_s,
             "complete": self.complete,
+            "filament_g": self.filament_g,
         }
 
     @classmethod
@@ -114,6 +117,7 @@ class GcodeInfo:
             slicer_time_s=d.get("slicer_time_s"),  # type: ignore[arg-type]
             moves_time_s=float(d.get("moves_time_s") or 0.0),  # type: ignore[arg-type]
             complete=d.get("complete"),  # type: ignore[arg-type]
+            filament_g=d.get("filament_g"),  # type: ignore[arg-type]
         )
 
 
@@ -309,6 +313,12 @@ def _info(s: _Scan, count: int) -> GcodeInfo:
                 t = _floats(kv[key])
                 slicer_time = t[0] if t else None
                 break
+    grams = None
+    for key in ("filament used [g]", "total filament used [g]"):
+        if key in kv:
+            g = _floats(kv[key])
+            grams = round(sum(g), 3) if g else None
+            break
     complete = None
     if slicer:
         name = slicer.lower()
@@ -330,6 +340,7 @@ def _info(s: _Scan, count: int) -> GcodeInfo:
         slicer_time_s=slicer_time,
         moves_time_s=round(s.seconds, 3),
         complete=complete,
+        filament_g=grams,
     )
 
 

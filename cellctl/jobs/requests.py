@@ -59,6 +59,8 @@ async def apply_one(service: JobService, kind: str, p: dict[str, Any]) -> str | 
         )
     elif kind == "setup":
         await service.set_setup(p["device"], p["setup"], merge=bool(p.get("merge")))
+    elif kind == "clear_bed":
+        await service.confirm_bed_clear(p["device"], who=p.get("who", "operator (cli)"))
     elif kind == "service":
         await service.set_in_service(p["device"], bool(p["in_service"]), p.get("note", ""))
     elif kind == "submit":

@@ -30,7 +30,7 @@ import structlog
 from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
 from cellctl.events import EventBus
-from cellctl.jobs import repo
+from cellctl.jobs import beds, repo
 from cellctl.jobs.api import (
     DeviceInfo,
     HoldAction,
@@ -40,14 +40,15 @@ from cellctl.jobs.api import (
     job_summary,
 )
 from cellctl.jobs.dispatch import (
-    BaselineDispatcher,
+    SPOOL_KEY,
     Candidate,
     DeviceView,
     Dispatcher,
     DispatchViolation,
     check_assignments,
 )
-from cellctl.jobs.gcode import GcodeInfo, cut_short
+from cellctl.jobs.gcode import GcodeInfo, cut_short, format_number
+from cellctl.jobs.planned import PlannerDispatcher, make_dispatcher
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -99,6 +100,9 @@ __all__ = [
 # While the disk is full: how often a write that must happen (a step's end) is tried.
 FULL_RETRY_S = 1.0
 
+# What `_engaged` holds for a device running an automatic changeover (+ the step key).
+AUTO_CHANGEOVER = "changeover for "
+
 # Device states in which a device may be given a step.
 READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
 
@@ -116,7 +120,10 @@ class JobService:
         self._supervisor = supervisor
         self._bus = bus
         self._cell = cell
-        self.dispatcher: Dispatcher = dispatcher or BaselineDispatcher()
+        self._wake = asyncio.Event()
+        self.dispatcher: Dispatcher = dispatcher or make_dispatcher(
+            lambda: self._cell().config.scheduler, self._wake.set
+        )
         self.programs = ProgramStore(cell().state_dir / "programs")
         self._jobs: dict[str, JobRecord] = {}
         self._devices: dict[str, repo.DeviceRow] = {}
@@ -124,8 +131,10 @@ class JobService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aborting: set[str] = set()  # step keys being stopped because their job ended
         self._acked: dict[str, tuple[str, int, int]] = {}
+        self._waiting: set[str] = set()  # step keys whose reason names their changeover
+        self._auto_until: dict[str, float] = {}  # device → end estimate of its changeover
+        self._uncleared: dict[str, str] = {}  # device → the step whose part is on its bed
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self._tg: TaskGroup | None = None
         self._next_seq = 1
         self.ready = asyncio.Event()
@@ -149,6 +158,10 @@ class JobService:
                 tg.create_task(self._flush_progress_loop(), name="jobs:progress")
                 tg.create_task(self._request_loop(), name="jobs:requests")
                 tg.create_task(self._watch_devices(events), name="jobs:devices")
+                if isinstance(self.dispatcher, PlannerDispatcher):
+                    tg.create_task(self.dispatcher.run(), name="jobs:planner")
+                for device_id, key in self._uncleared.items():  # still asked after a restart
+                    self._publish(self._bed_request(device_id, key))
                 self.ready.set()
                 while True:
                     self._wake.clear()
@@ -170,12 +183,14 @@ class JobService:
         cell = self._cell()
         initial = {d.id: d.common.setup for d in cell.devices.values()}
 
-        def load(conn: Any) -> tuple[list[JobRecord], dict[str, repo.DeviceRow]]:
+        def load(
+            conn: Any,
+        ) -> tuple[list[JobRecord], dict[str, repo.DeviceRow], dict[str, str]]:
             with transaction(conn):
                 repo.ensure_devices(conn, initial)
-            return repo.load_jobs(conn), repo.load_devices(conn)
+            return repo.load_jobs(conn), repo.load_devices(conn), beds.load(conn)
 
-        jobs, devices = await self._store.call(load)
+        jobs, devices, self._uncleared = await self._store.call(load)
         await asyncio.to_thread(self.programs.sweep_incoming)
         self._jobs = {j.id: j for j in jobs}
         self._devices = devices
@@ -587,6 +602,16 @@ class JobService:
                 steps[idx] = new
                 changed.append(new)
             new_job = job.replace(steps=tuple(steps), updated=now, **dict(job_changes or {}))
+            clearing = self._cell().config.scheduler.bed_clearing
+            spools = self._spools_after(changed, job)
+            parts_left = [
+                (s.device, s.key)
+                for s in changed
+                if s.state == StepState.DONE
+                and job.steps[s.index].state != StepState.DONE
+                and s.device in clearing
+                and beds.leaves_part(new_job, s)
+            ]
             job_event: JobChanged | None = None
             if not job.state.terminal:
                 state = derive_job_state((s.state for s in steps), new_job.cancel_requested)
@@ -606,6 +631,10 @@ class JobService:
                                 conn, job_id, s.index, old.state, s.state, s.device, s.reason, now
                             )
                     repo.update_job(conn, new_job)
+                    for device_id, key in parts_left:
+                        beds.mark(conn, device_id, key, now)
+                    for row in spools:
+                        repo.save_device(conn, row)
                     if job_event is not None:
                         repo.add_transition(
                             conn, job_id, None, job.state, new_job.state, None, new_job.reason, now
@@ -617,8 +646,11 @@ class JobService:
                 # The write still runs to its end on the store's thread (and later
                 # writes queue behind it): keep memory equal to what will be stored.
                 self._jobs[job_id] = new_job
+                self._apply_device_marks(spools, parts_left)
                 raise
             self._jobs[job_id] = new_job
+            self._apply_device_marks(spools, parts_left)
+            events.extend(self._bed_request(d, key) for d, key in parts_left)
         for ev in events:
             self._publish(ev)
         if job_event is not None:
@@ -626,6 +658,56 @@ class JobService:
             log.info("job changed", job=job_id, state=job_event.state, reason=job_event.reason)
         self._wake.set()
         return new_job
+
+    def _apply_device_marks(
+        self, spools: list[repo.DeviceRow], parts_left: list[tuple[str, str]]
+    ) -> None:
+        """Memory after a step's end was stored: spools counted down, beds to clear."""
+        for row in spools:
+            self._devices[row.id] = row
+        for device_id, key in parts_left:
+            self._uncleared[device_id] = key
+
+    @staticmethod
+    def _bed_request(device_id: str, step_key: str) -> OperatorRequest:
+        return OperatorRequest(
+            device_id=device_id,
+            kind=RequestKind.CLEAR_BED,
+            text=f"clear the bed of {device_id} (the part of {step_key} is on it)",
+            step_key=step_key,
+            details={"cleared": False},
+        )
+
+    async def confirm_bed_clear(self, device_id: str, who: str = "operator") -> DeviceInfo:
+        """An operator took the part off: the device may take work again."""
+        await self.ready.wait()
+        self._device_row(device_id)  # a known device, or InvalidRequest
+        async with self._lock:
+            key = self._uncleared.get(device_id)
+            if key is None:
+                raise InvalidRequest(f"the bed of {device_id} is not waiting to be cleared")
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    beds.clear(conn, device_id)
+
+            await self._store.call(write)
+            del self._uncleared[device_id]
+        log.info("bed cleared", device=device_id, step=key, who=who)
+        self._publish(
+            OperatorRequest(
+                device_id=device_id,
+                kind=RequestKind.CLEAR_BED,
+                text=f"bed of {device_id} cleared by {who}",
+                step_key=key,
+                details={"cleared": True},
+            )
+        )
+        self._wake.set()
+        return self._device_info(device_id)
+
+    def bed_uncleared(self, device_id: str) -> bool:
+        return device_id in self._uncleared
 
     @staticmethod
     def _hold_request(step: StepRecord) -> OperatorRequest:
@@ -734,11 +816,96 @@ class JobService:
                 and not runner.busy
                 and row.in_service
                 and dev_id not in self._engaged
+                and dev_id not in self._uncleared
             )
             views[dev_id] = DeviceView(
-                dev_id, frozenset(cfg.common.processes), row.setup, free, kept.get(dev_id)
+                dev_id,
+                frozenset(cfg.common.processes),
+                row.setup,
+                free,
+                kept.get(dev_id),
+                None if free else self._busy_until(dev_id),
             )
         return views
+
+    def _busy_until(self, dev_id: str) -> float | None:
+        """When the step engaging the device should end (started + its estimate)."""
+        if dev_id in self._uncleared and dev_id not in self._engaged:
+            return time.time() + self._cell().config.scheduler.bed_clearing_s
+        key = self._engaged.get(dev_id)
+        if key is None:
+            return None
+        if key.startswith(AUTO_CHANGEOVER):
+            return self._auto_until.get(dev_id)
+        job_id, _, index = key.rpartition("/")
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        step = job.steps[int(index)]
+        started = step.started or time.time()
+        return started + (step.estimated_s or self._cell().config.scheduler.default_step_s)
+
+    def _start_automatic(self, planner: PlannerDispatcher) -> None:
+        """Run the plan's automatic changeovers, each holding its device meanwhile."""
+        assert self._tg is not None
+        sched = self._cell().config.scheduler
+        for change in planner.take_automatic():
+            if change.device in self._engaged:
+                continue
+            self._engaged[change.device] = AUTO_CHANGEOVER + change.step_key
+            seconds = sum(sched.key_change(k).seconds for k in change.setup)
+            self._auto_until[change.device] = time.time() + seconds
+            self._tg.create_task(
+                self._automatic_changeover(planner, change.device, dict(change.setup)),
+                name=f"changeover:{change.device}",
+            )
+
+    async def _automatic_changeover(
+        self, planner: PlannerDispatcher, device_id: str, setup: dict[str, str]
+    ) -> None:
+        """The device changes its own setup (driver `change_setup`); the new setup is
+        stored only once that returned, so a crash meanwhile leaves the old one and the
+        next plan runs the change again."""
+        runner = self._supervisor.runners.get(device_id)
+        bound = self._cell().config.scheduler.automatic_timeout_s
+        log.info("automatic changeover", device=device_id, setup=setup)
+        try:
+            driver = runner.driver if runner is not None else None
+            if driver is None:
+                raise LinkError(f"{device_id} is not connected")
+            async with asyncio.timeout(bound):
+                await driver.change_setup(setup)
+            await self.set_setup(device_id, setup, merge=True)
+            log.info("automatic changeover done", device=device_id, setup=setup)
+        except (CellError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning(
+                "automatic changeover failed; asking an operator", device=device_id, error=reason
+            )
+            planner.automatic_failed(device_id, reason)
+        finally:
+            if self._engaged.get(device_id, "").startswith(AUTO_CHANGEOVER):
+                del self._engaged[device_id]
+            self._auto_until.pop(device_id, None)
+            self._wake.set()
+
+    async def _changeovers(self, planner: PlannerDispatcher) -> None:
+        """Publish the planner's changeover requests; a step waiting for one says so."""
+        for request in planner.take_requests():
+            self._publish(request)
+            log.info("changeover request", device=request.device_id, text=request.text)
+        reasons = planner.waiting_reasons()
+        for key in self._waiting - set(reasons):  # asked no more: say so, not the old ask
+            reasons[key] = "queued: its changeover request was withdrawn by a re-plan"
+        self._waiting = {k for k, r in reasons.items() if r.startswith("waiting")}
+        for key, reason in reasons.items():
+            job_id, _, index = key.rpartition("/")
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            step = job.steps[int(index)]
+            if step.state == StepState.QUEUED and step.reason != reason:
+                await self._change(job_id, {step.index: {"reason": reason}})
 
     async def _watch_devices(self, events: Any) -> None:
         async for ev in events:
@@ -774,6 +941,7 @@ class JobService:
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
         never: list[tuple[str, int, str]] = []
+        planning = isinstance(self.dispatcher, PlannerDispatcher)
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
                 continue
@@ -801,26 +969,69 @@ class JobService:
                         seq=job.seq,
                         priority=job.priority,
                         process=s.process,
-                        setup=s.setup,
+                        setup=self._needs(s, planning),
                         reserves=reserves,
                         estimated_s=s.estimated_s,
                         due=job.due,
                         only_on=s.pinned or s.target,
+                        clear_s=self._clear_s(job, s) if planning else 0,
+                        filament_g=s.gcode.filament_g if s.gcode is not None else None,
+                        submitted=job.created,
                     )
                 )
         return out, never
+
+    def _spools_after(self, changed: list[StepRecord], job: JobRecord) -> list[repo.DeviceRow]:
+        """Devices whose counted spool a step just ended (done) took filament off: the
+        grams are stored with the step's end (one transaction), so a crash loses none."""
+        out: dict[str, repo.DeviceRow] = {}
+        for s in changed:
+            grams = s.gcode.filament_g if s.gcode is not None else None
+            if s.state != StepState.DONE or job.steps[s.index].state == StepState.DONE:
+                continue
+            if grams is None or s.device is None or s.device not in self._cell().devices:
+                continue
+            row = out.get(s.device) or self._device_row(s.device)
+            try:
+                left = float(row.setup[SPOOL_KEY])
+            except (KeyError, ValueError):
+                continue
+            setup = {**row.setup, SPOOL_KEY: format_number(round(max(0.0, left - grams), 1))}
+            out[s.device] = repo.DeviceRow(row.id, setup, row.in_service, row.note)
+        return list(out.values())
+
+    def _clear_s(self, job: JobRecord, step: StepRecord) -> int:
+        """The bed clearing the planner plans after this step (0: none)."""
+        sched = self._cell().config.scheduler
+        devices = self._cell().devices
+        clears = any(
+            step.process in devices[d].common.processes for d in sched.bed_clearing if d in devices
+        )
+        return sched.bed_clearing_s if clears and beds.leaves_part(job, step) else 0
+
+    @staticmethod
+    def _needs(step: StepRecord, planning: bool) -> Mapping[str, str]:
+        """The setup a step needs. The planner also reads a G-code file's own (material,
+        nozzle), so that a bare file gets its changeover instead of a pre-flight hold."""
+        if not planning or step.gcode is None:
+            return step.setup
+        return {**step.gcode.requirements(), **step.setup}
 
     async def _dispatch_once(self) -> None:
         self.dispatch_rounds += 1
         candidates, never = self._candidates()
         for job_id, index, reason in never:
             await self._fail(job_id, index, f"rejected: {reason}")
-        if not candidates:
+        planner = self.dispatcher if isinstance(self.dispatcher, PlannerDispatcher) else None
+        if not candidates and planner is None:
             return
         views = self._device_views(self._kept())
-        if not any(v.free for v in views.values()):
+        if not any(v.free for v in views.values()) and planner is None:
             return
         assignments = self.dispatcher.assign(candidates, views)
+        if planner is not None:
+            await self._changeovers(planner)
+            self._start_automatic(planner)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from jobs.conftest import REGISTRY, gcode, running, wait_job
+from jobs.conftest import REGISTRY, gcode, running, wait_for, wait_job
 
 from cellctl import cli, cli_jobs
 from cellctl.config import load
@@ -126,3 +126,43 @@ async def test_jobs_without_a_store_says_so(
     bad.write_text("[cell]\n")
     rc, _, err = await run_cli(capsys, "jobs", str(bad))
     assert rc == 2 and "cell.name: required key is missing" in err
+
+
+async def test_cli_answers_a_changeover_and_clears_a_bed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`answer --device --setup` records what was loaded; `bed-clear` opens the gate
+    (issue 20); the old positional form of `answer` is still required otherwise."""
+    monkeypatch.setattr(cli_jobs, "load", lambda path: load(path, REGISTRY))
+    cfg = tmp_path / "cell.toml"
+    cfg.write_text(
+        CONFIG.replace("[jobs]", '[scheduler]\nmethod = "planner"\nbed_clearing = ["p1"]\n\n[jobs]')
+    )
+    c = str(cfg)
+    part = tmp_path / "petg.gcode"
+    part.write_text(gcode(10, material="PETG"))
+    async with running(load(cfg, REGISTRY)) as app:
+        rc, _, err = await run_cli(capsys, "submit", c, str(part))
+        assert rc == 0, err
+        await wait_for(lambda: len(app.jobs._jobs) == 1, "the job accepted")
+        [job_id] = app.jobs._jobs
+        await wait_for(
+            lambda: "waiting for a changeover" in app.jobs._jobs[job_id].steps[0].reason,
+            "its changeover asked",
+        )
+        rc, _, err = await run_cli(capsys, "answer", c, "--setup", "material=PETG")
+        assert rc == 2 and "--device" in err
+        rc, _, err = await run_cli(capsys, "answer", c)
+        assert rc == 2 and "JOB STEP ACTION" in err
+        rc, _, err = await run_cli(
+            capsys, "answer", c, "--device", "p1", "--setup", "material=PETG", "--wait", "20"
+        )
+        assert rc == 0, err
+        assert (await app.jobs.devices())["p1"].setup["material"] == "PETG"
+        await wait_job(app, job_id, JobState.DONE)
+        assert app.jobs.bed_uncleared("p1")
+        rc, _, err = await run_cli(capsys, "bed-clear", c, "p1", "--wait", "20")
+        assert rc == 0, err
+        assert not app.jobs.bed_uncleared("p1")
+        rc, _, err = await run_cli(capsys, "bed-clear", c, "p1", "--wait", "20")
+        assert rc == 1 and "not waiting to be cleared" in err

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jobs.conftest import REGISTRY, gcode
@@ -371,3 +372,35 @@ def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> No
         assert rc == 1 and "the daemon may not be running" in err, err
     finally:
         broker.stop()
+
+
+async def test_answer_a_changeover_and_clear_a_bed_over_mqtt(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """`cellctl answer --device --setup` and `cellctl bed-clear` against the live planner
+    (issue 20), through the broker."""
+    cfg = write_cell(tmp_path / "cell.toml", broker.port)
+    cfg.write_text(cfg.read_text() + '\n[scheduler]\nmethod = "planner"\nbed_clearing = ["p1"]\n')
+    part = tmp_path / "petg.gcode"
+    part.write_text(gcode(20, material="PETG"))
+    c = str(cfg)
+    async with online_cell(cfg, broker.port, tmp_path / "daemon.log") as sub:
+        rc, out, err = cellctl("submit", c, str(part))
+        assert rc == 0, (out, err)
+        job_id = out.split()[1].rstrip(":")
+
+        def asked(kind: str) -> list[dict[str, Any]]:
+            return [m.json() for m in sub.on("p1/requests") if m.json()["kind"] == kind]
+
+        await sub.wait_for(lambda: bool(asked("changeover")), "a changeover request", BOUND)
+        rc, out, err = cellctl("answer", c, "--device", "p1", "--setup", "material=PETG")
+        assert rc == 0 and "changeover on p1: recorded (material=PETG, nozzle=0.4)" in out, (
+            out,
+            err,
+        )
+        await job_state(sub, job_id, "done")
+        await sub.wait_for(lambda: bool(asked("clear_bed")), "a clear_bed request", BOUND)
+        rc, out, err = cellctl("bed-clear", c, "p1")
+        assert rc == 0 and "bed of p1: cleared" in out, (out, err)
+        rc, out, err = cellctl("bed-clear", c, "p1")
+        assert rc == 1 and "not waiting to be cleared" in err, (out, err)

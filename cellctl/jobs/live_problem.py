@@ -1,0 +1,145 @@
+"""The live cell as a planning problem: waiting steps, devices and their setups.
+
+Pure: a `Snapshot` (what dispatch saw, at one instant) in, a `Problem` out.
+Problem time 0 is the snapshot's instant, in seconds.
+
+- A job of the problem is a step that may start now (its route predecessor
+  is done). Steps that reserve other devices are left to the baseline rule:
+  the pure planner does not model reservations.
+- A machine is a device that is free, or busy with a step (free again at the
+  step's remaining estimate); a device that is down or out of service is
+  left out, and so is a step that only such devices can run.
+- A setup label holds only the keys some waiting step asks for. A step asks
+  for some keys (`material=PETG`); changing to it changes only those, and
+  costs the sum of their times (`[scheduler.changeover.<key>]`), manual if
+  any of them is. Keys it does not name cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from cellctl.jobs.dispatch import Candidate, DeviceView
+from cellctl.planning.model import Job, Machine, Objective, Problem
+from cellctl.scheduler_config import SchedulerSection
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float  # epoch seconds
+    candidates: tuple[Candidate, ...]
+    devices: Mapping[str, DeviceView]
+    # Device → step keys that open its sequence (changeovers already announced).
+    pinned: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def norm(value: str) -> str:
+    """One spelling per value, as `dispatch.unmet` compares them (case, 0.40 = 0.4)."""
+    v = value.strip()
+    try:
+        return repr(float(v))
+    except ValueError:
+        return v.casefold()
+
+
+def label(setup: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={norm(setup[k])}" for k in sorted(setup))
+
+
+def _parse(lab: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in lab.split(",")) if lab else {}
+
+
+def change_cost(
+    cfg: SchedulerSection, a: str, b: str, automatic: Collection[str] = ()
+) -> tuple[int, bool]:
+    """(seconds, manual) to go from setup label a to b: the keys b names that differ.
+    A key in `automatic` the device changes itself (its driver's `change_setup`)."""
+    have, need = _parse(a), _parse(b)
+    total, manual = 0, False
+    for key, value in need.items():
+        if have.get(key) == value:
+            continue
+        rule = cfg.key_change(key)
+        total += rule.seconds
+        manual = manual or (rule.manual and key not in automatic)
+    return total, manual
+
+
+def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
+    machines: list[Machine] = []
+    keys = sorted({k for c in snap.candidates for k in c.setup})
+    for dev_id, v in sorted(snap.devices.items()):
+        if v.free:
+            free_at = 0
+        elif v.busy_until is not None:
+            free_at = max(0, int(v.busy_until - snap.now))
+        else:
+            continue
+        loaded = {k: v.setup[k] for k in keys if k in v.setup}
+        machines.append(Machine(dev_id, label(loaded), free_at))
+    mids = {m.id for m in machines}
+    jobs: list[Job] = []
+    for c in snap.candidates:
+        if c.reserves:
+            continue
+        est = max(1, int(c.estimated_s)) if c.estimated_s else cfg.default_step_s
+        durations = {
+            d: est
+            for d in mids
+            if c.process in snap.devices[d].processes
+            and c.only_on in (None, d)
+            and snap.devices[d].kept_for in (None, c.key)
+        }
+        if not durations:
+            continue
+        due = None if c.due is None else int(c.due - snap.now)
+        if due is None and c.submitted is not None and cfg.implicit_due_factor > 0:
+            due = int(c.submitted + cfg.implicit_due_factor * est - snap.now)
+        jobs.append(
+            Job(
+                id=c.key,
+                setup=label(c.setup),
+                durations=durations,
+                due=due,
+                weight=1 + max(0, c.priority),
+                clear=c.clear_s,
+            )
+        )
+    labels = {m.initial_setup for m in machines} | {j.setup for j in jobs}
+    setup_times: dict[str, dict[str, dict[str, int]]] = {}
+    manual: set[tuple[str, str, str]] = set()
+    by_auto: dict[frozenset[str], dict[tuple[str, str], tuple[int, bool]]] = {}
+    for m in machines:
+        auto = frozenset(cfg.automatic.get(m.id, ()))
+        costs = by_auto.get(auto)
+        if costs is None:
+            costs = {(a, b): change_cost(cfg, a, b, auto) for a in labels for b in labels if a != b}
+            by_auto[auto] = costs
+        table = setup_times.setdefault(m.id, {})
+        for (a, b), (t, is_manual) in costs.items():
+            table.setdefault(a, {})[b] = t
+            if is_manual and t:
+                manual.add((m.id, a, b))
+    placed = {j.id for j in jobs}
+    pinned = {
+        d: tuple(k for k in keys_ if k in placed and k in _capable(jobs, d))
+        for d, keys_ in snap.pinned.items()
+        if d in mids
+    }
+    shifts = None if cfg.calendar is None else cfg.calendar.at(snap.now).windows(1)
+    return Problem(
+        objective=Objective.WEIGHTED_TARDINESS,
+        machines=tuple(machines),
+        setup_times=setup_times,
+        jobs=tuple(jobs),
+        time_unit="s",
+        manual=frozenset(manual),
+        shifts=shifts,
+        pinned={d: ks for d, ks in pinned.items() if ks},
+    )
+
+
+def _capable(jobs: list[Job], device: str) -> set[str]:
+    return {j.id for j in jobs if device in j.durations}

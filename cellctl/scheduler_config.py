@@ -1,0 +1,161 @@
+"""`[scheduler]`: which dispatcher the job service uses, and the live planner's settings.
+
+Kept out of config.py (which only names the section) so the planner's knobs
+live beside each other. docs/scheduling.md, "The planner in the live cell".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Collection
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cellctl.planning.calendar import Calendar, Shift
+
+PLANNER_METHODS = ("fifo", "group", "greedy", "instant", "anytime")
+
+
+class DispatchMethod(enum.StrEnum):
+    BASELINE = "baseline"  # oldest capable step whose setup is loaded (no changeovers)
+    PLANNER = "planner"  # the changeover-minimising planner, re-planned off the event loop
+
+
+class PlanWorker(enum.StrEnum):
+    THREAD = "thread"  # a worker thread: no start-up, but it shares the GIL with the loop
+    PROCESS = "process"  # one worker process: the loop keeps the GIL to itself
+
+
+class KeyChange(BaseModel):
+    """How long changing one setup key takes on any device, and whether an operator does it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seconds: int = Field(ge=0)
+    manual: bool = True
+
+
+# Marlin printers (material, nozzle) and GRBL mills (tool, fixture): a config
+# without a model still plans. Any other key costs `unknown_key_s`, manual.
+DEFAULT_CHANGES = {
+    "material": KeyChange(seconds=600),
+    "nozzle": KeyChange(seconds=900),
+    "tool": KeyChange(seconds=180),
+    "fixture": KeyChange(seconds=900),
+}
+
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ShiftConfig(BaseModel):
+    """A weekly operator shift, local time: `to` ≤ `from` ends the next day."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    days: tuple[Day, ...] = DAYS
+    start: dt.time = Field(alias="from")
+    end: dt.time = Field(alias="to")
+
+
+class DayException(BaseModel):
+    """A date whose shifts replace the weekly ones (a holiday: none; overtime: others)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    date: dt.date
+    shifts: tuple[ShiftConfig, ...] = ()
+
+
+class CalendarConfig(BaseModel):
+    """`[scheduler.calendar]`: when an operator is there for manual work (docs/scheduling.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str
+    shifts: tuple[ShiftConfig, ...] = Field(min_length=1, max_length=100)
+    exceptions: tuple[DayException, ...] = Field(default=(), max_length=1000)
+    # How far ahead the shifts are laid out for each re-plan.
+    horizon_days: int = Field(default=14, ge=1, le=366)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name: Europe/Berlin)") from None
+        return v
+
+    def at(self, now: float) -> Calendar:
+        """The calendar with problem time 0 at `now` (epoch seconds, whole seconds)."""
+        start = dt.datetime.fromtimestamp(int(now), ZoneInfo(self.timezone)).replace(tzinfo=None)
+        return Calendar(
+            self.timezone,
+            start,
+            tuple(
+                Shift(frozenset(DAYS.index(d) for d in s.days), s.start, s.end) for s in self.shifts
+            ),
+            tuple((e.date, tuple((s.start, s.end) for s in e.shifts)) for e in self.exceptions),
+            self.horizon_days,
+        )
+
+
+class SchedulerSection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: DispatchMethod = DispatchMethod.BASELINE
+    # The pure planner's method for each re-plan (docs/scheduling.md, "Methods").
+    planner_method: str = "anytime"
+    # Wall-time bound of one re-plan (anytime search), off the event loop.
+    budget_s: float = Field(default=0.2, gt=0, le=30)
+    # Where re-plans run (docs/scheduling.md, "The planner in the live cell").
+    worker: PlanWorker = PlanWorker.THREAD
+    # A plan older than this, or one whose re-plan failed, is not followed: dispatch
+    # falls back to the baseline rule (never a changeover) until a fresh plan arrives.
+    max_plan_age_s: float = Field(default=60.0, gt=0)
+    # A step with no estimate is planned as taking this long.
+    default_step_s: int = Field(default=600, gt=0)
+    # A job without a due date is planned as due at its submission + this many times
+    # its step's estimate, so an old job weighs against work that needs no changeover;
+    # 0 (the default): no implicit due dates, changeover time alone orders such jobs.
+    implicit_due_factor: float = Field(default=0.0, ge=0)
+    # A manual changeover is requested this long before the plan needs it.
+    notice_s: float = Field(default=900.0, ge=0)
+    # Per setup key: its changeover time and who does it (overrides DEFAULT_CHANGES).
+    changeover: dict[str, KeyChange] = Field(default_factory=dict)
+    unknown_key_s: int = Field(default=600, ge=0)
+    # Device id → the setup keys it changes itself through its driver's `change_setup`
+    # (a GRBL mill's tool_change_macro): planned as automatic, run with no operator.
+    automatic: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Bound of one automatic changeover; past it the change is asked of an operator.
+    automatic_timeout_s: float = Field(default=300.0, gt=0)
+    # Devices whose bed must be confirmed clear (`answer` kind clear_bed) after a step
+    # with no unload step after it, before they take another (any dispatcher).
+    bed_clearing: tuple[str, ...] = ()
+    # How long clearing a bed takes an operator (the planner plans it after the print).
+    bed_clearing_s: int = Field(default=120, ge=0)
+    # Operator shifts: manual changeovers and bed clearing are planned inside them.
+    # Unset: an operator is assumed always there.
+    calendar: CalendarConfig | None = None
+
+    @model_validator(mode="after")
+    def _known_method(self) -> SchedulerSection:
+        if self.planner_method not in PLANNER_METHODS:
+            raise ValueError(
+                f"planner_method: expected one of {', '.join(PLANNER_METHODS)}, "
+                f"got {self.planner_method!r}"
+            )
+        return self
+
+    def unknown_devices(self, devices: Collection[str]) -> list[str]:
+        named = {*self.automatic, *self.bed_clearing}
+        return sorted(d for d in named if d not in devices)
+
+    def key_change(self, key: str) -> KeyChange:
+        found = self.changeover.get(key) or DEFAULT_CHANGES.get(key)
+        return found if found is not None else KeyChange(seconds=self.unknown_key_s)

@@ -1,0 +1,131 @@
+"""The demo cell (configs/demo.toml: Marlin printer at time_factor 20, GRBL mill at 10,
+PLC and robot simulators) as a subprocess with `[scheduler] method = "planner"`, a job
+mix needing changeovers submitted over MQTT, and a scripted operator answering each
+changeover request with `answer … setup{}`. Wall time about 20 s on an idle machine;
+every wait is bounded (online 15 s, the work 70 s, the stop 20 s: inside the suite's 120 s).
+
+Every job ends done; no changeover is asked for a setup already loaded; the changeovers
+done are the plan's (one per device: PLA→PETG, T1→T2); and their minutes are below what
+the same mix needs in arrival order (the baseline's order: it takes the oldest step,
+and an operator changing over for each in turn)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from pathlib import Path
+
+from jobs.conftest import gcode
+from mqtt_broker import Mosquitto
+from mqtt_rig import Commander, Subscriber
+from support.daemon import spawn
+
+from cellctl.config import load
+from cellctl.scheduler_config import SchedulerSection
+from cellctl.telemetry.topics import Topics
+
+DEMO = Path(__file__).parents[2] / "configs" / "demo.toml"
+PRINTS = ["PLA", "PETG", "PLA", "PETG", "PLA"]
+CUTS = ["T2", "T1", "T2"]
+
+
+def arrival_order_minutes(start: str, needs: list[str], seconds: int) -> float:
+    """Changeover minutes when each job is done in turn, changing over as it comes."""
+    total, loaded = 0, start
+    for need in needs:
+        if need != loaded:
+            total += seconds
+            loaded = need
+    return total / 60
+
+
+async def test_demo_cell_plans_its_changeovers(tmp_path: Path, broker: Mosquitto) -> None:
+    text = DEMO.read_text()
+    text = re.sub(
+        r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n', text
+    )
+    text += '\n[scheduler]\nmethod = "planner"\nbudget_s = 0.1\nnotice_s = 0\n'
+    config = tmp_path / "demo.toml"
+    config.write_text(text)
+    cell = load(config)
+    topics = Topics(cell.name)
+    sub = await Subscriber(broker.port, [topics.everything, "replies/#"]).start()
+    cmd = Commander(sub, topics)
+    proc = spawn(config, tmp_path / "daemon.log")
+    answered: list[tuple[str, dict[str, str]]] = []
+    try:
+        await sub.online()
+        for dev in ("printer-1", "mill-1"):  # every job in before the first plan
+            r = await cmd.send("out_of_service", {"device": dev, "reason": "loading work"})
+            assert r["outcome"] == "accepted", r
+        for i, material in enumerate(PRINTS):
+            step = {"process": "print", "gcode": gcode(20, material=material)}
+            r = await cmd.send("submit", {"job": f"print-{i}", "steps": [step]})
+            assert r["outcome"] == "accepted", r
+        for i, tool in enumerate(CUTS):
+            step = {
+                "process": "mill",
+                "gcode": "G21 G90\nG0 X1 Y1\nG0 X0 Y0\n",
+                "setup": {"tool": tool},
+            }
+            r = await cmd.send("submit", {"job": f"cut-{i}", "steps": [step]})
+            assert r["outcome"] == "accepted", r
+        for dev in ("printer-1", "mill-1"):
+            r = await cmd.send("into_service", {"device": dev})
+            assert r["outcome"] == "accepted", r
+        setups = {"printer-1": {"material": "PLA"}, "mill-1": {"tool": "T1"}}
+        seen = 0
+
+        def ended() -> set[str]:
+            return {
+                m.topic.split("/")[-2]
+                for m in sub.on("/events")
+                if "/jobs/" in m.topic and m.json()["state"] in ("done", "failed", "cancelled")
+            }
+
+        jobs = {f"print-{i}" for i in range(len(PRINTS))} | {f"cut-{i}" for i in range(len(CUTS))}
+        async with asyncio.timeout(70):
+            while ended() != jobs:
+                asks = [m.json() for m in sub.on("/requests") if m.json()["kind"] == "changeover"]
+                for req in asks[seen:]:
+                    seen += 1
+                    if req["details"]["withdrawn"]:
+                        continue
+                    dev, load_ = req["device"], req["details"]["load"]
+                    for key, value in load_.items():
+                        assert setups[dev].get(key) != value, f"asked for a loaded setup: {req}"
+                    r = await cmd.send(
+                        "answer", {"device": dev, "kind": "changeover", "setup": load_}
+                    )
+                    assert r["outcome"] == "accepted", r
+                    setups[dev].update(load_)
+                    answered.append((dev, load_))
+                await asyncio.sleep(0.1)
+        done = {
+            m.topic.split("/")[-2]
+            for m in sub.on("/events")
+            if "/jobs/" in m.topic and m.json()["state"] == "done"
+        }
+        assert done == jobs, sorted(jobs - done)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(20):
+                while proc.poll() is None:
+                    await asyncio.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sub.stop()
+    assert sorted(answered, key=str) == [
+        ("mill-1", {"tool": "T2"}),
+        ("printer-1", {"material": "PETG"}),
+    ], answered
+    rules = SchedulerSection()
+    planned = (rules.key_change("material").seconds + rules.key_change("tool").seconds) / 60
+    arrival = arrival_order_minutes(
+        "PLA", PRINTS, rules.key_change("material").seconds
+    ) + arrival_order_minutes("T1", CUTS, rules.key_change("tool").seconds)
+    print(f"changeover minutes: planned {planned:g}, in arrival order {arrival:g}")
+    assert planned < arrival
