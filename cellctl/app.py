@@ -38,6 +38,7 @@ from cellctl.statelock import StateLock
 from cellctl.store import DEFAULT_FILE, Store, StoreError, transaction
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
+from cellctl.telemetry.facts import JobFacts
 from cellctl.telemetry.service import MqttService
 
 log = structlog.get_logger("cellctl.app")
@@ -81,7 +82,12 @@ class App:
         self.mqtt: MqttService | None = None
         if cell.config.mqtt is not None:
             self.mqtt = MqttService(
-                cell, self.bus, self.supervisor, store=self.store, jobs=JobBridge(self.jobs)
+                cell,
+                self.bus,
+                self.supervisor,
+                store=self.store,
+                jobs=JobBridge(self.jobs),
+                facts=JobFacts(self.jobs),
             )
             self.components["mqtt"] = self.mqtt.run
         self._stop = asyncio.Event()

@@ -208,6 +208,9 @@ class ListJobs(Command):
     job: Name | None = None
 
 
+# Commands that change nothing: answered without an audit row (docs/mqtt.md).
+READ_ONLY = frozenset({"jobs"})
+
 COMMANDS: dict[str, type[Command]] = {
     "pause": Pause,
     "resume": Resume,
@@ -429,9 +432,14 @@ class CommandHandler:
                 record = AuditRecord(name, request_id, origin, outcome, reason)
         if outcome == "rejected":
             log.warning("command rejected", command=name, reason=reason, origin=origin)
+        elif name in READ_ONLY:
+            # A query changes nothing: no audit row or message, no info line (a refused
+            # one is audited above like any refusal).
+            log.debug("query answered", command=name, origin=origin)
         else:
             log.info("command accepted", command=name, origin=origin)
-        self.audit(record)
+        if outcome == "rejected" or name not in READ_ONLY:
+            self.audit(record)
         self._reply(msg, reply_topic, name, request_id, outcome, reason, result)
         self.handled += 1
 
@@ -551,7 +559,7 @@ class CommandHandler:
         elif isinstance(cmd, AnswerHold):
             result = await self.jobs.answer_hold(cmd)
         elif isinstance(cmd, ListJobs):
-            result = await self.jobs.list_jobs(cmd.job)
+            return await self.jobs.list_jobs(cmd.job)  # a query: not audited
         else:
             raise Rejected(f"command {name!r} has no handler")
         # The job service committed its change; the audit row follows.
