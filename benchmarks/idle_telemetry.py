@@ -58,6 +58,7 @@ class Tally:
             self.bytes += len(msg.payload)
             kind = msg.topic.rsplit("/", 1)[1]
             self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+            self.by_kind[kind + " bytes"] = self.by_kind.get(kind + " bytes", 0) + len(msg.payload)
 
     def stop(self) -> None:
         self.c.disconnect()
@@ -127,14 +128,20 @@ def main() -> int:
             for k, n in r[2].items():
                 kinds[k] = kinds.get(k, 0) + n
         per_kind = ", ".join(
-            f"{k} {n / len(runs[rbe]) / args.window:.2f}/s" for k, n in sorted(kinds.items())
+            f"{k} {n / len(runs[rbe]) / args.window:.2f}/s"
+            if not k.endswith(" bytes")
+            else f"{n / len(runs[rbe]) / args.window / 1000:.2f} kB/s"
+            for k, n in sorted(kinds.items())
         )
         print(f"  {label:45s} {msgs:8.2f} msg/s {size / 1000:8.2f} kB/s   ({per_kind})")
     (m0, b0), (m1, b1) = med[False], med[True]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.1f}x" if b > 0 else "all (none sent with it)"
+
     print(
-        f"  report by exception: {m0 / max(m1, 1e-9):.1f}x fewer messages, "
-        f"{b0 / max(b1, 1e-9):.1f}x fewer bytes; {b1 * 86400 / 1e6:.1f} MB/day "
-        f"instead of {b0 * 86400 / 1e6:.0f} MB/day"
+        f"  report by exception: {ratio(m0, m1)} fewer messages, {ratio(b0, b1)} fewer bytes;"
+        f" {b1 * 86400 / 1e6:.1f} MB/day instead of {b0 * 86400 / 1e6:.0f} MB/day"
     )
     return 0
 

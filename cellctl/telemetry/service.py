@@ -289,7 +289,11 @@ class MqttService:
         while True:
             await self._facts_wake.wait()
             self._facts_wake.clear()
-            facts = await self.facts.facts()
+            try:
+                facts = await self.facts.facts()
+            except Exception as exc:  # the snapshot lacks them until the next try
+                log.error("cannot read setups and held steps for the snapshot", exc_info=exc)
+                continue
             snaps = publisher.snapshots
             for dev, setup in facts.setups.items():
                 publisher.snapshot_changed(snaps.set_setup(dev, setup))

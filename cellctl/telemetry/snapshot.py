@@ -222,6 +222,8 @@ class Snapshots:
             readings[s.name] = Reading(s.value, s.quality, s.timestamp)
             if s.name not in metrics:
                 metrics = {**metrics, s.name: MetricInfo(s.name, _type_of(s.value))}
+        if readings == snap.readings and metrics is snap.metrics:
+            return Changed()  # a heartbeat repeating what is known
         self._put(replace(snap, readings=readings, metrics=metrics))
         return Changed({device_id})
 
