@@ -11,9 +11,9 @@ one is coming.
 It also keeps the cell's snapshot (cellctl/telemetry/snapshot.py) and publishes
 it retained: a device's snapshot when its state, step, requests, alarms or
 setup change (within SNAPSHOT_COALESCE_S), when only its metrics changed at
-most every SNAPSHOT_METRICS_S, and every snapshot again on each (re)connect of
-the link (`republish`). Snapshots are not spooled: only the newest counts, and
-a reconnect sends it anyway.
+most every SNAPSHOT_METRICS_S (samples carry the changes meanwhile), and every
+snapshot again on each (re)connect of the link (`republish`). Snapshots are
+not spooled: only the newest counts, and a reconnect sends it anyway.
 
 Sequence numbers count per stream (`seq_source`): a device's state, its
 alarms, its requests, the job events, the audit. A subscriber of one such
@@ -60,7 +60,7 @@ log = structlog.get_logger("cellctl.mqtt.publisher")
 PROGRESS_MIN_INTERVAL_S = 0.5
 SPOOL_STATS_INTERVAL_S = 1.0
 SNAPSHOT_COALESCE_S = 0.05
-SNAPSHOT_METRICS_S = 1.0
+SNAPSHOT_METRICS_S = 5.0
 
 
 def seq_source(device_id: str, stream: str) -> str:

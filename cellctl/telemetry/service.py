@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from pathlib import Path
 
@@ -308,6 +309,7 @@ class MqttService:
                 # go out now, not from the spool at the next start.
                 await self._devices_down(GOODBYE_DEVICES_S)
                 publisher.drain(sub)
+                publisher.publish_snapshots(time.monotonic())  # retained: devices unavailable
                 await self._delivered(spool, link, GOODBYE_DELIVERY_S)
                 await link.close(self.encoding.status(False, "shutdown", self.boot))
         except TimeoutError:

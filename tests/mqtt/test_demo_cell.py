@@ -84,6 +84,14 @@ async def test_idle_demo_cell_is_quiet(tmp_path: Path, broker: Mosquitto) -> Non
                 await task
     finally:
         sub.stop()
+    # Quiet, yet complete: every device's snapshot describes its metrics, with values.
+    snaps = {m.topic.split("/")[-2]: m.json() for m in sub.on("/snapshot")}
+    assert set(snaps) == set(cell.devices)
+    for dev, snap in snaps.items():
+        assert snap["metrics"], dev
+        assert all(m["type"] is not None for m in snap["metrics"].values()), dev
+    hotend = snaps["printer-1"]["metrics"]["hotend_temp"]
+    assert hotend["unit"] == "degC" and isinstance(hotend["value"], float)
     rate = len([m for m in window if not m.retain]) / IDLE_WINDOW_S
     kinds = sorted({m.topic.rsplit("/", 1)[1] for m in window})
     assert rate < IDLE_BOUND, f"{rate:.1f} messages/s at idle ({kinds})"
