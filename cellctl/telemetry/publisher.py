@@ -168,7 +168,11 @@ class Publisher:
             except TimeoutError:
                 pass
             self._snap_wake.clear()
-            wait = self.publish_snapshots(time.monotonic())
+            try:
+                wait = self.publish_snapshots(time.monotonic())
+            except Exception as exc:  # a bug here must not end the cell's telemetry
+                log.error("publishing a snapshot failed", exc_info=exc)
+                wait = SNAPSHOT_METRICS_S
 
     def publish_snapshots(self, now: float) -> float | None:
         """Publish what is due; returns how long until the next metrics-only one is."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,11 @@ async def test_late_subscribers_after_hold_device_reconnect_and_broker_restart(
             assert {r["device"] for r in cell_now["requests"]} == {"d1", "d2"}
             temp = devices["d2"]["metrics"]["temp"]
             assert (temp["value"], temp["unit"], temp["quality"]) == (30.25, "degC", "good")
+
+            # `cellctl status`, started after the hold, shows it from the retained state.
+            out = await asyncio.to_thread(status_cli, broker.port, cell.name)
+            assert "j7/0 (held)" in out and "held steps" in out, out
+            assert "temp=30.25°C" in out and "material=PETG" in out and "PLA please" in out, out
 
             runner = app.supervisor.runners["d2"]
             connects = runner.connects
@@ -228,6 +236,19 @@ async def test_seq_counts_per_topic_without_gaps(tmp_path: Path, broker: Mosquit
     finally:
         alarms.stop()
         states.stop()
+
+
+def status_cli(port: int, cell: str) -> str:
+    where = ["--host", "127.0.0.1", "--port", str(port), "--cell", cell]
+    done = subprocess.run(
+        [sys.executable, "-m", "cellctl", "status", *where],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def _until(pred: Any) -> None:
