@@ -151,7 +151,10 @@ class Changed:
 
 class Snapshots:
     def __init__(self, device_ids: Iterable[str] = ()) -> None:
-        self._devices: dict[str, DeviceSnapshot] = {}
+        self._devices: dict[str, DeviceSnapshot] = {}  # their `readings` are in _readings
+        # Kept apart and updated in place: samples are the hot path, snapshots are read
+        # at most every few seconds.
+        self._readings: dict[str, dict[str, Reading]] = {}
         self._held: dict[str, HeldStep] = {}
         for d in device_ids:
             self._get(d)
@@ -159,10 +162,10 @@ class Snapshots:
     # --- reading --------------------------------------------------------------
 
     def device(self, device_id: str) -> DeviceSnapshot:
-        return self._get(device_id)
+        return replace(self._get(device_id), readings=dict(self._readings.get(device_id, {})))
 
     def devices(self) -> Mapping[str, DeviceSnapshot]:
-        return dict(self._devices)
+        return {d: self.device(d) for d in self._devices}
 
     def cell(self) -> CellSnapshot:
         reqs = tuple(r for d in sorted(self._devices) for r in self._devices[d].requests)
@@ -216,16 +219,19 @@ class Snapshots:
     def reported(self, device_id: str, samples: Sequence[Sample]) -> Changed:
         """Samples that went out on `samples`: they become the metrics' readings."""
         snap = self._get(device_id)
-        readings = dict(snap.readings)
+        readings = self._readings.setdefault(device_id, {})
         metrics = snap.metrics
+        changed = False
         for s in samples:
-            readings[s.name] = Reading(s.value, s.quality, s.timestamp)
+            reading = Reading(s.value, s.quality, s.timestamp)
+            if readings.get(s.name) != reading:  # equal: a heartbeat repeating what is known
+                readings[s.name] = reading
+                changed = True
             if s.name not in metrics:
                 metrics = {**metrics, s.name: MetricInfo(s.name, _type_of(s.value))}
-        if readings == snap.readings and metrics is snap.metrics:
-            return Changed()  # a heartbeat repeating what is known
-        self._put(replace(snap, readings=readings, metrics=metrics))
-        return Changed({device_id})
+        if metrics is not snap.metrics:
+            self._put(replace(snap, metrics=metrics))
+        return Changed({device_id}) if changed else Changed()
 
     def apply(self, ev: Event) -> Changed:
         """Any bus event; Samples are not taken here (see `reported`)."""
@@ -258,17 +264,17 @@ class Snapshots:
         # A device's own requests (M0, a tool change) last until it moves on; a held
         # step's request lasts until the job service says the step left held.
         requests = tuple(r for r in snap.requests if r.hold)
-        readings = snap.readings
         if ev.state == DeviceState.UNAVAILABLE:
             # Nothing is known while disconnected: the last values stay, marked bad.
-            readings = {n: replace(r, quality=Quality.BAD) for n, r in readings.items()}
+            readings = self._readings.get(ev.device_id, {})
+            for n, r in readings.items():
+                readings[n] = replace(r, quality=Quality.BAD)
         self._put(
             replace(
                 snap,
                 state=ev.state,
                 reason=ev.reason,
                 requests=requests,
-                readings=readings,
                 timestamp=ev.timestamp,
             )
         )
