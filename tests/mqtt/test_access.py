@@ -415,6 +415,21 @@ async def test_the_cli_as_a_user_under_the_documented_acl(
             assert done.returncode == 0, done.stderr  # estop: everyone
             done = await asyncio.to_thread(cellctl, "alice", "status")
             assert "cell t1: online" in done.stdout, done
+            # The documented ACL lets a user read the retained snapshots (and the cell
+            # write them: a refused publish would never be retained).
+            reader = await Subscriber(
+                secured.port,
+                [f"{topics.base}/cell", f"{topics.base}/devices/+/snapshot"],
+                username="alice",
+                password=USERS["alice"],
+            ).start()
+            try:
+                await reader.wait_for(
+                    lambda: bool(reader.on("/cell")) and len(reader.on("/snapshot")) >= 2,
+                    "the retained snapshots under the documented ACL",
+                )
+            finally:
+                reader.stop()
             # A claim in user properties is a note, never the identity.
             props = Properties(paho.PacketTypes.PUBLISH)
             props.UserProperty = ("user", "plant-manager")
