@@ -39,6 +39,7 @@ from cellctl.statelock import StateLock
 from cellctl.store import DEFAULT_FILE, Store, StoreError, transaction
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
+from cellctl.telemetry.facts import JobFacts
 from cellctl.telemetry.service import MqttService
 from cellctl.telemetry.sparkplug.service import SparkplugService
 
@@ -83,7 +84,12 @@ class App:
         self.mqtt: MqttService | None = None
         if cell.config.mqtt is not None:
             self.mqtt = MqttService(
-                cell, self.bus, self.supervisor, store=self.store, jobs=JobBridge(self.jobs)
+                cell,
+                self.bus,
+                self.supervisor,
+                store=self.store,
+                jobs=JobBridge(self.jobs),
+                facts=JobFacts(self.jobs),
             )
             self.components["mqtt"] = self.mqtt.run
         self.sparkplug: SparkplugService | None = None

@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 
 from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
 from cellctl.config import load_settings
+from cellctl.telemetry.statusview import StatusView
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -47,55 +48,37 @@ def cmd_simple(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.live import Live
     from rich.table import Table
 
     remote = _connect(args)
     base = remote.topics.base
     remote.subscribe(f"{base}/#")
-    cell: dict[str, Any] = {}
-    devices: dict[str, dict[str, Any]] = {}
-    requests: dict[str, str] = {}
+    view = StatusView(base)
 
     def absorb(msg: paho.MQTTMessage) -> None:
-        try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            return
-        parts = msg.topic[len(base) + 1 :].split("/")
-        if parts[0] == "status":
-            cell.update(body)
-        elif parts[0] == "devices" and len(parts) == 3:
-            dev = devices.setdefault(parts[1], {})
-            if parts[2] == "state":
-                dev["state"] = body.get("state")
-            elif parts[2] == "samples":
-                for s in body.get("samples", []):
-                    dev.setdefault("metrics", {})[s["name"]] = s["value"]
-            elif parts[2] == "progress":
-                dev["progress"] = body.get("fraction")
-                dev["step"] = body.get("step")
-            elif parts[2] == "requests":
-                requests[parts[1]] = f"{body.get('kind')}: {body.get('text')}"
+        view.absorb(msg.topic, bytes(msg.payload))
 
-    def table() -> Table:
-        t = Table(title=f"cell {remote.topics.cell}: {cell.get('state', 'unknown')}")
-        for col in ("device", "state", "metrics", "step", "progress", "operator request"):
+    def table() -> Group:
+        t = Table(title=f"cell {remote.topics.cell}: {view.cell.get('state', 'unknown')}")
+        for col in StatusView.COLUMNS:
             t.add_column(col)
-        for dev_id, d in sorted(devices.items()):
-            metrics = ", ".join(f"{k}={v}" for k, v in sorted(d.get("metrics", {}).items()))
-            frac = d.get("progress")
-            bar = "" if frac is None else "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
-            t.add_row(
-                dev_id,
-                d.get("state", "?"),
-                metrics,
-                d.get("step") or "",
-                bar,
-                requests.get(dev_id, ""),
+        for row in view.rows():
+            t.add_row(*row)
+        if not view.held:
+            return Group(t)
+        held = Table(title="held steps (cellctl answer CONFIG JOB STEP …)")
+        for col in ("step", "device", "attempt", "reason"):
+            held.add_column(col)
+        for h in view.held:
+            held.add_row(
+                str(h.get("step")),
+                str(h.get("device") or ""),
+                str(h.get("attempt")),
+                str(h.get("reason")),
             )
-        return t
+        return Group(t, held)
 
     def drain(until: float) -> None:
         while True:
@@ -111,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         drain(time.monotonic() + 1.0)  # retained messages arrive at once
         if not args.watch:
             Console().print(table())
-            return EXIT_OK if cell.get("state") == "online" else EXIT_FAIL
+            return EXIT_OK if view.cell.get("state") == "online" else EXIT_FAIL
         with Live(table(), refresh_per_second=4) as live:
             while True:
                 drain(time.monotonic() + 0.25)

@@ -242,6 +242,9 @@ class PutProgram(Command):
     name: Annotated[str, Field(max_length=256)] | None = None
 
 
+# Commands that change nothing: answered without an audit row (docs/mqtt.md).
+READ_ONLY = frozenset({"jobs"})
+
 COMMANDS: dict[str, type[Command]] = {
     "pause": Pause,
     "resume": Resume,
@@ -628,9 +631,14 @@ class CommandHandler:
                 record = AuditRecord(name, request_id, origin, outcome, reason)
         if outcome == "rejected":
             log.warning("command rejected", command=name, reason=reason, origin=origin)
+        elif name in READ_ONLY:
+            # A query changes nothing: no audit row or message, no info line (a refused
+            # one is audited above like any refusal).
+            log.debug("query answered", command=name, origin=origin)
         else:
             log.info("command accepted", command=name, origin=origin)
-        self.audit(record)
+        if outcome == "rejected" or name not in READ_ONLY:
+            self.audit(record)
         self._reply(msg, reply_topic, name, request_id, outcome, reason, result, page)
         if keep and route.user is not None and request_id:
             try:
@@ -745,10 +753,7 @@ class CommandHandler:
         if isinstance(cmd, PutProgram):
             return await self._put_program(cmd, msg)
         if isinstance(cmd, ListJobs):
-            paged = await self._list_jobs(cmd)
-            rec = AuditRecord(name, cmd.id, self._origin(msg), "accepted")
-            await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
-            return paged
+            return await self._list_jobs(cmd)  # a query: not audited (READ_ONLY)
         if isinstance(cmd, Pause):
             return await self._device_action(name, cmd, msg, PAUSABLE, lambda d: d.pause())
         if isinstance(cmd, Resume):

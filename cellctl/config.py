@@ -142,10 +142,11 @@ class MqttSection(Strict):
 
 
 class MetricPolicy(Strict):
-    """How one metric is published. `deadband` is absolute, in the metric's unit."""
+    """How one metric is published. `deadband` is absolute, in the metric's unit
+    (None: the default for its unit, cellctl/telemetry/policy.py)."""
 
     min_interval_s: float = Field(default=0.0, ge=0)
-    deadband: float = Field(default=0.0, ge=0)
+    deadband: float | None = Field(default=None, ge=0)
 
 
 class TelemetrySection(Strict):
@@ -153,6 +154,10 @@ class TelemetrySection(Strict):
     batch_s: float = Field(default=0.0, ge=0)
     # A samples message never holds more than this many samples.
     batch_max: int = Field(default=500, ge=1)
+    # Report by exception: a metric goes out when it moved past its deadband (or its
+    # quality changed), and at least every heartbeat_s; false: every sample read.
+    report_by_exception: bool = True
+    heartbeat_s: float = Field(default=60.0, ge=0)  # 0: no heartbeat
     default: MetricPolicy = MetricPolicy()
     # Glob on "<device>/<metric>" → policy; the first matching pattern wins.
     metrics: dict[str, MetricPolicy] = Field(default_factory=dict)

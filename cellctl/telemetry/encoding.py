@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from cellctl.model import Alarm, OperatorRequest, Sample, StateChanged, StepProgress
 from cellctl.telemetry.samplejson import SampleJson
+from cellctl.telemetry.snapshot import CellSnapshot, DeviceSnapshot, cell_dict, device_dict
 from cellctl.telemetry.topics import Topics
 
 PAYLOAD_VERSION = 1
@@ -41,6 +42,8 @@ class Kind(enum.StrEnum):
     JOB = "job"
     AUDIT = "audit"
     REPLY = "reply"
+    SNAPSHOT = "snapshot"
+    CELL = "cell"
 
     @property
     def is_event(self) -> bool:
@@ -106,6 +109,8 @@ class Encoding(Protocol):
     def job(self, ev: JobEvent, seq: int) -> Outgoing: ...
     def audit(self, rec: AuditRecord, seq: int) -> Outgoing: ...
     def spool(self, stats: SpoolStats) -> Outgoing: ...
+    def device_snapshot(self, snap: DeviceSnapshot) -> Outgoing: ...
+    def cell(self, snap: CellSnapshot) -> Outgoing: ...
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
@@ -221,3 +226,12 @@ class JsonEncoding:
             "dropped_disk_full": stats.dropped_disk_full,
         }
         return Outgoing(self.topics.spool, dumps(body), Kind.SPOOL, qos=1, retain=True)
+
+    def device_snapshot(self, snap: DeviceSnapshot) -> Outgoing:
+        body = {"v": PAYLOAD_VERSION, "ts": time.time(), **device_dict(snap)}
+        topic = self.topics.snapshot(snap.device)
+        return Outgoing(topic, dumps(body), Kind.SNAPSHOT, qos=1, retain=True)
+
+    def cell(self, snap: CellSnapshot) -> Outgoing:
+        body = {"v": PAYLOAD_VERSION, "ts": time.time(), **cell_dict(snap)}
+        return Outgoing(self.topics.cell_snapshot, dumps(body), Kind.CELL, qos=1, retain=True)

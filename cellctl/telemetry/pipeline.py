@@ -8,6 +8,7 @@ same pipeline; each adds only what it needs around it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class Pipeline:
         spool_max: int = 100_000,
         commit_s: float = 0.02,
         samples_qos: int = 0,
+        device_ids: Sequence[str] = (),
     ) -> Pipeline:
         """The pipeline over `link`, its spool loaded from `store`; the link's acks,
         connects and disconnects go to the sender (replace `on_connected` with a
@@ -48,7 +50,7 @@ class Pipeline:
         spool = Spool(store, spool_max, commit_s)
         await spool.load()
         sender = SpoolSender(spool, link, window)
-        publisher = Publisher(encoding, spool, link, telemetry, samples_qos)
+        publisher = Publisher(encoding, spool, link, telemetry, samples_qos, device_ids)
         link.on_ack = sender.on_ack
         link.on_connected = sender.connected
         link.on_disconnected = sender.disconnected

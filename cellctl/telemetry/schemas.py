@@ -164,6 +164,84 @@ class Reply(_Payload):
     page: JobsPage | None = None
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SnapshotStep(_Strict):
+    key: str
+    state: Literal["starting", "running", "held"]
+    attempt: int
+    reason: str
+
+
+class SnapshotProgress(_Strict):
+    fraction: float | None
+    lines_done: int | None
+    last_acked_line: int | None
+    bytes_done: int | None
+    bytes_total: int | None
+    remaining_s: float | None
+
+
+class PendingRequestItem(_Strict):
+    device: str
+    kind: RequestKind
+    text: str
+    step: str | None
+    details: dict[str, Any]
+    ts: float
+
+
+class ActiveAlarmItem(_Strict):
+    code: str
+    text: str
+    ts: float
+
+
+class SnapshotMetric(_Strict):
+    """A metric as its driver declares it, with its last reported reading."""
+
+    type: Literal["bool", "int", "float", "string"] | None  # None: reported, never declared
+    unit: str
+    description: str
+    writable: bool
+    value: bool | int | float | str | None  # None: nothing reported yet
+    quality: Quality
+    ts: float | None
+
+
+class DeviceSnapshotPayload(_Payload):
+    """Retained on devices/<id>/snapshot: the device now (cellctl/telemetry/snapshot.py)."""
+
+    device: str
+    state: StateLabel
+    code: int
+    reason: str
+    connected: bool
+    step: SnapshotStep | None
+    progress: SnapshotProgress | None
+    requests: list[PendingRequestItem]
+    alarms: list[ActiveAlarmItem]
+    setup: dict[str, str]
+    metrics: dict[str, SnapshotMetric]
+
+
+class HeldStepItem(_Strict):
+    step: str
+    device: str | None
+    reason: str
+    attempt: int
+    ts: float
+
+
+class CellPayload(_Payload):
+    """Retained on cell: every pending operator request and held step."""
+
+    requests: list[PendingRequestItem]
+    held: list[HeldStepItem]
+
+
 PAYLOADS: dict[str, type[BaseModel]] = {
     "status": Status,
     "spool": SpoolPayload,
@@ -176,6 +254,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "audit": AuditPayload,
     "reply": Reply,
     "plan": PlanPayload,
+    "snapshot": DeviceSnapshotPayload,
+    "cell": CellPayload,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cellctl.commands import CommandHandler, JobService
 from cellctl.config import Cell, MqttSection
 from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
+from cellctl.model import DeviceState, MetricSpec
 from cellctl.store import Store
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
@@ -32,7 +34,8 @@ from cellctl.telemetry.broker import (
     listening,
     probe_anonymous,
 )
-from cellctl.telemetry.encoding import Encoding, JobEvent, JsonEncoding, Outgoing
+from cellctl.telemetry.encoding import AuditRecord, Encoding, JobEvent, JsonEncoding, Outgoing
+from cellctl.telemetry.facts import CellFacts
 from cellctl.telemetry.link import LinkSettings, MqttLink
 from cellctl.telemetry.pipeline import Pipeline
 from cellctl.telemetry.publisher import Publisher
@@ -45,6 +48,8 @@ log = structlog.get_logger("cellctl.mqtt")
 
 STORE_FILE = "cellctl.db"
 GOODBYE_TIMEOUT_S = 3.0
+GOODBYE_DEVICES_S = 1.0
+GOODBYE_DELIVERY_S = 1.5
 
 
 class MqttService:
@@ -56,6 +61,7 @@ class MqttService:
         jobs: JobService | None = None,
         store: Store | None = None,
         encoding: Encoding | None = None,
+        facts: CellFacts | None = None,
     ) -> None:
         assert cell.config.mqtt is not None
         self.cell = cell
@@ -63,6 +69,8 @@ class MqttService:
         self.bus = bus
         self.supervisor = supervisor
         self.jobs = jobs
+        self.facts = facts
+        self._facts_wake = asyncio.Event()
         self._shared_store = store
         self.topics = Topics(cell.name, self.cfg.topic_prefix)
         self.encoding: Encoding = encoding or JsonEncoding(self.topics)
@@ -199,6 +207,7 @@ class MqttService:
             spool_max=cfg.spool_max,
             commit_s=cfg.spool_commit_s,
             samples_qos=cfg.samples_qos,
+            device_ids=list(self.cell.devices),
         )
         spool, sender, publisher = pipe.spool, pipe.sender, pipe.publisher
 
@@ -210,7 +219,7 @@ class MqttService:
             store,
             lambda: self.supervisor.runners,
             reply,
-            publisher.audit,
+            self._audit,
             self.jobs,
             access=self.access,
             legacy=cfg.legacy_commands,
@@ -231,7 +240,10 @@ class MqttService:
             link.publish(enc.status(True, "", self.boot))
             sender.connected()
             publisher.publish_spool_stats(force=True)
+            publisher.republish()
 
+        publisher.describe = self._metrics
+        publisher.on_step_changed = self._facts_wake.set
         link.on_message = commands.on_message
         link.on_connected = connected
         self.link, self.spool, self.publisher = link, spool, publisher
@@ -243,6 +255,9 @@ class MqttService:
                 pipe.start(tg, sub)
                 tg.create_task(publisher.batcher(), name="mqtt-batcher")
                 tg.create_task(publisher.spool_stats(), name="mqtt-spool-stats")
+                tg.create_task(publisher.snapshot_loop(), name="mqtt-snapshots")
+                tg.create_task(publisher.heartbeats(), name="mqtt-heartbeats")
+                tg.create_task(self._facts_loop(publisher), name="mqtt-facts")
                 tg.create_task(commands.run(), name="mqtt-commands")
                 if recheck:
                     tg.create_task(self._recheck(link, commands), name="mqtt-access-check")
@@ -255,15 +270,75 @@ class MqttService:
         finally:
             self.bus.unsubscribe(sub)
 
+    def _metrics(self, device_id: str) -> list[MetricSpec]:
+        runner = self.supervisor.runners.get(device_id)
+        driver = runner.driver if runner is not None else None
+        if driver is None:
+            return []
+        try:
+            return list(driver.metrics())
+        except Exception as exc:  # a driver bug must not stop telemetry
+            log.error("driver.metrics() raised", device=device_id, exc_info=exc)
+            return []
+
+    def _audit(self, rec: AuditRecord) -> None:
+        assert self.publisher is not None
+        self.publisher.audit(rec)
+        if rec.command == "set_setup" and rec.outcome == "accepted":
+            self._facts_wake.set()
+
+    async def _facts_loop(self, publisher: Publisher) -> None:
+        """Setups and held steps from the job service into the snapshot: at start, then
+        after each step change and accepted set_setup."""
+        if self.facts is None:
+            await asyncio.Event().wait()
+            return
+        self._facts_wake.set()
+        while True:
+            await self._facts_wake.wait()
+            self._facts_wake.clear()
+            try:
+                facts = await self.facts.facts()
+            except Exception as exc:  # the snapshot lacks them until the next try
+                log.error("cannot read setups and held steps for the snapshot", exc_info=exc)
+                continue
+            snaps = publisher.snapshots
+            for dev, setup in facts.setups.items():
+                publisher.snapshot_changed(snaps.set_setup(dev, setup))
+            publisher.snapshot_changed(snaps.set_held(facts.held, facts.requests))
+
     async def _goodbye(
         self, publisher: Publisher, spool: Spool, link: MqttLink, sub: Subscription
     ) -> None:
         try:
             async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                # The devices stop at the same time as we do: their last states (unavailable)
+                # go out now, not from the spool at the next start.
+                await self._devices_down(GOODBYE_DEVICES_S)
                 publisher.drain(sub)
-                await spool.flush()
+                publisher.publish_snapshots(time.monotonic())  # retained: devices unavailable
+                await self._delivered(spool, link, GOODBYE_DELIVERY_S)
                 await link.close(self.encoding.status(False, "shutdown", self.boot))
         except TimeoutError:
             log.warning("MQTT goodbye took too long; the will says offline instead")
         except Exception as exc:
             log.error("MQTT goodbye failed", exc_info=exc)
+
+    async def _devices_down(self, within_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while any(
+                    r.state != DeviceState.UNAVAILABLE for r in self.supervisor.runners.values()
+                ):
+                    await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _delivered(spool: Spool, link: MqttLink, within_s: float) -> None:
+        """Commit, and while connected wait (bounded) until the broker acknowledged every
+        spooled message and its row is deleted: a clean stop leaves nothing to re-send."""
+        await spool.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while link.is_connected and spool.counters.depth:
+                    await asyncio.sleep(0.02)
+                    await spool.flush()

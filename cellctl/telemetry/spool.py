@@ -28,6 +28,7 @@ once per `FULL_RETRY_S`; the first that succeeds ends it (see docs/mqtt.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,9 @@ EARLY_MAX = 10_000
 # While the disk is full, one commit attempt per this many seconds (a failed one costs
 # little, but nothing is gained by trying it for every event).
 FULL_RETRY_S = 1.0
+# Deletes alone wait this long for new rows to share their commit (one fsync for both);
+# they never wait for ever, or delivered rows would stay (and go out again after a restart).
+DELETE_WINDOW_S = 0.5
 
 
 @dataclass(slots=True)
@@ -86,7 +90,8 @@ class Spool:
         self.counters = SpoolCounters()
         self._seq: dict[str, int] = {}
         self._batch = _Batch()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # rows to commit
+        self._work = asyncio.Event()  # rows, or deletes, to commit
         self._over_bound_logged = False
         self._full_logged_at = -1  # dropped_disk_full when the last commit failed
         self._pending_seqs: dict[str, int] = {}
@@ -123,7 +128,13 @@ class Spool:
     # --- called from the event loop, never blocks --------------------------
 
     def next_seq(self, source: str) -> int:
-        seq = self._seq.get(source, 0) + 1
+        last = self._seq.get(source)
+        if last is None:
+            # A device stream ("<device>/state") continues its device's count from before
+            # seq counted per stream, so no reader sees numbers start again.
+            device, sep, _ = source.partition("/")
+            last = self._seq.get(device, 0) if sep else 0
+        seq = last + 1
         self._seq[source] = seq
         return seq
 
@@ -134,6 +145,7 @@ class Spool:
         entry = Entry(out, source, seq)
         self._batch.rows.append(entry)
         self._wake.set()
+        self._work.set()
         if self.early_open:
             if len(self.early) < EARLY_MAX:
                 self.early.append(entry)
@@ -143,10 +155,12 @@ class Spool:
                 self.early_open = False
 
     def acked(self, row_id: int) -> None:
-        # No wake-up of its own: deletes ride on the next commit of new rows (or the
-        # one at shutdown), halving the fsyncs. A row acknowledged but not yet deleted
-        # when the daemon dies is sent again: a duplicate, which `seq` lets readers drop.
+        # Deletes ride on the next commit of new rows when one comes within
+        # DELETE_WINDOW_S (fewer fsyncs), else they are committed alone. A row
+        # acknowledged but not yet deleted when the daemon dies is sent again: a
+        # duplicate, which `seq` lets readers drop.
         self._batch.acked.append(row_id)
+        self._work.set()
 
     def dropped_offline(self, n: int) -> None:
         self.counters.dropped_offline += n
@@ -166,10 +180,16 @@ class Spool:
         """Group-commit loop; runs until cancelled, then commits what is pending."""
         try:
             while True:
-                await self._wake.wait()
+                await self._work.wait()
                 if self._store.full:
                     await asyncio.sleep(FULL_RETRY_S)
-                elif self.commit_s:
+                    await self.flush()
+                    continue
+                if not self._batch.rows:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(DELETE_WINDOW_S):
+                            await self._wake.wait()
+                if self._batch.rows and self.commit_s:
                     await asyncio.sleep(self.commit_s)  # the group-commit window
                 await self.flush()
         finally:
@@ -178,6 +198,7 @@ class Spool:
 
     async def flush(self) -> None:
         self._wake.clear()
+        self._work.clear()
         batch, self._batch = self._batch, _Batch()
         if not (batch.rows or batch.acked or batch.offline_drops):
             return
@@ -275,7 +296,7 @@ class Spool:
             for entry, row_id in zip(batch.rows, ids, strict=True):
                 entry.row_id = row_id
                 if entry.acked:
-                    self._batch.acked.append(row_id)  # sent early and already acknowledged
+                    self.acked(row_id)  # sent early and already acknowledged
             self.fresh.extend(batch.rows)
             if len(self.fresh) > FRESH_MAX:
                 self.fresh.clear()
@@ -286,6 +307,8 @@ class Spool:
         """A commit found the disk full: its rows are counted and forgotten (the sender
         may have sent them already); its deletes wait for the next commit."""
         self._batch.acked[:0] = batch.acked
+        if batch.acked:
+            self._work.set()  # tried again after FULL_RETRY_S
         if not batch.rows:
             return
         first = self._full_logged_at < 0

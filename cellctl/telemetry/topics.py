@@ -2,6 +2,9 @@
 
 <prefix>/<cell>/status                         retained  online / offline (and the will)
 <prefix>/<cell>/spool                          retained  spool depth and drop counters
+<prefix>/<cell>/cell                           retained  pending operator requests, held steps
+<prefix>/<cell>/devices/<device>/snapshot      retained  the device now: state, step, requests,
+                                                         setup, every metric (telemetry/snapshot.py)
 <prefix>/<cell>/devices/<device>/state         retained  PackML state, QoS 1, spooled
 <prefix>/<cell>/devices/<device>/samples                 metric samples, QoS 0 by default
 <prefix>/<cell>/devices/<device>/progress                running step progress, QoS 0
@@ -42,6 +45,10 @@ class Topics:
         return f"{self.base}/spool"
 
     @property
+    def cell_snapshot(self) -> str:
+        return f"{self.base}/cell"
+
+    @property
     def audit(self) -> str:
         return f"{self.base}/audit"
 
@@ -50,6 +57,9 @@ class Topics:
 
     def state(self, device_id: str) -> str:
         return self.device(device_id, "state")
+
+    def snapshot(self, device_id: str) -> str:
+        return self.device(device_id, "snapshot")
 
     def samples(self, device_id: str) -> str:
         return self.device(device_id, "samples")

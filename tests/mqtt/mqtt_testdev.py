@@ -124,6 +124,11 @@ class TestSim:
     def sample(self, name: str, value: float) -> None:
         self._send(f"SAMPLE {name} {value}")
 
+    def drop_link(self) -> None:
+        """Close the driver's connection: the supervisor reconnects it."""
+        for w in list(self._writers):
+            w.close()
+
     def request(self, kind: str, text: str) -> None:
         self._send(f"REQUEST {kind} {text}")
 

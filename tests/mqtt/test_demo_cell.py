@@ -51,3 +51,47 @@ async def test_demo_cell_messages_validate(tmp_path: Path, broker: Mosquitto) ->
         schema = json.loads((schemas.SCHEMA_DIR / f"{name}.json").read_text())
         jsonschema.validate(m.json(), schema)
     assert sub.on("/status")[-1].json()["state"] == "offline"
+
+
+IDLE_BOUND = 3.0  # messages/s; docs/mqtt.md, "Report by exception" (18/s without it)
+IDLE_WINDOW_S = 10.0
+
+
+async def test_idle_demo_cell_is_quiet(tmp_path: Path, broker: Mosquitto) -> None:
+    """Report by exception: the idle demo sends (almost) nothing but what changes."""
+    text = DEMO.read_text()
+    text = re.sub(
+        r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n', text
+    )
+    (tmp_path / "demo.toml").write_text(text)
+    cell = config_mod.load(tmp_path / "demo.toml")
+    topics = Topics(cell.name)
+    sub = await Subscriber(broker.port, [topics.everything]).start()
+    app = App(cell)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(app.run())
+            async with asyncio.timeout(60):
+                await app.supervisor.started.wait()
+                for runner in app.supervisor.runners.values():
+                    await runner.connected.wait()
+            await asyncio.sleep(5.0)  # every first value and snapshot goes out
+            start = len(sub.messages)
+            await asyncio.sleep(IDLE_WINDOW_S)
+            window = sub.messages[start:]
+            app.request_stop()
+            async with asyncio.timeout(20):
+                await task
+    finally:
+        sub.stop()
+    # Quiet, yet complete: every device's snapshot describes its metrics, with values.
+    snaps = {m.topic.split("/")[-2]: m.json() for m in sub.on("/snapshot")}
+    assert set(snaps) == set(cell.devices)
+    for dev, snap in snaps.items():
+        assert snap["metrics"], dev
+        assert all(m["type"] is not None for m in snap["metrics"].values()), dev
+    hotend = snaps["printer-1"]["metrics"]["hotend_temp"]
+    assert hotend["unit"] == "degC" and isinstance(hotend["value"], float)
+    rate = len([m for m in window if not m.retain]) / IDLE_WINDOW_S
+    kinds = sorted({m.topic.rsplit("/", 1)[1] for m in window})
+    assert rate < IDLE_BOUND, f"{rate:.1f} messages/s at idle ({kinds})"
