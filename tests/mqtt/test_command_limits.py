@@ -57,10 +57,14 @@ async def test_payload_cap_rate_paging_and_quantity(tmp_path: Path, broker: Mosq
             r = await alice.send("jobs", {})
             assert [j["id"] for j in r["result"]] == ["p-0", "p-1", "p-2"]
             assert r["page"]["more"] is True and r["page"]["limit"] == 3
+            # on_behalf_of is a front end's field: without the `frontend` permission
+            # it is refused, naming it (docs/panel.md)
+            r = await alice.send("jobs", {"limit": 2, "on_behalf_of": "someone"})
+            assert r["outcome"] == "rejected" and "frontend" in r["reason"], r
             seen, after = [], None
             while True:
                 body = {"limit": 2} if after is None else {"limit": 2, "after": after}
-                r = await alice.send("jobs", {**body, "on_behalf_of": "someone"})
+                r = await alice.send("jobs", body)
                 assert r["outcome"] == "accepted", r
                 seen += [j["id"] for j in r["result"]]
                 if not r["page"]["more"]:
