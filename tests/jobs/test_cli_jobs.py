@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from jobs.conftest import REGISTRY, gcode, running, wait_job
 
-from cellctl import cli, cli_jobs
+from cellctl import cli
+from cellctl.cli import jobs as cli_jobs
 from cellctl.config import load
 from cellctl.model import JobState
 

@@ -18,8 +18,8 @@ from jobs.conftest import BOUND, REGISTRY, gcode, make_cell, printer, running, w
 from jobs.test_cli_jobs import CONFIG, run_cli
 from support.daemon import spawn
 
-from cellctl import cli_jobs
-from cellctl.cli_submission import build_submission
+from cellctl.cli import jobs as cli_jobs
+from cellctl.cli.submission import build_submission
 from cellctl.config import JobsSection, load
 from cellctl.jobs.api import JobNotFound, Repeat
 from cellctl.model import JobState

@@ -20,7 +20,8 @@ from mqtt_broker import Mosquitto, free_port, make_certs, password_file
 from mqtt_rig import Commander, Subscriber
 from support.daemon import spawn
 
-from cellctl import cli, cli_jobs
+from cellctl import cli
+from cellctl.cli import jobs as cli_jobs
 from cellctl.config import load
 from cellctl.telemetry.topics import Topics
 

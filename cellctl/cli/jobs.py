@@ -2,7 +2,7 @@
 
 When the cell's config has an `[mqtt]` section (or `--host/--port` are given)
 the commands talk to the running cell over MQTT, as an MES would
-(cli_jobs_remote.py). `--local`, or a config without `[mqtt]`, selects the
+(jobs_remote.py). `--local`, or a config without `[mqtt]`, selects the
 local forms here: `cellctl jobs` reads the store directly (SQLite WAL lets it
 read while the daemon writes); the commands that change something queue a
 request in the store, the running daemon applies it through the same API the
@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cellctl import cli_jobs_remote as remote
-from cellctl.cli_jobs_view import recent, show
-from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, add_target_options
-from cellctl.cli_submission import build_submission
+from cellctl.cli import jobs_remote as remote
+from cellctl.cli.jobs_view import recent, show
+from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, add_target_options
+from cellctl.cli.submission import build_submission
 from cellctl.config import Cell, CellConfig, load, load_settings
 from cellctl.errors import ConfigError, UsageError
 from cellctl.jobs import repo

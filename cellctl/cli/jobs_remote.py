@@ -2,8 +2,8 @@
 
 `jobs`, `submit`, `reprint`, `cancel`, `setup`, `service`, and `answer … retry|resume`
 each become one command (docs/mqtt.md) with an MQTT 5 reply; what they print
-matches the local forms in cli_jobs.py. `answer … fail|done` has no MQTT
-command and stays local (cli_jobs.py decides).
+matches the local forms in jobs.py. `answer … fail|done` has no MQTT
+command and stays local (jobs.py decides).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cellctl.cli_jobs_view import recent, show
-from cellctl.cli_mqtt import Remote, target_from
-from cellctl.cli_submission import build_submission, submit_command
+from cellctl.cli.jobs_view import recent, show
+from cellctl.cli.mqtt import Remote, target_from
+from cellctl.cli.submission import build_submission, submit_command
 from cellctl.config import CellConfig
 from cellctl.jobs.spec import JobRejected
 

@@ -172,18 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(func=cmd_sim)
 
-    from cellctl.cli_jobs import add_commands as add_job_commands
+    from cellctl.cli.jobs import add_commands as add_job_commands
 
     add_job_commands(sub)
 
-    from cellctl.cli_remote import add_commands
+    from cellctl.cli.remote import add_commands
 
     add_commands(sub)  # status, ack, estop: over MQTT
 
-    from cellctl.cli_backup import add_commands as add_backup
+    from cellctl.cli.backup import add_commands as add_backup
 
     add_backup(sub)
-    from cellctl.cli_plan import add_commands as add_plan_commands
+    from cellctl.cli.plan import add_commands as add_plan_commands
 
     add_plan_commands(sub)
     return p

@@ -4,7 +4,7 @@ It uses the same interface as any MES or dashboard: the retained topics for
 status, and the command topics (MQTT 5 response topic + correlation data)
 for everything that changes something. The broker address and the cell name
 come from the cell's config file (`-c`), or `--host/--port/--cell`. The job
-commands (`jobs`, `submit`, `cancel` …) are in cli_jobs.py and cli_jobs_remote.py.
+commands (`jobs`, `submit`, `cancel` …) are in jobs.py and jobs_remote.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
+from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
 from cellctl.config import load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
