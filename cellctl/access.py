@@ -43,9 +43,13 @@ COMMAND_NAMES: frozenset[str] = frozenset(
         "resume_from",
         "answer_hold",
         "jobs",
+        "maintain",
     }
 )
 ALL = "*"
+# Commands that can change a machine beyond what any job may (cellctl/maintenance.py):
+# never open to everybody by default, not even on a broker that lets anyone in.
+PRIVILEGED: frozenset[str] = frozenset({"maintain"})
 
 # A user name is one MQTT topic level. '/' would let `alice/submit` pass for alice under
 # a `cmd/%u/#` ACL; '+' and '#' are wildcards (Mosquitto refuses %u for them anyway).
@@ -60,7 +64,9 @@ BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
         {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"}
     ),
     "planner": frozenset({"jobs", "submit", "reprint", "cancel"}),
-    "maintenance": frozenset({"jobs", "reset", "set_setup", "out_of_service", "into_service"}),
+    "maintenance": frozenset(
+        {"jobs", "reset", "set_setup", "out_of_service", "into_service", "maintain"}
+    ),
     "admin": COMMAND_NAMES,
 }
 DEFAULT_EVERYONE: tuple[str, ...] = ("estop",)
@@ -95,7 +101,8 @@ class AccessSection(BaseModel):
     # defaults to every command, since the user in a topic proves nothing.
     allow_anonymous: bool = False
     # Commands any user may send, whatever their roles. Default: ["estop"], or
-    # ["*"] with allow_anonymous. [] takes even estop away from users without a role.
+    # every command but `maintain` with allow_anonymous. [] takes even estop away
+    # from users without a role.
     everyone: tuple[str, ...] | None = None
     # Role name → commands ("*": all). Built-in: viewer, operator, planner,
     # maintenance, admin (docs/mqtt.md); a role defined here replaces one of them.
@@ -176,7 +183,7 @@ class Access:
         if section.everyone is not None:
             everyone = _expand(section.everyone)
         elif section.allow_anonymous:
-            everyone = COMMAND_NAMES
+            everyone = COMMAND_NAMES - PRIVILEGED
         else:
             everyone = frozenset(DEFAULT_EVERYONE)
         return cls(roles, dict(section.users), everyone, section.allow_anonymous)

@@ -36,8 +36,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from cellctl import maintenance
 from cellctl.access import COMMAND_NAMES, Access
 from cellctl.errors import CellError, NotSupported
 from cellctl.model import DeviceState, RequestKind
@@ -208,6 +216,25 @@ class ListJobs(Command):
     job: Name | None = None
 
 
+class Maintain(DeviceCommand):
+    """Privileged lines (EEPROM, steps/mm, GRBL `$` settings …) sent to an idle device and
+    audited; never part of a job (cellctl/maintenance.py). `reason` is recorded with them."""
+
+    lines: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=maintenance.MAX_LINE)]],
+        Field(min_length=1, max_length=maintenance.MAX_LINES),
+    ]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+    @field_validator("lines")
+    @classmethod
+    def _printable(cls, v: list[str]) -> list[str]:
+        for i, line in enumerate(v, 1):
+            if not line.isascii() or not line.isprintable() or not line.strip():
+                raise ValueError(f"line {i}: one printable ASCII line, no newline or control bytes")
+        return v
+
+
 COMMANDS: dict[str, type[Command]] = {
     "pause": Pause,
     "resume": Resume,
@@ -224,6 +251,7 @@ COMMANDS: dict[str, type[Command]] = {
     "resume_from": ResumeFrom,
     "answer_hold": AnswerHold,
     "jobs": ListJobs,
+    "maintain": Maintain,
 }
 assert set(COMMANDS) == COMMAND_NAMES, "cellctl.access.COMMAND_NAMES is out of date"
 
@@ -532,6 +560,8 @@ class CommandHandler:
             return await self._device_action(name, cmd, msg, RESETTABLE, lambda d: d.reset())
         if isinstance(cmd, OutOfService | IntoService):
             return await self._service(name, cmd, msg)
+        if isinstance(cmd, Maintain):
+            return await self._maintain(cmd, msg)
         result: Mapping[str, Any] | list[Mapping[str, Any]]
         if isinstance(cmd, Submit):
             self._check_devices(s.device for s in cmd.steps if s.device is not None)
@@ -662,6 +692,24 @@ class CommandHandler:
             "not_connected": skipped,
             "elapsed_ms": round(self.last_estop_s * 1000, 3),
         }
+
+    async def _maintain(self, cmd: Maintain, msg: Incoming) -> Mapping[str, Any]:
+        # A refusal (CellError) gets its audit row from handle(), like every rejection.
+        result = await maintenance.carry_out(self._runner(cmd.device), cmd.device, cmd.lines)
+        answers = "; ".join(f"{x['line']} -> {x['answer']}" for x in result["lines"])
+        rec = AuditRecord("maintain", cmd.id, self._origin(msg), "accepted", answers[:500])
+        try:
+            await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+        except StoreError as exc:  # the lines ran: the reply says so, the log the rest
+            log.error("maintenance lines sent; audit row not written", error=str(exc))
+        log.warning(
+            "maintenance lines sent",
+            device=cmd.device,
+            user=rec.origin.get("user"),
+            reason=cmd.reason,
+            lines=list(cmd.lines),
+        )
+        return result
 
 
 def _wild(topic: str) -> bool:

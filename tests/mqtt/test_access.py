@@ -54,7 +54,7 @@ MAY = {
     | {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"},
     "bob": EVERYONE | {"jobs"},
     "carol": EVERYONE | {"jobs", "submit", "reprint", "cancel"},
-    "dave": EVERYONE | {"jobs", "reset", "set_setup", "out_of_service", "into_service"},
+    "dave": EVERYONE | {"jobs", "reset", "set_setup", "out_of_service", "into_service", "maintain"},
     "root": set(COMMANDS),
     "mallory": EVERYONE,
 }

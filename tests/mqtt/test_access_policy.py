@@ -68,7 +68,11 @@ def test_defaults_deny_all_but_estop_and_allow_anonymous_opens_everything() -> N
     closed = Access.from_section(None)
     assert closed.commands_of("anyone") == {"estop"}
     demo = Access.from_section(AccessSection(allow_anonymous=True))
-    assert demo.commands_of("anyone") == COMMAND_NAMES
+    # Everything but the privileged maintenance lines, which need a role even there.
+    assert demo.commands_of("anyone") == COMMAND_NAMES - {"maintain"}
+    assert not demo.allowed("anyone", "maintain")
+    tech = Access.from_section(AccessSection(allow_anonymous=True, users={"t": ("maintenance",)}))
+    assert tech.allowed("t", "maintain")
     assert Access.from_section(AccessSection(everyone=())).commands_of("x") == frozenset()
     star = Access.from_section(AccessSection(roles={"all": ("*",)}, users={"u": ("all",)}))
     assert star.commands_of("u") == COMMAND_NAMES
