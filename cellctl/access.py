@@ -44,6 +44,7 @@ COMMAND_NAMES: frozenset[str] = frozenset(
         "answer_hold",
         "jobs",
         "maintain",
+        "devices",
     }
 )
 ALL = "*"
@@ -59,13 +60,23 @@ ROLE_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 # Roles a config may use without defining them; a role of the same name in
 # [access.roles] replaces the built-in one.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
-    "viewer": frozenset({"jobs"}),
+    "viewer": frozenset({"jobs", "devices"}),
     "operator": frozenset(
-        {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"}
+        {
+            "jobs",
+            "devices",
+            "pause",
+            "resume",
+            "stop",
+            "reset",
+            "answer",
+            "answer_hold",
+            "resume_from",
+        }
     ),
-    "planner": frozenset({"jobs", "submit", "reprint", "cancel"}),
+    "planner": frozenset({"jobs", "devices", "submit", "reprint", "cancel"}),
     "maintenance": frozenset(
-        {"jobs", "reset", "set_setup", "out_of_service", "into_service", "maintain"}
+        {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"}
     ),
     "admin": COMMAND_NAMES,
 }

@@ -216,6 +216,10 @@ class ListJobs(Command):
     job: Name | None = None
 
 
+class ListDevices(Command):
+    """Every device: driver, state, busy or not, in service, what is loaded, its step."""
+
+
 class Maintain(DeviceCommand):
     """Privileged lines (EEPROM, steps/mm, GRBL `$` settings …) sent to an idle device and
     audited; never part of a job (cellctl/maintenance.py). `reason` is recorded with them."""
@@ -252,6 +256,7 @@ COMMANDS: dict[str, type[Command]] = {
     "answer_hold": AnswerHold,
     "jobs": ListJobs,
     "maintain": Maintain,
+    "devices": ListDevices,
 }
 assert set(COMMANDS) == COMMAND_NAMES, "cellctl.access.COMMAND_NAMES is out of date"
 
@@ -582,6 +587,8 @@ class CommandHandler:
             result = await self.jobs.answer_hold(cmd)
         elif isinstance(cmd, ListJobs):
             result = await self.jobs.list_jobs(cmd.job)
+        elif isinstance(cmd, ListDevices):
+            result = await self._devices()
         else:
             raise Rejected(f"command {name!r} has no handler")
         # The job service committed its change; the audit row follows.
@@ -692,6 +699,28 @@ class CommandHandler:
             "not_connected": skipped,
             "elapsed_ms": round(self.last_estop_s * 1000, 3),
         }
+
+    async def _devices(self) -> list[Mapping[str, Any]]:
+        listed = getattr(self.jobs, "list_devices", None)
+        jobs_view: Mapping[str, Mapping[str, Any]] = await listed() if listed else {}
+        out: list[Mapping[str, Any]] = []
+        for dev_id, runner in sorted(self.runners().items()):
+            view = jobs_view.get(dev_id, {})
+            out.append(
+                {
+                    "id": dev_id,
+                    "driver": runner.config.driver,
+                    "state": runner.state.label,
+                    "connected": runner.driver is not None,
+                    "busy": runner.busy,
+                    "in_service": dev_id not in self.out_of_service,
+                    "setup": view.get("setup", {}),
+                    "step": view.get("busy_with"),
+                    "note": view.get("note", ""),
+                    "last_failure": runner.last_failure,
+                }
+            )
+        return out
 
     async def _maintain(self, cmd: Maintain, msg: Incoming) -> Mapping[str, Any]:
         # A refusal (CellError) gets its audit row from handle(), like every rejection.

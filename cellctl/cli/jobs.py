@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cellctl.cli import jobs_remote as remote
+from cellctl.cli.common import add_config, add_json, json_mode, print_json
 from cellctl.cli.jobs_view import recent, show
 from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, add_target_options
 from cellctl.cli.submission import build_submission
@@ -122,11 +123,19 @@ def _load(config: str) -> Cell | None:
 def _finish(path: Path, request_id: int, wait: float, what: str, job: bool = False) -> int:
     """Wait for a queued request and say how it went; `job`: name the job it made."""
     if wait <= 0:
-        print(f"{what}: queued (request {request_id})")
+        if json_mode():
+            print_json({"what": what, "request": request_id, "done": False})
+        else:
+            print(f"{what}: queued (request {request_id})")
         return EXIT_OK
     done, error, result = wait_request(path, request_id, wait)
     if job and done and not error and result:
         what = f"job {result}"
+    if json_mode():
+        print_json(
+            {"what": what, "request": request_id, "done": done, "error": error, "result": result}
+        )
+        return EXIT_FAIL if error else EXIT_OK
     if not done:
         print(
             f"{what}: queued (request {request_id}); the daemon did not apply it within "
@@ -246,14 +255,19 @@ def cmd_service(args: argparse.Namespace) -> int:
     if settings is not None:
         return remote.cmd_service(args, settings)
     payload = {"device": args.device, "in_service": args.state == "in", "note": args.note}
-    return _request(args, "service", payload, f"{args.device} {args.state} of service")
+    return _request(args, "service", payload, service_what(args))
+
+
+def service_what(args: argparse.Namespace) -> str:
+    return f"{args.device} {'back in' if args.state == 'in' else 'out of'} service"
 
 
 def add_commands(sub: Any) -> None:
     """Hook the job commands into the `cellctl` parser's subparsers."""
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("config", help="the cell's config (broker, cell name; the store if local)")
+        add_config(q, legacy=True)
+        add_json(q)
         q.add_argument(
             "--local",
             action="store_true",
@@ -274,7 +288,6 @@ def add_commands(sub: Any) -> None:
     common(p)
     p.add_argument("--job", default=None, help="show one job with its steps and history")
     p.add_argument("--all", action="store_true", help="include jobs finished over a day ago")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("submit", help="submit a TOML job file or a bare G-code file")

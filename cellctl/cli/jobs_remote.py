@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cellctl.cli.common import json_mode, print_json
 from cellctl.cli.jobs_view import recent, show
 from cellctl.cli.mqtt import Remote, target_from
 from cellctl.cli.submission import build_submission, submit_command
@@ -35,6 +36,9 @@ def send(
 
 
 def finish(reply: Mapping[str, Any], what: str, detail: Callable[[Result], str]) -> int:
+    if json_mode() and reply.get("outcome") == "accepted":
+        print_json(reply.get("result"))
+        return EXIT_OK
     if reply.get("outcome") == "accepted":
         print(f"{what}: {detail(reply.get('result'))}")
         return EXIT_OK
@@ -124,4 +128,5 @@ def cmd_service(args: argparse.Namespace, settings: CellConfig) -> int:
     else:
         name, body = "out_of_service", {"device": args.device, "reason": args.note}
     reply = send(args, settings, name, body)
-    return finish(reply, f"{args.device} {args.state} of service", lambda r: "done")
+    what = f"{args.device} {'back in' if args.state == 'in' else 'out of'} service"
+    return finish(reply, what, lambda r: "done")

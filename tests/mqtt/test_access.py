@@ -51,10 +51,12 @@ root = ["admin"]
 EVERYONE = {"estop"}
 MAY = {
     "alice": EVERYONE
-    | {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"},
-    "bob": EVERYONE | {"jobs"},
-    "carol": EVERYONE | {"jobs", "submit", "reprint", "cancel"},
-    "dave": EVERYONE | {"jobs", "reset", "set_setup", "out_of_service", "into_service", "maintain"},
+    | {"jobs", "devices", "pause", "resume", "stop", "reset", "answer", "answer_hold"}
+    | {"resume_from"},
+    "bob": EVERYONE | {"jobs", "devices"},
+    "carol": EVERYONE | {"jobs", "devices", "submit", "reprint", "cancel"},
+    "dave": EVERYONE
+    | {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"},
     "root": set(COMMANDS),
     "mallory": EVERYONE,
 }
