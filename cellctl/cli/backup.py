@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from cellctl.cli.common import add_config, add_json, json_mode, print_json
 from cellctl.config import load
@@ -91,7 +92,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "backup", help="copy the cell's store consistently, also while the daemon runs"
     )

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cellctl.errors import UsageError
 
@@ -29,6 +29,13 @@ DEPRECATED_POSITIONAL = (
 )
 
 _json_mode = False
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (argparse prints the usage block too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def add_config(p: argparse.ArgumentParser, *, legacy: bool = False, needed: bool = True) -> None:

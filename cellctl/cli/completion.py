@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cellctl.cli.common import EXIT_OK
+from cellctl.cli.common import EXIT_OK, add_json, json_mode, print_json
 
 SHELLS = ("bash", "zsh", "tcsh")
 
@@ -20,11 +20,16 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
     from cellctl.cli.main import build_parser
 
-    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    script = shtab.complete(build_parser(), shell=args.shell)
+    if json_mode():
+        print_json({"shell": args.shell, "script": script})
+    else:
+        print(script, end="")
     return EXIT_OK
 
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("completion", help="print a shell completion script (bash, zsh, tcsh)")
     p.add_argument("shell", choices=SHELLS)
+    add_json(p)
     p.set_defaults(func=cmd_completion)

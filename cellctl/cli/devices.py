@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +34,11 @@ RECOVERY = {
     "modbus": "the config's reset sequence (estop coil off, reset coil pulsed)",
 }
 RESETTABLE = ("aborted", "stopped", "complete")
+# States a device passes through on its way back to idle after a reset.
+SETTLING = ("aborted", "aborting", "stopped", "stopping", "clearing", "resetting")
 # A reset can home a machine: give it longer than one command.
 RESET_TIMEOUT_S = 60.0
+SETTLE_S = 30.0
 
 
 def connect(args: argparse.Namespace, timeout: float | None = None) -> Remote:
@@ -54,6 +58,17 @@ def list_devices(remote: Remote) -> list[dict[str, Any]]:
 
         raise CellError(f"devices: rejected: {reply.get('reason')}")
     return list(reply.get("result") or [])
+
+
+def settle(remote: Remote, device: str, state: str, within_s: float = SETTLE_S) -> str:
+    """The device's state once it left the reset's way stations (a robot's reset method
+    returns before the robot reports ready), or the last one seen after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while state in SETTLING and time.monotonic() < deadline:
+        time.sleep(0.3)
+        found = [d for d in list_devices(remote) if d["id"] == device]
+        state = str(found[0].get("state")) if found else "unknown"
+    return state
 
 
 def render_devices(devices: list[dict[str, Any]]) -> str:
@@ -102,12 +117,18 @@ def cmd_device_action(args: argparse.Namespace) -> int:
         remote.close()
     if reply.get("outcome") != "accepted":
         return _rejected(f"{name} {args.device}", reply)
-    result = reply.get("result") or {}
+    result = dict(reply.get("result") or {})
+    if name == "reset":
+        remote = connect(args)
+        try:
+            result["state"] = settle(remote, args.device, str(result.get("state")))
+        finally:
+            remote.close()
     if json_mode():
         print_json(result)
     else:
         print(f"{args.device}: {name} done, now {result.get('state', '?')}")
-    return EXIT_OK
+    return EXIT_OK if name != "reset" or result["state"] == "idle" else EXIT_FAIL
 
 
 def reset_all(args: argparse.Namespace) -> int:
@@ -125,8 +146,9 @@ def reset_all(args: argparse.Namespace) -> int:
             reply = remote.command("reset", {"device": d["id"]})
             recovery = RECOVERY.get(str(d.get("driver")), "the driver's reset()")
             if reply.get("outcome") == "accepted":
-                after = (reply.get("result") or {}).get("state", "?")
+                after = settle(remote, d["id"], str((reply.get("result") or {}).get("state")))
                 entry.update(action="reset", recovery=recovery, after=after)
+                failed += after != "idle"
             else:
                 failed += 1
                 entry.update(action="failed", recovery=recovery, reason=reply.get("reason"))

@@ -19,7 +19,15 @@ from pydantic import ValidationError
 
 from cellctl import __version__
 from cellctl.access import Access
-from cellctl.cli.common import add_config, add_json, json_mode, print_json, resolve_config, set_json
+from cellctl.cli.common import (
+    Parser,
+    add_config,
+    add_json,
+    json_mode,
+    print_json,
+    resolve_config,
+    set_json,
+)
 from cellctl.config import Cell, load
 from cellctl.errors import CellError, ConfigError, UsageError
 from cellctl.registry import Registry
@@ -182,7 +190,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellctl", description="Run and inspect a microfactory cell.")
+    p = Parser(prog="cellctl", description="Run and inspect a microfactory cell.")
     p.add_argument("--version", action="version", version=f"cellctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

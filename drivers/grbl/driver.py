@@ -954,7 +954,9 @@ class GrblDriver:
 
     def _interrupted(self, why: str, lineno: int | None) -> StepResult:
         if self._stopping:
-            return StepResult(StepOutcome.CANCELLED, "stopped on request", self._last_acked_line)
+            return StepResult(
+                StepOutcome.CANCELLED, "stopped by an operator stop", self._last_acked_line
+            )
         if self._last_alarm is not None and self._aborted is not None:
             where = f" at line {lineno}" if lineno is not None else ""
             return StepResult(StepOutcome.FAILED, f"{self._aborted}{where}", self._last_acked_line)
