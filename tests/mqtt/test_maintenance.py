@@ -8,8 +8,12 @@ test can look at what the firmware actually ran.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,19 @@ tech = ["maintenance"]
 op = ["operator"]
 """)
     return path
+
+
+async def cli(user: str, *argv: str) -> tuple[int, str, str]:
+    env = {**os.environ, "CELLCTL_MQTT_USERNAME": user}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cellctl", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    return done.returncode, done.stdout, done.stderr
 
 
 def audit(tmp_path: Path) -> list[dict[str, Any]]:
@@ -104,6 +121,26 @@ async def test_maintenance_lines_reach_the_devices_only_with_the_role(
                 ran = printer.executed
                 assert ran.index("M92 E415") < ran.index("M500")
 
+                # The command line, as the technician runs it (their own broker login).
+                cfg = str(tmp_path / "cell.toml")
+                rc, out, err = await cli(
+                    "tech",
+                    "maintain",
+                    "-c",
+                    cfg,
+                    "printer",
+                    "M92 E400",
+                    "--reason",
+                    "e-steps again",
+                )
+                assert rc == 0 and out == "printer: M92 E400 -> ok\n", err
+                assert "M92 E400" in printer.executed
+                rc, out, err = await cli(
+                    "op", "maintain", "-c", cfg, "printer", "M500", "--reason", "x"
+                )
+                assert rc == 1 and out == "" and err.count("\n") == 1, err
+                assert "lacks permission 'maintain'" in err
+
                 # GRBL: a setting the job policy refuses goes through here, and is stored.
                 assert mill.firmware.settings[130] != "612.000"
                 r = await tech.send(
@@ -141,12 +178,17 @@ async def test_maintenance_lines_reach_the_devices_only_with_the_role(
             sub.stop()
     rows = audit(tmp_path)
     accepted = [r for r in rows if r["outcome"] == "accepted"]
-    assert [r["origin"]["user"] for r in accepted] == ["tech", "tech"]
+    assert [r["origin"]["user"] for r in accepted] == ["tech", "tech", "tech"]
     assert accepted[0]["payload"]["reason"] == "e-steps"
     assert accepted[0]["reason"] == "M92 E415 -> ok; M500 -> ok"
-    assert accepted[1]["payload"]["lines"] == ["$130=612"]
+    assert accepted[1]["payload"] == {
+        "device": "printer",
+        "lines": ["M92 E400"],
+        "reason": "e-steps again",
+    }
+    assert accepted[2]["payload"]["lines"] == ["$130=612"]
     denied = [r for r in rows if "lacks permission" in r["reason"]]
-    assert [r["origin"]["user"] for r in denied] == ["op", "tester"]
+    assert [r["origin"]["user"] for r in denied] == ["op", "tester", "op"]
     assert all(r["ts"] > 0 for r in rows)
 
 
