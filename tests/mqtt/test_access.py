@@ -336,7 +336,7 @@ def test_cellctl_run_refuses_an_open_broker_with_one_message(
 ) -> None:
     cfg = write_config(tmp_path / "cell.toml", broker.port, devices=0, access="")
     done = subprocess.run(
-        [sys.executable, "-m", "cellctl", "run", str(cfg)],
+        [sys.executable, "-m", "cellctl", "run", "-c", str(cfg)],
         capture_output=True,
         text=True,
         timeout=BOUND,

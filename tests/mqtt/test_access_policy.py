@@ -127,13 +127,13 @@ def test_cellctl_check_prints_who_may_do_what(
     cfg.write_text(
         '[cell]\nname = "c"\n[access.users]\nalice = ["operator"]\nmes = ["planner"]\nnobody = []\n'
     )
-    assert cli.main(["check", str(cfg)]) == 0
+    assert cli.main(["check", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "everyone       estop\n" in out
     assert "mes            + cancel, devices, jobs, reprint, submit  [planner]" in out
     assert "nobody         (nothing more)  [no role]" in out
     cfg.write_text('[cell]\nname = "c"\n[access.users]\n"alice/submit" = ["admin"]\n')
-    assert cli.main(["check", str(cfg)]) == 2
+    assert cli.main(["check", "-c", str(cfg)]) == 2
     assert "one MQTT topic level" in capsys.readouterr().err
 
 
