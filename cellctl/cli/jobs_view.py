@@ -43,7 +43,8 @@ def hold_cause(reason: str) -> str:
     low = reason.lower()
     if "emergency stop" in low or "m112" in low:
         return "emergency stop"
-    if "operator stop" in low or "stopped on request" in low:
+    # A device-side stop that no cancel asked for holds the step as "stopped at <device>".
+    if "operator stop" in low or "stopped on request" in low or low.startswith("stopped at "):
         return "operator stop"
     if "interrupted" in low or "link lost" in low:
         return "link or daemon interrupted"

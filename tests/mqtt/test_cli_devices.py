@@ -160,3 +160,70 @@ async def test_estop_then_reset_all_then_a_job_runs(tmp_path: Path, broker: Mosq
                 await task
     finally:
         sub.stop()
+
+
+@pytest.mark.timeout(200)
+async def test_pause_resume_stop_a_print_from_the_command_line(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    cfg = demo_on(tmp_path, broker.port)
+    cell = config_mod.load(cfg)
+    sub = await Subscriber(broker.port, [Topics(cell.name).everything]).start()
+    app = App(cell)
+    c = str(cfg)
+
+    async def printer() -> dict[str, Any]:
+        rc, out, err = await run("devices", "-c", c, "--json")
+        assert rc == 0, err
+        return next(d for d in json.loads(out) if d["id"] == "printer-1")
+
+    async def printer_is(state: str) -> None:
+        async def check() -> bool:
+            return (await printer())["state"] == state
+
+        await until(check, f"printer-1 {state}")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(app.run())
+            await sub.online()
+            await printer_is("idle")
+            rc, out, err = await run("status", "-c", c, "--json")
+            assert rc == 0, err
+            seen = json.loads(out)
+            assert seen["state"] == "online" and seen["devices"]["printer-1"]["state"] == "idle"
+            # Many short moves: a pause only waits for the few lines in flight.
+            moves = "".join(f"G1 X{10 + i % 2 * 40} F1200\n" for i in range(600))
+            part = tmp_path / "long.gcode"
+            part.write_text("G28\n" + moves)
+            rc, out, err = await run("submit", "-c", c, str(part), "--json")
+            assert rc == 0, err
+            job = json.loads(out)["id"]
+            await printer_is("execute")
+            assert (await printer())["step"] == f"{job}/0"
+
+            rc, out, err = await run("pause", "-c", c, "printer-1")
+            assert (rc, err) == (0, ""), err
+            assert out.startswith("printer-1: pause done, now "), out
+            await printer_is("held")
+            rc, out, err = await run("resume", "-c", c, "printer-1", "--json")
+            assert rc == 0 and json.loads(out)["device"] == "printer-1", err
+            await printer_is("execute")
+            rc, out, err = await run("stop", "-c", c, "printer-1")
+            assert rc == 0 and out.startswith("printer-1: stop done"), err
+            await printer_is("idle")
+
+            async def held() -> bool:
+                _, out, _ = await run("jobs", "-c", c, "--job", job, "--json")
+                return json.loads(out)[0]["steps"][0]["state"] == "held"
+
+            await until(held, "the stopped step held")
+            rc, out, err = await run("jobs", "-c", c, "--job", job)
+            assert f"held by operator stop: cellctl answer {job} 0 retry|resume|fail|done" in out
+            rc, out, err = await run("answer", "-c", c, job, "0", "fail")
+            assert rc == 0, err
+            app.request_stop()
+            async with asyncio.timeout(30):
+                await task
+    finally:
+        sub.stop()
