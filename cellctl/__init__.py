@@ -1,3 +1,13 @@
 """cellctl: a controller for a microfactory cell."""
 
 __version__ = "0.1.0"
+
+
+def _old_cli_names() -> None:
+    # `cellctl.cli_jobs` & co. import as `cellctl.cli.jobs` & co. for one release.
+    from cellctl.cli_old_names import install
+
+    install()
+
+
+_old_cli_names()
