@@ -169,3 +169,24 @@ def test_json_output_is_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["completion", "bash", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert "cellctl" in got["script"] and "maintain" in got["script"]
+
+
+def test_a_relative_config_path_with_a_store_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cellctl run -c cell.toml` in its folder, after a first run made the store: the
+    start check opened the store by a relative file URI, which Python refuses."""
+    import asyncio
+
+    from cellctl.store import Store
+
+    (tmp_path / "cell.toml").write_text('[cell]\nname = "c"\nstate_dir = "state"\n')
+
+    async def make_store() -> None:
+        async with Store(tmp_path / "state" / "cellctl.db"):
+            pass
+
+    asyncio.run(make_store())
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "-c", "cell.toml"]) == 0, capsys.readouterr().err
+    assert main(["check"]) == 0  # ./cell.toml by default
