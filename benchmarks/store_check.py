@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cellctl.cli_backup import backup
+from cellctl.cli.backup import backup
 from cellctl.store import Store
 
 

@@ -46,6 +46,8 @@ COMMAND_NAMES: frozenset[str] = frozenset(
         "answer_hold",
         "jobs",
         "put_program",
+        "maintain",
+        "devices",
     }
 )
 ALL = "*"
@@ -54,6 +56,9 @@ ALL = "*"
 # user itself). "*" does not include it: a role must name it.
 FRONTEND = "frontend"
 PERMISSION_NAMES: frozenset[str] = COMMAND_NAMES | {FRONTEND}
+# Commands that can change a machine beyond what any job may (cellctl/maintenance.py):
+# never open to everybody by default, not even on a broker that lets anyone in.
+PRIVILEGED: frozenset[str] = frozenset({"maintain"})
 
 # A user name is one MQTT topic level. '/' would let `alice/submit` pass for alice under
 # a `cmd/%u/#` ACL; '+' and '#' are wildcards (Mosquitto refuses %u for them anyway).
@@ -63,12 +68,24 @@ ROLE_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 # Roles a config may use without defining them; a role of the same name in
 # [access.roles] replaces the built-in one.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
-    "viewer": frozenset({"jobs"}),
+    "viewer": frozenset({"jobs", "devices"}),
     "operator": frozenset(
-        {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"}
+        {
+            "jobs",
+            "devices",
+            "pause",
+            "resume",
+            "stop",
+            "reset",
+            "answer",
+            "answer_hold",
+            "resume_from",
+        }
     ),
-    "planner": frozenset({"jobs", "submit", "reprint", "cancel", "put_program"}),
-    "maintenance": frozenset({"jobs", "reset", "set_setup", "out_of_service", "into_service"}),
+    "planner": frozenset({"jobs", "devices", "submit", "reprint", "cancel", "put_program"}),
+    "maintenance": frozenset(
+        {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"}
+    ),
     "admin": COMMAND_NAMES,
     "frontend": frozenset({FRONTEND}),
 }
@@ -104,7 +121,8 @@ class AccessSection(BaseModel):
     # defaults to every command, since the user in a topic proves nothing.
     allow_anonymous: bool = False
     # Commands any user may send, whatever their roles. Default: ["estop"], or
-    # ["*"] with allow_anonymous. [] takes even estop away from users without a role.
+    # every command but `maintain` with allow_anonymous. [] takes even estop away
+    # from users without a role.
     everyone: tuple[str, ...] | None = None
     # Role name → commands ("*": all). Built-in: viewer, operator, planner,
     # maintenance, admin (docs/mqtt.md); a role defined here replaces one of them.
@@ -190,7 +208,7 @@ class Access:
         if section.everyone is not None:
             everyone = _expand(section.everyone)
         elif section.allow_anonymous:
-            everyone = COMMAND_NAMES
+            everyone = COMMAND_NAMES - PRIVILEGED
         else:
             everyone = frozenset(DEFAULT_EVERYONE)
         return cls(roles, dict(section.users), everyone, section.allow_anonymous)

@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -292,12 +292,13 @@ def apply_thread_switch(cfg: SupervisorSection) -> None:
     sys.setswitchinterval(cfg.thread_switch_ms / 1000)
 
 
-def run_daemon(path: Path) -> int:
-    """Entry point of `cellctl run`: exit 0 on a clean stop. Raises ConfigError."""
+def run_daemon(path: Path, log_format: Literal["json"] | None = None) -> int:
+    """Entry point of `cellctl run`: exit 0 on a clean stop. Raises ConfigError.
+    `log_format`: `cellctl run --json` asks for JSON log lines whatever the config says."""
     registry = Registry()
     cell = config_mod.load(path, registry)
     warnings = startcheck.refuse(cell)  # what `cellctl check` says, in the same words
-    logs.configure(cell.config.logging.level.value, cell.config.logging.format)
+    logs.configure(cell.config.logging.level.value, log_format or cell.config.logging.format)
     for line in warnings:
         log.warning("config warning", problem=line)
     app = App(cell, registry)

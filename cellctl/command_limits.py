@@ -44,6 +44,7 @@ LANE_OF: Mapping[str, Lane] = {
     "reset": Lane.CONTROL,
     "put_program": Lane.UPLOADS,
     "jobs": Lane.QUERIES,
+    "devices": Lane.QUERIES,
 }
 
 

@@ -38,8 +38,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from cellctl import maintenance
 from cellctl.access import COMMAND_NAMES, USER_PATTERN, Access, AccessDenied
 from cellctl.command_ids import CommandIds
 from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
@@ -243,7 +251,31 @@ class PutProgram(Command):
 
 
 # Commands that change nothing: answered without an audit row (docs/mqtt.md).
-READ_ONLY = frozenset({"jobs"})
+READ_ONLY = frozenset({"jobs", "devices"})
+
+
+class ListDevices(Command):
+    """Every device: driver, state, busy or not, in service, what is loaded, its step."""
+
+
+class Maintain(DeviceCommand):
+    """Privileged lines (EEPROM, steps/mm, GRBL `$` settings …) sent to an idle device and
+    audited; never part of a job (cellctl/maintenance.py). `reason` is recorded with them."""
+
+    lines: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=maintenance.MAX_LINE)]],
+        Field(min_length=1, max_length=maintenance.MAX_LINES),
+    ]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+    @field_validator("lines")
+    @classmethod
+    def _printable(cls, v: list[str]) -> list[str]:
+        for i, line in enumerate(v, 1):
+            if not line.isascii() or not line.isprintable() or not line.strip():
+                raise ValueError(f"line {i}: one printable ASCII line, no newline or control bytes")
+        return v
+
 
 COMMANDS: dict[str, type[Command]] = {
     "pause": Pause,
@@ -262,6 +294,8 @@ COMMANDS: dict[str, type[Command]] = {
     "answer_hold": AnswerHold,
     "jobs": ListJobs,
     "put_program": PutProgram,
+    "maintain": Maintain,
+    "devices": ListDevices,
 }
 assert set(COMMANDS) == COMMAND_NAMES, "cellctl.access.COMMAND_NAMES is out of date"
 
@@ -754,6 +788,8 @@ class CommandHandler:
             return await self._put_program(cmd, msg)
         if isinstance(cmd, ListJobs):
             return await self._list_jobs(cmd)  # a query: not audited (READ_ONLY)
+        if isinstance(cmd, ListDevices):
+            return await self._devices()  # a query: not audited (READ_ONLY)
         if isinstance(cmd, Pause):
             return await self._device_action(name, cmd, msg, PAUSABLE, lambda d: d.pause())
         if isinstance(cmd, Resume):
@@ -764,6 +800,8 @@ class CommandHandler:
             return await self._device_action(name, cmd, msg, RESETTABLE, lambda d: d.reset())
         if isinstance(cmd, OutOfService | IntoService):
             return await self._service(name, cmd, msg)
+        if isinstance(cmd, Maintain):
+            return await self._maintain(cmd, msg)
         result: Mapping[str, Any] | list[Mapping[str, Any]]
         if isinstance(cmd, Submit):
             self._check_devices(s.device for s in cmd.steps if s.device is not None)
@@ -921,6 +959,48 @@ class CommandHandler:
             "not_connected": skipped,
             "elapsed_ms": round(self.last_estop_s * 1000, 3),
         }
+
+    async def _devices(self) -> list[Mapping[str, Any]]:
+        listed = getattr(self.jobs, "list_devices", None)
+        jobs_view: Mapping[str, Mapping[str, Any]] = await listed() if listed else {}
+        out: list[Mapping[str, Any]] = []
+        for dev_id, runner in sorted(self.runners().items()):
+            view = jobs_view.get(dev_id, {})
+            out.append(
+                {
+                    "id": dev_id,
+                    "driver": runner.config.driver,
+                    "state": runner.state.label,
+                    "connected": runner.driver is not None,
+                    "busy": runner.busy,
+                    "in_service": dev_id not in self.out_of_service,
+                    "setup": view.get("setup", {}),
+                    "step": view.get("busy_with"),
+                    "note": view.get("note", ""),
+                    "last_failure": runner.last_failure,
+                }
+            )
+        return out
+
+    async def _maintain(self, cmd: Maintain, msg: Incoming) -> Mapping[str, Any]:
+        # A refusal (CellError) gets its audit row from handle(), like every rejection.
+        result = await maintenance.carry_out(self._runner(cmd.device), cmd.device, cmd.lines)
+        answers = "; ".join(f"{x['line']} -> {x['answer']}" for x in result["lines"])
+        rec = AuditRecord(
+            "maintain", cmd.id, self._origin(msg, cmd.on_behalf_of), "accepted", answers[:500]
+        )
+        try:
+            await self.store.call(lambda conn: _insert_audit(conn, rec, msg.payload))
+        except StoreError as exc:  # the lines ran: the reply says so, the log the rest
+            log.error("maintenance lines sent; audit row not written", error=str(exc))
+        log.warning(
+            "maintenance lines sent",
+            device=cmd.device,
+            user=rec.origin.get("user"),
+            reason=cmd.reason,
+            lines=list(cmd.lines),
+        )
+        return result
 
 
 @dataclass(frozen=True)

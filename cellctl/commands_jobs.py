@@ -136,6 +136,9 @@ class JobBridge:
     ) -> Mapping[str, Any]:
         return _json((await self.jobs.set_setup(device_id, setup, merge=merge)).as_dict())
 
+    async def list_devices(self) -> dict[str, Mapping[str, Any]]:
+        return {d: _json(info.as_dict()) for d, info in (await self.jobs.devices()).items()}
+
     async def set_in_service(self, device_id: str, in_service: bool, note: str) -> None:
         await self.jobs.set_in_service(device_id, in_service, note)
 

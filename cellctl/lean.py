@@ -2,7 +2,7 @@
 
 structlog imports rich, when it is installed, for pretty tracebacks on a
 terminal; cellctl renders its own (cellctl/logs.py) and rich is only for
-the CLI's live status table (cellctl/cli_remote.py). Hiding rich while
+the CLI's live status table (cellctl/cli/remote.py). Hiding rich while
 structlog loads saves about 5 MiB in the daemon and in every simulator
 process; rich stays importable afterwards.
 """

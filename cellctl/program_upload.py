@@ -2,7 +2,7 @@
 
 Used by `cellctl submit` for programs too large for one command message; any
 client can do the same (docs/mqtt.md, "Large programs"). `send(name, body)`
-sends one command and returns its reply (cellctl.cli_mqtt.Remote.command).
+sends one command and returns its reply (cellctl.cli.mqtt.Remote.command).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def _store_problem(db: Path) -> str | None:
     if not os.access(db, os.R_OK | os.W_OK):
         return f"the store {db} is not writable by this user"
     try:
-        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         finally:

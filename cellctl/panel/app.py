@@ -20,7 +20,7 @@ from aiohttp import web
 
 from cellctl import __version__
 from cellctl.access import Access
-from cellctl.cli_submission import submit_command
+from cellctl.cli.submission import submit_command
 from cellctl.config import CellConfig
 from cellctl.jobs.gcode import scan_file
 from cellctl.jobs.jobfiles import gcode_job, job_id_for

@@ -1,6 +1,6 @@
 """The panel's link to the cell: MQTT commands, as the CLI sends them, for a verified user.
 
-One connection (cellctl.cli_mqtt.Remote, paho on its own thread), reopened after
+One connection (cellctl.cli.mqtt.Remote, paho on its own thread), reopened after
 a failure. Commands go one at a time (the client matches replies from one
 inbox), each run off the event loop. Every command carries `on_behalf_of`: the
 panel's broker user needs the `frontend` permission, the named user's roles
@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from cellctl.cli_mqtt import Remote, Target, target_from
+from cellctl.cli.mqtt import Remote, Target, target_from
 from cellctl.config import CellConfig
 from cellctl.errors import CellError
 from cellctl.panel.config import PanelSection

@@ -972,7 +972,9 @@ class GrblDriver:
 
     def _interrupted(self, why: str, lineno: int | None) -> StepResult:
         if self._stopping:
-            return StepResult(StepOutcome.CANCELLED, "stopped on request", self._last_acked_line)
+            return StepResult(
+                StepOutcome.CANCELLED, "stopped by an operator stop", self._last_acked_line
+            )
         if self._last_alarm is not None and self._aborted is not None:
             where = f" at line {lineno}" if lineno is not None else ""
             return StepResult(StepOutcome.FAILED, f"{self._aborted}{where}", self._last_acked_line)
@@ -1180,6 +1182,39 @@ class GrblDriver:
         await self._wait_status(lambda r: r.state != "Alarm", timeout)
         self._update_state()
 
+    async def maintenance(self, lines: Sequence[str]) -> list[str]:
+        """Privileged lines outside a job (cellctl/maintenance.py), sent one by one and
+        answered; the first `error:` stops the rest. `$` settings are read back after."""
+        from cellctl.maintenance import MaintenanceRefused
+
+        for i, line in enumerate(lines, 1):
+            why = _not_maintenance(line)
+            if why:
+                raise MaintenanceRefused(f"line {i} `{line[:40]}`: {why}")
+        if self._running is not None or self._aborted is not None:
+            raise MaintenanceRefused("the controller is not idle")
+        answers: list[str] = []
+        try:
+            for i, line in enumerate(lines, 1):
+                answer = await self._command(line)
+                said = "; ".join(r.text for r in answer.feedback)[:200]
+                if not answer.ok:
+                    ran = f"lines 1-{i - 1} ran" if i > 1 else "no line before it"
+                    raise MaintenanceRefused(
+                        f"line {i} `{line}`: {codes.describe_error(answer.reply.code or 0)}; "
+                        f"{ran}, the rest was not sent"
+                    )
+                answers.append(f"ok: {said}" if said else "ok")
+        finally:
+            if any(ln.lstrip().startswith("$") for ln in lines[: len(answers) + 1]):
+                with contextlib.suppress(CellError, TimeoutError):
+                    settings = await self._command("$$")
+                    for r in settings.feedback:
+                        kv = parse_setting(r.text)
+                        if kv:
+                            self.settings[kv[0]] = kv[1]
+        return answers
+
     async def change_setup(self, to: Setup) -> None:
         tool = to.get("tool")
         if tool is None or set(to) - {"tool"} or not self.options.tool_change_macro:
@@ -1199,3 +1234,17 @@ class GrblDriver:
 
     def __repr__(self) -> str:
         return f"GrblDriver({self.ctx.device_id!r}, {self.path!r})"
+
+
+def _not_maintenance(line: str) -> str:
+    """Why a maintenance line cannot go to GRBL ("" if it can)."""
+    if len(line) > MAX_LINE_CHARS:
+        return f"over GRBL's {MAX_LINE_CHARS} characters"
+    if any(c in line for c in "?!~"):
+        return "holds a realtime character (? ! ~) GRBL would act on at once"
+    word = line.strip().upper()
+    if word == "$C":
+        return "check mode: later jobs would only be checked, not run"
+    if word == "$SLP":
+        return "sleep: only a reset wakes the controller; use `cellctl reset` instead"
+    return ""

@@ -1307,6 +1307,49 @@ class MarlinDriver:
 
         raise NotSupported("a Marlin printer's material or nozzle is changed by an operator")
 
+    async def maintenance(self, lines: Sequence[str]) -> list[str]:
+        """Privileged lines outside a job (cellctl/maintenance.py): each framed and
+        acknowledged like a host command; an `Error:` the firmware prints for one stops
+        the rest."""
+        from cellctl.maintenance import MaintenanceRefused
+
+        for i, line in enumerate(lines, 1):
+            code = code_of(line)
+            if code in _NOT_MAINTENANCE:
+                raise MaintenanceRefused(f"line {i} `{_shown(line)}`: {_NOT_MAINTENANCE[code]}")
+            framed = len(frame(self._next_n + i, line)) - 1
+            if framed > self.opt.max_line:
+                raise MaintenanceRefused(
+                    f"line {i} is {framed} characters as sent, over max_line {self.opt.max_line}"
+                )
+        if self._killed or self._lost is not None or self._job is not None:
+            raise MaintenanceRefused("the printer is not idle and connected")
+        answers: list[str] = []
+        for i, line in enumerate(lines, 1):
+            self._firmware_error = ""
+            await self._host_sequence([line], limit_s=60.0)
+            if self._firmware_error:
+                ran = f"lines 1-{i - 1} ran" if i > 1 else "no line before it"
+                raise MaintenanceRefused(
+                    f"line {i} `{_shown(line)}`: the printer said {self._firmware_error!r}; "
+                    f"{ran}, the rest was not sent"
+                )
+            answers.append("ok")
+        return answers
+
+
+# Lines that would break the link or the driver's bookkeeping even in maintenance.
+_NOT_MAINTENANCE = {
+    "M110": "renumbers lines under the driver; it numbers them itself",
+    "M112": "kills the firmware; use `cellctl estop`",
+    "M999": "restarts the firmware; use `cellctl reset`",
+    "M28": "writes what follows to SD: the next lines would be stored, not run",
+    "M29": "ends an SD write this command never starts",
+    "M0": "waits for a button press on the printer",
+    "M1": "waits for a button press on the printer",
+    "M600": "waits for a filament change at the printer",
+}
+
 
 class _FirmwareRestarted(Exception):
     pass

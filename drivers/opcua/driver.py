@@ -121,6 +121,7 @@ class OpcUaDriver:
         )
         self._step_lock = asyncio.Lock()
         self.stop_requested = False
+        self.stop_cause = "stopped on request"
         self._heartbeat: MetricValue = 0  # the last beat written
         self.reconnects = 0
         self.metric_tags = self.tags.metric_tags
@@ -431,10 +432,12 @@ class OpcUaDriver:
 
     async def stop(self) -> None:
         self.stop_requested = True
+        self.stop_cause = "stopped by an operator stop"
         await self._action("stop")
 
     async def emergency_stop(self) -> None:
         self.stop_requested = True
+        self.stop_cause = "stopped by an emergency stop"
         # Bounded in time, and never behind the write rate limiter.
         await self._action("emergency_stop", urgent=True, within=min(self.o.timeout_s, 0.9))
 

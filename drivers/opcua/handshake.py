@@ -38,6 +38,7 @@ class Robot(Protocol):
 
     log: Any
     stop_requested: bool
+    stop_cause: str  # who stopped it: the held step names it ("emergency stop", …)
 
     @property
     def state(self) -> DeviceState: ...
@@ -288,7 +289,7 @@ class ProgramRun:
             progress(Progress(fraction=1.0, remaining_s=0.0))
             return StepResult(StepOutcome.DONE)
         if robot.stop_requested:
-            return StepResult(StepOutcome.CANCELLED, f"program {number} stopped on request")
+            return StepResult(StepOutcome.CANCELLED, f"program {number} {robot.stop_cause}")
         return StepResult(
             StepOutcome.FAILED, f"program {number} ended without done ({robot.detail})"
         )

@@ -22,7 +22,7 @@ expected_build_info = {name!r}
 def check(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> str:
     path = tmp_path / "cell.toml"
     path.write_text(CONFIG.format(name=name))
-    assert main(["check", str(path)]) == 0
+    assert main(["check", "-c", str(path)]) == 0
     return capsys.readouterr().err
 
 
@@ -59,7 +59,7 @@ def test_macro_lines_grbl_would_mangle_are_config_errors(
 ) -> None:
     path = tmp_path / "cell.toml"
     path.write_text(CONFIG.format(name="MILL-1") + f"tool_change_macro = [{line!r}]\n")
-    code = main(["check", str(path)])
+    code = main(["check", "-c", str(path)])
     err = capsys.readouterr().err
     if why is None:
         assert code == 0, err

@@ -147,7 +147,7 @@ def test_bad_config_at_start_exits_2_without_traceback(tmp_path: Path) -> None:
     cfg = tmp_path / "cell.toml"
     cfg.write_text(CONFIG.replace("fail_connects = 100", 'fail_connects = "many"'))
     proc = subprocess.run(
-        [sys.executable, "-m", "cellctl", "check", str(cfg)],
+        [sys.executable, "-m", "cellctl", "check", "-c", str(cfg)],
         capture_output=True,
         text=True,
         timeout=30,

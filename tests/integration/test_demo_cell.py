@@ -54,7 +54,7 @@ def demo_config(tmp_path: Path) -> Path:
 
 def jobs_table(cfg: Path) -> dict[str, str]:
     out = subprocess.run(
-        [sys.executable, "-m", "cellctl", "jobs", str(cfg), "--local"],  # no broker here
+        [sys.executable, "-m", "cellctl", "jobs", "-c", str(cfg), "--local"],  # no broker here
         capture_output=True,
         text=True,
         timeout=30,
@@ -68,7 +68,7 @@ def test_demo_cell_runs_dropped_jobs_on_every_simulated_device(tmp_path: Path) -
     notify = NotifySocket(tmp_path / "notify.sock")
     log = (tmp_path / "daemon.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cellctl", "run", str(cfg)],
+        [sys.executable, "-m", "cellctl", "run", "-c", str(cfg)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
@@ -93,7 +93,7 @@ def test_demo_cell_runs_dropped_jobs_on_every_simulated_device(tmp_path: Path) -
         [bracket] = [k for k in table if k.startswith("bracket-")]
         assert table[bracket] == "done"
         detail = subprocess.run(
-            [sys.executable, "-m", "cellctl", "jobs", str(cfg), "--local", "--job", "cube-1"],
+            [sys.executable, "-m", "cellctl", "jobs", "-c", str(cfg), "--local", "--job", "cube-1"],
             capture_output=True,
             text=True,
             timeout=30,

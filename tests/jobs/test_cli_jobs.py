@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from jobs.conftest import REGISTRY, gcode, running, wait_for, wait_job
 
-from cellctl import cli, cli_jobs
+from cellctl import cli
+from cellctl.cli import jobs as cli_jobs
 from cellctl.config import load
 from cellctl.model import JobState
 
@@ -53,46 +54,46 @@ async def test_cli_round_trip(
     )
     c = str(cfg)
     async with running(load(cfg, REGISTRY)) as app:
-        rc, out, err = await run_cli(capsys, "submit", c, str(part), "--wait", "20")
+        rc, out, err = await run_cli(capsys, "submit", "-c", c, str(part), "--wait", "20")
         assert rc == 0 and ": done" in out, (out, err)
         found = re.search(r"^job (\S+): done$", out, re.MULTILINE)
         assert found, out
         job_id = found.group(1)
         await wait_job(app, job_id, JobState.DONE)
-        rc, out, _ = await run_cli(capsys, "jobs", c)
+        rc, out, _ = await run_cli(capsys, "jobs", "-c", c)
         assert rc == 0 and job_id in out and "done" in out
 
-        rc, out, err = await run_cli(capsys, "submit", c, str(tmp_path / "petg.toml"))
+        rc, out, err = await run_cli(capsys, "submit", "-c", c, str(tmp_path / "petg.toml"))
         assert rc == 0, err
         held = await wait_job(app, "petg", JobState.HELD)
         assert "PETG" in held.reason
-        rc, out, err = await run_cli(capsys, "answer", c, "petg", "0", "fail", "--wait", "20")
+        rc, out, err = await run_cli(capsys, "answer", "-c", c, "petg", "0", "fail", "--wait", "20")
         assert rc == 0, err
         failed = await app.jobs.get("petg")
         assert failed.state == JobState.FAILED and "failed by operator (cli)" in failed.reason
 
-        rc, out, _ = await run_cli(capsys, "jobs", c, "--job", "petg")
+        rc, out, _ = await run_cli(capsys, "jobs", "-c", c, "--job", "petg")
         assert "queued → starting" in out and "held → failed" in out
-        rc, out, _ = await run_cli(capsys, "jobs", c, "--json")
+        rc, out, _ = await run_cli(capsys, "jobs", "-c", c, "--json")
         listed = json.loads(out[out.index("[\n") :])
         assert {j["id"] for j in listed} == {job_id, "petg"}
 
-        rc, _, err = await run_cli(capsys, "answer", c, "petg", "0", "retry", "--wait", "20")
+        rc, _, err = await run_cli(capsys, "answer", "-c", c, "petg", "0", "retry", "--wait", "20")
         assert rc == 1 and "not held" in err
-        rc, _, err = await run_cli(capsys, "cancel", c, "nope", "--wait", "20")
+        rc, _, err = await run_cli(capsys, "cancel", "-c", c, "nope", "--wait", "20")
         assert rc == 1 and "no job 'nope'" in err
 
-        rc, _, err = await run_cli(capsys, "setup", c, "p1", "material=PETG", "--merge")
+        rc, _, err = await run_cli(capsys, "setup", "-c", c, "p1", "material=PETG", "--merge")
         assert rc == 0, err
         assert dict((await app.jobs.devices())["p1"].setup) == {
             "material": "PETG",
             "nozzle": "0.4",
         }
-        rc, _, err = await run_cli(capsys, "service", c, "p1", "out", "--note", "cleaning")
+        rc, _, err = await run_cli(capsys, "service", "-c", c, "p1", "out", "--note", "cleaning")
         assert rc == 0, err
         assert not (await app.jobs.devices())["p1"].in_service
 
-        rc, _, err = await run_cli(capsys, "submit", c, str(tmp_path / "missing.gcode"))
+        rc, _, err = await run_cli(capsys, "submit", "-c", c, str(tmp_path / "missing.gcode"))
         assert rc == 2 and "cannot read" in err
 
 
@@ -108,7 +109,7 @@ async def test_cancel_queued_while_daemon_is_down_applies_at_next_start(
     async with running(load(cfg, REGISTRY)) as app:
         spec, _ = cli_jobs.build_submission(load(cfg, REGISTRY).config.jobs, part)
         job = await app.jobs.submit(spec, {"part.gcode": part})
-    rc, out, _ = await run_cli(capsys, "cancel", c, job.id, "--wait", "0")
+    rc, out, _ = await run_cli(capsys, "cancel", "-c", c, job.id, "--wait", "0")
     assert rc == 0 and "queued" in out
     async with running(load(cfg, REGISTRY)) as app:
         await wait_job(app, job.id, JobState.CANCELLED)
@@ -120,11 +121,11 @@ async def test_jobs_without_a_store_says_so(
     monkeypatch.setattr(cli_jobs, "load", lambda path: load(path, REGISTRY))
     cfg = tmp_path / "cell.toml"
     cfg.write_text(CONFIG)
-    rc, _, err = await run_cli(capsys, "jobs", str(cfg))
+    rc, _, err = await run_cli(capsys, "jobs", "-c", str(cfg))
     assert rc == 1 and "no store yet" in err and "the daemon has not run" in err
     bad = tmp_path / "bad.toml"
     bad.write_text("[cell]\n")
-    rc, _, err = await run_cli(capsys, "jobs", str(bad))
+    rc, _, err = await run_cli(capsys, "jobs", "-c", str(bad))
     assert rc == 2 and "cell.name: required key is missing" in err
 
 
@@ -150,12 +151,10 @@ async def test_cli_answers_a_changeover_and_clears_a_bed(
             lambda: "waiting for a changeover" in app.jobs._jobs[job_id].steps[0].reason,
             "its changeover asked",
         )
-        rc, _, err = await run_cli(capsys, "answer", c, "--setup", "material=PETG")
-        assert rc == 2 and "--device" in err
-        rc, _, err = await run_cli(capsys, "answer", c)
-        assert rc == 2 and "JOB STEP ACTION" in err
+        rc, _, err = await run_cli(capsys, "changeover", "-c", c, "p1", "material")
+        assert rc == 2 and "KEY=VALUE" in err
         rc, _, err = await run_cli(
-            capsys, "answer", c, "--device", "p1", "--setup", "material=PETG", "--wait", "20"
+            capsys, "changeover", "-c", c, "p1", "material=PETG", "--wait", "20"
         )
         assert rc == 0, err
         assert (await app.jobs.devices())["p1"].setup["material"] == "PETG"

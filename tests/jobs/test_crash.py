@@ -30,7 +30,7 @@ from jobs.conftest import gcode
 from jobs.jobdevice import FAIL_MARK
 from support.daemon import LAUNCH
 
-from cellctl.cli_jobs import queue_request
+from cellctl.cli.jobs import queue_request
 from cellctl.jobs import repo
 from cellctl.jobs.jobfiles import job_id_for
 from cellctl.jobs.records import JobRecord

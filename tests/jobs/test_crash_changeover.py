@@ -28,7 +28,7 @@ from jobs.test_crash import (
     read_store,
 )
 
-from cellctl.cli_jobs import queue_request
+from cellctl.cli.jobs import queue_request
 from cellctl.jobs import repo
 from cellctl.jobs.jobfiles import job_id_for
 from cellctl.jobs.records import JobRecord

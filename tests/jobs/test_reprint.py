@@ -18,8 +18,8 @@ from jobs.conftest import BOUND, REGISTRY, gcode, make_cell, printer, running, w
 from jobs.test_cli_jobs import CONFIG, run_cli
 from support.daemon import spawn
 
-from cellctl import cli_jobs
-from cellctl.cli_submission import build_submission
+from cellctl.cli import jobs as cli_jobs
+from cellctl.cli.submission import build_submission
 from cellctl.config import JobsSection, load
 from cellctl.jobs.api import JobNotFound, Repeat
 from cellctl.model import JobState
@@ -88,17 +88,19 @@ async def test_cli_submit_again_and_reprint_locally(
     part.write_text(gcode(20))
     c, wait = str(cfg), str(BOUND)
     async with running(load(cfg, REGISTRY)) as app:
-        rc, out, err = await run_cli(capsys, "submit", c, str(part), "--wait", wait)
+        rc, out, err = await run_cli(capsys, "submit", "-c", c, str(part), "--wait", wait)
         job_id = made(rc, out, err)
         assert job_id.startswith("part-")
         await wait_job(app, job_id, JobState.DONE)
-        rc, out, err = await run_cli(capsys, "submit", c, str(part), "--wait", wait)
+        rc, out, err = await run_cli(capsys, "submit", "-c", c, str(part), "--wait", wait)
         assert made(rc, out, err) == f"{job_id}-r1"
-        rc, out, err = await run_cli(capsys, "submit", c, str(part), "--again", "--wait", wait)
+        rc, out, err = await run_cli(
+            capsys, "submit", "-c", c, str(part), "--again", "--wait", wait
+        )
         assert made(rc, out, err) == f"{job_id}-r2"
-        rc, out, err = await run_cli(capsys, "reprint", c, job_id, "--wait", wait)
+        rc, out, err = await run_cli(capsys, "reprint", "-c", c, job_id, "--wait", wait)
         assert made(rc, out, err) == f"{job_id}-r3"
-        rc, out, err = await run_cli(capsys, "reprint", c, "nope", "--wait", wait)
+        rc, out, err = await run_cli(capsys, "reprint", "-c", c, "nope", "--wait", wait)
         assert rc == 1 and "no job 'nope'" in err, (out, err)
         for n in (1, 2, 3):
             await wait_job(app, f"{job_id}-r{n}", JobState.DONE)
@@ -145,7 +147,7 @@ async def test_sigkill_between_commit_and_delete_is_one_job(
     assert (folder / "cube.gcode").exists()  # … and the file is still there
     # While the daemon is down an operator cancels the job: at the next start it has
     # ended before the hot folder reads the file again (the folder waits to settle).
-    rc, out, err = await run_cli(capsys, "cancel", str(cfg), job_id, "--local", "--wait", "0")
+    rc, out, err = await run_cli(capsys, "cancel", "-c", str(cfg), job_id, "--local", "--wait", "0")
     assert rc == 0, (out, err)
 
     proc = spawn(cfg, log)

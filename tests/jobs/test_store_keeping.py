@@ -13,7 +13,7 @@ from jobs.conftest import gcode, make_cell, printer, running, wait_for, wait_job
 from support.smalldisk import fill, rerun_in_userns, small_disk
 
 from cellctl.cli import main
-from cellctl.cli_backup import backup
+from cellctl.cli.backup import backup
 from cellctl.config import JobsSection, StoreSection
 from cellctl.errors import CellError, UsageError
 from cellctl.hotfolder import HotFolder

@@ -83,7 +83,7 @@ async def test_killed_daemon_stops_its_heartbeat_and_the_plc_faults(tmp_path: Pa
         client = AsyncModbusTcpClient(host, port=int(port), timeout=1.0)
         assert await client.connect()
         try:
-            async with process(*CELLCTL, "run", str(config)) as daemon:
+            async with process(*CELLCTL, "run", "-c", str(config)) as daemon:
                 # The daemon beats: the register changes, more than once.
                 async with asyncio.timeout(BOUND * 2):
                     seen = {await _read(client, 3, 0)}

@@ -51,10 +51,12 @@ root = ["admin"]
 EVERYONE = {"estop"}
 MAY = {
     "alice": EVERYONE
-    | {"jobs", "pause", "resume", "stop", "reset", "answer", "answer_hold", "resume_from"},
-    "bob": EVERYONE | {"jobs"},
-    "carol": EVERYONE | {"jobs", "submit", "reprint", "cancel", "put_program"},
-    "dave": EVERYONE | {"jobs", "reset", "set_setup", "out_of_service", "into_service"},
+    | {"jobs", "devices", "pause", "resume", "stop", "reset", "answer", "answer_hold"}
+    | {"resume_from"},
+    "bob": EVERYONE | {"jobs", "devices"},
+    "carol": EVERYONE | {"jobs", "devices", "submit", "reprint", "cancel", "put_program"},
+    "dave": EVERYONE
+    | {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"},
     "root": set(COMMANDS),
     "mallory": EVERYONE,
 }
@@ -336,7 +338,7 @@ def test_cellctl_run_refuses_an_open_broker_with_one_message(
 ) -> None:
     cfg = write_config(tmp_path / "cell.toml", broker.port, devices=0, access="")
     done = subprocess.run(
-        [sys.executable, "-m", "cellctl", "run", str(cfg)],
+        [sys.executable, "-m", "cellctl", "run", "-c", str(cfg)],
         capture_output=True,
         text=True,
         timeout=BOUND,

@@ -68,7 +68,11 @@ def test_defaults_deny_all_but_estop_and_allow_anonymous_opens_everything() -> N
     closed = Access.from_section(None)
     assert closed.commands_of("anyone") == {"estop"}
     demo = Access.from_section(AccessSection(allow_anonymous=True))
-    assert demo.commands_of("anyone") == COMMAND_NAMES
+    # Everything but the privileged maintenance lines, which need a role even there.
+    assert demo.commands_of("anyone") == COMMAND_NAMES - {"maintain"}
+    assert not demo.allowed("anyone", "maintain")
+    tech = Access.from_section(AccessSection(allow_anonymous=True, users={"t": ("maintenance",)}))
+    assert tech.allowed("t", "maintain")
     assert Access.from_section(AccessSection(everyone=())).commands_of("x") == frozenset()
     star = Access.from_section(AccessSection(roles={"all": ("*",)}, users={"u": ("all",)}))
     assert star.commands_of("u") == COMMAND_NAMES
@@ -123,13 +127,13 @@ def test_cellctl_check_prints_who_may_do_what(
     cfg.write_text(
         '[cell]\nname = "c"\n[access.users]\nalice = ["operator"]\nmes = ["planner"]\nnobody = []\n'
     )
-    assert cli.main(["check", str(cfg)]) == 0
+    assert cli.main(["check", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "everyone       estop\n" in out
-    assert "mes            + cancel, jobs, put_program, reprint, submit  [planner]" in out
+    assert "mes            + cancel, devices, jobs, put_program, reprint, submit  [planner]" in out
     assert "nobody         (nothing more)  [no role]" in out
     cfg.write_text('[cell]\nname = "c"\n[access.users]\n"alice/submit" = ["admin"]\n')
-    assert cli.main(["check", str(cfg)]) == 2
+    assert cli.main(["check", "-c", str(cfg)]) == 2
     assert "one MQTT topic level" in capsys.readouterr().err
 
 

@@ -21,7 +21,8 @@ from mqtt_broker import Mosquitto, free_port, make_certs, password_file
 from mqtt_rig import Commander, Subscriber
 from support.daemon import spawn
 
-from cellctl import cli, cli_jobs
+from cellctl import cli
+from cellctl.cli import jobs as cli_jobs
 from cellctl.config import load
 from cellctl.telemetry.topics import Topics
 
@@ -147,29 +148,29 @@ async def test_submit_jobs_and_done_over_mqtt(
     )
     c = str(cfg)
     async with online_cell(cfg, broker.port, tmp_path / "daemon.log") as sub:
-        rc, out, err = cellctl("submit", c, str(part))
+        rc, out, err = cellctl("submit", "-c", c, str(part))
         assert rc == 0, (out, err)
         job_id = out.split()[1].rstrip(":")
         assert out.strip() == f"job {job_id}: accepted (job queued)"
         assert job_id.startswith("part-")
         await job_state(sub, job_id, "done")
 
-        rc, out, err = cellctl("submit", c, str(part))  # its job ended: a reprint
+        rc, out, err = cellctl("submit", "-c", c, str(part))  # its job ended: a reprint
         assert rc == 0 and out.strip() == f"job {job_id}-r1: accepted (job queued)", (out, err)
-        rc, out, err = cellctl("reprint", c, job_id)  # the explicit form
+        rc, out, err = cellctl("reprint", "-c", c, job_id)  # the explicit form
         assert rc == 0 and out.strip() == f"job {job_id}-r2: accepted (job queued)", (out, err)
-        rc, out, err = cellctl("reprint", c, "no-such-job")
+        rc, out, err = cellctl("reprint", "-c", c, "no-such-job")
         assert rc == 1 and "rejected: no job 'no-such-job'" in err, (out, err)
         await job_state(sub, f"{job_id}-r1", "done")
         await job_state(sub, f"{job_id}-r2", "done")
 
-        rc, out, err = cellctl("submit", c, str(tmp_path / "route.toml"))
+        rc, out, err = cellctl("submit", "-c", c, str(tmp_path / "route.toml"))
         assert rc == 0, (out, err)
         await job_state(sub, "route-1", "done")
 
-        rc, remote_table, err = cellctl("jobs", c)
+        rc, remote_table, err = cellctl("jobs", "-c", c)
         assert rc == 0, err
-        rc, out, err = cellctl("jobs", c, "--json")
+        rc, out, err = cellctl("jobs", "-c", c, "--json")
         assert rc == 0, err
         listed = {j["id"]: j for j in json.loads(out)}
         assert set(listed) == {job_id, f"{job_id}-r1", f"{job_id}-r2", "route-1"}
@@ -192,7 +193,7 @@ async def test_submit_jobs_and_done_over_mqtt(
         rc, out, err = cellctl("ack", "-c", c, "p1", "acknowledge")
         assert rc == 1 and "rejected: no step is held on device 'p1'" in err, err
 
-        rc, remote_one, err = cellctl("jobs", c, "--job", job_id)
+        rc, remote_one, err = cellctl("jobs", "-c", c, "--job", job_id)
         assert rc == 0 and "queued → starting" in remote_one and "running → done" in remote_one
 
         # The local form (the store, read here) prints the same.
@@ -214,11 +215,11 @@ async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: M
     wide = tmp_path / "wide.gcode"
     wide.write_text(gcode(10, nozzle=0.6))
     async with online_cell(cfg, broker.port, tmp_path / "daemon.log") as sub:
-        rc, out, err = cellctl("submit", c, str(petg))
+        rc, out, err = cellctl("submit", "-c", c, str(petg))
         assert rc == 0, err
         petg_id = out.split()[1].rstrip(":")
         await job_state(sub, petg_id, "held")  # pre-flight: PETG file, PLA loaded
-        rc, out, err = cellctl("answer", c, petg_id, "0", "resume")  # from line 1: held again
+        rc, out, err = cellctl("answer", "-c", c, petg_id, "0", "resume")  # from line 1: held again
         assert rc == 0 and f"resume {petg_id}/0: accepted" in out, (out, err)
 
         def step_holds() -> int:
@@ -227,28 +228,28 @@ async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: M
 
         await sub.wait_for(lambda: step_holds() == 2, "held again after resume")
 
-        rc, out, err = cellctl("setup", c, "p1", "material=PETG", "--merge")
+        rc, out, err = cellctl("setup", "-c", c, "p1", "material=PETG", "--merge")
         assert rc == 0 and "setup of p1: done (material=PETG, nozzle=0.4)" in out, (out, err)
-        rc, out, err = cellctl("answer", c, petg_id, "0", "retry")
+        rc, out, err = cellctl("answer", "-c", c, petg_id, "0", "retry")
         assert rc == 0 and f"retry {petg_id}/0: accepted" in out, (out, err)
         await job_state(sub, petg_id, "done")
 
-        rc, out, err = cellctl("service", c, "p1", "out", "--note", "nozzle swap")
+        rc, out, err = cellctl("service", "-c", c, "p1", "out", "--note", "nozzle swap")
         assert rc == 0 and "p1 out of service: done" in out, (out, err)
-        rc, out, err = cellctl("submit", c, str(wide))
+        rc, out, err = cellctl("submit", "-c", c, str(wide))
         assert rc == 0, err
         wide_id = out.split()[1].rstrip(":")
-        rc, out, err = cellctl("cancel", c, wide_id)
+        rc, out, err = cellctl("cancel", "-c", c, wide_id)
         assert rc == 0 and f"cancel {wide_id}: accepted (job cancelled)" in out, (out, err)
         await job_state(sub, wide_id, "cancelled")
-        rc, out, err = cellctl("service", c, "p1", "in")
+        rc, out, err = cellctl("service", "-c", c, "p1", "in")
         assert rc == 0, err
 
         # A PLA job on p1, which now holds PETG: held by pre-flight, then failed by hand.
         pla = tmp_path / "pla.toml"
         (tmp_path / "pla.gcode").write_text(gcode(10, material="PLA"))
         pla.write_text('id = "pla"\n[[route]]\nprocess = "print"\nprogram = "pla.gcode"\n')
-        rc, out, err = cellctl("submit", c, str(pla))
+        rc, out, err = cellctl("submit", "-c", c, str(pla))
         assert rc == 0, err
         pla_id = out.split()[1].rstrip(":")
         await job_state(sub, pla_id, "held")
@@ -260,17 +261,17 @@ async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: M
         finally:
             replies.stop()
         assert r["outcome"] == "rejected" and "attempt 99 is gone" in r["reason"], r
-        rc, out, err = cellctl("answer", c, pla_id, "0", "fail")
+        rc, out, err = cellctl("answer", "-c", c, pla_id, "0", "fail")
         assert rc == 0 and f"fail {pla_id}/0: accepted" in out, (out, err)
         await job_state(sub, pla_id, "failed")
 
-        rc, out, err = cellctl("cancel", c, "nope")
+        rc, out, err = cellctl("cancel", "-c", c, "nope")
         assert rc == 1 and err.strip() == "cancel nope: rejected: no job 'nope'", err
-        rc, out, err = cellctl("answer", c, petg_id, "0", "retry")
+        rc, out, err = cellctl("answer", "-c", c, petg_id, "0", "retry")
         assert rc == 1 and "not held" in err and "Traceback" not in err, err
-        rc, out, err = cellctl("jobs", c, "--job", "nope")
+        rc, out, err = cellctl("jobs", "-c", c, "--job", "nope")
         assert rc == 1 and "no job 'nope'" in err, err
-        rc, out, err = cellctl("submit", c, str(tmp_path / "missing.gcode"))
+        rc, out, err = cellctl("submit", "-c", c, str(tmp_path / "missing.gcode"))
         assert rc == 2 and "cannot read" in err
 
 
@@ -279,19 +280,19 @@ async def test_broker_down_or_no_daemon_is_one_clear_line(
 ) -> None:
     port = free_port()  # nothing listens here
     cfg = write_cell(tmp_path / "down.toml", port)
-    rc, out, err = cellctl("jobs", str(cfg))
+    rc, out, err = cellctl("jobs", "-c", str(cfg))
     assert rc == 1 and out == ""
     assert err.count("\n") == 1 and f"cannot reach the MQTT broker at 127.0.0.1:{port}" in err
 
     cfg = write_cell(tmp_path / "cell.toml", broker.port)  # a broker, but no daemon
-    rc, out, err = cellctl("cancel", str(cfg), "j-1", "--timeout", "1")
+    rc, out, err = cellctl("cancel", "-c", str(cfg), "j-1", "--timeout", "1")
     assert rc == 1 and err.count("\n") == 1, err
     assert "no reply to cancel from cell 'rj' within 1 s" in err
     assert "the daemon may not be running" in err
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[cell]\nname = "rj"\n[mqtt]\nport = "x"\n')
-    rc, out, err = cellctl("jobs", str(bad))
+    rc, out, err = cellctl("jobs", "-c", str(bad))
     assert rc == 2 and "mqtt.port" in err and "Traceback" not in err
 
 
@@ -303,13 +304,13 @@ async def test_embedded_broker_speaks_311_and_the_cli_follows(tmp_path: Path) ->
     c = str(cfg)
     async with daemon(cfg, tmp_path / "daemon.log"):
         # amqtt refuses MQTT 5: the CLI goes on in 3.1.1, replies matched by "id".
-        await eventually(lambda: cellctl("jobs", c, "--timeout", "2")[0] == 0, "the cell")
-        rc, out, err = cellctl("submit", c, str(part))
+        await eventually(lambda: cellctl("jobs", "-c", c, "--timeout", "2")[0] == 0, "the cell")
+        rc, out, err = cellctl("submit", "-c", c, str(part))
         assert rc == 0 and "accepted" in out, (out, err)
         job_id = out.split()[1].rstrip(":")
 
         def done() -> bool:
-            rc, out, _ = cellctl("jobs", c, "--json")
+            rc, out, _ = cellctl("jobs", "-c", c, "--json")
             return rc == 0 and any(
                 j["id"] == job_id and j["state"] == "done" for j in json.loads(out)
             )
@@ -349,12 +350,12 @@ def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> No
             env = {"CELLCTL_MQTT_USERNAME": user, "CELLCTL_MQTT_PASSWORD": password}
             return cellctl(*argv, env=env)
 
-        rc, _, err = as_user("operator", "wrong", "jobs", c)
+        rc, _, err = as_user("operator", "wrong", "jobs", "-c", c)
         assert rc == 1 and err.count("\n") == 1 and "refused the connection" in err, err
         # Through TLS, logged in, subscribed, published: only the daemon is missing.
-        rc, _, err = as_user("operator", "op-pw", "jobs", c, "--timeout", "1")
+        rc, _, err = as_user("operator", "op-pw", "jobs", "-c", c, "--timeout", "1")
         assert rc == 1 and "the daemon may not be running" in err, err
-        rc, _, err = as_user("reader", "rd-pw", "cancel", c, "j-1", "--timeout", "1")
+        rc, _, err = as_user("reader", "rd-pw", "cancel", "-c", c, "j-1", "--timeout", "1")
         assert rc == 1 and "refused command cancel: Not authorized" in err, err
         # No environment: the config's own username and password secret are used.
         secret = tmp_path / "op.pw"
@@ -368,7 +369,7 @@ def test_tls_credentials_and_acl_reach_the_cli_as_one_line(tmp_path: Path) -> No
                 f'key_file = "{certs.client_key}" }}'
             ),
         )
-        rc, _, err = cellctl("jobs", str(with_login), "--timeout", "1")
+        rc, _, err = cellctl("jobs", "-c", str(with_login), "--timeout", "1")
         assert rc == 1 and "the daemon may not be running" in err, err
     finally:
         broker.stop()
@@ -393,7 +394,7 @@ async def test_answer_a_changeover_and_clear_a_bed_over_mqtt(
             return [m.json() for m in sub.on("p1/requests") if m.json()["kind"] == kind]
 
         await sub.wait_for(lambda: bool(asked("changeover")), "a changeover request", BOUND)
-        rc, out, err = cellctl("answer", c, "--device", "p1", "--setup", "material=PETG")
+        rc, out, err = cellctl("changeover", "-c", c, "p1", "material=PETG")
         assert rc == 0 and "changeover on p1: recorded (material=PETG, nozzle=0.4)" in out, (
             out,
             err,

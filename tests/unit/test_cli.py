@@ -12,13 +12,13 @@ DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
 
 
 def test_check_demo_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(DEMO)]) == 0
+    assert main(["check", "-c", str(DEMO)]) == 0
     out = capsys.readouterr().out
     assert "cell 'demo'" in out and out.rstrip().endswith("config OK")
 
 
 def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(tmp_path / "none.toml")]) == 2
+    assert main(["check", "-c", str(tmp_path / "none.toml")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'none.toml'}: file not found" in err
     assert "config invalid: 1 problem" in err
@@ -29,7 +29,7 @@ def test_run_with_invalid_config_exits_2(
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[cell]\nname = 5\n")
-    assert main(["run", str(bad)]) == 2
+    assert main(["run", "-c", str(bad)]) == 2
     assert f"{bad}: cell.name: expected a string, got 5" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ import json
 import structlog
 from structlog.testing import capture_logs
 
-from cellctl.cli import _parse_sets
+from cellctl.cli.main import _parse_sets
 from cellctl.registry import Registry
 from cellctl.simchild import SimChild, sim_args
 

@@ -101,7 +101,7 @@ def test_run_refuses_what_check_refuses_in_the_same_words(
 def _check_and_run_agree(
     cfg: Path, said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rc, out, checked = _main(capsys, "check", str(cfg))
+    rc, out, checked = _main(capsys, "check", "-c", str(cfg))
     assert rc == 2 and "config OK" not in out, (out, checked)
     assert f"{cfg}: {said}" in checked
 
@@ -109,7 +109,7 @@ def _check_and_run_agree(
         raise AssertionError("run started a cell that check refused")
 
     monkeypatch.setattr(app_mod, "App", started)
-    rc, _, ran = _main(capsys, "run", str(cfg))
+    rc, _, ran = _main(capsys, "run", "-c", str(cfg))
     assert (rc, ran) == (2, checked)
 
 
@@ -156,7 +156,7 @@ def test_good_files_pass_and_an_unplugged_port_is_a_warning(
         + f'trusted_server_certs = ["{trusted}"]\n'
     )
     cfg = _config(tmp_path, body)
-    rc, out, err = _main(capsys, "check", str(cfg))
+    rc, out, err = _main(capsys, "check", "-c", str(cfg))
     assert rc == 0 and out.endswith("config OK\n"), (out, err)
     assert err == (
         f"warning: {cfg}: devices.p1.port: {tmp_path}/ttyUSB-unplugged does not exist now; "
@@ -176,9 +176,9 @@ def test_jobs_local_needs_no_device_secrets(
             pass
 
     asyncio.run(make_store())  # as a daemon that ran once leaves it
-    rc, out, err = _main(capsys, "jobs", str(cfg), "--local")
+    rc, out, err = _main(capsys, "jobs", "-c", str(cfg), "--local")
     assert (rc, out, err) == (0, "no jobs\n", "")
-    rc, out, err = _main(capsys, "check", str(cfg))
+    rc, out, err = _main(capsys, "check", "-c", str(cfg))
     assert rc == 2 and "devices.r1.password: environment variable" in err, err
 
 
@@ -193,6 +193,6 @@ def test_an_embedded_broker_without_amqtt_is_a_warning(
     cfg = _config(
         tmp_path, "[mqtt]\nport = 1884\nembedded = true\n[access]\nallow_anonymous = true"
     )
-    rc, out, err = _main(capsys, "check", str(cfg))
+    rc, out, err = _main(capsys, "check", "-c", str(cfg))
     assert rc == 0 and out.endswith("config OK\n"), (out, err)
     assert err.startswith(f"warning: {cfg}: mqtt.embedded: the amqtt package is not installed")

@@ -2,7 +2,7 @@
 
 When the cell's config has an `[mqtt]` section (or `--host/--port` are given)
 the commands talk to the running cell over MQTT, as an MES would
-(cli_jobs_remote.py). `--local`, or a config without `[mqtt]`, selects the
+(jobs_remote.py). `--local`, or a config without `[mqtt]`, selects the
 local forms here: `cellctl jobs` reads the store directly (SQLite WAL lets it
 read while the daemon writes); the commands that change something queue a
 request in the store, the running daemon applies it through the same API the
@@ -22,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cellctl import cli_jobs_remote as remote
-from cellctl.cli_jobs_view import recent, show
-from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, add_target_options
-from cellctl.cli_submission import build_submission
+from cellctl.cli import jobs_remote as remote
+from cellctl.cli.common import add_config, add_json, json_mode, print_json
+from cellctl.cli.jobs_view import recent, show
+from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, add_target_options
+from cellctl.cli.submission import build_submission
 from cellctl.config import Cell, CellConfig, load, load_settings
 from cellctl.errors import ConfigError, UsageError
 from cellctl.jobs import repo
@@ -122,11 +123,19 @@ def _load(config: str) -> Cell | None:
 def _finish(path: Path, request_id: int, wait: float, what: str, job: bool = False) -> int:
     """Wait for a queued request and say how it went; `job`: name the job it made."""
     if wait <= 0:
-        print(f"{what}: queued (request {request_id})")
+        if json_mode():
+            print_json({"what": what, "request": request_id, "done": False})
+        else:
+            print(f"{what}: queued (request {request_id})")
         return EXIT_OK
     done, error, result = wait_request(path, request_id, wait)
     if job and done and not error and result:
         what = f"job {result}"
+    if json_mode():
+        print_json(
+            {"what": what, "request": request_id, "done": done, "error": error, "result": result}
+        )
+        return EXIT_FAIL if error else EXIT_OK
     if not done:
         print(
             f"{what}: queued (request {request_id}); the daemon did not apply it within "
@@ -214,8 +223,8 @@ def _pairs(values: list[str], command: str) -> dict[str, str] | None:
 
 
 def cmd_answer_changeover(args: argparse.Namespace) -> int:
-    """`answer --device D --setup K=V…`: a changeover request answered with what was loaded."""
-    setup = _pairs(args.setup, "answer")
+    """`changeover DEVICE K=V…`: a changeover request answered with what was loaded."""
+    setup = _pairs(args.setup, "changeover")
     if setup is None:
         return EXIT_USAGE
     settings = over_mqtt(args)
@@ -226,17 +235,6 @@ def cmd_answer_changeover(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    if args.setup:
-        if args.device is None or args.job is not None:
-            print(
-                "cellctl answer: --setup answers a changeover: give --device, no step",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        return cmd_answer_changeover(args)
-    if args.job is None or args.index is None or args.action is None:
-        print("cellctl answer: give JOB STEP ACTION, or --device and --setup", file=sys.stderr)
-        return EXIT_USAGE
     settings = over_mqtt(args)
     if settings is not None:
         return remote.cmd_answer(args, settings)
@@ -280,7 +278,11 @@ def cmd_service(args: argparse.Namespace) -> int:
     if settings is not None:
         return remote.cmd_service(args, settings)
     payload = {"device": args.device, "in_service": args.state == "in", "note": args.note}
-    return _request(args, "service", payload, f"{args.device} {args.state} of service")
+    return _request(args, "service", payload, service_what(args))
+
+
+def service_what(args: argparse.Namespace) -> str:
+    return f"{args.device} {'back in' if args.state == 'in' else 'out of'} service"
 
 
 def cmd_bed_clear(args: argparse.Namespace) -> int:
@@ -296,7 +298,8 @@ def add_commands(sub: Any) -> None:
     """Hook the job commands into the `cellctl` parser's subparsers."""
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("config", help="the cell's config (broker, cell name; the store if local)")
+        add_config(q, legacy=True)
+        add_json(q)
         q.add_argument(
             "--local",
             action="store_true",
@@ -317,7 +320,6 @@ def add_commands(sub: Any) -> None:
     common(p)
     p.add_argument("--job", default=None, help="show one job with its steps and history")
     p.add_argument("--all", action="store_true", help="include jobs finished over a day ago")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("submit", help="submit a TOML job file or a bare G-code file")
@@ -341,23 +343,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--reason", default="cancelled by operator (cli)")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("answer", help="answer a held step: retry, resume, fail or done")
+    common(p)
+    p.add_argument("job")
+    p.add_argument("index", type=int)
+    p.add_argument("action", choices=["retry", "resume", "fail", "done"])
+    p.add_argument("--line", type=int, default=None, help="resume from this line")
+    p.set_defaults(func=cmd_answer)
+
     p = sub.add_parser(
-        "answer", help="answer a held step (retry, resume, fail, done) or a changeover (--setup)"
+        "changeover", help="answer a changeover request: what was loaded on DEVICE"
     )
     common(p)
-    p.add_argument("job", nargs="?")
-    p.add_argument("index", type=int, nargs="?")
-    p.add_argument("action", nargs="?", choices=["retry", "resume", "fail", "done"])
-    p.add_argument("--line", type=int, default=None, help="resume from this line")
-    p.add_argument("--device", default=None, help="the device a changeover request named")
-    p.add_argument(
-        "--setup",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="what was loaded (answers a changeover; repeat for more keys)",
-    )
-    p.set_defaults(func=cmd_answer)
+    p.add_argument("device")
+    p.add_argument("setup", nargs="+", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_answer_changeover)
 
     p = sub.add_parser("setup", help="record what is loaded on a device")
     common(p)

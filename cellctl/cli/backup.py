@@ -18,7 +18,9 @@ import contextlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+from cellctl.cli.common import add_config, add_json, json_mode, print_json
 from cellctl.config import load
 from cellctl.errors import CellError, UsageError
 from cellctl.store import DEFAULT_FILE, translate
@@ -83,14 +85,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
     cell = load(args.config)
     src = cell.state_dir / DEFAULT_FILE
     size = backup(src, Path(args.file))
-    print(f"backup of {src} written to {args.file} ({size} bytes, integrity_check ok)")
+    if json_mode():
+        print_json({"store": str(src), "file": args.file, "bytes": size, "integrity_check": "ok"})
+    else:
+        print(f"backup of {src} written to {args.file} ({size} bytes, integrity_check ok)")
     return EXIT_OK
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "backup", help="copy the cell's store consistently, also while the daemon runs"
     )
-    p.add_argument("config", help="the cell's TOML config (names the state directory)")
+    add_config(p, legacy=True)
+    add_json(p)
     p.add_argument("file", help="the copy to write; must not exist yet")
     p.set_defaults(func=cmd_backup)

@@ -18,6 +18,15 @@ from pydantic import ValidationError
 
 from cellctl import __version__
 from cellctl.access import Access
+from cellctl.cli.common import (
+    Parser,
+    add_config,
+    add_json,
+    json_mode,
+    print_json,
+    resolve_config,
+    set_json,
+)
 from cellctl.config import Cell, load
 from cellctl.errors import CellError, ConfigError, UsageError
 from cellctl.registry import Registry
@@ -49,6 +58,28 @@ def summarize(cell: Cell) -> str:
     return "\n".join(lines)
 
 
+def describe(cell: Cell, warnings: Sequence[str]) -> dict[str, Any]:
+    """`cellctl check --json`: what the summary says, for scripts."""
+    return {
+        "cell": cell.name,
+        "source": str(cell.source),
+        "state_dir": str(cell.state_dir),
+        "devices": [
+            {
+                "id": dev.id,
+                "driver": dev.driver,
+                "backend": dev.common.backend,
+                "enabled": dev.common.enabled,
+                "processes": list(dev.common.processes),
+            }
+            for dev in cell.devices.values()
+        ],
+        "warnings": list(warnings)
+        + [f"devices.{d.id}.{w}" for d in cell.devices.values() for w in d.options.warnings()],
+        "ok": True,
+    }
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """What `run` would refuse, refused in the same words (cellctl/startcheck.py)."""
     from cellctl import startcheck
@@ -59,6 +90,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_USAGE
+    if json_mode():
+        print_json(describe(cell, warnings))
+        return EXIT_OK
     print(summarize(cell))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
@@ -73,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cellctl.app import run_daemon
 
     try:
-        return run_daemon(Path(args.config))
+        return run_daemon(Path(args.config), "json" if args.json else None)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_USAGE
@@ -82,6 +116,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_drivers(args: argparse.Namespace) -> int:
     reg = Registry()
     names = reg.driver_names()
+    if json_mode():
+        print_json(
+            {
+                "drivers": [{"name": n, "target": reg.driver_target(n)} for n in names],
+                "simulators": list(reg.simulator_names()),
+            }
+        )
+        return EXIT_OK
     if not names:
         print("no drivers installed")
     for name in names:
@@ -117,13 +159,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.time_factor is not None:
             raw["time_factor"] = args.time_factor
         options = cls.Options.model_validate(raw)
-    except (CellError, ValueError) as exc:
-        print(f"cellctl sim: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as exc:
+    except ValidationError as exc:  # a ValueError too: caught first, one line each
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             print(f"cellctl sim {args.name}: {loc}: {err['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CellError, ValueError) as exc:
+        print(f"cellctl sim: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     from cellctl.logs import configure
@@ -137,19 +179,22 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellctl", description="Run and inspect a microfactory cell.")
+    p = Parser(prog="cellctl", description="Run and inspect a microfactory cell.")
     p.add_argument("--version", action="version", version=f"cellctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the cell daemon")
-    run.add_argument("config", help="the cell's TOML config")
+    add_config(run, legacy=True)
+    run.add_argument("--json", action="store_true", help="log JSON lines whatever the config says")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config and print a summary")
-    check.add_argument("config")
+    add_config(check, legacy=True)
+    add_json(check)
     check.set_defaults(func=cmd_check)
 
     drivers = sub.add_parser("drivers", help="list installed drivers and simulators")
+    add_json(drivers)
     drivers.set_defaults(func=cmd_drivers)
 
     sim = sub.add_parser("sim", help="run a simulated device standalone; prints its endpoint")
@@ -167,31 +212,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop when stdin closes (how the daemon runs its simulators)",
     )
+    add_json(sim)
     sim.set_defaults(func=cmd_sim)
 
-    from cellctl.cli_jobs import add_commands as add_job_commands
+    from cellctl.cli.jobs import add_commands as add_job_commands
 
     add_job_commands(sub)
 
-    from cellctl.cli_remote import add_commands
+    from cellctl.cli.remote import add_commands
 
     add_commands(sub)  # status, ack, estop: over MQTT
 
-    from cellctl.cli_backup import add_commands as add_backup
+    from cellctl.cli.backup import add_commands as add_backup
 
     add_backup(sub)
-    from cellctl.cli_plan import add_commands as add_plan_commands
+    from cellctl.cli.plan import add_commands as add_plan_commands
 
     add_plan_commands(sub)
-    from cellctl.cli_panel import add_commands as add_panel_commands
+    from cellctl.cli.panel import add_commands as add_panel_commands
 
     add_panel_commands(sub)  # panel, apikey
+    from cellctl.cli.devices import add_commands as add_device_commands
+
+    add_device_commands(sub)
+    from cellctl.cli.completion import add_commands as add_completion
+
+    add_completion(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_json(bool(getattr(args, "json", False)))
     try:
+        resolve_config(args)
         return int(args.func(args))
     except KeyboardInterrupt:
         return EXIT_FAIL
@@ -206,6 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except CellError as exc:
         print(f"cellctl: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except ValidationError as exc:  # a model built from arguments: one line, not pydantic's text
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        print(f"cellctl {args.command}: {loc}: {err['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a file or socket the command needed
+        print(f"cellctl {args.command}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
 
 

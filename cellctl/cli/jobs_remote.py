@@ -2,8 +2,8 @@
 
 `jobs`, `submit`, `reprint`, `cancel`, `setup`, `service`, and `answer … retry|resume`
 each become one command (docs/mqtt.md) with an MQTT 5 reply; what they print
-matches the local forms in cli_jobs.py. `answer … fail|done` has no MQTT
-command and stays local (cli_jobs.py decides).
+matches the local forms in jobs.py. `answer … fail|done` has no MQTT
+command and stays local (jobs.py decides).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cellctl.cli_jobs_view import recent, show
-from cellctl.cli_mqtt import Remote, target_from
-from cellctl.cli_submission import build_submission, submit_command, upload_large_programs
+from cellctl.cli.common import json_mode, print_json
+from cellctl.cli.jobs_view import recent, show
+from cellctl.cli.mqtt import Remote, target_from
+from cellctl.cli.submission import build_submission, submit_command, upload_large_programs
 from cellctl.config import CellConfig
 from cellctl.jobs.spec import JobRejected
 from cellctl.program_upload import UploadFailed
@@ -37,6 +38,9 @@ def send(
 
 
 def finish(reply: Mapping[str, Any], what: str, detail: Callable[[Result], str]) -> int:
+    if json_mode() and reply.get("outcome") == "accepted":
+        print_json(reply.get("result"))
+        return EXIT_OK
     if reply.get("outcome") == "accepted":
         print(f"{what}: {detail(reply.get('result'))}")
         return EXIT_OK
@@ -179,4 +183,5 @@ def cmd_service(args: argparse.Namespace, settings: CellConfig) -> int:
     else:
         name, body = "out_of_service", {"device": args.device, "reason": args.note}
     reply = send(args, settings, name, body)
-    return finish(reply, f"{args.device} {args.state} of service", lambda r: "done")
+    what = f"{args.device} {'back in' if args.state == 'in' else 'out of'} service"
+    return finish(reply, what, lambda r: "done")

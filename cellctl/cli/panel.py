@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cellctl.access import Access
+from cellctl.cli.common import add_config, add_json, json_mode, print_json
 from cellctl.config import load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -42,8 +43,11 @@ def cmd_apikey_add(args: argparse.Namespace) -> int:
     store = _store(args)
     record, key = store.add(args.user)
     access = Access.from_section(settings.access)
-    print(f"API key {record.id} for user {record.user!r} (shown once; store it now):")
-    print(key)
+    if json_mode():
+        print_json({"id": record.id, "user": record.user, "key": key})
+    else:
+        print(f"API key {record.id} for user {record.user!r} (shown once; store it now):")
+        print(key)
     if not access.allowed(args.user, "submit"):
         print(
             f"warning: user {args.user!r} may not submit jobs ([access.users] of "
@@ -55,6 +59,9 @@ def cmd_apikey_add(args: argparse.Namespace) -> int:
 
 def cmd_apikey_list(args: argparse.Namespace) -> int:
     rows = _store(args).records()
+    if json_mode():
+        print_json([{"id": r.id, "user": r.user, "created": r.created} for r in rows])
+        return EXIT_OK
     if not rows:
         print("no API keys")
     for r in rows:
@@ -65,6 +72,9 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
 
 def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     gone = _store(args).revoke(args.id)
+    if json_mode():
+        print_json({"id": gone.id, "user": gone.user, "revoked": True})
+        return EXIT_OK
     print(f"revoked API key {gone.id} of user {gone.user!r}")
     return EXIT_OK
 
@@ -72,10 +82,12 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Hook for cellctl.cli."""
     panel = sub.add_parser("panel", help="serve the HTTP front end (OctoPrint upload API)")
-    panel.add_argument("-c", "--config", required=True, help="the cell's TOML config")
+    add_config(panel)
+    add_json(panel)
     panel.set_defaults(func=cmd_panel)
 
     key = sub.add_parser("apikey", help="API keys of the panel: add, list, revoke")
+    add_config(key)
     verbs = key.add_subparsers(dest="verb", required=True)
     add = verbs.add_parser("add", help="make a key for USER (shown once)")
     add.add_argument("user")
@@ -86,4 +98,9 @@ def add_commands(sub: Any) -> None:
     rev.add_argument("id")
     rev.set_defaults(func=cmd_apikey_revoke)
     for p in (add, lst, rev):
-        p.add_argument("-c", "--config", required=True, help="the cell's TOML config")
+        # Also after the verb (`apikey add alice -c cell.toml`); SUPPRESS keeps the
+        # parent's value when it is not given here.
+        p.add_argument(
+            "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=argparse.SUPPRESS
+        )
+        add_json(p)

@@ -4,13 +4,12 @@ It uses the same interface as any MES or dashboard: the retained topics for
 status, and the command topics (MQTT 5 response topic + correlation data)
 for everything that changes something. The broker address and the cell name
 come from the cell's config file (`-c`), or `--host/--port/--cell`. The job
-commands (`jobs`, `submit`, `cancel` …) are in cli_jobs.py and cli_jobs_remote.py.
+commands (`jobs`, `submit`, `cancel` …) are in jobs.py and jobs_remote.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import sys
 import time
@@ -18,7 +17,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from cellctl.cli_mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
+from cellctl.cli.common import add_config, add_json, json_mode, print_json
+from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
 from cellctl.config import load_settings
 from cellctl.telemetry.statusview import StatusView
 
@@ -30,21 +30,43 @@ def _connect(args: argparse.Namespace) -> Remote:
     return Remote.connect(target_from(args, settings), args.timeout)
 
 
-def _show_reply(reply: dict[str, Any]) -> int:
+def _show_reply(args: argparse.Namespace, reply: dict[str, Any]) -> int:
     if reply.get("outcome") == "accepted":
         result = reply.get("result")
-        print(json.dumps(result, indent=2) if result is not None else "accepted")
+        if json_mode():
+            print_json(result)
+        else:
+            print(args.human(args, result))
         return EXIT_OK
-    print(f"rejected: {reply.get('reason')}", file=sys.stderr)
+    print(f"{args.command}: rejected: {reply.get('reason')}", file=sys.stderr)
     return EXIT_FAIL
 
 
 def cmd_simple(args: argparse.Namespace) -> int:
     remote = _connect(args)
     try:
-        return _show_reply(remote.command(args.remote_command, args.build(args)))
+        return _show_reply(args, remote.command(args.remote_command, args.build(args)))
     finally:
         remote.close()
+
+
+def _estop_said(args: argparse.Namespace, result: Any) -> str:
+    r = result if isinstance(result, dict) else {}
+    parts = [f"emergency stop: stopped {', '.join(r.get('stopped', [])) or 'nothing'}"]
+    for dev, why in sorted((r.get("failed") or {}).items()):
+        parts.append(f"{dev} FAILED ({why})")
+    if r.get("not_connected"):
+        parts.append(f"not connected: {', '.join(r['not_connected'])}")
+    parts.append(f"in {r.get('elapsed_ms', '?')} ms; after it: cellctl reset --all")
+    return "; ".join(parts)
+
+
+def _ack_said(args: argparse.Namespace, result: Any) -> str:
+    r = result if isinstance(result, dict) else {}
+    job = r.get("id")
+    return f"{args.device}: {args.kind} answered" + (
+        f" (job {job} {r.get('state')})" if job else ""
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -92,6 +114,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         drain(time.monotonic() + 1.0)  # retained messages arrive at once
+        if json_mode():
+            print_json(
+                {
+                    "cell": remote.topics.cell,
+                    **view.cell,
+                    "devices": {
+                        dev_id: {
+                            "state": d.state,
+                            "step": d.step or None,
+                            "step_state": d.step_state or None,
+                            "progress": d.progress,
+                            "requests": d.requests,
+                            "setup": d.setup,
+                            "metrics": {k: v for k, (v, _) in d.values.items()},
+                            "quality": {k: q for k, (_, q) in d.values.items()},
+                            "units": d.units,
+                        }
+                        for dev_id, d in sorted(view.devices.items())
+                    },
+                    "held": view.held,
+                }
+            )
+            return EXIT_OK if view.cell.get("state") == "online" else EXIT_FAIL
         if not args.watch:
             Console().print(table())
             return EXIT_OK if view.cell.get("state") == "online" else EXIT_FAIL
@@ -109,9 +154,10 @@ def add_commands(sub: Any) -> None:
     """Hook for cellctl.cli: adds the remote commands to its subparsers."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", help="the cell's config (broker address, cell name)")
+        add_config(p, needed=False)
         add_target_options(p)
         p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+        add_json(p)
 
     st = sub.add_parser("status", help="devices, states, jobs and requests of a running cell")
     common(st)
@@ -126,11 +172,15 @@ def add_commands(sub: Any) -> None:
         func=cmd_simple,
         remote_command="answer",
         build=lambda a: {"device": a.device, "kind": a.kind},
+        human=_ack_said,
     )
 
     estop = sub.add_parser("estop", help="emergency stop of every device (not a safety function)")
     common(estop)
     estop.add_argument("--reason", default="cellctl estop")
     estop.set_defaults(
-        func=cmd_simple, remote_command="estop", build=lambda a: {"reason": a.reason}
+        func=cmd_simple,
+        remote_command="estop",
+        build=lambda a: {"reason": a.reason},
+        human=_estop_said,
     )

@@ -38,6 +38,34 @@ def job_line(job: Mapping[str, Any]) -> str:
     )
 
 
+def hold_cause(reason: str) -> str:
+    """What stopped a held step, from the reason its device gave."""
+    low = reason.lower()
+    if "emergency stop" in low or "m112" in low:
+        return "emergency stop"
+    # A device-side stop that no cancel asked for holds the step as "stopped at <device>".
+    if "operator stop" in low or "stopped on request" in low or low.startswith("stopped at "):
+        return "operator stop"
+    if "interrupted" in low or "link lost" in low:
+        return "link or daemon interrupted"
+    return "device fault"
+
+
+def hold_answers(step: Mapping[str, Any]) -> list[str]:
+    """The answers that apply to a held step: resume from a line only for G-code."""
+    kind = (step.get("program") or {}).get("kind")
+    return ["retry", "resume", "fail", "done"] if kind == "gcode" else ["retry", "fail", "done"]
+
+
+def hold_hint(job_id: str, step: Mapping[str, Any]) -> str:
+    cause = hold_cause(str(step.get("reason", "")))
+    first = ""
+    if cause == "emergency stop":
+        first = "reset the device first (cellctl reset --all), then "
+    answers = "|".join(hold_answers(step))
+    return f"    held by {cause}: {first}cellctl answer {job_id} {step['index']} {answers}"
+
+
 def recent(jobs: Sequence[J]) -> list[J]:
     """Open jobs, and finished ones updated within the last day."""
     now = time.time()
@@ -67,6 +95,8 @@ def show(jobs: Sequence[Mapping[str, Any]], one: str | None, as_json: bool) -> i
                 f"{s.get('device') or '-':<10} attempt {s.get('attempt', 0)}{line}  "
                 f"{s.get('reason', '')}"
             )
+            if s.get("state") == "held":
+                print(hold_hint(job["id"], s))
         for h in job.get("transitions", []):
             what = "job" if h.get("idx") is None else f"step {h['idx']}"
             print(
