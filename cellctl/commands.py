@@ -674,14 +674,15 @@ class CommandHandler:
         if outcome == "rejected" or name not in READ_ONLY:
             self.audit(record)
         self._reply(msg, reply_topic, name, request_id, outcome, reason, result, page)
-        if keep and route.user is not None and request_id:
+        self.handled += 1  # counted with its reply: a reader who saw the reply sees the count
+        user = acting or route.user
+        if keep and user is not None and request_id:
             try:
-                await self.ids.keep(route.user, request_id, name, outcome, reason, result)
+                await self.ids.keep(user, request_id, name, outcome, reason, result)
             except StoreError as exc:
                 log.error(
                     "the reply to a command id could not be kept", id=request_id, error=str(exc)
                 )
-        self.handled += 1
 
     @staticmethod
     def _id_of(payload: bytes) -> str | None:

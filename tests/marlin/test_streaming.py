@@ -206,9 +206,7 @@ async def test_deadman_m85_shuts_the_printer_down_when_the_host_vanishes(
             await until(lambda: sim.killed, 10, "the printer kills itself")
 
 
-@pytest.mark.parametrize(
-    ("baud", "latency_ms", "seed"), [(115_200, 0, 1), (115_200, 16, 2), (250_000, 1, 3)]
-)
+@pytest.mark.parametrize(("baud", "latency_ms", "seed"), [(115_200, 16, 2), (250_000, 1, 3)])
 async def test_corruption_on_a_paced_link_recovers_without_overflow(
     marlin, step_for, commands_of, job_executed, tmp_path: Path, baud: int, latency_ms: float,
     seed: int,
@@ -218,7 +216,7 @@ async def test_corruption_on_a_paced_link_recovers_without_overflow(
     the stream waited for them (and let their late refusals pass), this ended in a
     resend storm (the step failed with hundreds of bytes lost) on every seed."""
     path = tmp_path / "segments.gcode"
-    write_short_segments(path, 1200)
+    write_short_segments(path, 800)
     sim_opts = MarlinSimOptions(
         emulate_link=True, baud=baud, latency_ms=latency_ms, parse_rate=1_000_000,
         time_factor=100_000, corrupt_p=0.03, seed=seed,
