@@ -41,7 +41,6 @@ from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.facts import JobFacts
 from cellctl.telemetry.service import MqttService
-from cellctl.telemetry.sparkplug.service import SparkplugService
 
 log = structlog.get_logger("cellctl.app")
 
@@ -94,6 +93,9 @@ class App:
             self.components["mqtt"] = self.mqtt.run
         self.sparkplug: SparkplugService | None = None
         if cell.config.mqtt is not None and cell.config.mqtt.sparkplug is not None:
+            # Loaded only when configured: protobuf and the generated module cost ~3 MiB.
+            from cellctl.telemetry.sparkplug.service import SparkplugService
+
             mqtt = self.mqtt
             self.sparkplug = SparkplugService(
                 cell,

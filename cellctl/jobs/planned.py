@@ -46,7 +46,7 @@ from cellctl.model import OperatorRequest
 from cellctl.planning import plan as run_planner
 from cellctl.planning.model import Assignment as PlanAssignment
 from cellctl.planning.model import Plan
-from cellctl.scheduler_config import DispatchMethod, PlanWorker, SchedulerSection
+from cellctl.scheduler_config import PlanWorker, SchedulerSection
 
 log = structlog.get_logger("cellctl.jobs.planner")
 
@@ -329,12 +329,3 @@ def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
         frozenset(j.id for j in problem.jobs),
         {a.job: a for a in result.assignments},
     )
-
-
-def make_dispatcher(
-    settings: Callable[[], SchedulerSection], on_plan: Callable[[], None]
-) -> BaselineDispatcher | PlannerDispatcher:
-    """The dispatcher `[scheduler] method` names (chosen once, at the service's start)."""
-    if settings().method is DispatchMethod.PLANNER:
-        return PlannerDispatcher(settings, on_plan=on_plan)
-    return BaselineDispatcher()

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,14 +41,15 @@ from cellctl.jobs.api import (
 )
 from cellctl.jobs.dispatch import (
     SPOOL_KEY,
+    BaselineDispatcher,
     Candidate,
     DeviceView,
     Dispatcher,
     DispatchViolation,
     check_assignments,
+    make_dispatcher,
 )
 from cellctl.jobs.gcode import GcodeInfo, cut_short, format_number
-from cellctl.jobs.planned import PlannerDispatcher, make_dispatcher
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -84,6 +85,9 @@ from cellctl.retention import delete_jobs, finished_to_drop
 from cellctl.store import Store, StoreFull, transaction
 from cellctl.supervisor import DeviceRunner, Supervisor
 from cellctl.tasks import TaskGroup
+
+if TYPE_CHECKING:  # the planner loads only when a cell plans (its imports cost ~9 MiB)
+    from cellctl.jobs.planned import PlannerDispatcher
 
 log = structlog.get_logger("cellctl.jobs")
 
@@ -158,8 +162,9 @@ class JobService:
                 tg.create_task(self._flush_progress_loop(), name="jobs:progress")
                 tg.create_task(self._request_loop(), name="jobs:requests")
                 tg.create_task(self._watch_devices(events), name="jobs:devices")
-                if isinstance(self.dispatcher, PlannerDispatcher):
-                    tg.create_task(self.dispatcher.run(), name="jobs:planner")
+                planner = self._planner()
+                if planner is not None:
+                    tg.create_task(planner.run(), name="jobs:planner")
                 for device_id, key in self._uncleared.items():  # still asked after a restart
                     self._publish(self._bed_request(device_id, key))
                 self.ready.set()
@@ -845,6 +850,14 @@ class JobService:
         started = step.started or time.time()
         return started + (step.estimated_s or self._cell().config.scheduler.default_step_s)
 
+    def _planner(self) -> PlannerDispatcher | None:
+        """The dispatcher when it is the planner (its module is loaded only then)."""
+        if isinstance(self.dispatcher, BaselineDispatcher):
+            return None
+        from cellctl.jobs.planned import PlannerDispatcher
+
+        return self.dispatcher if isinstance(self.dispatcher, PlannerDispatcher) else None
+
     def _start_automatic(self, planner: PlannerDispatcher) -> None:
         """Run the plan's automatic changeovers, each holding its device meanwhile."""
         assert self._tg is not None
@@ -941,7 +954,7 @@ class JobService:
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
         never: list[tuple[str, int, str]] = []
-        planning = isinstance(self.dispatcher, PlannerDispatcher)
+        planning = self._planner() is not None
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
                 continue
@@ -1022,7 +1035,7 @@ class JobService:
         candidates, never = self._candidates()
         for job_id, index, reason in never:
             await self._fail(job_id, index, f"rejected: {reason}")
-        planner = self.dispatcher if isinstance(self.dispatcher, PlannerDispatcher) else None
+        planner = self._planner()
         if not candidates and planner is None:
             return
         views = self._device_views(self._kept())

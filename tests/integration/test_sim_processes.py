@@ -205,7 +205,8 @@ async def main():
     while not (app.supervisor.started.is_set() and app.supervisor.all_tried()):
         await asyncio.sleep(0.1)
     connects = {i: r.connects for i, r in app.supervisor.runners.items()}
-    heavy = sorted(m for m in ("asyncua", "pymodbus", "amqtt", "cryptography", "rich")
+    heavy = sorted(m for m in ("asyncua", "pymodbus", "amqtt", "cryptography", "rich",
+                               "google.protobuf", "cellctl.jobs.planned")
                    if m in sys.modules)
     app.request_stop()
     await run
