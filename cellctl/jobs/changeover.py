@@ -122,7 +122,7 @@ class Announcer:
             text=(
                 f"changeover on {n.device} for {n.step.key}: unload {_pairs(n.unload) or 'nothing'}"
                 f", load {_pairs(n.load)}; answer with the setup loaded"
-                f" (cellctl setup {n.device} --merge "
+                f" (cellctl changeover {n.device} "
                 + " ".join(f"{k}={'<grams>' if k == SPOOL_KEY else v}" for k, v in n.load.items())
                 + ")"
             ),

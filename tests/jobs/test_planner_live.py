@@ -117,6 +117,11 @@ async def test_mixed_materials_with_a_scripted_operator(tmp_path: Path) -> None:
                 req = await next_request(events)
                 if req.details["withdrawn"]:
                     continue
+                done = (req.device_id, dict(req.details["load"]))
+                if req.details["updated"] and done in done_changeovers:
+                    # the same ask with moved times, published while the answer was
+                    # being stored: already done
+                    continue
                 loaded = app.jobs._device_row(req.device_id).setup
                 for key, value in req.details["load"].items():
                     assert loaded.get(key) != value, f"asked for a loaded setup: {req.text}"
