@@ -128,6 +128,13 @@ class JobService:
         self.dispatcher: Dispatcher = dispatcher or make_dispatcher(
             lambda: self._cell().config.scheduler, self._wake.set
         )
+        # Chosen once, at start: the planner's module is imported only when it is the one.
+        self._planning: PlannerDispatcher | None = None
+        if not isinstance(self.dispatcher, BaselineDispatcher):
+            from cellctl.jobs.planned import PlannerDispatcher
+
+            if isinstance(self.dispatcher, PlannerDispatcher):
+                self._planning = self.dispatcher
         self.programs = ProgramStore(cell().state_dir / "programs")
         self._jobs: dict[str, JobRecord] = {}
         self._devices: dict[str, repo.DeviceRow] = {}
@@ -852,11 +859,7 @@ class JobService:
 
     def _planner(self) -> PlannerDispatcher | None:
         """The dispatcher when it is the planner (its module is loaded only then)."""
-        if isinstance(self.dispatcher, BaselineDispatcher):
-            return None
-        from cellctl.jobs.planned import PlannerDispatcher
-
-        return self.dispatcher if isinstance(self.dispatcher, PlannerDispatcher) else None
+        return self._planning
 
     def _start_automatic(self, planner: PlannerDispatcher) -> None:
         """Run the plan's automatic changeovers, each holding its device meanwhile."""

@@ -44,11 +44,10 @@ def _ticks(horizon: int) -> list[int]:
 
 def gantt_svg(problem: Problem, result: Plan, now: int | None = None, title: str = "") -> str:
     """The chart as a complete SVG document."""
+    clears = {j.id: j.clear for j in problem.jobs}
     a_end = [a.end for a in result.assignments]
     a_end += [
-        a.clear_start + _clear(problem, a.job)
-        for a in result.assignments
-        if a.clear_start is not None
+        a.clear_start + clears[a.job] for a in result.assignments if a.clear_start is not None
     ]
     horizon = max([1, *a_end, *([now] if now is not None else [])])
     scale = CHART_W / horizon
@@ -99,7 +98,7 @@ def gantt_svg(problem: Problem, result: Plan, now: int | None = None, title: str
             f'<text x="6" y="{y + LANE_H / 2 + 4}">{escape(m.id)}</text>'
         )
         for a in (a for a in result.assignments if a.machine == m.id):
-            out.extend(_assignment(problem, a, y, x, scale, colours, setups[a.job]))
+            out.extend(_assignment(problem, a, y, x, scale, colours, setups[a.job], clears[a.job]))
         out.append("</g>")
     for a in result.assignments:
         for device, start, end in a.reserved:
@@ -115,10 +114,6 @@ def gantt_svg(problem: Problem, result: Plan, now: int | None = None, title: str
     return "\n".join(out) + "\n"
 
 
-def _clear(problem: Problem, job: str) -> int:
-    return next((j.clear for j in problem.jobs if j.id == job), 0)
-
-
 def _assignment(
     problem: Problem,
     a: Assignment,
@@ -127,6 +122,7 @@ def _assignment(
     scale: float,
     colours: dict[str, str],
     setup: str,
+    clear: int,
 ) -> list[str]:
     parts: list[str] = []
     top, h = y + 5, LANE_H - 10
@@ -150,7 +146,6 @@ def _assignment(
     if width > 7 * len(a.job):  # the label only where it fits
         parts.append(f'<text x="{x(a.start) + 3:.1f}" y="{top + h / 2 + 4}">{escape(a.job)}</text>')
     if a.clear_start is not None:
-        clear = _clear(problem, a.job)
         parts.append(
             f'<rect data-kind="clear" data-job={quoteattr(a.job)} x="{x(a.clear_start):.1f}" '
             f'y="{top}" width="{max(1.0, clear * scale):.1f}" height="{h}" fill="#444">'
