@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from looplag import lag_while
 from scheduling import cell_problem
 
 from cellctl.planning import Job, Machine, Objective, Problem, check, plan
@@ -210,31 +211,13 @@ def _replan(problem: Problem) -> int:
 
 
 async def _lag_while(pool: concurrent.futures.Executor | None, prob: Problem) -> dict[str, float]:
-    lags: list[float] = []
-    done = asyncio.Event()
+    if pool is None:
+        return await lag_while(None, idle_s=2.0)
 
-    async def ticker() -> None:
-        while not done.is_set():
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lags.append((time.perf_counter() - t - 0.001) * 1000)
+    async def replan() -> None:
+        await asyncio.get_running_loop().run_in_executor(pool, _replan, prob)
 
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(ticker())
-        t0 = time.perf_counter()
-        if pool is None:
-            await asyncio.sleep(2.0)
-        else:
-            await asyncio.get_running_loop().run_in_executor(pool, _replan, prob)
-        took = time.perf_counter() - t0
-        done.set()
-    lags.sort()
-    return {
-        "replan_s": took,
-        "p50_ms": lags[len(lags) // 2],
-        "p99_ms": lags[int(len(lags) * 0.99)],
-        "max_ms": lags[-1],
-    }
+    return await lag_while(replan, idle_s=0)
 
 
 def loop_lag(reps: int) -> dict[str, dict[str, float]]:

@@ -52,6 +52,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from looplag import lag_while
+
 from cellctl.planning import Job, Machine, Objective, Plan, Problem, check, evaluate, plan
 from cellctl.planning.calendar import Calendar, Shift
 
@@ -471,35 +473,6 @@ def _replan(problem: Problem) -> int:
     return plan(problem, "instant").figures.weighted_tardiness
 
 
-async def _lag_while(run: Callable[[], Any] | None) -> dict[str, float]:
-    """Event-loop lag (p50/p99/max, ms) on 1 ms ticks while `run` plans off the loop."""
-    lags: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        while not done.is_set():
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lags.append((time.perf_counter() - t - 0.001) * 1000)
-
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(ticker())
-        t0 = time.perf_counter()
-        if run is None:
-            await asyncio.sleep(1.0)
-        else:
-            await run()
-        took = time.perf_counter() - t0
-        done.set()
-    lags.sort()
-    return {
-        "replan_s": took,
-        "p50_ms": lags[len(lags) // 2],
-        "p99_ms": lags[int(len(lags) * 0.99)],
-        "max_ms": lags[-1],
-    }
-
-
 def loop_lag() -> dict[str, dict[str, float]]:
     """A 5,000-step re-plan (instant) off the event loop: in a thread, in a process.
 
@@ -512,20 +485,20 @@ def loop_lag() -> dict[str, dict[str, float]]:
     sys.setswitchinterval(0.001)
     out: dict[str, dict[str, float]] = {}
     try:
-        out["idle"] = asyncio.run(_lag_while(None))
+        out["idle"] = asyncio.run(lag_while(None, idle_s=1.0))
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
 
             async def in_thread() -> None:
                 await asyncio.get_running_loop().run_in_executor(pool, _replan, prob)
 
-            out["thread"] = asyncio.run(_lag_while(in_thread))
+            out["thread"] = asyncio.run(lag_while(in_thread, idle_s=0))
         with concurrent.futures.ProcessPoolExecutor(1) as procs:
             procs.submit(_replan, cell_problem(1, 5, 1, 0, Objective.MAKESPAN)).result()
 
             async def in_process() -> None:
                 await asyncio.get_running_loop().run_in_executor(procs, _replan, prob)
 
-            out["process"] = asyncio.run(_lag_while(in_process))
+            out["process"] = asyncio.run(lag_while(in_process, idle_s=0))
     finally:
         sys.setswitchinterval(old)
     return out
