@@ -18,8 +18,8 @@ import pytest
 import structlog
 from mqtt_acl import secured_broker
 from mqtt_broker import Mosquitto
+from mqtt_raw import RawClient
 from mqtt_rig import Commander, Subscriber, load, running_app, sims, write_config
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
 from cellctl.commands import COMMANDS
@@ -91,58 +91,8 @@ def audit_rows(tmp_path: Path) -> list[tuple[str, str, dict[str, Any]]]:
         return [(c, o, json.loads(origin)) for c, o, origin in rows]
 
 
-class RawClient:
-    """One paho client (its own thread) whose PUBACKs and messages we can look at."""
-
-    def __init__(self, port: int, user: str | None, mqtt5: bool = True) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.acks: dict[int, asyncio.Future[Any]] = {}
-        self.got: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
-        self.subscribed = asyncio.Event()
-        self.connected = asyncio.Event()
-        proto = MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, protocol=proto)
-        if user is not None:
-            self.c.username_pw_set(user, USERS[user])
-        self.c.on_connect = lambda *a: self.loop.call_soon_threadsafe(self.connected.set)
-        self.c.on_subscribe = lambda *a: self.loop.call_soon_threadsafe(self.subscribed.set)
-        self.c.on_publish = self._on_publish
-        self.c.on_message = lambda c, u, m: self.loop.call_soon_threadsafe(self.got.put_nowait, m)
-        self.port = port
-
-    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:
-        def done() -> None:
-            fut = self.acks.setdefault(mid, self.loop.create_future())
-            if not fut.done():
-                fut.set_result(rc)
-
-        self.loop.call_soon_threadsafe(done)
-
-    async def __aenter__(self) -> RawClient:
-        self.c.connect("127.0.0.1", self.port)
-        self.c.loop_start()
-        async with asyncio.timeout(BOUND):
-            await self.connected.wait()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-    async def subscribe(self, topic: str) -> None:
-        self.subscribed.clear()
-        self.c.subscribe(topic, 1)
-        async with asyncio.timeout(BOUND):
-            await self.subscribed.wait()
-
-    async def publish(
-        self, topic: str, body: dict[str, Any], props: Properties | None = None
-    ) -> Any:
-        """The broker's PUBACK reason code (MQTT 3.1.1: always success)."""
-        info = self.c.publish(topic, json.dumps(body), qos=1, properties=props)
-        fut = self.acks.setdefault(info.mid, self.loop.create_future())
-        async with asyncio.timeout(BOUND):
-            return await fut
+def raw(port: int, user: str | None, mqtt5: bool = True) -> RawClient:
+    return RawClient(port, None if user is None else (user, USERS[user]), mqtt5)
 
 
 def refused(rc: Any) -> bool:
@@ -196,12 +146,12 @@ async def test_nobody_publishes_as_another_user(tmp_path: Path, secured: Mosquit
                 result, why = await probe_anonymous(settings)
                 assert result is Anonymous.REFUSED, why
             submit = {"job": "evil", "steps": [{"process": "print", "gcode": "M112\n"}]}
-            async with RawClient(secured.port, "mallory") as mallory:
+            async with raw(secured.port, "mallory") as mallory:
                 for name in ("pause", "submit", "estop"):
                     assert refused(await mallory.publish(topics.command("alice", name), submit))
-            async with RawClient(secured.port, "mallory", mqtt5=False) as mallory311:
+            async with raw(secured.port, "mallory", mqtt5=False) as mallory311:
                 await mallory311.publish(topics.command("alice", "cancel"), {"job": "x"})
-            async with RawClient(secured.port, "alice/submit") as trick:
+            async with raw(secured.port, "alice/submit") as trick:
                 # The broker lets this user write cmd/alice/submit/<x> (three levels) …
                 rc = await trick.publish(topics.command("alice", "submit") + "/x", submit)
                 assert not rc.is_failure
@@ -222,9 +172,9 @@ async def test_nobody_but_the_cell_writes_replies(tmp_path: Path, secured: Mosqu
     one's own, and into the v1 reply topic. Even an admin cannot."""
     topics = Topics("t1")
     forged = {"v": 1, "command": "estop", "outcome": "accepted", "reason": "", "result": None}
-    async with RawClient(secured.port, "bob") as bob:
+    async with raw(secured.port, "bob") as bob:
         await bob.subscribe(f"{topics.replies('bob')}/#")
-        async with RawClient(secured.port, "root") as root:
+        async with raw(secured.port, "root") as root:
             for topic in (
                 topics.reply("bob", "estop"),
                 topics.reply("root", "estop"),
@@ -232,7 +182,7 @@ async def test_nobody_but_the_cell_writes_replies(tmp_path: Path, secured: Mosqu
                 f"{topics.base}/devices/d1/alarms",
             ):
                 assert refused(await root.publish(topic, forged)), topic
-        async with RawClient(secured.port, "alice", mqtt5=False) as alice311:
+        async with raw(secured.port, "alice", mqtt5=False) as alice311:
             await alice311.publish(topics.reply("bob", "estop"), forged)  # dropped silently
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):
@@ -255,7 +205,7 @@ async def test_a_response_topic_outside_the_users_replies_is_refused(
         password=USERS[CELL_USER],
     ).start()
     try:
-        async with running_app(cell), RawClient(secured.port, "alice") as alice:
+        async with running_app(cell), raw(secured.port, "alice") as alice:
             await watcher.online()
             await alice.subscribe(f"{topics.replies('alice')}/#")
             for i, where in enumerate(
@@ -297,7 +247,7 @@ async def test_mqtt_311_commands_and_replies(tmp_path: Path, secured: Mosquitto)
     topics = Topics(cell.name)
     watcher = await login(secured.port, "bob", topics)
     try:
-        async with running_app(cell), RawClient(secured.port, "bob", mqtt5=False) as bob:
+        async with running_app(cell), raw(secured.port, "bob", mqtt5=False) as bob:
             await watcher.online()
             await bob.subscribe(f"{topics.replies('bob')}/#")
             await bob.publish(topics.command("bob", "jobs"), {"id": "q1"})
@@ -359,7 +309,7 @@ async def test_legacy_topics_get_only_what_everyone_may(tmp_path: Path, broker: 
     topics = Topics(cell.name)
     watcher = await Subscriber(broker.port, [f"{topics.base}/status"]).start()
     try:
-        async with running_app(cell), RawClient(broker.port, None, mqtt5=False) as old:
+        async with running_app(cell), raw(broker.port, None, mqtt5=False) as old:
             await watcher.online()
             await old.subscribe(f"{topics.base}/cmd/+/reply")
             await old.publish(topics.legacy_command("jobs"), {"id": "a"})
@@ -436,7 +386,7 @@ async def test_the_cli_as_a_user_under_the_documented_acl(
             props = Properties(paho.PacketTypes.PUBLISH)
             props.UserProperty = ("user", "plant-manager")
             props.ResponseTopic = f"{topics.replies('bob')}/x"
-            async with RawClient(secured.port, "bob") as bob:
+            async with raw(secured.port, "bob") as bob:
                 await bob.subscribe(f"{topics.replies('bob')}/#")
                 await bob.publish(topics.command("bob", "set_setup"), {"device": "d1"}, props)
                 async with asyncio.timeout(BOUND):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 from mqtt_acl import documented_acl
 from mqtt_broker import Mosquitto, password_file
+from mqtt_raw import RawClient
 from mqtt_rig import load, running_app, sims, write_config
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from spb_host import Host, encode_cmd, value
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "sparkplug.md"
@@ -29,43 +27,8 @@ def sparkplug_acl(cell_user: str, node: str) -> str:
     return block.group(1).replace("user cell-7", f"user {cell_user}").replace("/cell-7", f"/{node}")
 
 
-class Publisher:
-    """A logged-in MQTT 5 client whose PUBACK reason codes we look at."""
-
-    def __init__(self, port: int, user: str) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.acks: dict[int, asyncio.Future[Any]] = {}
-        self.connected = asyncio.Event()
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-        self.c.username_pw_set(user, USERS[user])
-        self.c.on_connect = lambda *a: self.loop.call_soon_threadsafe(self.connected.set)
-        self.c.on_publish = self._on_publish
-        self.port = port
-
-    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:
-        def done() -> None:
-            fut = self.acks.setdefault(mid, self.loop.create_future())
-            if not fut.done():
-                fut.set_result(rc)
-
-        self.loop.call_soon_threadsafe(done)
-
-    async def __aenter__(self) -> Publisher:
-        self.c.connect("127.0.0.1", self.port)
-        self.c.loop_start()
-        async with asyncio.timeout(BOUND):
-            await self.connected.wait()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-    async def publish(self, topic: str, body: bytes) -> Any:
-        info = self.c.publish(topic, body, qos=1)
-        fut = self.acks.setdefault(info.mid, self.loop.create_future())
-        async with asyncio.timeout(BOUND):
-            return await fut
+def publisher(port: int, user: str) -> RawClient:
+    return RawClient(port, (user, USERS[user]))
 
 
 def pause_audits(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -105,10 +68,10 @@ async def test_a_dcmd_from_a_user_the_acl_denies_never_reaches_the_cell(tmp_path
                 "d1 executing",
             )
             pause = encode_cmd([("Device Control/Pause", True)])
-            async with Publisher(broker.port, "mallory") as mallory:
+            async with publisher(broker.port, "mallory") as mallory:
                 rc = await mallory.publish(dcmd, pause)
             assert rc.is_failure and rc.value == 0x87, rc  # Not authorized
-            async with Publisher(broker.port, "scada") as scada:
+            async with publisher(broker.port, "scada") as scada:
                 rc = await scada.publish(dcmd, pause)
             assert not rc.is_failure
             await host.wait(lambda: any(c == "pause" for c, _ in d1.commands), "scada's pause")
