@@ -75,13 +75,15 @@ sim = {{ time_factor = 10.0, step_s = 0.2 }}
     return path
 
 
-def cellctl(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def cellctl(
+    *argv: str, env: dict[str, str] | None = None, bound: float = BOUND
+) -> tuple[int, str, str]:
     """The installed command line, as an operator runs it."""
     done = subprocess.run(
         [sys.executable, "-m", "cellctl", *argv],
         capture_output=True,
         text=True,
-        timeout=BOUND,
+        timeout=bound,
         env={**os.environ, **(env or {})},
     )
     return done.returncode, done.stdout, done.stderr

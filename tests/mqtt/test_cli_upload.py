@@ -7,10 +7,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from mqtt_broker import Mosquitto
 from test_cli_remote_jobs import cellctl, online_cell, write_cell
 
+# A few MB hashed and sent in chunks by a fresh interpreter: slow on a loaded machine.
+BIG_BOUND = 90.0
 
+
+@pytest.mark.timeout(300)  # two such uploads, each bounded by BIG_BOUND
 async def test_large_gcode_goes_in_chunks_and_jobs_pages(tmp_path: Path, broker: Mosquitto) -> None:
     cfg = write_cell(tmp_path / "cell.toml", broker.port)
     cfg.write_text(cfg.read_text() + "\n[commands]\njobs_page_max = 2\n")
@@ -22,7 +27,7 @@ async def test_large_gcode_goes_in_chunks_and_jobs_pages(tmp_path: Path, broker:
     small.write_text("G28\nG1 X1\n")
     c = str(cfg)
     async with online_cell(cfg, broker.port, tmp_path / "daemon.log"):
-        rc, out, err = cellctl("submit", c, str(big))
+        rc, out, err = cellctl("submit", c, str(big), bound=BIG_BOUND)
         assert rc == 0, (out, err)
         assert "uploading big.gcode" in err and "in chunks" in err
         sha = hashlib.sha256(big.read_bytes()).hexdigest()
@@ -38,5 +43,5 @@ async def test_large_gcode_goes_in_chunks_and_jobs_pages(tmp_path: Path, broker:
         assert len(listed) == 4
         assert listed[0]["steps"][0]["program"]["sha256"] == sha
         # Sent again: the cell has the program, so one chunk answers `complete`.
-        rc, out, err = cellctl("submit", c, str(big))
+        rc, out, err = cellctl("submit", c, str(big), bound=BIG_BOUND)
         assert rc == 0, (out, err)

@@ -125,10 +125,12 @@ async def test_supervisor_reports_a_wrong_password_once_and_backs_off(
     runner = DeviceRunner(config, registry, lambda e: None, policy)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(runner.run())
+        # The first backoff is drawn just after the failure is counted: wait for it.
         async with asyncio.timeout(20):
-            while runner.failures < 1:
+            while not runner.delays:
                 await asyncio.sleep(0.05)
         task.cancel()
+    assert runner.failures >= 1
     assert "AccessDenied" in runner.last_error
     assert "wrong user name or password" in runner.last_error
     assert runner.delays and runner.delays[0] >= 30.0 * 0.8  # no quick retry storm
