@@ -257,10 +257,9 @@ def test_sign_in_checks_the_password_and_the_page_shows_the_cell(rig: Rig) -> No
     # Numbers arrive: the hot end's temperature has a value with its unit.
     rig.until(
         "printer-1's metrics",
-        lambda: "degC" in rig.text('[data-device="printer-1"]'),
+        lambda: "°C" in rig.text('[data-device="printer-1"]'),
     )
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    b.save_screenshot(str(ARTIFACTS / "panel.png"))
+    assert not b.find_element(By.ID, "signin").is_displayed()
 
 
 def test_upload_and_print_from_the_library_shows_the_printer_running(rig: Rig) -> None:
@@ -276,6 +275,15 @@ def test_upload_and_print_from_the_library_shows_the_printer_running(rig: Rig) -
         "the program in the library",
         lambda: rig.attr('#library [data-program="bracket.gcode"]', "data-program"),
     )
+    # The artifact (and docs/panel-operator.png): the page while the printer runs, all of it.
+    rig.until(
+        "printer-1's progress", lambda: rig.attr('[data-device="printer-1"] progress', "value")
+    )
+    rig.b.set_window_size(1280, 1700)
+    rig.b.execute_script("window.scrollTo(0, 0); renderChart()")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    rig.b.save_screenshot(str(ARTIFACTS / "panel.png"))
+    rig.b.set_window_size(1280, 800)
 
 
 def test_a_held_step_is_answered_from_the_worklist(rig: Rig) -> None:

@@ -131,8 +131,10 @@ function link(up) {
 
 function renderAll() { drawn.clear(); $("devices").replaceChildren(); renderDevices(); renderWork(); renderGantt(); fillSeries(); renderChart(); }
 
+const UNITS = { degC: "°C", pct: "%", percent: "%" };
 function fmt(v, unit) {
   if (v === null || v === undefined) return "—";
+  unit = UNITS[unit] || unit;
   if (typeof v === "number") v = Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
   return unit ? `${v} ${unit}` : String(v);
 }
@@ -381,10 +383,11 @@ function fillSeries() {
   for (const [dev, series] of Object.entries(view.history || {})) for (const name of Object.keys(series)) names.push(`${dev}/${name}`);
   names.sort();
   sel.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
-  if (names.includes(was)) sel.value = was;
-  else { const temp = names.find((n) => /temp/.test(n)); if (temp) sel.value = temp; }
+  const temp = names.find((n) => /hotend_temp$/.test(n)) || names.find((n) => /temp/.test(n));
+  if (names.includes(was) && (fillSeries.chosen || !temp)) sel.value = was;
+  else if (temp) sel.value = temp;
 }
-$("series").addEventListener("change", () => renderChart());
+$("series").addEventListener("change", () => { fillSeries.chosen = true; renderChart(); });
 
 function renderChart() {
   const box = $("chart");
@@ -392,7 +395,7 @@ function renderChart() {
   const name = rest.join("/");
   const pts = ((view.history || {})[dev] || {})[name] || [];
   const NS = "http://www.w3.org/2000/svg";
-  const W = 800, H = 220, L = 56, B = 24;
+  const W = Math.max(400, Math.round(box.clientWidth || 800)), H = 220, L = 56, B = 24;  // 1 unit = 1 px
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const add = (tag, attrs, text) => {
