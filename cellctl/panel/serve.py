@@ -56,8 +56,12 @@ async def running(
     cell = CellClient(target, panel_cfg)
     panel = Panel(settings, key_store(settings, source), cell, spool)
     # Operators sign in as themselves: their connections carry no panel credentials.
+    # The embedded broker (amqtt) speaks 3.1.1 only: sign-ins need not wait for MQTT 5.
+    embedded = settings.mqtt is not None and settings.mqtt.embedded
     users = Sessions(
-        dataclasses.replace(target, username=None, password=None),
+        dataclasses.replace(
+            target, username=None, password=None, mqtt5=target.mqtt5 and not embedded
+        ),
         panel_cfg.command_timeout_s,
         panel_cfg.session_idle_h * 3600,
     )

@@ -100,11 +100,13 @@ class Sessions:
         except CellError as exc:
             if not target.mqtt5 or "refused" in str(exc):
                 raise SignInRefused(str(exc)) from None
-            # amqtt (the demo's broker) leaves an MQTT 5 CONNECT with a user unanswered.
+            # amqtt (the demo's broker) leaves an MQTT 5 CONNECT with a user unanswered;
+            # once 3.1.1 answered, later sign-ins start with it.
             try:
                 remote = UserRemote.connect(dataclasses.replace(target, mqtt5=False), CONNECT_S)
             except CellError as again:
                 raise SignInRefused(str(again)) from None
+            self.target = dataclasses.replace(self.target, mqtt5=False)
         remote.timeout = self.command_timeout_s
         return remote
 
