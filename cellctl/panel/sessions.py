@@ -36,6 +36,15 @@ class UserRemote(Remote):
         super().__init__(target, timeout, mqtt5)
         self.c.username_pw_set(target.username, target.password)
         self.user = target.username or ""
+        self._connects = 0
+
+    def _on_connect(self, c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+        # paho reconnects a session's connection by itself; the broker forgot its
+        # subscriptions then, so the next command subscribes its reply topic again.
+        self._connects += 1
+        if self._connects > 1:
+            self._subscribed = set()
+        super()._on_connect(c, u, f, rc, p)
 
 
 class SignInRefused(CellError):

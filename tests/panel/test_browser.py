@@ -63,9 +63,10 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 
 
 class Rig:
-    def __init__(self, url: str, port: int, browser: WebDriver, where: Path) -> None:
+    def __init__(self, url: str, broker: Mosquitto, browser: WebDriver, where: Path) -> None:
         self.url = url
-        self.port = port
+        self.broker = broker
+        self.port = broker.port
         self.b = browser
         self.where = where
 
@@ -227,7 +228,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         browser.set_script_timeout(WAIT_S)
         browser.get(url)
-        yield Rig(url, broker.port, browser, where)
+        yield Rig(url, broker, browser, where)
     finally:
         if browser is not None:
             browser.quit()
@@ -365,6 +366,24 @@ def test_posts_without_the_csrf_token_are_refused(rig: Rig) -> None:
         urllib.request.urlopen(req, timeout=WAIT_S)
     assert err.value.code == 401
     assert all(s != "aborted" for s in rig.states().values())  # no forged stop went out
+
+
+def test_after_the_broker_restarts_the_page_is_right_and_the_session_works(rig: Rig) -> None:
+    """Without persistence the broker forgets its retained messages: the daemon publishes
+    its snapshots again, the panel's view takes them, and the user's own connection
+    (reconnected by paho) subscribes its replies again."""
+    rig.broker.stop()
+    rig.until("the page saying the cell is offline", lambda: "offline" in rig.text("#link"))
+    rig.broker.start()
+    rig.until("the cell online again", lambda: rig.text("#link") == "cell online", 30)
+    devices = rig.ask("olga", "devices", {})["result"]
+    cell = {d["id"]: d["state"] for d in devices}
+    rig.until(f"the page showing {cell}", lambda: rig.states() == cell)
+    script = """const done = arguments[0];
+        fetch("/ui/jobs").then(async r => done({status: r.status, body: await r.json()}));"""
+    jobs = rig.until("bob's queue asked on his own connection again", lambda: (
+        out := rig.b.execute_async_script(script))["status"] == 200 and out)  # fmt: skip
+    assert jobs["body"]["outcome"] == "accepted"
 
 
 def test_sign_in_is_rate_limited_per_source_not_locked(rig: Rig) -> None:
