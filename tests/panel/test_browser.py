@@ -56,6 +56,7 @@ from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
 )
+from selenium.webdriver import ActionChains, Keys  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -332,7 +333,10 @@ def test_a_viewer_sees_no_cancel_and_cannot_use_it(rig: Rig) -> None:
     rig.until("olga's cancel button", lambda: rig.attr(f'{row} [data-action="cancel"]', "type"))
     rig.click("#logout")
     rig.until("the sign-in form again", lambda: b.find_element(By.ID, "user").is_displayed())
-    rig.sign_in("bob", PASSWORDS["bob"])
+    # With the keyboard only: the form takes the focus, Tab to the password, Enter.
+    rig.until("the focus in the user field", lambda: rig.b.execute_script(
+        "return document.activeElement.id") == "user")  # fmt: skip
+    ActionChains(b).send_keys("bob", Keys.TAB, PASSWORDS["bob"], Keys.ENTER).perform()
     row = f'#queue tr[data-job="{job}"]'
     rig.until("bob's queue", lambda: rig.attr(row, "data-job"))
     assert rig.attr(f"{row} button", "data-action") is None  # no cancel, no button at all

@@ -70,6 +70,7 @@ function showSignIn() {
   for (const id of ["who", "logout", "estop", "reset-all"]) $(id).hidden = true;
   $("link").textContent = "signed out"; $("link").className = "link";
   $("user").focus();
+  $("user").select();  // the next user types over the last name
 }
 
 function showApp() {
