@@ -220,8 +220,8 @@ class Operator:
                 if item is None:
                     break
                 await _send(resp, *item)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the browser went away; it reconnects by itself if it wants to
         finally:
             self.view.unsubscribe(q)
         return resp
