@@ -27,6 +27,13 @@ import pytest
 from jobs.conftest import gcode
 from mqtt_broker import Mosquitto, password_file
 from panel_rig import demo_config
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver import ActionChains, Keys
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from cellctl.cli.mqtt import Remote, Target
 from cellctl.telemetry.topics import Topics
@@ -45,22 +52,6 @@ olga = ["operator", "planner"]
 bob = ["viewer"]
 
 """
-
-webdriver = pytest.importorskip("selenium.webdriver")
-if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-    pytest.fail(
-        f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium chromium-driver"
-    )
-
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-)
-from selenium.webdriver import ActionChains, Keys  # noqa: E402
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 
 
 class Rig:
@@ -179,6 +170,8 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    for path in (CHROMIUM, CHROMEDRIVER):  # a missing browser fails, never skips
+        assert Path(path).exists(), f"{path} missing: apt-get install chromium chromium-driver"
     where = tmp_path_factory.mktemp("browser")
     pw = password_file(where, PASSWORDS)
     broker = Mosquitto(where / "broker", anonymous=False, extra=f"password_file {pw}\n")
