@@ -108,7 +108,7 @@ class Panel:
             log.info("upload refused", user=user, status=exc.status, reason=exc.message)
             raise _error(exc.status, exc.message) from None
         try:
-            return await self._take(request, up, user, device)
+            return await self.take(request, up, user, device, self.cell)
         finally:
             await asyncio.to_thread(up.discard)
 
@@ -116,17 +116,19 @@ class Panel:
         roles = self.access.users.get(user, ())
         return f"roles {', '.join(roles)}" if roles else "no role in [access.users]"
 
-    async def _take(
-        self, request: web.Request, up: Upload, user: str, device: str | None
+    async def take(
+        self, request: web.Request, up: Upload, user: str, device: str | None, cell: CellClient
     ) -> web.Response:
+        """Store or submit an upload through `cell` (the panel's link, acting for `user`,
+        or a signed-in operator's own connection)."""
         do_print = up.fields.get("print", "false").lower() in TRUE
         label = _label(up.fields.get("path", ""))
         spec = await asyncio.to_thread(self._job, up, label, device)
         try:
             if do_print:
-                job = await self._submit(spec, up, user, device)
+                job = await self._submit(cell, spec, up, user, device)
             else:
-                await self._store(up, user)
+                await cell.put_program(up.path, up.size, up.sha256, up.filename, user)
                 job = None
         except CellUnavailable as exc:
             log.warning("the cell did not answer", user=user, error=str(exc))
@@ -179,21 +181,20 @@ class Panel:
             spec = spec.model_copy(update={"id": job_id_for(named, up.sha256)})
         return spec
 
-    async def _submit(self, spec: JobSpec, up: Upload, user: str, device: str | None) -> Any:
+    async def _submit(
+        self, cell: CellClient, spec: JobSpec, up: Upload, user: str, device: str | None
+    ) -> Any:
         if up.size <= self.settings.panel.inline_max_bytes:
             body = await asyncio.to_thread(submit_command, spec, {up.filename: up.path})
         else:
-            await self._store(up, user)
+            await cell.put_program(up.path, up.size, up.sha256, up.filename, user)
             ref = f"sha256:{up.sha256}"
             step = spec.route[0].model_copy(update={"program": ref})
             body = submit_command(spec.model_copy(update={"route": (step,)}), {})
         body["repeat"] = "ended"  # sent again while it runs: the same job; once ended: again
         if device is not None:
             body["steps"][0]["device"] = device
-        return await self.cell.command("submit", body, user)
-
-    async def _store(self, up: Upload, user: str) -> None:
-        await self.cell.put_program(up.path, up.size, up.sha256, up.filename, user)
+        return await cell.command("submit", body, user)
 
 
 def _label(path: str) -> str:

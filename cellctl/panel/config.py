@@ -45,6 +45,12 @@ class PanelSection(BaseModel):
     chunk_bytes: int = Field(default=MIB, ge=4096, le=16 * MIB)
     # How long one command may wait for the cell's reply.
     command_timeout_s: float = Field(default=30.0, gt=0)
+    # The operator page (docs/panel.md, "The operator panel"): sign-in attempts per source
+    # address within the window (then 429 until the window lets one more in; no lockout),
+    # and how long an idle session lasts.
+    signin_attempts: int = Field(default=10, ge=1)
+    signin_window_s: float = Field(default=60.0, gt=0)
+    session_idle_h: float = Field(default=12.0, gt=0)
     # Where uploads are spooled while they are checked and sent (default: the system's).
     spool_dir: Path | None = None
 

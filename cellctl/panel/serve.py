@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import ssl
@@ -17,6 +18,9 @@ from cellctl.config import CellConfig, load_settings
 from cellctl.panel.apikeys import KeyStore
 from cellctl.panel.app import Panel
 from cellctl.panel.cell import CellClient, panel_target
+from cellctl.panel.live import CellView
+from cellctl.panel.sessions import Sessions
+from cellctl.panel.ui import Operator
 
 log = structlog.get_logger("cellctl.panel")
 
@@ -48,16 +52,31 @@ async def running(
     spool = source.parent / panel_cfg.spool_dir if panel_cfg.spool_dir is not None else None
     if spool is not None:
         spool.mkdir(parents=True, exist_ok=True)
-    cell = CellClient(panel_target(settings), panel_cfg)
+    target = panel_target(settings)
+    cell = CellClient(target, panel_cfg)
     panel = Panel(settings, key_store(settings, source), cell, spool)
+    # Operators sign in as themselves: their connections carry no panel credentials.
+    # The embedded broker (amqtt) speaks 3.1.1 only: sign-ins need not wait for MQTT 5.
+    embedded = settings.mqtt is not None and settings.mqtt.embedded
+    users = Sessions(
+        dataclasses.replace(
+            target, username=None, password=None, mqtt5=target.mqtt5 and not embedded
+        ),
+        panel_cfg.command_timeout_s,
+        panel_cfg.session_idle_h * 3600,
+    )
+    view = CellView(target)
+    app = panel.app()
+    Operator(panel, users, view, panel.access).routes(app)
     ctx: ssl.SSLContext | None = None
     if panel_cfg.tls is not None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(
             source.parent / panel_cfg.tls.cert_file, source.parent / panel_cfg.tls.key_file
         )
-    runner = web.AppRunner(panel.app(), access_log=None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    view.start()
     try:
         site = web.TCPSite(
             runner, panel_cfg.host, panel_cfg.port if port is None else port, ssl_context=ctx
@@ -69,7 +88,9 @@ async def running(
         log.info("panel listening", url=url, cell=settings.cell.name)
         yield url
     finally:
+        view.stop()  # ends the browsers' event streams first, or cleanup waits for them
         await runner.cleanup()
+        await users.close()
         await cell.close()
 
 

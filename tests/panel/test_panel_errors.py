@@ -140,7 +140,8 @@ async def test_tls_by_configuration(tmp_path: Path, broker: Mosquitto) -> None:
     trust = ssl.create_default_context(cafile=str(certs.ca))
     async with running(cfg, load_settings(cfg)) as url:
         assert url.startswith("https://127.0.0.1:")
-        async with aiohttp.ClientSession() as s:
+        # unsafe: keep cookies of an IP address (aiohttp's jar drops them by default)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
             headers = {"X-Api-Key": alice}
             async with s.get(url + "/api/version", headers=headers, ssl=trust) as r:
                 assert r.status == 200 and (await r.json())["api"] == "0.1"
@@ -151,3 +152,16 @@ async def test_tls_by_configuration(tmp_path: Path, broker: Mosquitto) -> None:
             with pytest.raises(aiohttp.ClientError):
                 async with s.get(plain + "/api/version", headers=headers):
                     pass
+            # The operator page's cookies under TLS: Secure, HttpOnly, SameSite=Strict.
+            async with s.get(url + "/ui/me", ssl=trust) as r:
+                token = (await r.json())["csrf"]
+                pre = r.headers.getall("Set-Cookie")
+            body = {"user": "alice", "password": "any"}  # this broker lets anyone in
+            async with s.post(
+                url + "/ui/login", json=body, headers={"X-CSRF-Token": token}, ssl=trust
+            ) as r:
+                assert r.status == 200, await r.text()
+                session = [c for c in r.headers.getall("Set-Cookie") if "cellctl_session=" in c]
+            for cookie in [*pre, *session]:
+                assert all(a in cookie for a in ("Secure", "HttpOnly", "SameSite=Strict")), cookie
+            assert len(session) == 1

@@ -47,3 +47,6 @@ def test_every_file_ships_under_its_import_name() -> None:
     assert packages["cellctl_drivers.marlin"] == "drivers/marlin"
     assert "schemas/command.submit.json" in data["cellctl"]
     assert "0001_jobs.sql" in data["cellctl.migrations"]
+    # The operator page's files (no build step: they ship as they are).
+    for name in ("index.html", "panel.js", "panel.css", "icon.svg"):
+        assert f"static/{name}" in data["cellctl.panel"]
