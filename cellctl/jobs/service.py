@@ -967,12 +967,15 @@ class JobService:
         return out
 
     def _candidates(self) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
-        """Steps that may start now, and steps no configured device could ever run."""
+        """Steps that may start now, and steps no configured device could ever run.
+        With the planner, the later steps of each route go to `note_later`."""
         devices = self._cell().devices
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
+        later: list[Candidate] = []
         never: list[tuple[str, int, str]] = []
-        planning = self._planner() is not None
+        planner = self._planner()
+        planning = planner is not None
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
                 continue
@@ -980,8 +983,20 @@ class JobService:
                 if s.state != StepState.QUEUED:
                     continue
                 prev = job.predecessor(s)
+                ahead: dict[str, Any] = {}
                 if prev is not None and prev.state != StepState.DONE:
-                    continue
+                    if not planning:
+                        continue
+                    # Planned ahead (whole routes): after a queued predecessor, or
+                    # released at a running one's expected end; none after a held one.
+                    if prev.state == StepState.QUEUED:
+                        ahead = {"after": prev.key}
+                    elif prev.state in (StepState.STARTING, StepState.RUNNING) and prev.device:
+                        ahead = {"after": prev.key, "ready_at": self._busy_until(prev.device)}
+                    else:
+                        continue
+                if ahead and s.process not in offered:
+                    continue  # said (and failed) when it may start
                 if s.process not in offered:
                     never.append((job.id, s.index, f"no device in the cell can do {s.process!r}"))
                     continue
@@ -989,10 +1004,14 @@ class JobService:
                     (prev.device or "") if r == PREVIOUS and prev is not None else r
                     for r in s.reserves
                 )
-                if any(r not in devices for r in reserves):
+                if ahead and prev is not None and prev.state == StepState.QUEUED:
+                    reserves = s.reserves  # its device is not known yet: `@previous`
+                if any(r not in devices and not (ahead and r == PREVIOUS) for r in reserves):
+                    if ahead:
+                        continue
                     never.append((job.id, s.index, f"reserves unknown device(s) {reserves}"))
                     continue
-                out.append(
+                (later if ahead else out).append(
                     Candidate(
                         key=s.key,
                         job_id=job.id,
@@ -1008,8 +1027,11 @@ class JobService:
                         clear_s=self._clear_s(job, s) if planning else 0,
                         filament_g=s.gcode.filament_g if s.gcode is not None else None,
                         submitted=job.created,
+                        **ahead,
                     )
                 )
+        if planner is not None:
+            planner.note_later(later)
         return out, never
 
     def _spools_after(self, changed: list[StepRecord], job: JobRecord) -> list[repo.DeviceRow]:
