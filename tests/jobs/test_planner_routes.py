@@ -72,7 +72,9 @@ async def test_a_later_steps_changeover_is_asked_for_while_its_predecessor_runs(
     cfg = settings(notice_s=900)
     d = PlannerDispatcher(lambda: cfg, clock=clock)
     devs = {
-        "p1": DeviceView("p1", frozenset({"print"}), {"material": "PLA"}, False, None, clock.t + 600),
+        "p1": DeviceView(
+            "p1", frozenset({"print"}), {"material": "PLA"}, False, None, clock.t + 600
+        ),
         "m1": DeviceView("m1", frozenset({"mill"}), {"tool": "T1"}, True),
     }
     nxt = step("a/1", "mill", {"tool": "T2"}, after="a/0", ready_at=clock.t + 600)
