@@ -17,8 +17,9 @@ Problem time 0 is the snapshot's instant, in seconds.
   left out, and so is a step that only such devices can run.
 - A setup label holds only the keys some waiting step asks for. A step asks
   for some keys (`material=PETG`); changing to it changes only those, and
-  costs the sum of their times (`[scheduler.changeover.<key>]`), manual if
-  any of them is. Keys it does not name cost nothing.
+  costs the sum of their times on that device (`[scheduler.devices.<id>]`,
+  its template `[scheduler.templates.<name>]`, `[scheduler.changeover.<key>]`,
+  the defaults), manual if any of them is. Keys it does not name cost nothing.
 """
 
 from __future__ import annotations
@@ -61,16 +62,21 @@ def _parse(lab: str) -> dict[str, str]:
 
 
 def change_cost(
-    cfg: SchedulerSection, a: str, b: str, automatic: Collection[str] = ()
+    cfg: SchedulerSection,
+    a: str,
+    b: str,
+    automatic: Collection[str] = (),
+    device: str | None = None,
 ) -> tuple[int, bool]:
-    """(seconds, manual) to go from setup label a to b: the keys b names that differ.
-    A key in `automatic` the device changes itself (its driver's `change_setup`)."""
+    """(seconds, manual) to go from setup label a to b on `device` (its own times, its
+    template's, or the section's): the keys b names that differ. A key in `automatic`
+    the device changes itself (its driver's `change_setup`)."""
     have, need = _parse(a), _parse(b)
     total, manual = 0, False
     for key, value in need.items():
         if have.get(key) == value:
             continue
-        rule = cfg.key_change(key)
+        rule = cfg.key_change(key, device)
         total += rule.seconds
         manual = manual or (rule.manual and key not in automatic)
     return total, manual
@@ -99,13 +105,17 @@ def build_problem(snap: Snapshot, cfg: SchedulerSection) -> Problem:
     labels = {m.initial_setup for m in machines} | {j.setup for j in jobs}
     setup_times: dict[str, dict[str, dict[str, int]]] = {}
     manual: set[tuple[str, str, str]] = set()
-    by_auto: dict[frozenset[str], dict[tuple[str, str], tuple[int, bool]]] = {}
+    # Alike machines (one template, no own times) share one table.
+    by_model: dict[tuple[object, ...], dict[tuple[str, str], tuple[int, bool]]] = {}
     for m in machines:
-        auto = frozenset(cfg.automatic.get(m.id, ()))
-        costs = by_auto.get(auto)
+        model = cfg.model_fingerprint(m.id)
+        costs = by_model.get(model)
         if costs is None:
-            costs = {(a, b): change_cost(cfg, a, b, auto) for a in labels for b in labels if a != b}
-            by_auto[auto] = costs
+            auto = cfg.automatic_keys(m.id)
+            costs = {
+                (a, b): change_cost(cfg, a, b, auto, m.id) for a in labels for b in labels if a != b
+            }
+            by_model[model] = costs
         table = setup_times.setdefault(m.id, {})
         for (a, b), (t, is_manual) in costs.items():
             table.setdefault(a, {})[b] = t

@@ -164,9 +164,7 @@ class PlannerDispatcher:
                     device_free_at=now if view.free else view.busy_until,
                     spool_g=short,
                 )
-                auto = (
-                    set(cfg.automatic.get(dev_id, ())) if dev_id not in self.auto_failed else set()
-                )
+                auto = set(cfg.automatic_keys(dev_id)) if dev_id not in self.auto_failed else set()
                 if not set(need.load) <= auto:
                     needed[dev_id] = need
                 elif (

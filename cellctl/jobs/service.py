@@ -614,14 +614,15 @@ class JobService:
                 steps[idx] = new
                 changed.append(new)
             new_job = job.replace(steps=tuple(steps), updated=now, **dict(job_changes or {}))
-            clearing = self._cell().config.scheduler.bed_clearing
+            sched = self._cell().config.scheduler
             spools = self._spools_after(changed, job)
             parts_left = [
                 (s.device, s.key)
                 for s in changed
                 if s.state == StepState.DONE
                 and job.steps[s.index].state != StepState.DONE
-                and s.device in clearing
+                and s.device is not None
+                and sched.clears_bed(s.device)
                 and beds.leaves_part(new_job, s)
             ]
             job_event: JobChanged | None = None
@@ -869,7 +870,7 @@ class JobService:
             if change.device in self._engaged:
                 continue
             self._engaged[change.device] = AUTO_CHANGEOVER + change.step_key
-            seconds = sum(sched.key_change(k).seconds for k in change.setup)
+            seconds = sum(sched.key_change(k, change.device).seconds for k in change.setup)
             self._auto_until[change.device] = time.time() + seconds
             self._tg.create_task(
                 self._automatic_changeover(planner, change.device, dict(change.setup)),
@@ -1058,7 +1059,9 @@ class JobService:
         sched = self._cell().config.scheduler
         devices = self._cell().devices
         clears = any(
-            step.process in devices[d].common.processes for d in sched.bed_clearing if d in devices
+            step.process in cfg.common.processes
+            for d, cfg in devices.items()
+            if sched.clears_bed(d)
         )
         return sched.bed_clearing_s if clears and beds.leaves_part(job, step) else 0
 
