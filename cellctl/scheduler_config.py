@@ -136,7 +136,7 @@ class DeviceRules(BaseModel):
 class SchedulerSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: DispatchMethod = DispatchMethod.BASELINE
+    method: DispatchMethod = DispatchMethod.PLANNER
     # The pure planner's method for each re-plan (docs/scheduling.md, "Methods").
     planner_method: str = "anytime"
     # Wall-time bound of one re-plan (anytime search), off the event loop.
