@@ -311,6 +311,7 @@ class PlannerDispatcher:
             return
         self._failed = False
         self.current = live
+        log.debug("planner: plan", sequences={d: list(v) for d, v in live.plan.sequences.items()})
         self.stats.plans += 1
         self.stats.plan_s.append(time.perf_counter() - t0)
         del self.stats.plan_s[:-100]
