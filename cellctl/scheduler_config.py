@@ -106,6 +106,39 @@ class CalendarConfig(BaseModel):
         )
 
 
+class Preparation(BaseModel):
+    """`[scheduler.preparation.<key>]`: what a device may do ahead of a manual change of
+    this key, idle and waiting for it (a printer heating to the loaded material's unload
+    temperature). Sent as maintenance lines (the device idle, its step lock held); only
+    while an operator is on shift (`[scheduler.calendar]`), never while it works."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The loaded value (the one to unload) → lines sent ahead: PETG = ["M104 S240"];
+    # "*" for any other value.
+    ahead: dict[str, tuple[str, ...]] = Field(min_length=1)
+    # Sent when the changeover is withdrawn before it was done (a re-plan moved it):
+    # "M104 S0", so no heater stays on for a change that is not coming.
+    undo: tuple[str, ...] = ()
+    # At most this long before the plan's changeover start.
+    lead_s: float = Field(default=600.0, ge=0)
+
+    @field_validator("ahead")
+    @classmethod
+    def _lines_present(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        empty = [k for k, lines in v.items() if not lines]
+        if empty:
+            raise ValueError(f"expected at least one line for {', '.join(empty)}")
+        return v
+
+    def lines_for(self, loaded: str | None) -> tuple[str, ...]:
+        if loaded is not None:
+            for value, lines in self.ahead.items():
+                if value.casefold() == loaded.strip().casefold():
+                    return lines
+        return self.ahead.get("*", ())
+
+
 class DeviceTemplate(BaseModel):
     """`[scheduler.templates.<name>]`: one changeover model for many alike machines
     (`devices`: ids or shell patterns, `prusa-*`). A device in no template goes by the
@@ -171,6 +204,8 @@ class SchedulerSection(BaseModel):
     # time is the device's, else its template's, else `changeover`'s, else the default.
     templates: dict[str, DeviceTemplate] = Field(default_factory=dict)
     devices: dict[str, DeviceRules] = Field(default_factory=dict)
+    # Per setup key: what may run ahead of a manual change of it (preheating).
+    preparation: dict[str, Preparation] = Field(default_factory=dict)
     # Operator shifts: manual changeovers and bed clearing are planned inside them.
     # Unset: an operator is assumed always there.
     calendar: CalendarConfig | None = None
@@ -262,3 +297,10 @@ class SchedulerSection(BaseModel):
             id(self.template_of(device)),
             tuple(sorted(rules.changeover.items())) if rules is not None else (),
         )
+
+    def on_shift(self, now: float) -> bool:
+        """An operator is there now (always, without a calendar)."""
+        if self.calendar is None:
+            return True
+        windows = self.calendar.at(now).windows(1)
+        return bool(windows) and windows[0][0] == 0

@@ -48,6 +48,7 @@ from cellctl.jobs.dispatch import (
     usable,
 )
 from cellctl.jobs.live_problem import Snapshot, build_problem
+from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.model import OperatorRequest
 from cellctl.planning import plan as run_planner
 from cellctl.planning.model import Assignment as PlanAssignment
@@ -97,6 +98,7 @@ class PlannerDispatcher:
         self._clock = clock
         self._baseline = BaselineDispatcher()
         self.announcer = Announcer()
+        self.preparer = Preparer()
         self.current: LivePlan | None = None
         self.stats = PlannerStats()
         self._pending: Snapshot | None = None
@@ -190,6 +192,7 @@ class PlannerDispatcher:
         self.announcer.update(
             {d: n for d, n in needed.items() if n.due_for_notice(now, cfg.notice_s)}, now, met
         )
+        self.preparer.update(needed, free, met, now, cfg)
         rest = [d for d in idle if d in free]
         unplanned = [c for c in candidates if c.key not in live.planned] if rest else []
         if unplanned:
@@ -208,6 +211,10 @@ class PlannerDispatcher:
         """The device could not change its own setup: ask an operator from now on."""
         self.auto_failed[device] = reason
         self._seen = None  # re-plan: the request comes from the next plan followed
+
+    def take_preparations(self) -> list[PrepAction]:
+        """Preparation lines to send now (`preparation.Preparer`), each to an idle device."""
+        return self.preparer.take()
 
     def take_requests(self) -> list[OperatorRequest]:
         """Changeover requests (new, changed, withdrawn) for the service to publish."""

@@ -65,6 +65,7 @@ from cellctl.jobs.requests import apply_requests
 from cellctl.jobs.scanproc import scan
 from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec, NoSpace
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
+from cellctl.maintenance import carry_out
 from cellctl.model import (
     DeviceState,
     Event,
@@ -88,6 +89,7 @@ from cellctl.tasks import TaskGroup
 
 if TYPE_CHECKING:  # the planner loads only when a cell plans (its imports cost ~9 MiB)
     from cellctl.jobs.planned import PlannerDispatcher
+    from cellctl.jobs.preparation import PrepAction
 
 log = structlog.get_logger("cellctl.jobs")
 
@@ -107,6 +109,8 @@ FULL_RETRY_S = 1.0
 # What `_engaged` holds for a device running an automatic changeover (+ the step key).
 AUTO_CHANGEOVER = "changeover for "
 
+# How long a device whose step lock maintenance holds is planned as busy.
+LOCKED_S = 10.0
 # Device states in which a device may be given a step.
 READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
 
@@ -847,6 +851,11 @@ class JobService:
             return time.time() + self._cell().config.scheduler.bed_clearing_s
         key = self._engaged.get(dev_id)
         if key is None:
+            runner = self._supervisor.runners.get(dev_id)
+            if runner is not None and runner.busy and runner.state in READY_STATES:
+                # Maintenance or a preparation holds its step lock: busy a moment, not down
+                # (the planner would drop the device and withdraw its changeover).
+                return time.time() + LOCKED_S
             return None
         if key.startswith(AUTO_CHANGEOVER):
             return self._auto_until.get(dev_id)
@@ -876,6 +885,24 @@ class JobService:
                 self._automatic_changeover(planner, change.device, dict(change.setup)),
                 name=f"changeover:{change.device}",
             )
+
+    def _start_preparations(self, planner: PlannerDispatcher) -> None:
+        """Send the plan's preparation lines (preheating ahead of a manual changeover) as
+        maintenance lines: the device idle, its step lock held meanwhile."""
+        assert self._tg is not None
+        for prep in planner.take_preparations():
+            runner = self._supervisor.runners.get(prep.device)
+            if runner is None or prep.device in self._engaged:
+                continue
+            self._tg.create_task(self._prepare(runner, prep), name=f"prepare:{prep.device}")
+
+    async def _prepare(self, runner: DeviceRunner, prep: PrepAction) -> None:
+        what = "undo preparation" if prep.undo else "preparation"
+        try:
+            await carry_out(runner, prep.device, prep.lines)
+            log.info(what, device=prep.device, step=prep.step_key, lines=list(prep.lines))
+        except CellError as exc:  # a refused line: the changeover is only slower
+            log.warning(f"{what} not sent", device=prep.device, error=str(exc))
 
     async def _automatic_changeover(
         self, planner: PlannerDispatcher, device_id: str, setup: dict[str, str]
@@ -1088,6 +1115,7 @@ class JobService:
         if planner is not None:
             await self._changeovers(planner)
             self._start_automatic(planner)
+            self._start_preparations(planner)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)
