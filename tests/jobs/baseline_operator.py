@@ -29,7 +29,8 @@ MILL_PROGRAM = "G21 G90\nG0 X1 Y1\nG0 X0 Y0\n"
 
 
 def mill(setup: dict[str, str]) -> dict[str, Any]:
-    return printer(setup=setup, processes=["mill"], build_volume=None)
+    out: dict[str, Any] = printer(setup=setup, processes=["mill"], build_volume=None)
+    return out
 
 
 @dataclass

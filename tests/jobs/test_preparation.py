@@ -5,7 +5,6 @@ The Marlin simulator in-process (time_factor 50), the real App with the planner.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from jobs.test_planned import cand, settings
 from jobs.test_planner_live import next_request, planner_cell
 
 from cellctl.jobs.changeover import Needed
+from cellctl.jobs.planned import PlannerDispatcher
 from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.jobs.spec import JobSpec
 
@@ -119,6 +119,5 @@ async def test_off_shift_nothing_heats(tmp_path: Path) -> None:
             rounds = app.jobs.dispatch_rounds
             await wait_for(lambda: app.jobs.dispatch_rounds >= rounds + 5, "five rounds", BOUND)
             planner = app.jobs.dispatcher
-            assert planner.preparer.prepared == 0  # type: ignore[attr-defined]
+            assert isinstance(planner, PlannerDispatcher) and planner.preparer.prepared == 0
             assert sim.hotend.target == 0
-            await asyncio.sleep(0)
