@@ -977,8 +977,8 @@ class JobService:
         """Devices kept for one step (device → step key), taking no other work meanwhile:
         * a step held part-way, or queued to resume, keeps the device it ran on (the
           half-made part is still there);
-        * a step that reserves `@previous` keeps the device that ran its predecessor
-          (a printer waits for the robot that unloads it)."""
+        * a step that reserves `@previous` keeps the device that runs or ran its
+          predecessor (a printer waits for the robot that unloads it)."""
         out: dict[str, str] = {}
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
@@ -990,7 +990,10 @@ class JobService:
                     out.setdefault(s.pinned, s.key)
                 if PREVIOUS in s.reserves:
                     prev = job.predecessor(s)
-                    if prev is not None and prev.state == StepState.DONE and prev.device:
+                    # Also while the predecessor runs: the planner then plans nothing
+                    # else on that device between its end and the unload.
+                    held = (StepState.DONE, StepState.STARTING, StepState.RUNNING)
+                    if prev is not None and prev.state in held and prev.device:
                         out.setdefault(prev.device, s.key)
         return out
 
