@@ -43,9 +43,14 @@ class BaselineRun:
 
 
 async def run_baseline(
-    tmp_path: Path, devices: dict[str, dict[str, Any]], prints: list[str], cuts: list[str]
+    tmp_path: Path,
+    devices: dict[str, dict[str, Any]],
+    prints: list[str],
+    cuts: list[str],
+    bound_s: float = BOUND,
 ) -> BaselineRun:
-    """`prints`: one bare G-code job per material; `cuts`: one mill job per tool."""
+    """`prints`: one bare G-code job per material; `cuts`: one mill job per tool; the
+    work done within `bound_s` (about 1.5 s on an idle machine)."""
     cell = make_cell(tmp_path, devices, scheduler={"method": "baseline"})
     run = BaselineRun()
     async with running(cell) as app:
@@ -73,7 +78,7 @@ async def run_baseline(
                 run.changeovers.append((device, change))
                 await jobs.set_setup(device, change, merge=True)
 
-        async with asyncio.timeout(BOUND * 3):
+        async with asyncio.timeout(bound_s):
             while any(not j.state.terminal for j in jobs._jobs.values()):
                 records = sorted(jobs._jobs.values(), key=lambda j: j.seq)
                 steps = [s for j in records for s in j.steps]
