@@ -324,12 +324,9 @@ class CellConfig(Strict):
 
     @model_validator(mode="after")
     def _automatic_devices_exist(self) -> CellConfig:
-        unknown = self.scheduler.unknown_devices(self.devices)
-        if unknown:
-            raise ValueError(
-                f"scheduler: automatic/bed_clearing name no device {', '.join(unknown)} "
-                "in [devices]"
-            )
+        problems = self.scheduler.device_problems(self.devices)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

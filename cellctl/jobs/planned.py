@@ -12,8 +12,14 @@ within `[scheduler] budget_s`.
 A plan older than `max_plan_age_s`, or a re-plan that raised, is not
 followed: dispatch falls back to `BaselineDispatcher` (which never needs a
 changeover) and says so in the log, once per change. Steps the plan does not
-hold (arrived after it, or reserving other devices, which the pure planner
-does not model) go to devices with nothing planned left, by the baseline rule.
+hold (arrived after it) go to devices with nothing planned left, by the
+baseline rule.
+
+The plan holds whole routes: the service tells `note_later` the later steps
+of each route (not startable yet), so a device whose next planned step is one
+of them waits for it, and its changeover is asked for ahead like any other.
+Steps that reserve other devices (a robot tending a printer) are planned with
+their reservations; one starts only when every device it reserves is free.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from cellctl.jobs.dispatch import (
     usable,
 )
 from cellctl.jobs.live_problem import Snapshot, build_problem
+from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.model import OperatorRequest
 from cellctl.planning import plan as run_planner
 from cellctl.planning.model import Assignment as PlanAssignment
@@ -91,6 +98,7 @@ class PlannerDispatcher:
         self._clock = clock
         self._baseline = BaselineDispatcher()
         self.announcer = Announcer()
+        self.preparer = Preparer()
         self.current: LivePlan | None = None
         self.stats = PlannerStats()
         self._pending: Snapshot | None = None
@@ -100,9 +108,15 @@ class PlannerDispatcher:
         self._failed = False
         self._fallback_said = False
         self._automatic: list[AutoChange] = []
+        self._later: tuple[Candidate, ...] = ()
         self.auto_failed: dict[str, str] = {}  # device → why its change_setup failed
 
     # --- on the event loop -------------------------------------------------------
+
+    def note_later(self, later: Sequence[Candidate]) -> None:
+        """The later steps of the routes (each with `after` or `ready_at`), in route
+        order: planned ahead with the next `assign`, never started by it."""
+        self._later = tuple(later)
 
     def assign(
         self, candidates: Sequence[Candidate], devices: Mapping[str, DeviceView]
@@ -125,10 +139,16 @@ class PlannerDispatcher:
         needed: dict[str, Needed] = {}
         met: set[tuple[str, str]] = set()
         idle: list[str] = []  # free devices with nothing planned left
+        later = {c.key: c for c in self._later}
         for dev_id in sorted(devices):
             view = devices[dev_id]
             nxt = next(
-                (by_key[k] for k in live.plan.sequences.get(dev_id, ()) if k in by_key), None
+                (
+                    by_key.get(k) or later[k]
+                    for k in live.plan.sequences.get(dev_id, ())
+                    if k in by_key or k in later
+                ),
+                None,
             )
             if nxt is None:
                 if dev_id in free:
@@ -146,16 +166,20 @@ class PlannerDispatcher:
                     device_free_at=now if view.free else view.busy_until,
                     spool_g=short,
                 )
-                auto = (
-                    set(cfg.automatic.get(dev_id, ())) if dev_id not in self.auto_failed else set()
-                )
+                auto = set(cfg.automatic_keys(dev_id)) if dev_id not in self.auto_failed else set()
                 if not set(need.load) <= auto:
                     needed[dev_id] = need
-                elif dev_id in free and view.kept_for in (None, nxt.key):
+                elif (
+                    dev_id in free
+                    and view.kept_for in (None, nxt.key)
+                    and (nxt.key in by_key or need.changeover_start <= now)
+                ):
                     self._automatic.append(AutoChange(dev_id, nxt.key, need.load))
                     free.discard(dev_id)
                 continue
             met.add((dev_id, nxt.key))
+            if nxt.key not in by_key:
+                continue  # a later route step: the device waits for it, as planned
             if dev_id not in free or not can_run(view, nxt):
                 continue
             if any(
@@ -168,6 +192,7 @@ class PlannerDispatcher:
         self.announcer.update(
             {d: n for d, n in needed.items() if n.due_for_notice(now, cfg.notice_s)}, now, met
         )
+        self.preparer.update(needed, free, met, now, cfg)
         rest = [d for d in idle if d in free]
         unplanned = [c for c in candidates if c.key not in live.planned] if rest else []
         if unplanned:
@@ -186,6 +211,10 @@ class PlannerDispatcher:
         """The device could not change its own setup: ask an operator from now on."""
         self.auto_failed[device] = reason
         self._seen = None  # re-plan: the request comes from the next plan followed
+
+    def take_preparations(self) -> list[PrepAction]:
+        """Preparation lines to send now (`preparation.Preparer`), each to an idle device."""
+        return self.preparer.take()
 
     def take_requests(self) -> list[OperatorRequest]:
         """Changeover requests (new, changed, withdrawn) for the service to publish."""
@@ -210,6 +239,7 @@ class PlannerDispatcher:
                 for d, v in sorted(devices.items())
             ),
             frozenset(self.announcer.pins().items()),
+            tuple((c.key, c.after, c.ready_at, c.reserves) for c in self._later),
         )
         if seen == self._seen and now - self._seen_at < cfg.max_plan_age_s / 2:
             return
@@ -219,6 +249,7 @@ class PlannerDispatcher:
             candidates=tuple(candidates),
             devices=dict(devices),
             pinned=self.announcer.pins(),
+            later=self._later,
         )
         self._dirty.set()
 
@@ -287,6 +318,7 @@ class PlannerDispatcher:
             return
         self._failed = False
         self.current = live
+        log.debug("planner: plan", sequences={d: list(v) for d, v in live.plan.sequences.items()})
         self.stats.plans += 1
         self.stats.plan_s.append(time.perf_counter() - t0)
         del self.stats.plan_s[:-100]
