@@ -60,7 +60,10 @@ IMPORT_STEPS = [
         "simulator options (the config's sim tables)",
         "[Registry().simulator_options(n) for n in Registry().simulator_names()]",
     ),
-    ("command line (run builds it all)", "import cellctl.cli.main as m; m.build_parser()"),
+    (
+        "command line (run builds it all)",
+        "from cellctl.cli.main import build_parser; build_parser()",
+    ),
     ("amqtt (embedded broker only)", "import amqtt.broker"),
     (
         "(not in the daemon) simulator modules",
