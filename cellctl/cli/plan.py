@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cellctl.planning import METHODS, Plan, Problem, ProblemInvalid, parse_problem, plan
-from cellctl.planning.calendar import OutsideCalendar
-from cellctl.planning.gantt import gantt_svg
-from cellctl.planning.problem_format import plan_to_json
+from cellctl.planning.methods import METHODS
+
+if TYPE_CHECKING:
+    from cellctl.planning.model import Plan, Problem
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -52,6 +52,12 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    # The planner and the drawing load here, not with the parser that `cellctl run` builds.
+    from cellctl.planning.calendar import OutsideCalendar
+    from cellctl.planning.gantt import gantt_svg
+    from cellctl.planning.planner import plan
+    from cellctl.planning.problem_format import ProblemInvalid, parse_problem, plan_to_json
+
     name = args.problem
     if args.unpin_margin is not None and not 0 <= args.unpin_margin <= 1:
         print(
