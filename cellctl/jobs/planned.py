@@ -25,17 +25,16 @@ their reservations; one starts only when every device it reserves is free.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import structlog
 
+from cellctl import planning
 from cellctl.jobs.changeover import Announcer, Needed
 from cellctl.jobs.dispatch import (
     Assignment,
@@ -50,10 +49,12 @@ from cellctl.jobs.dispatch import (
 from cellctl.jobs.live_problem import Snapshot, build_problem
 from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.model import OperatorRequest
-from cellctl.planning import plan as run_planner
 from cellctl.planning.model import Assignment as PlanAssignment
 from cellctl.planning.model import Plan
 from cellctl.scheduler_config import PlanWorker, SchedulerSection
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = structlog.get_logger("cellctl.jobs.planner")
 
@@ -268,7 +269,10 @@ class PlannerDispatcher:
     # --- the planning task -------------------------------------------------------
 
     async def run(self) -> None:
-        """Plan the latest snapshot, one at a time, off the loop; until cancelled."""
+        """Plan the latest snapshot, one at a time, off the loop; until cancelled.
+
+        The process pool and the solver are imported with the first use, not with the
+        daemon: an idle cell pays for neither (issue 27)."""
         pool: ProcessPoolExecutor | None = None
         try:
             while True:
@@ -279,6 +283,9 @@ class PlannerDispatcher:
                     continue
                 cfg = self._settings()
                 if cfg.worker is PlanWorker.PROCESS and pool is None:
+                    import multiprocessing
+                    from concurrent.futures import ProcessPoolExecutor
+
                     pool = ProcessPoolExecutor(
                         1,
                         mp_context=multiprocessing.get_context("spawn"),
@@ -289,7 +296,7 @@ class PlannerDispatcher:
                     await self._replan(
                         snap, cfg, pool if cfg.worker is PlanWorker.PROCESS else None
                     )
-                except BrokenProcessPool:
+                except Exception:  # only a BrokenProcessPool leaves _replan
                     pool = None  # the worker died (killed, out of memory): a new one next time
         finally:
             if pool is not None:
@@ -313,8 +320,8 @@ class PlannerDispatcher:
             log.error("planner: re-plan failed", error=self.stats.last_error)
             self._fallback_said = False
             self._on_plan()
-            if isinstance(exc, BrokenProcessPool):
-                raise
+            if type(exc).__name__ == "BrokenProcessPool":
+                raise  # run() starts a new worker
             return
         self._failed = False
         self.current = live
@@ -350,11 +357,11 @@ def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
     budget = cfg.budget_s if method == "anytime" else None
     if problem.pinned:
         half = None if budget is None else budget / 2
-        kept = run_planner(problem, method, budget_s=half)
-        free = run_planner(replace(problem, pinned={}), method, budget_s=half)
+        kept = planning.plan(problem, method, budget_s=half)
+        free = planning.plan(replace(problem, pinned={}), method, budget_s=half)
         result = free if free.figures.key[:2] < kept.figures.key[:2] else kept
     else:
-        result = run_planner(problem, method, budget_s=budget)
+        result = planning.plan(problem, method, budget_s=budget)
     return LivePlan(
         result,
         snap.now,
