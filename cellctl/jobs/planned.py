@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import structlog
 
@@ -45,7 +46,7 @@ from cellctl.jobs.live_problem import Snapshot, build_problem
 from cellctl.model import OperatorRequest
 from cellctl.planning import plan as run_planner
 from cellctl.planning.model import Assignment as PlanAssignment
-from cellctl.planning.model import Plan
+from cellctl.planning.model import Plan, Problem
 from cellctl.scheduler_config import PlanWorker, SchedulerSection
 
 log = structlog.get_logger("cellctl.jobs.planner")
@@ -57,6 +58,7 @@ class LivePlan:
     made_at: float  # epoch seconds: problem time 0
     planned: frozenset[str]  # step keys it holds
     by_job: Mapping[str, PlanAssignment]  # step key → its place in the plan
+    problem: Problem | None = None  # what was planned: published with the plan (plan_feed.py)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class PlannerDispatcher:
         self._fallback_said = False
         self._automatic: list[AutoChange] = []
         self.auto_failed: dict[str, str] = {}  # device → why its change_setup failed
+        # Applied to each problem before planning (learned durations, learned_times.py);
+        # picklable: it travels to the worker process with the snapshot.
+        self.adjust: ProblemAdjust | None = None
 
     # --- on the event loop -------------------------------------------------------
 
@@ -271,10 +276,10 @@ class PlannerDispatcher:
         t0 = time.perf_counter()
         try:
             if pool is None:
-                live = await asyncio.to_thread(_plan_snapshot, snap, cfg)
+                live = await asyncio.to_thread(_plan_snapshot, snap, cfg, self.adjust)
             else:
                 loop = asyncio.get_running_loop()
-                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg)
+                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg, self.adjust)
         except Exception as exc:  # a planner bug must not stop dispatch: fall back
             self._failed = True
             self.stats.failures += 1
@@ -309,11 +314,19 @@ def _busy(v: DeviceView) -> DeviceView:
     return DeviceView(v.id, v.processes, v.setup, False, v.kept_for, v.busy_until)
 
 
-def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
+class ProblemAdjust(Protocol):
+    def apply(self, problem: Problem) -> Problem: ...
+
+
+def _plan_snapshot(
+    snap: Snapshot, cfg: SchedulerSection, adjust: ProblemAdjust | None = None
+) -> LivePlan:
     """Plan the snapshot. A changeover already requested stays where it is unless a plan
     free to move it has less tardiness or less changeover time (not merely an earlier
     end): a request does not flap between devices on a tie."""
     problem = build_problem(snap, cfg)
+    if adjust is not None:
+        problem = adjust.apply(problem)
     method = cfg.planner_method
     budget = cfg.budget_s if method == "anytime" else None
     if problem.pinned:
@@ -328,4 +341,5 @@ def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
         snap.now,
         frozenset(j.id for j in problem.jobs),
         {a.job: a for a in result.assignments},
+        problem,
     )

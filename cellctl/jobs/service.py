@@ -50,6 +50,7 @@ from cellctl.jobs.dispatch import (
     make_dispatcher,
 )
 from cellctl.jobs.gcode import GcodeInfo, cut_short, format_number
+from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -150,6 +151,7 @@ class JobService:
         self._next_seq = 1
         self.ready = asyncio.Event()
         self.dispatch_rounds = 0
+        self.plan_feed = PlanFeed()  # the retained `plan` topic's payloads (plan_feed.py)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -1063,6 +1065,7 @@ class JobService:
         if planner is not None:
             await self._changeovers(planner)
             self._start_automatic(planner)
+            self.plan_feed.offer(planner.current)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from cellctl.planning.model import Plan, Problem
+from cellctl.planning.problem_export import problem_to_json
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,24 @@ class PlanPayload(_Strict):
     figures: PlanFigures
     devices: dict[str, list[PlannedStep]]
     worklist: list[WorkItem]
+
+
+class ProblemPayload(_Strict):
+    """Retained on `plan/problem`: the problem the current plan answers, in the offline
+    format (cellctl/schemas/problem.json), its time 0 at `origin` (Unix seconds) less
+    `shift` seconds (problem_export.py). `cellctl plan --export` writes `problem`."""
+
+    v: Literal[1]
+    ts: float
+    origin: float
+    shift: int
+    problem: dict[str, Any]
+
+
+def problem_payload(problem: Problem, origin: float, ts: float) -> dict[str, Any]:
+    """The retained `plan/problem` message for this problem."""
+    doc, shift = problem_to_json(problem)
+    return {"v": 1, "ts": ts, "origin": origin, "shift": shift, "problem": doc}
 
 
 def plan_payload(

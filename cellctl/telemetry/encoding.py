@@ -44,6 +44,8 @@ class Kind(enum.StrEnum):
     REPLY = "reply"
     SNAPSHOT = "snapshot"
     CELL = "cell"
+    PLAN = "plan"
+    PLAN_PROBLEM = "plan_problem"
 
     @property
     def is_event(self) -> bool:

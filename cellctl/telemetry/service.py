@@ -23,6 +23,7 @@ from cellctl.commands import CommandHandler, JobService
 from cellctl.config import Cell, MqttSection
 from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
+from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.model import DeviceState, MetricSpec
 from cellctl.store import Store
 from cellctl.supervisor import Supervisor
@@ -34,7 +35,15 @@ from cellctl.telemetry.broker import (
     listening,
     probe_anonymous,
 )
-from cellctl.telemetry.encoding import AuditRecord, Encoding, JobEvent, JsonEncoding, Outgoing
+from cellctl.telemetry.encoding import (
+    AuditRecord,
+    Encoding,
+    JobEvent,
+    JsonEncoding,
+    Kind,
+    Outgoing,
+    dumps,
+)
 from cellctl.telemetry.facts import CellFacts
 from cellctl.telemetry.link import LinkSettings, MqttLink
 from cellctl.telemetry.pipeline import Pipeline
@@ -62,6 +71,7 @@ class MqttService:
         store: Store | None = None,
         encoding: Encoding | None = None,
         facts: CellFacts | None = None,
+        plans: PlanFeed | None = None,
     ) -> None:
         assert cell.config.mqtt is not None
         self.cell = cell
@@ -70,6 +80,7 @@ class MqttService:
         self.supervisor = supervisor
         self.jobs = jobs
         self.facts = facts
+        self.plans = plans  # the live plan, retained on `plan` and `plan/problem`
         self._facts_wake = asyncio.Event()
         self._shared_store = store
         self.topics = Topics(cell.name, self.cfg.topic_prefix)
@@ -241,6 +252,7 @@ class MqttService:
             sender.connected()
             publisher.publish_spool_stats(force=True)
             publisher.republish()
+            self._publish_plan(link)
 
         publisher.describe = self._metrics
         publisher.on_step_changed = self._facts_wake.set
@@ -258,6 +270,7 @@ class MqttService:
                 tg.create_task(publisher.snapshot_loop(), name="mqtt-snapshots")
                 tg.create_task(publisher.heartbeats(), name="mqtt-heartbeats")
                 tg.create_task(self._facts_loop(publisher), name="mqtt-facts")
+                tg.create_task(self._plan_loop(link), name="mqtt-plan")
                 tg.create_task(commands.run(), name="mqtt-commands")
                 if recheck:
                     tg.create_task(self._recheck(link, commands), name="mqtt-access-check")
@@ -306,6 +319,25 @@ class MqttService:
             for dev, setup in facts.setups.items():
                 publisher.snapshot_changed(snaps.set_setup(dev, setup))
             publisher.snapshot_changed(snaps.set_held(facts.held, facts.requests))
+
+    async def _plan_loop(self, link: MqttLink) -> None:
+        """Each plan the feed takes goes out retained (offline: the reconnect sends it)."""
+        if self.plans is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            await self.plans.changed.wait()
+            self.plans.changed.clear()
+            self._publish_plan(link)
+
+    def _publish_plan(self, link: MqttLink) -> None:
+        feed = self.plans
+        if feed is None or feed.plan is None or feed.problem is None:
+            return
+        # The problem first: a reader that has the plan finds the problem it answers.
+        topic = self.topics
+        link.publish(Outgoing(topic.plan_problem, dumps(feed.problem), Kind.PLAN_PROBLEM, 1, True))
+        link.publish(Outgoing(topic.plan, dumps(feed.plan), Kind.PLAN, 1, True))
 
     async def _goodbye(
         self, publisher: Publisher, spool: Spool, link: MqttLink, sub: Subscription

@@ -42,7 +42,7 @@ GRAMMAR: dict[str, tuple[str | None, list[str]]] = {
     "maintain": ("option", ["p1", "M500", "--reason", "r"]),
     "drivers": (None, []),
     "sim": (None, ["marlin"]),
-    "plan": (None, ["--problem", "p.json"]),
+    "plan": ("option", ["--problem", "p.json"]),
     "completion": (None, ["bash"]),
     "bed-clear": ("legacy", ["p1"]),
     "changeover": ("legacy", ["p1", "material=PETG"]),
