@@ -248,6 +248,8 @@ def schema_for(m: Message, topics: Topics) -> str:
         return {"alarms": "alarm", "requests": "request"}.get(tail[2], tail[2])
     if tail[0] == "jobs":
         return "job"
+    if tail[0] == "plan":
+        return "plan" if len(tail) == 1 else "plan_problem"
     if tail[0] == "cmd":
         return "command." + tail[2]
     raise AssertionError(f"unexpected topic {t}")

@@ -482,3 +482,21 @@ async def test_an_open_broker_found_after_start_leaves_only_what_everyone_may(
                 sub.stop()
         finally:
             late.stop()
+
+
+async def test_only_the_cell_writes_the_plan_and_everyone_reads_it(
+    tmp_path: Path, secured: Mosquitto
+) -> None:
+    """The retained `plan` and `plan/problem` under the documented ACL."""
+    topics = Topics("t1")
+    body = {"v": 1}
+    async with RawClient(secured.port, "bob") as bob:
+        await bob.subscribe(f"{topics.plan}/#")
+        async with RawClient(secured.port, CELL_USER) as cell:
+            for topic in (topics.plan_problem, topics.plan):
+                assert not refused(await cell.publish(topic, body)), topic
+        async with asyncio.timeout(BOUND):
+            got = {(await bob.got.get()).topic for _ in range(2)}
+        assert got == {topics.plan, topics.plan_problem}
+        async with RawClient(secured.port, "root") as root:
+            assert refused(await root.publish(topics.plan, {"v": 1, "forged": True}))
