@@ -5,6 +5,7 @@ planner re-plans (real broker, real App), read back by `cellctl plan -c` and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import datetime as dt
 import json
 import xml.etree.ElementTree as ET
@@ -81,7 +82,7 @@ async def test_plan_published_retained_validated_and_read_back(
             assert {a.job for a in replay.assignments} == keys
             # Rate-limited: re-plans on every change, at most one plan per 2 s goes out.
             stamps = [d["ts"] for d in plans()]
-            assert all(b - a >= 1.9 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+            assert all(b - a >= 1.9 for a, b in itertools.pairwise(stamps)), stamps
 
             # A late reader gets the retained plan at once: the CLI, in a thread.
             c = str(cfg)
