@@ -5,8 +5,8 @@ planner re-plans (real broker, real App), read back by `cellctl plan -c` and
 from __future__ import annotations
 
 import asyncio
-import itertools
 import datetime as dt
+import itertools
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
