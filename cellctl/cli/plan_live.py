@@ -82,6 +82,10 @@ def render_live(doc: dict[str, Any], now: float) -> str:
     if work:
         lines.append("operator worklist:")
         lines.extend(f"    {row}" for row in worklist_lines(work, now))
+    if doc.get("learned"):
+        from cellctl.cli import learned_view
+
+        lines.extend(learned_view.lines(doc["learned"]))
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from cellctl.store import StoreError
 if TYPE_CHECKING:
     from cellctl.jobs.records import StepRecord
     from cellctl.planning.model import Problem
+    from cellctl.scheduler_config import SchedulerSection
     from cellctl.store import Store
 
 log = structlog.get_logger("cellctl.jobs.learning")
@@ -98,6 +99,49 @@ class LearnedTimes:
             for j in problem.jobs
         )
         return replace(problem, setup_times=times, jobs=jobs)
+
+
+def configured_s(sched: SchedulerSection, to: str) -> float:
+    """The configured time of a change to the keys of label `to` (their sum)."""
+    return float(sum(sched.key_change(k).seconds for k in parse(to)))
+
+
+def compare(learned: Learned, sched: SchedulerSection) -> dict[str, Any]:
+    """Configured vs learned, for `cellctl check` and the published plan: every pair
+    measured (learned once it has enough measurements) and every device's speed."""
+    changes = []
+    for device, a, b in learned.pairs():
+        conf = configured_s(sched, b)
+        est = learned.changeover(device, a, b, conf)
+        changes.append(
+            {
+                "device": device,
+                "change": f"{a or '(none)'} → {b}",
+                "configured_s": conf,
+                "learned_s": round(est.value, 3) if est.learned else None,
+                "samples": est.samples,
+            }
+        )
+    speed = {}
+    for device in learned.devices():
+        sp = learned.speed(device)
+        speed[device] = {"factor": round(sp.value, 4) if sp.learned else None, "steps": sp.samples}
+    return {"changeovers": changes, "speed": speed}
+
+
+def history_rows(conn: Any) -> list[tuple[str, str, str, str, float | None, float]]:
+    """The newest measurements, oldest first (for `Learning.run` and `cellctl check`)."""
+    return _read_history(conn)
+
+
+def learned_from(rows: list[tuple[str, str, str, str, float | None, float]]) -> Learned:
+    learned = Learned(window=WINDOW)
+    for kind, device, a, b, est, seconds in rows:
+        if kind == "changeover":
+            learned.changeover_done(device, a, b, seconds)
+        else:
+            learned.step_done(device, est, seconds)
+    return learned
 
 
 @dataclass
@@ -184,6 +228,9 @@ class Learning:
         self.learned.step_done(device, est, actual)
         self._rows.append(("step", device, "", "", 0, key, est, actual, at))
         self._refresh()
+
+    def compare(self, sched: SchedulerSection) -> dict[str, Any]:
+        return compare(self.learned, sched)
 
     def _refresh(self) -> None:
         ch = {}

@@ -45,7 +45,9 @@ class PlanFeed:
         self._last: object = None
         self._at = -float("inf")
 
-    def offer(self, live: _Planned | None) -> bool:
+    def offer(
+        self, live: _Planned | None, learned: Callable[[], dict[str, Any] | None] = lambda: None
+    ) -> bool:
         """The planner's current plan; True when it became the feed's (published)."""
         if live is None or live is self._last or live.problem is None:
             return False
@@ -56,6 +58,9 @@ class PlanFeed:
 
         ts = time.time()
         self.plan = plan_payload(live.problem, live.plan, live.made_at, 1.0, ts)
+        view = learned()
+        if view is not None:
+            self.plan["learned"] = view
         self.problem = problem_payload(live.problem, live.made_at, ts)
         self._last, self._at = live, now
         self.version += 1

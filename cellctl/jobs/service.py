@@ -793,6 +793,12 @@ class JobService:
         if self.learning is not None:
             self.learning.saw(event, self._step_of)
 
+    def _learned_view(self) -> dict[str, Any] | None:
+        """Configured vs learned durations, for the published plan."""
+        if self.learning is None:
+            return None
+        return self.learning.compare(self._cell().config.scheduler)
+
     def _step_of(self, job_id: str, index: int) -> StepRecord | None:
         job = self._jobs.get(job_id)
         return job.steps[index] if job is not None and index < len(job.steps) else None
@@ -1086,9 +1092,9 @@ class JobService:
         if planner is not None:
             await self._changeovers(planner)
             self._start_automatic(planner)
-            self.plan_feed.offer(planner.current)
             if self.learning is not None:
                 planner.adjust = self.learning.times  # applied at the next re-plan
+            self.plan_feed.offer(planner.current, self._learned_view)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

@@ -54,6 +54,24 @@ class PlanFigures(_Strict):
     makespan: float  # Unix seconds of the last planned end
 
 
+class LearnedChange(_Strict):
+    device: str
+    change: str  # "from → to" over the keys that change
+    configured_s: float
+    learned_s: float | None  # None: too few measurements yet
+    samples: int
+
+
+class LearnedSpeed(_Strict):
+    factor: float | None  # actual ÷ estimated step time; None: too few steps yet
+    steps: int
+
+
+class Learned(_Strict):
+    changeovers: list[LearnedChange]
+    speed: dict[str, LearnedSpeed]
+
+
 class PlanPayload(_Strict):
     v: Literal[1]
     ts: float
@@ -62,6 +80,7 @@ class PlanPayload(_Strict):
     figures: PlanFigures
     devices: dict[str, list[PlannedStep]]
     worklist: list[WorkItem]
+    learned: Learned | None = None  # configured vs learned durations (jobs/learning.py)
 
 
 class ProblemPayload(_Strict):

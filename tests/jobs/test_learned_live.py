@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import statistics
 import time
 from pathlib import Path
 
 from jobs.conftest import printer, running, wait_job
 from jobs.test_planner_live import next_request, planner_cell, print_job
 
+from cellctl.cli import learned_view
 from cellctl.jobs.planned import PlannerDispatcher
 from cellctl.model import JobState
 
@@ -59,5 +61,16 @@ async def test_changeover_estimate_converges_to_the_measured_time(tmp_path: Path
     changes = [r for r in rows if r[0] == "changeover"]
     assert len(changes) == CHANGES and all(r[4] == 0 for r in changes)
     assert [r[3] for r in changes] == ["material=petg", "material=pla"] * (CHANGES // 2)
-    assert all(abs(r[5] - OPERATOR_S) < 0.1 for r in changes), changes
+    # Each at least the operator's time (a loaded machine adds to some: the trimmed mean
+    # of the estimate above is what keeps such outliers from moving it).
+    assert all(r[5] >= OPERATOR_S - 0.01 for r in changes), changes
+    assert abs(statistics.median(r[5] for r in changes) - OPERATOR_S) <= 0.1 * OPERATOR_S
     assert sum(r[0] == "step" for r in rows) == CHANGES
+    # `cellctl check` shows configured vs learned, from the store.
+    shown = learned_view.from_store(cell)
+    assert shown is not None
+    pair = next(c for c in shown["changeovers"] if c["change"] == "material=pla → material=petg")
+    assert pair["configured_s"] == 600 and pair["samples"] == CHANGES // 2
+    assert abs(pair["learned_s"] - OPERATOR_S) <= 0.1 * OPERATOR_S
+    text = "\n".join(learned_view.lines(shown))
+    assert "p1: changeover material=pla → material=petg: 600 s → 0.4 s (5 measured)" in text, text
