@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli.plan import add_commands as add_plan_commands
 
     add_plan_commands(sub)
+    from cellctl.cli.report import add_commands as add_report_commands
+
+    add_report_commands(sub)  # the shift report
     from cellctl.cli.panel import add_commands as add_panel_commands
 
     add_panel_commands(sub)  # panel, apikey

@@ -30,7 +30,7 @@ import structlog
 
 from cellctl.model import OperatorRequest, RequestKind, StepChanged, StepState
 from cellctl.planning.learned import Learned
-from cellctl.store import StoreError
+from cellctl.store import StoreError, transaction
 
 if TYPE_CHECKING:
     from cellctl.jobs.records import StepRecord
@@ -280,7 +280,7 @@ def _read_history(conn: Any) -> list[tuple[str, str, str, str, float | None, flo
 
 
 def _write(conn: Any, rows: list[tuple[Any, ...]]) -> None:
-    with conn:
+    with transaction(conn):
         conn.executemany(
             "INSERT INTO measured (kind, device, from_setup, to_setup, automatic, step_key, "
             "estimated_s, seconds, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

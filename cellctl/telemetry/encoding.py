@@ -46,6 +46,7 @@ class Kind(enum.StrEnum):
     CELL = "cell"
     PLAN = "plan"
     PLAN_PROBLEM = "plan_problem"
+    REPORT = "report"
 
     @property
     def is_event(self) -> bool:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -25,7 +27,7 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
 from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.model import DeviceState, MetricSpec
-from cellctl.store import Store
+from cellctl.store import Store, StoreError
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.broker import (
@@ -57,6 +59,7 @@ log = structlog.get_logger("cellctl.mqtt")
 
 STORE_FILE = "cellctl.db"
 GOODBYE_TIMEOUT_S = 3.0
+REPORT_INTERVAL_S = 60.0  # the retained shift report, refreshed
 GOODBYE_DEVICES_S = 1.0
 GOODBYE_DELIVERY_S = 1.5
 
@@ -81,6 +84,7 @@ class MqttService:
         self.jobs = jobs
         self.facts = facts
         self.plans = plans  # the live plan, retained on `plan` and `plan/problem`
+        self.report: dict[str, Any] | None = None  # the last one published on `report`
         self._facts_wake = asyncio.Event()
         self._shared_store = store
         self.topics = Topics(cell.name, self.cfg.topic_prefix)
@@ -271,6 +275,7 @@ class MqttService:
                 tg.create_task(publisher.heartbeats(), name="mqtt-heartbeats")
                 tg.create_task(self._facts_loop(publisher), name="mqtt-facts")
                 tg.create_task(self._plan_loop(link), name="mqtt-plan")
+                tg.create_task(self._report_loop(link, store), name="mqtt-report")
                 tg.create_task(commands.run(), name="mqtt-commands")
                 if recheck:
                     tg.create_task(self._recheck(link, commands), name="mqtt-access-check")
@@ -329,6 +334,27 @@ class MqttService:
             await self.plans.changed.wait()
             self.plans.changed.clear()
             self._publish_plan(link)
+
+    async def _report_loop(self, link: MqttLink, store: Store) -> None:
+        """The shift report since the daemon started, retained on `report`, every
+        REPORT_INTERVAL_S; only on a cell that plans (the report re-plans with FIFO, and
+        the planning package is loaded only there)."""
+        if self.plans is None or self.cell.config.scheduler.method != "planner":
+            await asyncio.Event().wait()
+            return
+        from cellctl import shift_report
+
+        since, cell = time.time(), self.cell
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            build = functools.partial(shift_report.build, cell=cell, since=since, until=time.time())
+            try:
+                report = await store.call(build)
+            except StoreError as exc:
+                log.error("cannot build the shift report", error=str(exc))
+                continue
+            self.report = report
+            link.publish(Outgoing(self.topics.report, dumps(report), Kind.REPORT, 1, True))
 
     def _publish_plan(self, link: MqttLink) -> None:
         feed = self.plans

@@ -44,6 +44,7 @@ GRAMMAR: dict[str, tuple[str | None, list[str]]] = {
     "sim": (None, ["marlin"]),
     "plan": ("option", ["--problem", "p.json"]),
     "completion": (None, ["bash"]),
+    "report": ("option", []),
     "bed-clear": ("legacy", ["p1"]),
     "changeover": ("legacy", ["p1", "material=PETG"]),
     "panel": ("option", []),
