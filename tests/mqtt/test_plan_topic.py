@@ -19,6 +19,7 @@ from mqtt_rig import Commander, Subscriber, load, running_app, write_config
 
 from cellctl.cli.main import main
 from cellctl.planning import parse_problem, plan
+from cellctl.telemetry import service as mqtt_service
 from cellctl.telemetry.topics import Topics
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "cellctl" / "schemas"
@@ -37,8 +38,12 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 async def test_plan_published_retained_validated_and_read_back(
-    tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    broker: Mosquitto,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(mqtt_service, "REPORT_INTERVAL_S", 0.5)
     cfg = write_config(tmp_path / "cell.toml", broker.port, devices=2, telemetry=PLANNER)
     cell = load(cfg)
     topics = Topics(cell.name)
@@ -104,5 +109,11 @@ async def test_plan_published_retained_validated_and_read_back(
             listed = json.loads(out)["worklist"]
             assert listed and {w["device"] for w in listed} <= {"d1", "d2"}
             assert all(w["kind"] == "changeover" for w in listed)
+            # The shift report, retained (since the daemon started; nothing done yet).
+            await sub.wait_for(lambda: bool(sub.on("/report")), "a retained report")
+            report = sub.on("/report")[-1]
+            assert report.topic == topics.report
+            jsonschema.validate(report.json(), schema("report"))
+            assert report.json()["jobs_done"] == 0 and report.json()["fifo"] is None
     finally:
         sub.stop()
