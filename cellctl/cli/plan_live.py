@@ -20,6 +20,7 @@ from typing import Any
 from cellctl.cli.common import json_mode, print_json
 from cellctl.cli.mqtt import Remote, target_from
 from cellctl.config import load_settings
+from cellctl.planning.published import change_text
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -65,10 +66,10 @@ def render_live(doc: dict[str, Any], now: float) -> str:
             extra = ""
             if s["changeover_s"]:
                 how = "manual " if s["manual"] else ""
+                change = change_text(s["changeover_from"], s["setup"])
                 extra = (
                     f"  ({how}changeover {s['changeover_s'] / 60:.1f} min from "
-                    f"{_when(s['changeover_start'])}: {s['changeover_from'] or '(none)'} → "
-                    f"{s['setup'] or '(none)'})"
+                    f"{_when(s['changeover_start'])}: {change})"
                 )
             if s.get("clear_start") is not None:
                 extra += f"  (bed cleared from {_when(s['clear_start'])})"

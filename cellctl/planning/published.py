@@ -101,6 +101,24 @@ def problem_payload(problem: Problem, origin: float, ts: float) -> dict[str, Any
     return {"v": 1, "ts": ts, "origin": origin, "shift": shift, "problem": doc}
 
 
+def _pairs(label: str) -> dict[str, str] | None:
+    if not label:
+        return {}
+    parts = [p.split("=", 1) for p in label.split(",")]
+    return None if any(len(p) != 2 for p in parts) else {k: v for k, v in parts}
+
+
+def change_text(before: str, after: str) -> str:
+    """ "from → to" for an operator: with live setup labels ("key=value,…") only the keys
+    that change (what the target names and differs), else the two labels."""
+    a, b = _pairs(before), _pairs(after)
+    if a is None or b is None:
+        return f"{before} → {after}"
+    keys = [k for k in b if a.get(k) != b[k]]
+    old = ",".join(f"{k}={a[k]}" for k in keys if k in a) or "(none)"
+    return f"{old} → {','.join(f'{k}={b[k]}' for k in keys)}"
+
+
 def plan_payload(
     problem: Problem, result: Plan, origin: float, unit_s: float, ts: float
 ) -> dict[str, Any]:
@@ -141,7 +159,7 @@ def plan_payload(
                     "job": a.job,
                     "start": at(a.changeover_start),
                     "duration_s": a.changeover * unit_s,
-                    "change": f"{a.setup_before} → {setup}",
+                    "change": change_text(a.setup_before, setup),
                 }
             )
         if a.clear_start is not None:
