@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import re
 import shutil
@@ -50,7 +51,11 @@ def free_port() -> int:
 
 def cellctl(out: Path, name: str, *argv: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "cellctl", *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cellctl", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120"},
     )
     text = f"$ cellctl {' '.join(argv)}\n{done.stdout}{done.stderr}"
     (out / f"{name}.txt").write_text(text)

@@ -170,8 +170,16 @@ class PlannerDispatcher:
             out.append(Assignment(nxt.key, dev_id, nxt.reserves))
             free.discard(dev_id)
             free.difference_update(nxt.reserves)
+        # A request once made stays while the plan still needs it, also when a re-plan
+        # moves it back out of the notice window (else it is withdrawn and asked again).
         self.announcer.update(
-            {d: n for d, n in needed.items() if n.due_for_notice(now, cfg.notice_s)}, now, met
+            {
+                d: n
+                for d, n in needed.items()
+                if n.due_for_notice(now, cfg.notice_s) or self.announcer.asked(d, n)
+            },
+            now,
+            met,
         )
         rest = [d for d in idle if d in free]
         unplanned = [c for c in candidates if c.key not in live.planned] if rest else []
@@ -298,6 +306,24 @@ class PlannerDispatcher:
         self._on_plan()
 
 
+# Moving an announced changeover must gain this fraction of the kept plan's figure, and at
+# least MOVE_MIN_S: the pinned and the free problem are planned apart, and a heuristic (or
+# a search bounded in time) can find each better than the other on alternate re-plans.
+# Without a margin the requests swapped back and forth every round (the demo's mix:
+# hundreds of request/withdraw pairs in a few seconds).
+MOVE_MARGIN = 0.1
+MOVE_MIN_S = 60
+
+
+def _clearly_better(free: tuple[int, ...], kept: tuple[int, ...]) -> bool:
+    """(weighted tardiness, changeover, …): less tardiness by the margin; or no more
+    tardiness (within the margin) and less changeover time by the margin."""
+    (ft, fc), (kt, kc) = free[:2], kept[:2]
+    if ft < kt - max(MOVE_MIN_S, MOVE_MARGIN * kt):
+        return True
+    return ft <= kt and fc < kc - max(MOVE_MIN_S, MOVE_MARGIN * kc)
+
+
 def _exit_with_parent(parent: int) -> None:
     """In the worker process: end when the daemon is gone (a SIGKILL leaves no one to
     shut the pool down, and the worker would wait for work forever)."""
@@ -322,8 +348,8 @@ def _plan_snapshot(
     snap: Snapshot, cfg: SchedulerSection, adjust: ProblemAdjust | None = None
 ) -> LivePlan:
     """Plan the snapshot. A changeover already requested stays where it is unless a plan
-    free to move it has less tardiness or less changeover time (not merely an earlier
-    end): a request does not flap between devices on a tie."""
+    free to move it is clearly better (`_clearly_better`; not merely an earlier end): a
+    request does not flap between devices on a tie, nor on the planner's own noise."""
     problem = build_problem(snap, cfg)
     if adjust is not None:
         problem = adjust.apply(problem)
@@ -333,7 +359,7 @@ def _plan_snapshot(
         half = None if budget is None else budget / 2
         kept = run_planner(problem, method, budget_s=half)
         free = run_planner(replace(problem, pinned={}), method, budget_s=half)
-        result = free if free.figures.key[:2] < kept.figures.key[:2] else kept
+        result = free if _clearly_better(free.figures.key, kept.figures.key) else kept
     else:
         result = run_planner(problem, method, budget_s=budget)
     return LivePlan(
