@@ -123,6 +123,30 @@ def main() -> int:
         while ended.keys() != wanted:
             if time.monotonic() - t0 > BOUND_S:
                 raise TimeoutError(f"not done: {sorted(wanted - ended.keys())}")
+            # Everything that arrived first (a withdrawal must cancel its answer), then
+            # the answers that are due.
+            try:
+                msgs = [remote.inbox.get(timeout=0.2)]
+                while True:
+                    msgs.append(remote.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            for m in msgs:
+                body: Any = json.loads(m.payload)
+                if m.topic.endswith("/requests") and body.get("kind") == "changeover":
+                    d = body["details"]
+                    if d.get("withdrawn"):
+                        pending.pop(body["device"], None)
+                    elif body["device"] not in pending:
+                        pending[body["device"]] = (time.monotonic() + args.delay, dict(d["load"]))
+                elif m.topic.endswith("/events") and body.get("event") == "job":
+                    job_id = m.topic.split("/")[-2]
+                    accepted.add(job_id)
+                    if body["state"] in ("done", "failed", "cancelled"):
+                        ended[job_id] = body["state"]
+                        print(f"{job_id}: {body['state']} ({len(ended)}/{len(wanted)})", flush=True)
+                    if mix_in_at is None and wanted <= accepted:
+                        mix_in_at = time.monotonic()
             now = time.monotonic()
             for dev, (at, load) in list(pending.items()):
                 if at <= now:
@@ -147,25 +171,6 @@ def main() -> int:
                     "--export",
                     str(out / "demo-problem.json"),
                 )
-            try:
-                m = remote.inbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            body: Any = json.loads(m.payload)
-            if m.topic.endswith("/requests") and body.get("kind") == "changeover":
-                d = body["details"]
-                if d.get("withdrawn"):
-                    pending.pop(body["device"], None)
-                elif body["device"] not in pending:
-                    pending[body["device"]] = (time.monotonic() + args.delay, dict(d["load"]))
-            elif m.topic.endswith("/events") and body.get("event") == "job":
-                job = m.topic.split("/")[-2]
-                accepted.add(job)
-                if body["state"] in ("done", "failed", "cancelled"):
-                    ended[job] = body["state"]
-                    print(f"{job}: {body['state']} ({len(ended)}/{len(wanted)})", flush=True)
-                if mix_in_at is None and wanted <= accepted:
-                    mix_in_at = time.monotonic()
         took = time.time() - started
         print(f"every job ended after {took:.0f} s; {answered} changeovers answered", flush=True)
         (out / "outcome.json").write_text(
