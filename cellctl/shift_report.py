@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from cellctl.config import Cell
@@ -44,6 +45,16 @@ def _needs(step: StepRecord) -> dict[str, str]:
 
 def _overlap(a: float, b: float, lo: float, hi: float) -> float:
     return max(0.0, min(b, hi) - max(a, lo))
+
+
+def build_from(path: Path, cell: Cell, since: float, until: float) -> dict[str, Any]:
+    """`build` on a read-only connection of its own to the store at `path` (sqlite3.Error
+    when it cannot be read)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        return build(conn, cell, since, until)
+    finally:
+        conn.close()
 
 
 def build(conn: sqlite3.Connection, cell: Cell, since: float, until: float) -> dict[str, Any]:

@@ -64,11 +64,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CellError(f"no store at {path}: has the daemon run with this config?")
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            report = shift_report.build(conn, cell, since, until)
-        finally:
-            conn.close()
+        report = shift_report.build_from(path, cell, since, until)
     except sqlite3.Error as exc:
         raise CellError(f"cannot read {path}: {exc}") from None
     if json_mode():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +27,7 @@ from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
 from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.model import DeviceState, MetricSpec
-from cellctl.store import Store, StoreError
+from cellctl.store import Store
 from cellctl.supervisor import Supervisor
 from cellctl.tasks import TaskGroup
 from cellctl.telemetry.broker import (
@@ -60,6 +60,7 @@ log = structlog.get_logger("cellctl.mqtt")
 STORE_FILE = "cellctl.db"
 GOODBYE_TIMEOUT_S = 3.0
 REPORT_INTERVAL_S = 60.0  # the retained shift report, refreshed
+REPORT_WINDOW_S = 8 * 3600.0  # … covering at most this much
 GOODBYE_DEVICES_S = 1.0
 GOODBYE_DELIVERY_S = 1.5
 
@@ -336,21 +337,24 @@ class MqttService:
             self._publish_plan(link)
 
     async def _report_loop(self, link: MqttLink, store: Store) -> None:
-        """The shift report since the daemon started, retained on `report`, every
-        REPORT_INTERVAL_S; only on a cell that plans (the report re-plans with FIFO, and
-        the planning package is loaded only there)."""
+        """The shift report since the daemon started (at most the last REPORT_WINDOW_S),
+        retained on `report`, every REPORT_INTERVAL_S; only on a cell that plans (the
+        report re-plans with FIFO, and the planning package is loaded only there). Built
+        on a worker thread with a read-only connection of its own: the FIFO re-plan of a
+        long shift must not hold the store's thread, which the job service writes on."""
         if self.plans is None or self.cell.config.scheduler.method != "planner":
             await asyncio.Event().wait()
             return
         from cellctl import shift_report
 
-        since, cell = time.time(), self.cell
+        started, cell, path = time.time(), self.cell, store.path
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
-            build = functools.partial(shift_report.build, cell=cell, since=since, until=time.time())
+            now = time.time()
+            since = max(started, now - REPORT_WINDOW_S)
             try:
-                report = await store.call(build)
-            except StoreError as exc:
+                report = await asyncio.to_thread(shift_report.build_from, path, cell, since, now)
+            except sqlite3.Error as exc:  # the next round tries again
                 log.error("cannot build the shift report", error=str(exc))
                 continue
             self.report = report
