@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -50,7 +50,7 @@ from cellctl.jobs.live_problem import Snapshot, build_problem
 from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.model import OperatorRequest
 from cellctl.planning.model import Assignment as PlanAssignment
-from cellctl.planning.model import Plan
+from cellctl.planning.model import Plan, Problem
 from cellctl.scheduler_config import PlanWorker, SchedulerSection
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class LivePlan:
     made_at: float  # epoch seconds: problem time 0
     planned: frozenset[str]  # step keys it holds
     by_job: Mapping[str, PlanAssignment]  # step key → its place in the plan
+    problem: Problem | None = None  # what was planned: published with the plan (plan_feed.py)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,9 @@ class PlannerDispatcher:
         self._automatic: list[AutoChange] = []
         self._later: tuple[Candidate, ...] = ()
         self.auto_failed: dict[str, str] = {}  # device → why its change_setup failed
+        # Applied to each problem before planning (learned durations, learned_times.py);
+        # picklable: it travels to the worker process with the snapshot.
+        self.adjust: ProblemAdjust | None = None
 
     # --- on the event loop -------------------------------------------------------
 
@@ -190,8 +194,16 @@ class PlannerDispatcher:
             out.append(Assignment(nxt.key, dev_id, nxt.reserves))
             free.discard(dev_id)
             free.difference_update(nxt.reserves)
+        # A request once made stays while the plan still needs it, also when a re-plan
+        # moves it back out of the notice window (else it is withdrawn and asked again).
         self.announcer.update(
-            {d: n for d, n in needed.items() if n.due_for_notice(now, cfg.notice_s)}, now, met
+            {
+                d: n
+                for d, n in needed.items()
+                if n.due_for_notice(now, cfg.notice_s) or self.announcer.asked(d, n)
+            },
+            now,
+            met,
         )
         self.preparer.update(needed, free, met, now, cfg)
         rest = [d for d in idle if d in free]
@@ -309,10 +321,10 @@ class PlannerDispatcher:
         t0 = time.perf_counter()
         try:
             if pool is None:
-                live = await asyncio.to_thread(_plan_snapshot, snap, cfg)
+                live = await asyncio.to_thread(_plan_snapshot, snap, cfg, self.adjust)
             else:
                 loop = asyncio.get_running_loop()
-                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg)
+                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg, self.adjust)
         except Exception as exc:  # a planner bug must not stop dispatch: fall back
             self._failed = True
             self.stats.failures += 1
@@ -332,6 +344,24 @@ class PlannerDispatcher:
         self._on_plan()
 
 
+# Moving an announced changeover must gain this fraction of the kept plan's figure, and at
+# least MOVE_MIN_S: the pinned and the free problem are planned apart, and a heuristic (or
+# a search bounded in time) can find each better than the other on alternate re-plans.
+# Without a margin the requests swapped back and forth every round (the demo's mix:
+# hundreds of request/withdraw pairs in a few seconds).
+MOVE_MARGIN = 0.1
+MOVE_MIN_S = 60
+
+
+def _clearly_better(free: tuple[int, ...], kept: tuple[int, ...]) -> bool:
+    """(weighted tardiness, changeover, …): less tardiness by the margin; or no more
+    tardiness (within the margin) and less changeover time by the margin."""
+    (ft, fc), (kt, kc) = free[:2], kept[:2]
+    if ft < kt - max(MOVE_MIN_S, MOVE_MARGIN * kt):
+        return True
+    return ft <= kt and fc < kc - max(MOVE_MIN_S, MOVE_MARGIN * kc)
+
+
 def _exit_with_parent(parent: int) -> None:
     """In the worker process: end when the daemon is gone (a SIGKILL leaves no one to
     shut the pool down, and the worker would wait for work forever)."""
@@ -348,18 +378,26 @@ def _busy(v: DeviceView) -> DeviceView:
     return DeviceView(v.id, v.processes, v.setup, False, v.kept_for, v.busy_until)
 
 
-def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
+class ProblemAdjust(Protocol):
+    def apply(self, problem: Problem) -> Problem: ...
+
+
+def _plan_snapshot(
+    snap: Snapshot, cfg: SchedulerSection, adjust: ProblemAdjust | None = None
+) -> LivePlan:
     """Plan the snapshot. A changeover already requested stays where it is unless a plan
-    free to move it has less tardiness or less changeover time (not merely an earlier
-    end): a request does not flap between devices on a tie."""
+    free to move it is clearly better (`_clearly_better`; not merely an earlier end): a
+    request does not flap between devices on a tie, nor on the planner's own noise."""
     problem = build_problem(snap, cfg)
+    if adjust is not None:
+        problem = adjust.apply(problem)
     method = cfg.planner_method
     budget = cfg.budget_s if method == "anytime" else None
     if problem.pinned:
         half = None if budget is None else budget / 2
         kept = planning.plan(problem, method, budget_s=half)
         free = planning.plan(replace(problem, pinned={}), method, budget_s=half)
-        result = free if free.figures.key[:2] < kept.figures.key[:2] else kept
+        result = free if _clearly_better(free.figures.key, kept.figures.key) else kept
     else:
         result = planning.plan(problem, method, budget_s=budget)
     return LivePlan(
@@ -367,4 +405,5 @@ def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
         snap.now,
         frozenset(j.id for j in problem.jobs),
         {a.job: a for a in result.assignments},
+        problem,
     )

@@ -50,6 +50,7 @@ from cellctl.jobs.dispatch import (
     make_dispatcher,
 )
 from cellctl.jobs.gcode import GcodeInfo, cut_short, format_number
+from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -88,6 +89,7 @@ from cellctl.supervisor import DeviceRunner, Supervisor
 from cellctl.tasks import TaskGroup
 
 if TYPE_CHECKING:  # the planner loads only when a cell plans (its imports cost ~9 MiB)
+    from cellctl.jobs.learning import Learning
     from cellctl.jobs.planned import PlannerDispatcher
     from cellctl.jobs.preparation import PrepAction
 
@@ -139,6 +141,12 @@ class JobService:
 
             if isinstance(self.dispatcher, PlannerDispatcher):
                 self._planning = self.dispatcher
+        # Measured durations, for the planner's estimates (loaded only when it plans).
+        self.learning: Learning | None = None
+        if self._planning is not None:
+            from cellctl.jobs.learning import Learning
+
+            self.learning = Learning(store)
         self.programs = ProgramStore(cell().state_dir / "programs")
         self._jobs: dict[str, JobRecord] = {}
         self._devices: dict[str, repo.DeviceRow] = {}
@@ -154,6 +162,7 @@ class JobService:
         self._next_seq = 1
         self.ready = asyncio.Event()
         self.dispatch_rounds = 0
+        self.plan_feed = PlanFeed()  # the retained `plan` topic's payloads (plan_feed.py)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -176,6 +185,8 @@ class JobService:
                 planner = self._planner()
                 if planner is not None:
                     tg.create_task(planner.run(), name="jobs:planner")
+                if self.learning is not None:
+                    tg.create_task(self.learning.run(), name="jobs:learning")
                 for device_id, key in self._uncleared.items():  # still asked after a restart
                     self._publish(self._bed_request(device_id, key))
                 self.ready.set()
@@ -475,6 +486,8 @@ class JobService:
         new_setup = {str(k): str(v) for k, v in new_setup.items()}
         await self._save_device(repo.DeviceRow(row.id, new_setup, row.in_service, row.note))
         log.info("device setup changed", device=device_id, setup=new_setup)
+        if self.learning is not None:
+            self.learning.setup_recorded(device_id, new_setup, time.time())
         return self._device_info(device_id)
 
     async def set_in_service(self, device_id: str, in_service: bool, note: str = "") -> DeviceInfo:
@@ -782,6 +795,18 @@ class JobService:
 
     def _publish(self, event: Event) -> None:
         self._bus.publish(event)
+        if self.learning is not None:
+            self.learning.saw(event, self._step_of)
+
+    def _learned_view(self) -> dict[str, Any] | None:
+        """Configured vs learned durations, for the published plan."""
+        if self.learning is None:
+            return None
+        return self.learning.compare(self._cell().config.scheduler)
+
+    def _step_of(self, job_id: str, index: int) -> StepRecord | None:
+        job = self._jobs.get(job_id)
+        return job.steps[index] if job is not None and index < len(job.steps) else None
 
     # --- devices ----------------------------------------------------------------
 
@@ -917,9 +942,13 @@ class JobService:
             driver = runner.driver if runner is not None else None
             if driver is None:
                 raise LinkError(f"{device_id} is not connected")
+            before, t0 = dict(self._device_row(device_id).setup), time.monotonic()
             async with asyncio.timeout(bound):
                 await driver.change_setup(setup)
+            took = time.monotonic() - t0
             await self.set_setup(device_id, setup, merge=True)
+            if self.learning is not None:
+                self.learning.automatic_done(device_id, before, setup, took)
             log.info("automatic changeover done", device=device_id, setup=setup)
         except (CellError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
@@ -1119,6 +1148,9 @@ class JobService:
             await self._changeovers(planner)
             self._start_automatic(planner)
             self._start_preparations(planner)
+            if self.learning is not None:
+                planner.adjust = self.learning.times  # applied at the next re-plan
+            self.plan_feed.offer(planner.current, self._learned_view)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

@@ -1,4 +1,5 @@
-"""The demo cell (configs/demo.toml: Marlin printer at time_factor 20, GRBL mill at 10,
+"""The demo cell (configs/demo.toml: Marlin printer-1 at time_factor 20 (printer-2 and -3
+out of service here), GRBL mill at 10,
 PLC and robot simulators) as a subprocess with `[scheduler] method = "planner"`, a job
 mix needing changeovers submitted over MQTT, and a scripted operator answering each
 changeover request with `answer … setup{}`. Wall time about 20 s on an idle machine
@@ -53,6 +54,9 @@ async def test_demo_cell_plans_its_changeovers(tmp_path: Path, broker: Mosquitto
     text = re.sub(
         r"(?ms)^\[mqtt\].*\Z", f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n', text
     )
+    # The demo's own [scheduler] (the planner, with demo-speed changeover times) gives
+    # way to this test's: the default times, which the figures below are priced at.
+    text = re.sub(r"(?ms)^\[scheduler\].*?(?=^\[)", "", text)
     text += '\n[scheduler]\nmethod = "planner"\nbudget_s = 0.1\nnotice_s = 0\n'
     config = tmp_path / "demo.toml"
     config.write_text(text)
@@ -64,6 +68,9 @@ async def test_demo_cell_plans_its_changeovers(tmp_path: Path, broker: Mosquitto
     answered: list[tuple[str, dict[str, str]]] = []
     try:
         await sub.online()
+        for dev in ("printer-2", "printer-3"):  # one printer: the figures below are its
+            r = await cmd.send("out_of_service", {"device": dev, "reason": "not in this test"})
+            assert r["outcome"] == "accepted", r
         for dev in ("printer-1", "mill-1"):  # every job in before the first plan
             r = await cmd.send("out_of_service", {"device": dev, "reason": "loading work"})
             assert r["outcome"] == "accepted", r
@@ -82,7 +89,7 @@ async def test_demo_cell_plans_its_changeovers(tmp_path: Path, broker: Mosquitto
         for dev in ("printer-1", "mill-1"):
             r = await cmd.send("into_service", {"device": dev})
             assert r["outcome"] == "accepted", r
-        setups = {"printer-1": {"material": "PLA"}, "mill-1": {"tool": "T1"}}
+        setups = {"printer-1": {"material": "PLA", "colour": "black"}, "mill-1": {"tool": "T1"}}
         seen = 0
 
         def ended() -> set[str]:
