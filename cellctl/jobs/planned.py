@@ -50,7 +50,7 @@ from cellctl.jobs.live_problem import Snapshot, build_problem
 from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.model import OperatorRequest
 from cellctl.planning.model import Assignment as PlanAssignment
-from cellctl.planning.model import Plan, Problem
+from cellctl.planning.model import Figures, Plan, Problem
 from cellctl.scheduler_config import PlanWorker, SchedulerSection
 
 if TYPE_CHECKING:
@@ -353,6 +353,10 @@ MOVE_MARGIN = 0.1
 MOVE_MIN_S = 60
 
 
+def _nothing(problem: Problem) -> Figures:
+    return Figures(problem.objective, weighted_tardiness=0, changeover=0, makespan=0)
+
+
 def _clearly_better(free: tuple[int, ...], kept: tuple[int, ...]) -> bool:
     """(weighted tardiness, changeover, …): less tardiness by the margin; or no more
     tardiness (within the margin) and less changeover time by the margin."""
@@ -393,7 +397,10 @@ def _plan_snapshot(
         problem = adjust.apply(problem)
     method = cfg.planner_method
     budget = cfg.budget_s if method == "anytime" else None
-    if problem.pinned:
+    if not problem.jobs:
+        # Nothing to place: an idle cell does not load the solver (issue 27).
+        result = Plan({m.id: () for m in problem.machines}, (), _nothing(problem), method)
+    elif problem.pinned:
         half = None if budget is None else budget / 2
         kept = planning.plan(problem, method, budget_s=half)
         free = planning.plan(replace(problem, pinned={}), method, budget_s=half)
