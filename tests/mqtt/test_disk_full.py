@@ -66,6 +66,11 @@ async def test_disk_full_refuses_work_keeps_control_and_recovers(
                     await sub.online()
                     r = await cmd.send("submit", job("before"))
                     assert r["outcome"] == "accepted", r
+                    # Done before the drill: an emergency stop would hold it (not end it).
+                    await until(
+                        lambda: all(j.state.terminal for j in app.jobs._jobs.values()),
+                        "the job before done",
+                    )
 
                     filler = fill(state)
                     reader = sqlite3.connect(state / "cellctl.db", isolation_level=None)
