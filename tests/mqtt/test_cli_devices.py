@@ -28,13 +28,20 @@ DEMO = Path(__file__).parents[2] / "configs" / "demo.toml"
 BOUND = 60.0
 
 
-def demo_on(tmp_path: Path, port: int) -> Path:
+ROBOT_SIM = "sim = { time_factor = 1.0, heartbeat_timeout_s = 3.0 }"
+
+
+def demo_on(tmp_path: Path, port: int, tend_s: float | None = None) -> Path:
+    """The demo on this test's broker; `tend_s`: how long the robot's `tend` program runs."""
     text = re.sub(
         r"(?ms)^\[mqtt\].*?(?=^\[(?!mqtt)|\Z)",
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nembedded = false\n\n',
         DEMO.read_text(),
     )
     text = text.replace('hotfolder = "state/hotfolder"', 'hotfolder = "hot"')
+    if tend_s is not None:
+        assert ROBOT_SIM in text, "configs/demo.toml's robot simulator line changed"
+        text = text.replace(ROBOT_SIM, ROBOT_SIM[:-2] + f", programs = {{ 3 = {tend_s} }} }}")
     cfg = tmp_path / "demo.toml"
     cfg.write_text(text)
     return cfg
@@ -63,7 +70,9 @@ async def until(pred: Any, what: str, within_s: float = BOUND) -> None:
 
 @pytest.mark.timeout(300)  # the whole tour: four devices, two jobs, some 30 CLI calls
 async def test_estop_then_reset_all_then_a_job_runs(tmp_path: Path, broker: Mosquitto) -> None:
-    cfg = demo_on(tmp_path, broker.port)
+    # Long enough that the program still runs when the estop CLI call (a fresh interpreter,
+    # seconds on a loaded machine) arrives; the default 8 s was seen to end first.
+    cfg = demo_on(tmp_path, broker.port, tend_s=20.0)
     cell = config_mod.load(cfg)
     sub = await Subscriber(broker.port, [Topics(cell.name).everything]).start()
     app = App(cell)
