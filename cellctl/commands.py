@@ -67,6 +67,8 @@ log = structlog.get_logger("cellctl.commands")
 URGENT = frozenset({Lane.ESTOP, Lane.CONTROL})
 
 DEVICE_TIMEOUT_S = 10.0
+# Emergency stops handled at once (each acts on every device, then writes its audit row).
+ESTOPS_IN_HAND = 4
 AUDIT_PAYLOAD_MAX = 4096
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -408,6 +410,7 @@ class CommandHandler:
         legacy: bool = False,
         limits: CommandsSection | None = None,
         uploads: ProgramUploads | None = None,
+        reply_via: Callable[[Outgoing, bytes | None, str], None] | None = None,
     ) -> None:
         self.topics = topics
         self.access = access or Access.from_section(None)
@@ -420,6 +423,8 @@ class CommandHandler:
         self.store = store
         self.runners = runners
         self.publish = publish
+        # Given: replies go out by it, told which connection delivered the command.
+        self.reply_via = reply_via
         self.audit = audit
         self.jobs: JobService = jobs or NoJobService()
         self.device_timeout_s = device_timeout_s
@@ -434,6 +439,7 @@ class CommandHandler:
         self._urgent_idle = asyncio.Event()
         self._urgent_idle.set()
         self._urgent_in_hand = 0
+        self._estop_acting = asyncio.Lock()
         # Refused at the door (too large, over the rate, lane full): no parse, no queue.
         self.refused = 0
         self._refusals_logged: dict[tuple[str | None, str], tuple[float, int]] = {}
@@ -530,29 +536,42 @@ class CommandHandler:
     async def _worker(self, lane: Lane) -> None:
         queue, wake = self.lanes[lane], self._wake[lane]
         urgent = lane in URGENT
-        while True:
-            if not urgent:
-                # Lanes share one event loop: while an emergency stop, stop or pause is
-                # waiting or in hand, no submit or query starts its parse and its work.
-                await self._urgent_idle.wait()
-            msg = queue.take()
-            if msg is None:
-                wake.clear()
-                await wake.wait()
-                continue
-            route = self.topics.parse_command(msg.topic)
-            # What everyone may do does not depend on who is asking: an estop never waits.
-            if route is None or route.name not in self.access.everyone:
-                await self.access_known.wait()
-            if urgent:
-                self._urgent_in_hand += 1
-            try:
-                await self.handle(msg)
-            finally:
+        # Emergency stops overlap: the next one acts while the last one's audit row is
+        # still being written (under load that write took 170 ms). Their device calls
+        # do not overlap (_estop): a driver is never asked to stop twice at once.
+        slots = asyncio.Semaphore(ESTOPS_IN_HAND if lane is Lane.ESTOP else 1)
+        async with TaskGroup() as tg:
+            while True:
+                if not urgent:
+                    # Lanes share one event loop: while an emergency stop, stop or pause is
+                    # waiting or in hand, no submit or query starts its parse and its work.
+                    await self._urgent_idle.wait()
+                msg = queue.take()
+                if msg is None:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                route = self.topics.parse_command(msg.topic)
+                # What everyone may do does not depend on who is asking: an estop never waits.
+                if route is None or route.name not in self.access.everyone:
+                    await self.access_known.wait()
                 if urgent:
-                    self._urgent_in_hand -= 1
-                    if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
-                        self._urgent_idle.set()
+                    self._urgent_in_hand += 1
+                await slots.acquire()
+                if lane is Lane.ESTOP:
+                    tg.create_task(self._one(msg, urgent, slots), name="commands-estop-one")
+                else:
+                    await self._one(msg, urgent, slots)
+
+    async def _one(self, msg: Incoming, urgent: bool, slots: asyncio.Semaphore) -> None:
+        try:
+            await self.handle(msg)
+        finally:
+            slots.release()
+            if urgent:
+                self._urgent_in_hand -= 1
+                if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
+                    self._urgent_idle.set()
 
     async def handle(self, msg: Incoming) -> None:
         route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
@@ -776,7 +795,11 @@ class CommandHandler:
         }
         if page is not None:
             body["page"] = page
-        self.publish(Outgoing(topic, dumps(body), Kind.REPLY, qos=1), msg.correlation)
+        out = Outgoing(topic, dumps(body), Kind.REPLY, qos=1)
+        if self.reply_via is not None:
+            self.reply_via(out, msg.correlation, msg.channel)
+        else:
+            self.publish(out, msg.correlation)
 
     # --- the commands --------------------------------------------------------
 
@@ -942,7 +965,7 @@ class CommandHandler:
             except Exception as exc:  # every device gets its stop, whatever one of them does
                 failed[dev_id] = f"{type(exc).__name__}: {exc}"
 
-        async with TaskGroup() as tg:
+        async with self._estop_acting, TaskGroup() as tg:
             for dev_id, driver in targets.items():
                 tg.create_task(one(dev_id, driver), name=f"estop:{dev_id}")
         start = msg.received or loop.time()

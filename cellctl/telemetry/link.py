@@ -109,6 +109,8 @@ class Incoming:
     correlation: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     received: float = 0.0  # loop.time() when paho handed it over
+    # Which of the daemon's connections delivered it (cellctl.telemetry.urgent).
+    channel: str = "main"
 
 
 @dataclass
@@ -130,6 +132,7 @@ class _Session:
     connack: asyncio.Future[ReasonCode]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     sock: Any = None
+    sub_mid: int | None = None
 
 
 class MqttLink:
@@ -145,6 +148,7 @@ class MqttLink:
         on_ack: AckHandler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -154,6 +158,9 @@ class MqttLink:
         self.on_ack = on_ack
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
+        # Called once the broker acknowledged this connection's subscriptions (SUBACK):
+        # from then on it delivers every message published to them.
+        self.on_subscribed = on_subscribed
         self._rng = rng or random.Random()
         self.state = LinkState.DISCONNECTED
         self.connected = asyncio.Event()
@@ -308,8 +315,8 @@ class MqttLink:
                 if rc.value in (0x86, 0x87, 4, 5):  # bad user/password, not authorized
                     hint = f" (check the username and password for {self.settings.address})"
                 raise LinkError(f"the broker refused the connection: {rc.getName()}{hint}")
-            for topic, qos in self.subscriptions:
-                client.subscribe(topic, qos)
+            if self.subscriptions:  # one SUBSCRIBE, one SUBACK (on_subscribed)
+                _, session.sub_mid = client.subscribe(list(self.subscriptions))
             self.state = LinkState.CONNECTED
             self._backoff.reset()
             self.stats.connects += 1
@@ -406,6 +413,9 @@ class MqttLink:
                 )
             )
 
+        def on_subscribe(_c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+            self._in_loop(self._subscribed, session, mid)
+
         def on_acked(mid: int, ok: bool) -> None:
             if self.on_ack is not None:
                 self.on_ack(mid, ok)
@@ -417,6 +427,11 @@ class MqttLink:
         client.on_connect = on_connect
         client.on_message = on_message
         client.on_acked = on_acked
+        client.on_subscribe = on_subscribe
+
+    def _subscribed(self, session: _Session, mid: int) -> None:
+        if self._session is session and mid == session.sub_mid and self.on_subscribed:
+            self.on_subscribed()
 
     def _register(self, session: _Session, sock: Any) -> None:
         if self._session is not session or session.lost.is_set():
