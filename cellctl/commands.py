@@ -48,7 +48,7 @@ from pydantic import (
 )
 
 from cellctl import maintenance
-from cellctl.access import COMMAND_NAMES, USER_PATTERN, Access, AccessDenied
+from cellctl.access import COMMAND_NAMES, FRONTEND, USER_PATTERN, Access, AccessDenied
 from cellctl.command_ids import CommandIds
 from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
 from cellctl.errors import CellError, NotSupported
@@ -472,15 +472,13 @@ class CommandHandler:
                 "payload_max_bytes); send a large program in chunks with put_program",
             )
             return
-        if lane is not Lane.ESTOP:
-            user = route.user if route is not None and route.user is not None else ""
-            wait_s = self.rate.take(user, asyncio.get_running_loop().time())
-            if wait_s > 0:
-                self._refuse(
-                    msg,
-                    f"rate limit: user {user!r} may send {self.limits.rate_per_s:g} commands/s "
-                    f"(bursts of {self.limits.rate_burst}); retry in {wait_s:.2f} s",
-                )
+        user = route.user if route is not None and route.user is not None else ""
+        # A front end's commands count for the user it acts for, known only once the
+        # payload is parsed and the front end checked: handle() counts those.
+        if lane is not Lane.ESTOP and not self._fronts(user):
+            over = self._over_rate(user)
+            if over:
+                self._refuse(msg, over)
                 return
         if not self.lanes[lane].offer(msg, size):
             q = self.lanes[lane]
@@ -493,6 +491,20 @@ class CommandHandler:
         self._wake[lane].set()
         if lane in URGENT:
             self._urgent_idle.clear()
+
+    def _fronts(self, user: str) -> bool:
+        """A verified user with the `frontend` permission (cellctl.access)."""
+        return bool(user) and self.access.verified and self.access.allowed(user, FRONTEND)
+
+    def _over_rate(self, user: str) -> str:
+        """"" if `user` may send one more command now, else the refusal's reason."""
+        wait_s = self.rate.take(user, asyncio.get_running_loop().time())
+        if wait_s <= 0:
+            return ""
+        return (
+            f"rate limit: user {user!r} may send {self.limits.rate_per_s:g} commands/s "
+            f"(bursts of {self.limits.rate_burst}); retry in {wait_s:.2f} s"
+        )
 
     def _refuse(self, msg: Incoming, reason: str) -> None:
         """A reply without parsing the payload: its `id` is not read, MQTT 5 correlation
@@ -613,6 +625,16 @@ class CommandHandler:
                         raise
             if malformed:
                 raise Rejected(malformed)
+            sender = route.user or ""
+            if name != "estop" and self._fronts(sender):
+                # The door let a front end's command through uncounted: it counts now, for
+                # the user it acts for (or for the front end, acting for nobody). Refused
+                # like at the door: a reply, no audit row.
+                over = self._over_rate(acting or sender)
+                if over:
+                    self._refuse(msg, over)
+                    self.handled += 1
+                    return
             try:
                 # Parsed once, by the model; the plain parse only explains a failure.
                 cmd = model.model_validate_json(msg.payload)

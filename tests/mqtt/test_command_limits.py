@@ -149,3 +149,32 @@ async def test_short_flood_estop_arrives_memory_bounded(tmp_path: Path, broker: 
         for c in flooders:
             c.stop()
         sub.stop()
+
+
+async def test_a_front_ends_commands_count_for_the_user_it_acts_for(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The rate is per verified effective user: a panel acting for many users is not one
+    user's worth of commands, and one of its users over the rate does not stop the others."""
+    access = 'allow_anonymous = true\n[access.users]\npanel = ["frontend"]\n'
+    cfg = write_config(tmp_path / "cell.toml", broker.port, devices=1, access=access)
+    cfg.write_text(cfg.read_text() + "[commands]\nrate_per_s = 0.05\nrate_burst = 3\n")
+    cell = load(cfg)
+    topics = Topics(cell.name)
+    sub = await Subscriber(broker.port, [f"{topics.base}/replies/#", topics.status]).start()
+    panel = Commander(sub, topics, "panel")
+    try:
+        async with running_app(cell):
+            await sub.online()
+            for_alice = [await panel.send("jobs", {"on_behalf_of": "alice"}) for _ in range(4)]
+            assert [r["outcome"] for r in for_alice] == ["accepted"] * 3 + ["rejected"]
+            assert for_alice[3]["reason"].startswith("rate limit: user 'alice'"), for_alice[3]
+            # Bob, through the same front end, has his own rate; so has the panel itself.
+            for body in ({"on_behalf_of": "bob"}, {}, {"on_behalf_of": "bob"}):
+                r = await panel.send("jobs", body)
+                assert r["outcome"] == "accepted", r
+            # An emergency stop for alice is never counted.
+            r = await panel.send("estop", {"on_behalf_of": "alice"})
+            assert r["outcome"] == "accepted", r
+    finally:
+        sub.stop()
