@@ -20,7 +20,7 @@ from cellctl.jobs.service import JobService, Repeat
 from cellctl.jobs.spec import JobSpec, ProgramSpec, StepSpec
 from cellctl.model import ProgramKind, RequestKind, StepState
 
-
+# Jobs serialised for a `jobs` page between two turns of the event loop.
 PAGE_SLICE = 20
 
 
