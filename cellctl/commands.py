@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from cellctl import maintenance
+from cellctl import maintenance, memtrim
 from cellctl.access import COMMAND_NAMES, FRONTEND, USER_PATTERN, Access, AccessDenied
 from cellctl.command_ids import CommandIds
 from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
@@ -69,6 +69,10 @@ URGENT = frozenset({Lane.ESTOP, Lane.CONTROL})
 DEVICE_TIMEOUT_S = 10.0
 # Emergency stops handled at once (each acts on every device, then writes its audit row).
 ESTOPS_IN_HAND = 4
+# The heap is trimmed once the lanes stayed empty for TRIM_DELAY_S after this many
+# payload bytes arrived (two of the largest submits).
+TRIM_AFTER_BYTES = 8 << 20
+TRIM_DELAY_S = 1.0
 AUDIT_PAYLOAD_MAX = 4096
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -440,6 +444,10 @@ class CommandHandler:
         self._urgent_idle.set()
         self._urgent_in_hand = 0
         self._estop_acting = asyncio.Lock()
+        # Payload bytes queued since the heap was last trimmed (cellctl.memtrim).
+        self._untrimmed = 0
+        self._trim = asyncio.Event()
+        self.trims = 0
         # Refused at the door (too large, over the rate, lane full): no parse, no queue.
         self.refused = 0
         self._refusals_logged: dict[tuple[str | None, str], tuple[float, int]] = {}
@@ -464,6 +472,7 @@ class CommandHandler:
         name = route.name if route is not None else ""
         lane = lane_of(name)
         size = len(msg.payload)
+        self._untrimmed += size  # refused or not, paho allocated it
         cap = self.limits.payload_max_bytes
         if size > cap:
             self._refuse(
@@ -497,7 +506,7 @@ class CommandHandler:
         return bool(user) and self.access.verified and self.access.allowed(user, FRONTEND)
 
     def _over_rate(self, user: str) -> str:
-        """"" if `user` may send one more command now, else the refusal's reason."""
+        """ "" if `user` may send one more command now, else the refusal's reason."""
         wait_s = self.rate.take(user, asyncio.get_running_loop().time())
         if wait_s <= 0:
             return ""
@@ -539,6 +548,19 @@ class CommandHandler:
                 tg.create_task(self._worker(lane), name=f"commands-{lane.value}")
             if self.uploads is not None:
                 tg.create_task(self._expire_uploads(self.uploads), name="commands-uploads")
+            tg.create_task(self._trimmer(), name="commands-trim")
+
+    async def _trimmer(self) -> None:
+        """After a burst of large messages, once every lane is empty: the heap trimmed."""
+        while True:
+            await self._trim.wait()
+            self._trim.clear()
+            await asyncio.sleep(TRIM_DELAY_S)  # the messages in hand are done and freed
+            if any(map(len, self.lanes.values())) or self._trim.is_set():
+                continue  # still busy: the next lane to empty asks again
+            self._untrimmed = 0
+            await asyncio.to_thread(memtrim.trim)
+            self.trims += 1
 
     async def _expire_uploads(self, uploads: ProgramUploads) -> None:
         while True:
@@ -560,6 +582,8 @@ class CommandHandler:
                     await self._urgent_idle.wait()
                 msg = queue.take()
                 if msg is None:
+                    if self._untrimmed >= TRIM_AFTER_BYTES:
+                        self._trim.set()
                     wake.clear()
                     await wake.wait()
                     continue

@@ -13,6 +13,7 @@ from pathlib import Path
 from mqtt_broker import Mosquitto
 from mqtt_rig import Commander, Subscriber, load, running_app, service, sims, write_config
 
+from cellctl.commands import TRIM_DELAY_S
 from cellctl.telemetry.topics import Topics
 
 MIB = 1 << 20
@@ -144,6 +145,15 @@ async def test_short_flood_estop_arrives_memory_bounded(tmp_path: Path, broker: 
             sampler.join(5)
             grew = peak[0] - base
             assert grew < RSS_BOUND_MIB, f"resident size grew {grew:.0f} MiB during the flood"
+            # Once the lanes are empty the daemon gives the freed heap back (cellctl.memtrim).
+            # Once the lanes stayed empty, the daemon gives the freed heap back
+            # (cellctl.memtrim). This process also holds the clients, so the test asks
+            # only that most of the growth went: +37–38 MiB of +97 with the trim, +53 of
+            # +88 without; benchmarks/command_load.py measures the daemon alone.
+            await sub.wait_for(lambda: handler.trims > 0, "the heap trimmed", 30)
+            await asyncio.sleep(1.5 * TRIM_DELAY_S)  # the last trim, after the last lane emptied
+            after = rss_mib() - base
+            assert after < grew / 2, f"+{after:.0f} MiB after the flood, +{grew:.0f} at the peak"
     finally:
         sampling.set()
         for c in flooders:
