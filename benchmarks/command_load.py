@@ -191,6 +191,8 @@ async def run(args: argparse.Namespace) -> None:
     broker = Broker(work)
     text = DEMO.read_text()
     mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    if args.no_urgent:  # the estop on the main connection only, as before issue 23's end
+        mqtt += "urgent_connection = false\n"
     text = re.sub(r"(?ms)^\[mqtt\].*\Z", mqtt, text)
     text = text.replace('level = "info"', 'level = "error"')
     (work / "demo.toml").write_text(text)
@@ -330,6 +332,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval")
+    ap.add_argument("--no-urgent", action="store_true", help="no urgent connection")
     ap.add_argument("--slow-ms", type=float, default=None, help="log callbacks slower than this")
     args = ap.parse_args()
     args.jobs = args.jobs if args.jobs is not None else (200 if args.quick else 2000)

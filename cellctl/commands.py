@@ -442,6 +442,9 @@ class CommandHandler:
         self._wake = {lane: asyncio.Event() for lane in Lane}
         self._urgent_idle = asyncio.Event()
         self._urgent_idle.set()
+        # Told True when an estop, stop or pause arrives with none in hand, False once
+        # none is left (the MQTT service pauses reading the main connection meanwhile).
+        self.on_urgent: Callable[[bool], None] | None = None
         self._urgent_in_hand = 0
         self._estop_acting = asyncio.Lock()
         # Payload bytes queued since the heap was last trimmed (cellctl.memtrim).
@@ -499,7 +502,10 @@ class CommandHandler:
             return
         self._wake[lane].set()
         if lane in URGENT:
-            self._urgent_idle.clear()
+            if self._urgent_idle.is_set():
+                self._urgent_idle.clear()
+                if self.on_urgent is not None:
+                    self.on_urgent(True)
 
     def _fronts(self, user: str) -> bool:
         """A verified user with the `frontend` permission (cellctl.access)."""
@@ -608,6 +614,8 @@ class CommandHandler:
                 self._urgent_in_hand -= 1
                 if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
                     self._urgent_idle.set()
+                    if self.on_urgent is not None:
+                        self.on_urgent(False)
 
     async def handle(self, msg: Incoming) -> None:
         route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)

@@ -167,6 +167,7 @@ class MqttLink:
         self.stats = LinkStats()
         self.last_error = ""
         self._session: _Session | None = None
+        self._reading_paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._backoff = Backoff(
@@ -200,6 +201,20 @@ class MqttLink:
             return None
         self.stats.published += 1
         return int(info.mid)
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop or restart reading this connection's socket (what arrives meanwhile waits
+        in the socket and the broker). Writing and keepalive go on."""
+        self._reading_paused = paused
+        session, loop = self._session, self._loop
+        if session is None or session.sock is None or loop is None or session.lost.is_set():
+            return
+        if paused:
+            loop.remove_reader(session.sock)
+        else:
+            loop.add_reader(session.sock, self._readable, session)
+            if session.client.read_pending():  # TLS bytes decrypted already: no readiness
+                loop.call_soon(self._readable, session)
 
     def reply_properties(self, correlation: bytes | None) -> Properties | None:
         if not self.settings.mqtt5 or correlation is None:
@@ -438,13 +453,14 @@ class MqttLink:
             return
         session.sock = sock
         assert self._loop is not None
-        self._loop.add_reader(sock, self._readable, session)
+        if not self._reading_paused:
+            self._loop.add_reader(sock, self._readable, session)
         if session.client.want_write():
             self._loop.add_writer(sock, self._writable, session)
 
     def _readable(self, session: _Session) -> None:
         session.client.loop_read()  # a bounded number of packets: the loop gets a turn
-        if session.client.read_pending() and self._loop is not None:
+        if session.client.read_pending() and self._loop is not None and not self._reading_paused:
             self._loop.call_soon(self._readable, session)
 
     def _writable(self, session: _Session) -> None:

@@ -43,7 +43,7 @@ from cellctl.telemetry.publisher import Publisher
 from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
-from cellctl.telemetry.urgent import CommandIntake, reply_on, urgent_link
+from cellctl.telemetry.urgent import CommandIntake, MainPause, reply_on, urgent_link
 from cellctl.uploads import ProgramUploads
 
 log = structlog.get_logger("cellctl.mqtt")
@@ -256,6 +256,8 @@ class MqttService:
             intake.twins.disconnected(Channel.MAIN)
             sender.disconnected()
 
+        if urgent is not None:
+            commands.on_urgent = MainPause(link)
         link.on_message = intake.on_message(Channel.MAIN)
         link.on_connected = connected
         link.on_disconnected = disconnected

@@ -81,6 +81,35 @@ def urgent_link(settings: LinkSettings, intake: CommandIntake) -> MqttLink:
     return link
 
 
+# The main connection is not read for longer than this at a time for an urgent command
+# (a device that takes its full timeout must not make the broker's keepalive lapse).
+PAUSE_MAX_S = 0.5
+
+
+class MainPause:
+    """While an estop, stop or pause is in hand, the main connection is not read: each
+    turn of the event loop then goes to the devices' stops, not to 256 KiB of a flood
+    queued behind them (the broker and the socket hold it meanwhile)."""
+
+    def __init__(self, main: MqttLink, max_s: float = PAUSE_MAX_S) -> None:
+        self.main = main
+        self.max_s = max_s
+        self._timer: asyncio.TimerHandle | None = None
+        self.pauses = 0
+
+    def __call__(self, urgent: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if urgent:
+            self.pauses += 1
+            self.main.pause_reading(True)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.max_s, self.main.pause_reading, False)
+        else:
+            self.main.pause_reading(False)
+
+
 def reply_on(
     main: MqttLink, urgent: MqttLink | None
 ) -> Callable[[Outgoing, bytes | None, str], None]:

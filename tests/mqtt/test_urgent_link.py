@@ -50,7 +50,10 @@ async def test_urgent_commands_are_handled_once(
             for name in ("stop", "pause"):  # idle devices: refused, once
                 r = await al.send(name, {"device": "d1"})
                 assert r["outcome"] == "rejected" and "needs" in r["reason"], r
+            # The main connection was not read while they were in hand, and is read again.
             assert (await al.send("jobs", {}))["outcome"] == "accepted"
+            pause = svc.commands.on_urgent if svc.commands is not None else None
+            assert (pause is not None and pause.pauses >= 1) == urgent  # type: ignore[attr-defined]
             # The same bytes twice, no correlation data (MQTT 3.1.1 style): two estops.
             for _ in range(2):
                 sub.client.publish(topics.command("bo", "estop"), b'{"id": "e"}', qos=1)
