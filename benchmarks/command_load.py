@@ -319,6 +319,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"\njobs queries answered: {queries} in {args.seconds:.0f} s = {rate:.0f}/s")
         print(f"replies seen by the flooders: {dict(sorted(totals.items()))}")
         print(f"refused at the door (size, rate, lane full): {handler.refused}")
+        print(f"heap trims (cellctl.memtrim): {handler.trims}")
     finally:
         app.request_stop()
         async with asyncio.timeout(30):
