@@ -512,7 +512,7 @@ class CommandHandler:
         return bool(user) and self.access.verified and self.access.allowed(user, FRONTEND)
 
     def _over_rate(self, user: str) -> str:
-        """ "" if `user` may send one more command now, else the refusal's reason."""
+        """Empty if `user` may send one more command now, else the refusal's reason."""
         wait_s = self.rate.take(user, asyncio.get_running_loop().time())
         if wait_s <= 0:
             return ""
