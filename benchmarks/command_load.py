@@ -274,6 +274,19 @@ async def run(args: argparse.Namespace) -> None:
         handler = app.mqtt.commands
         assert handler is not None
         print(f"flood over; e-stop median {ms(statistics.median(flood))}", flush=True)
+        # The broker may still hold flood messages for the daemon's main connection (it is
+        # not read while an estop is in hand): a query sent now is read after all of them.
+        t_flood = time.monotonic()
+        marked: list[bytes] = []
+        sender.on_message = lambda c, u, m: marked.append(m.payload)
+        sender.subscribe(f"{base}/replies/marker/#", 1)
+        await asyncio.sleep(0.3)
+        sender.publish(f"{base}/cmd/marker/jobs", b'{"limit": 1}', qos=1)
+        while not marked and time.monotonic() < t_flood + 120:
+            await asyncio.sleep(0.05)
+        caught_up = time.monotonic() - t_flood
+        print(f"the main connection read the last flood message {caught_up:.1f} s after it ended")
+        trims = handler.trims
         drain_until = time.monotonic() + 60  # the queues drain, or a minute passes
         while any(len(q) for q in handler.lanes.values()) and time.monotonic() < drain_until:
             await asyncio.sleep(0.1)
@@ -282,7 +295,10 @@ async def run(args: argparse.Namespace) -> None:
         sampling = False
         sampler.join()
         gc.collect()
-        await asyncio.sleep(3.0)  # the daemon trims its heap 1 s after the lanes emptied
+        trim_until = time.monotonic() + 15  # it trims its heap 1 s after the lanes emptied
+        while handler.trims == trims and time.monotonic() < trim_until:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         rss_after = rss_mib()
 
         med_i, med_f = statistics.median(idle), statistics.median(flood)
