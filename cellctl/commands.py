@@ -47,8 +47,8 @@ from pydantic import (
     model_validator,
 )
 
-from cellctl import maintenance
-from cellctl.access import COMMAND_NAMES, USER_PATTERN, Access, AccessDenied
+from cellctl import maintenance, memtrim
+from cellctl.access import COMMAND_NAMES, FRONTEND, USER_PATTERN, Access, AccessDenied
 from cellctl.command_ids import CommandIds
 from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
 from cellctl.errors import CellError, NotSupported
@@ -67,6 +67,12 @@ log = structlog.get_logger("cellctl.commands")
 URGENT = frozenset({Lane.ESTOP, Lane.CONTROL})
 
 DEVICE_TIMEOUT_S = 10.0
+# Emergency stops handled at once (each acts on every device, then writes its audit row).
+ESTOPS_IN_HAND = 4
+# The heap is trimmed once the lanes stayed empty for TRIM_DELAY_S after this many
+# payload bytes arrived (two of the largest submits).
+TRIM_AFTER_BYTES = 8 << 20
+TRIM_DELAY_S = 1.0
 AUDIT_PAYLOAD_MAX = 4096
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -408,6 +414,7 @@ class CommandHandler:
         legacy: bool = False,
         limits: CommandsSection | None = None,
         uploads: ProgramUploads | None = None,
+        reply_via: Callable[[Outgoing, bytes | None, str], None] | None = None,
     ) -> None:
         self.topics = topics
         self.access = access or Access.from_section(None)
@@ -420,6 +427,8 @@ class CommandHandler:
         self.store = store
         self.runners = runners
         self.publish = publish
+        # Given: replies go out by it, told which connection delivered the command.
+        self.reply_via = reply_via
         self.audit = audit
         self.jobs: JobService = jobs or NoJobService()
         self.device_timeout_s = device_timeout_s
@@ -433,7 +442,15 @@ class CommandHandler:
         self._wake = {lane: asyncio.Event() for lane in Lane}
         self._urgent_idle = asyncio.Event()
         self._urgent_idle.set()
+        # Told True when an estop, stop or pause arrives with none in hand, False once
+        # none is left (the MQTT service pauses reading the main connection meanwhile).
+        self.on_urgent: Callable[[bool], None] | None = None
         self._urgent_in_hand = 0
+        self._estop_acting = asyncio.Lock()
+        # Payload bytes queued since the heap was last trimmed (cellctl.memtrim).
+        self._untrimmed = 0
+        self._trim = asyncio.Event()
+        self.trims = 0
         # Refused at the door (too large, over the rate, lane full): no parse, no queue.
         self.refused = 0
         self._refusals_logged: dict[tuple[str | None, str], tuple[float, int]] = {}
@@ -458,6 +475,7 @@ class CommandHandler:
         name = route.name if route is not None else ""
         lane = lane_of(name)
         size = len(msg.payload)
+        self._untrimmed += size  # refused or not, paho allocated it
         cap = self.limits.payload_max_bytes
         if size > cap:
             self._refuse(
@@ -466,15 +484,13 @@ class CommandHandler:
                 "payload_max_bytes); send a large program in chunks with put_program",
             )
             return
-        if lane is not Lane.ESTOP:
-            user = route.user if route is not None and route.user is not None else ""
-            wait_s = self.rate.take(user, asyncio.get_running_loop().time())
-            if wait_s > 0:
-                self._refuse(
-                    msg,
-                    f"rate limit: user {user!r} may send {self.limits.rate_per_s:g} commands/s "
-                    f"(bursts of {self.limits.rate_burst}); retry in {wait_s:.2f} s",
-                )
+        user = route.user if route is not None and route.user is not None else ""
+        # A front end's commands count for the user it acts for, known only once the
+        # payload is parsed and the front end checked: handle() counts those.
+        if lane is not Lane.ESTOP and not self._fronts(user):
+            over = self._over_rate(user)
+            if over:
+                self._refuse(msg, over)
                 return
         if not self.lanes[lane].offer(msg, size):
             q = self.lanes[lane]
@@ -486,7 +502,24 @@ class CommandHandler:
             return
         self._wake[lane].set()
         if lane in URGENT:
-            self._urgent_idle.clear()
+            if self._urgent_idle.is_set():
+                self._urgent_idle.clear()
+                if self.on_urgent is not None:
+                    self.on_urgent(True)
+
+    def _fronts(self, user: str) -> bool:
+        """A verified user with the `frontend` permission (cellctl.access)."""
+        return bool(user) and self.access.verified and self.access.allowed(user, FRONTEND)
+
+    def _over_rate(self, user: str) -> str:
+        """Empty if `user` may send one more command now, else the refusal's reason."""
+        wait_s = self.rate.take(user, asyncio.get_running_loop().time())
+        if wait_s <= 0:
+            return ""
+        return (
+            f"rate limit: user {user!r} may send {self.limits.rate_per_s:g} commands/s "
+            f"(bursts of {self.limits.rate_burst}); retry in {wait_s:.2f} s"
+        )
 
     def _refuse(self, msg: Incoming, reason: str) -> None:
         """A reply without parsing the payload: its `id` is not read, MQTT 5 correlation
@@ -521,6 +554,19 @@ class CommandHandler:
                 tg.create_task(self._worker(lane), name=f"commands-{lane.value}")
             if self.uploads is not None:
                 tg.create_task(self._expire_uploads(self.uploads), name="commands-uploads")
+            tg.create_task(self._trimmer(), name="commands-trim")
+
+    async def _trimmer(self) -> None:
+        """After a burst of large messages, once every lane is empty: the heap trimmed."""
+        while True:
+            await self._trim.wait()
+            self._trim.clear()
+            await asyncio.sleep(TRIM_DELAY_S)  # the messages in hand are done and freed
+            if any(map(len, self.lanes.values())) or self._trim.is_set():
+                continue  # still busy: the next lane to empty asks again
+            self._untrimmed = 0
+            await asyncio.to_thread(memtrim.trim)
+            self.trims += 1
 
     async def _expire_uploads(self, uploads: ProgramUploads) -> None:
         while True:
@@ -530,29 +576,46 @@ class CommandHandler:
     async def _worker(self, lane: Lane) -> None:
         queue, wake = self.lanes[lane], self._wake[lane]
         urgent = lane in URGENT
-        while True:
-            if not urgent:
-                # Lanes share one event loop: while an emergency stop, stop or pause is
-                # waiting or in hand, no submit or query starts its parse and its work.
-                await self._urgent_idle.wait()
-            msg = queue.take()
-            if msg is None:
-                wake.clear()
-                await wake.wait()
-                continue
-            route = self.topics.parse_command(msg.topic)
-            # What everyone may do does not depend on who is asking: an estop never waits.
-            if route is None or route.name not in self.access.everyone:
-                await self.access_known.wait()
-            if urgent:
-                self._urgent_in_hand += 1
-            try:
-                await self.handle(msg)
-            finally:
+        # Emergency stops overlap: the next one acts while the last one's audit row is
+        # still being written (under load that write took 170 ms). Their device calls
+        # do not overlap (_estop): a driver is never asked to stop twice at once.
+        slots = asyncio.Semaphore(ESTOPS_IN_HAND if lane is Lane.ESTOP else 1)
+        async with TaskGroup() as tg:
+            while True:
+                if not urgent:
+                    # Lanes share one event loop: while an emergency stop, stop or pause is
+                    # waiting or in hand, no submit or query starts its parse and its work.
+                    await self._urgent_idle.wait()
+                msg = queue.take()
+                if msg is None:
+                    if self._untrimmed >= TRIM_AFTER_BYTES:
+                        self._trim.set()
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                route = self.topics.parse_command(msg.topic)
+                # What everyone may do does not depend on who is asking: an estop never waits.
+                if route is None or route.name not in self.access.everyone:
+                    await self.access_known.wait()
                 if urgent:
-                    self._urgent_in_hand -= 1
-                    if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
-                        self._urgent_idle.set()
+                    self._urgent_in_hand += 1
+                await slots.acquire()
+                if lane is Lane.ESTOP:
+                    tg.create_task(self._one(msg, urgent, slots), name="commands-estop-one")
+                else:
+                    await self._one(msg, urgent, slots)
+
+    async def _one(self, msg: Incoming, urgent: bool, slots: asyncio.Semaphore) -> None:
+        try:
+            await self.handle(msg)
+        finally:
+            slots.release()
+            if urgent:
+                self._urgent_in_hand -= 1
+                if not self._urgent_in_hand and not any(len(self.lanes[u]) for u in URGENT):
+                    self._urgent_idle.set()
+                    if self.on_urgent is not None:
+                        self.on_urgent(False)
 
     async def handle(self, msg: Incoming) -> None:
         route = self.topics.parse_command(msg.topic) or CommandTopic("", msg.topic)
@@ -594,6 +657,16 @@ class CommandHandler:
                         raise
             if malformed:
                 raise Rejected(malformed)
+            sender = route.user or ""
+            if name != "estop" and self._fronts(sender):
+                # The door let a front end's command through uncounted: it counts now, for
+                # the user it acts for (or for the front end, acting for nobody). Refused
+                # like at the door: a reply, no audit row.
+                over = self._over_rate(acting or sender)
+                if over:
+                    self._refuse(msg, over)
+                    self.handled += 1
+                    return
             try:
                 # Parsed once, by the model; the plain parse only explains a failure.
                 cmd = model.model_validate_json(msg.payload)
@@ -776,7 +849,11 @@ class CommandHandler:
         }
         if page is not None:
             body["page"] = page
-        self.publish(Outgoing(topic, dumps(body), Kind.REPLY, qos=1), msg.correlation)
+        out = Outgoing(topic, dumps(body), Kind.REPLY, qos=1)
+        if self.reply_via is not None:
+            self.reply_via(out, msg.correlation, msg.channel)
+        else:
+            self.publish(out, msg.correlation)
 
     # --- the commands --------------------------------------------------------
 
@@ -942,7 +1019,7 @@ class CommandHandler:
             except Exception as exc:  # every device gets its stop, whatever one of them does
                 failed[dev_id] = f"{type(exc).__name__}: {exc}"
 
-        async with TaskGroup() as tg:
+        async with self._estop_acting, TaskGroup() as tg:
             for dev_id, driver in targets.items():
                 tg.create_task(one(dev_id, driver), name=f"estop:{dev_id}")
         start = msg.received or loop.time()

@@ -137,6 +137,10 @@ class MqttSection(Strict):
     # sent while their commit is pending, so the window costs no latency.
     spool_commit_s: float = Field(default=0.02, ge=0)
     max_inflight: int = Field(default=1000, ge=1, le=65535)
+    # A second connection (client id `<client_id>-urgent`) subscribed only to estop,
+    # stop and pause, so they never wait behind large messages the broker queued for
+    # the main one (docs/mqtt.md, "The urgent connection").
+    urgent_connection: bool = True
     # Also run as a Sparkplug B edge node, on a second connection (docs/sparkplug.md).
     sparkplug: SparkplugSection | None = None
 

@@ -34,6 +34,11 @@ from cellctl.errors import CellError
 from cellctl.telemetry.topics import DEFAULT_PREFIX, Topics
 
 DEFAULT_TIMEOUT_S = 10.0
+# How long an MQTT 5 CONNECT waits for an answer where the broker may be the embedded
+# amqtt (the config's `embedded = true`) before 3.1.1 is tried: amqtt speaks 3.1.1 only
+# and leaves an MQTT 5 CONNECT that carries a user name unanswered instead of refusing
+# its version. A broker on the same network answers within milliseconds.
+EMBEDDED_ANSWER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class Target:
     # The config's credentials; CELLCTL_MQTT_USERNAME/_PASSWORD override them.
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # The config says `embedded = true`: the broker there may be amqtt (3.1.1 only).
+    embedded: bool = False
 
     @property
     def where(self) -> str:
@@ -66,6 +73,7 @@ def target_from(args: argparse.Namespace, settings: CellConfig | None) -> Target
     prefix, mqtt5, tls = DEFAULT_PREFIX, True, None
     username: str | None = None
     password: str | None = None
+    embedded = False
     if settings is not None:
         cell = cell or settings.cell.name
         mqtt = settings.mqtt
@@ -79,10 +87,18 @@ def target_from(args: argparse.Namespace, settings: CellConfig | None) -> Target
             tls = mqtt.tls
             username = mqtt.username
             password = mqtt.password.reveal() if mqtt.password is not None else None
+            embedded = mqtt.embedded
     if not cell:
         raise CellError("which cell? give a config or --cell NAME")
     return Target(
-        host or "127.0.0.1", port or 1883, Topics(cell, prefix), mqtt5, tls, username, password
+        host or "127.0.0.1",
+        port or 1883,
+        Topics(cell, prefix),
+        mqtt5,
+        tls,
+        username,
+        password,
+        embedded,
     )
 
 
@@ -91,6 +107,10 @@ def _login_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (a container)
         return "anonymous"
+
+
+class _NoAnswer(CellError):
+    """The broker accepted the TCP connection but did not answer CONNECT in time."""
 
 
 class Remote:
@@ -163,18 +183,25 @@ class Remote:
     @classmethod
     def connect(cls, target: Target, timeout: float = DEFAULT_TIMEOUT_S) -> Remote:
         remote = cls(target, timeout, target.mqtt5)
-        rc = remote._open()
+        first = min(timeout, EMBEDDED_ANSWER_S) if target.mqtt5 and target.embedded else timeout
+        try:
+            rc = remote._open(first)
+        except _NoAnswer:
+            if first >= timeout:
+                raise
+            remote = cls(target, timeout, mqtt5=False)
+            rc = remote._open(timeout)
         if rc is not None and target.mqtt5 and rc == "Unsupported protocol version":
             remote.close()
             remote = cls(target, timeout, mqtt5=False)
-            rc = remote._open()
+            rc = remote._open(timeout)
         if rc is not None:
             remote.close()
             raise CellError(f"the MQTT broker at {target.where} refused the connection: {rc}")
         return remote
 
-    def _open(self) -> ReasonCode | None:
-        """None once connected, else the broker's refusal."""
+    def _open(self, within_s: float) -> ReasonCode | None:
+        """None once connected, else the broker's refusal; _NoAnswer after `within_s`."""
         where = self.target.where
         try:
             self.c.connect(self.target.host, self.target.port, keepalive=30)
@@ -183,9 +210,9 @@ class Remote:
                 f"cannot reach the MQTT broker at {where}: {exc.strerror or exc}"
             ) from None
         self.c.loop_start()
-        if not self._wait(lambda: self._connack is not None, time.monotonic() + self.timeout):
+        if not self._wait(lambda: self._connack is not None, time.monotonic() + within_s):
             self.close()
-            raise CellError(f"the MQTT broker at {where} did not answer within {self.timeout:g} s")
+            raise _NoAnswer(f"the MQTT broker at {where} did not answer within {within_s:g} s")
         assert self._connack is not None
         return self._connack if self._connack.is_failure else None
 

@@ -109,6 +109,8 @@ class Incoming:
     correlation: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     received: float = 0.0  # loop.time() when paho handed it over
+    # Which of the daemon's connections delivered it (cellctl.telemetry.urgent).
+    channel: str = "main"
 
 
 @dataclass
@@ -130,6 +132,7 @@ class _Session:
     connack: asyncio.Future[ReasonCode]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     sock: Any = None
+    sub_mid: int | None = None
 
 
 class MqttLink:
@@ -145,6 +148,7 @@ class MqttLink:
         on_ack: AckHandler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -154,12 +158,16 @@ class MqttLink:
         self.on_ack = on_ack
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
+        # Called once the broker acknowledged this connection's subscriptions (SUBACK):
+        # from then on it delivers every message published to them.
+        self.on_subscribed = on_subscribed
         self._rng = rng or random.Random()
         self.state = LinkState.DISCONNECTED
         self.connected = asyncio.Event()
         self.stats = LinkStats()
         self.last_error = ""
         self._session: _Session | None = None
+        self._reading_paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._backoff = Backoff(
@@ -193,6 +201,20 @@ class MqttLink:
             return None
         self.stats.published += 1
         return int(info.mid)
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop or restart reading this connection's socket (what arrives meanwhile waits
+        in the socket and the broker). Writing and keepalive go on."""
+        self._reading_paused = paused
+        session, loop = self._session, self._loop
+        if session is None or session.sock is None or loop is None or session.lost.is_set():
+            return
+        if paused:
+            loop.remove_reader(session.sock)
+        else:
+            loop.add_reader(session.sock, self._readable, session)
+            if session.client.read_pending():  # TLS bytes decrypted already: no readiness
+                loop.call_soon(self._readable, session)
 
     def reply_properties(self, correlation: bytes | None) -> Properties | None:
         if not self.settings.mqtt5 or correlation is None:
@@ -308,8 +330,8 @@ class MqttLink:
                 if rc.value in (0x86, 0x87, 4, 5):  # bad user/password, not authorized
                     hint = f" (check the username and password for {self.settings.address})"
                 raise LinkError(f"the broker refused the connection: {rc.getName()}{hint}")
-            for topic, qos in self.subscriptions:
-                client.subscribe(topic, qos)
+            if self.subscriptions:  # one SUBSCRIBE, one SUBACK (on_subscribed)
+                _, session.sub_mid = client.subscribe(list(self.subscriptions))
             self.state = LinkState.CONNECTED
             self._backoff.reset()
             self.stats.connects += 1
@@ -406,6 +428,9 @@ class MqttLink:
                 )
             )
 
+        def on_subscribe(_c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+            self._in_loop(self._subscribed, session, mid)
+
         def on_acked(mid: int, ok: bool) -> None:
             if self.on_ack is not None:
                 self.on_ack(mid, ok)
@@ -417,19 +442,25 @@ class MqttLink:
         client.on_connect = on_connect
         client.on_message = on_message
         client.on_acked = on_acked
+        client.on_subscribe = on_subscribe
+
+    def _subscribed(self, session: _Session, mid: int) -> None:
+        if self._session is session and mid == session.sub_mid and self.on_subscribed:
+            self.on_subscribed()
 
     def _register(self, session: _Session, sock: Any) -> None:
         if self._session is not session or session.lost.is_set():
             return
         session.sock = sock
         assert self._loop is not None
-        self._loop.add_reader(sock, self._readable, session)
+        if not self._reading_paused:
+            self._loop.add_reader(sock, self._readable, session)
         if session.client.want_write():
             self._loop.add_writer(sock, self._writable, session)
 
     def _readable(self, session: _Session) -> None:
         session.client.loop_read()  # a bounded number of packets: the loop gets a turn
-        if session.client.read_pending() and self._loop is not None:
+        if session.client.read_pending() and self._loop is not None and not self._reading_paused:
             self._loop.call_soon(self._readable, session)
 
     def _writable(self, session: _Session) -> None:

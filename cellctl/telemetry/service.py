@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from cellctl.access import Access
+from cellctl.command_twins import Channel
 from cellctl.commands import CommandHandler, JobService
 from cellctl.config import Cell, MqttSection
 from cellctl.errors import ConfigError
@@ -53,6 +54,7 @@ from cellctl.telemetry.publisher import Publisher
 from cellctl.telemetry.sender import SpoolSender
 from cellctl.telemetry.spool import Spool
 from cellctl.telemetry.topics import Topics
+from cellctl.telemetry.urgent import CommandIntake, MainPause, reply_on, urgent_link
 from cellctl.uploads import ProgramUploads
 
 log = structlog.get_logger("cellctl.mqtt")
@@ -104,6 +106,8 @@ class MqttService:
         self.publisher: Publisher | None = None
         self.sender: SpoolSender | None = None
         self.commands: CommandHandler | None = None
+        self.urgent: MqttLink | None = None
+        self.intake: CommandIntake | None = None
 
     @property
     def store_path(self) -> Path:
@@ -226,6 +230,8 @@ class MqttService:
             device_ids=list(self.cell.devices),
         )
         spool, sender, publisher = pipe.spool, pipe.sender, pipe.publisher
+        intake = CommandIntake(self.topics, lambda msg: commands.on_message(msg))
+        urgent = urgent_link(settings, intake) if cfg.urgent_connection else None
 
         def reply(out: Outgoing, correlation: bytes | None) -> None:
             link.publish(out, link.reply_properties(correlation))
@@ -245,6 +251,7 @@ class MqttService:
                 self.cell.state_dir / "uploads",
                 self.cell.config.commands,
             ),
+            reply_via=reply_on(link, urgent),
         )
         await commands.load()
         # With allow_anonymous nothing hangs on the answer: no check, no wait.
@@ -261,10 +268,20 @@ class MqttService:
 
         publisher.describe = self._metrics
         publisher.on_step_changed = self._facts_wake.set
-        link.on_message = commands.on_message
+
+        def disconnected() -> None:
+            intake.twins.disconnected(Channel.MAIN)
+            sender.disconnected()
+
+        if urgent is not None:
+            commands.on_urgent = MainPause(link)
+        link.on_message = intake.on_message(Channel.MAIN)
         link.on_connected = connected
+        link.on_disconnected = disconnected
+        link.on_subscribed = lambda: intake.twins.subscribed(Channel.MAIN)
         self.link, self.spool, self.publisher = link, spool, publisher
         self.sender, self.commands = sender, commands
+        self.urgent, self.intake = urgent, intake
 
         sub = self._sub
         try:
@@ -278,6 +295,8 @@ class MqttService:
                 tg.create_task(self._plan_loop(link), name="mqtt-plan")
                 tg.create_task(self._report_loop(link, store), name="mqtt-report")
                 tg.create_task(commands.run(), name="mqtt-commands")
+                if urgent is not None:
+                    tg.create_task(urgent.run(), name="mqtt-urgent-link")
                 if recheck:
                     tg.create_task(self._recheck(link, commands), name="mqtt-access-check")
                 self.ready.set()
@@ -286,6 +305,8 @@ class MqttService:
                 finally:
                     # Cancelled: say goodbye while the link still runs.
                     await self._goodbye(publisher, spool, link, sub)
+                    if urgent is not None:
+                        await urgent.close(within_s=1.0)
         finally:
             self.bus.unsubscribe(sub)
 

@@ -19,9 +19,10 @@ import structlog
 from mqtt_acl import secured_broker
 from mqtt_broker import Mosquitto
 from mqtt_raw import RawClient
-from mqtt_rig import Commander, Subscriber, load, running_app, sims, write_config
+from mqtt_rig import Commander, Subscriber, load, running_app, service, sims, write_config
 from paho.mqtt.properties import Properties
 
+from cellctl.command_twins import URGENT_COMMANDS, Channel
 from cellctl.commands import COMMANDS
 from cellctl.errors import ConfigError
 from cellctl.telemetry.broker import Anonymous, probe_anonymous
@@ -105,8 +106,15 @@ async def test_each_role_may_do_exactly_its_commands(tmp_path: Path, secured: Mo
     clients = {u: await login(secured.port, u, topics) for u in MAY}
     try:
         with structlog.testing.capture_logs() as logs:
-            async with running_app(cell):
+            async with running_app(cell) as app:
                 await clients["alice"].online()
+                # The urgent connection logs in as the cell's user too, under the same ACL.
+                intake = service(app).intake
+                assert intake is not None
+                twins = intake.twins
+                await clients["alice"].wait_for(
+                    lambda: twins.up[Channel.URGENT], "urgent connection subscribed"
+                )
                 for user, may in MAY.items():
                     cmd = Commander(clients[user], topics)
                     for name in sorted(COMMANDS):
@@ -120,6 +128,9 @@ async def test_each_role_may_do_exactly_its_commands(tmp_path: Path, secured: Mo
                             assert reply["outcome"] == "rejected"
                             assert f"'{name}'" in reply["reason"] and f"'{user}'" in reply["reason"]
                 assert {c for s in sims(cell) for c, _ in s.commands} <= {"estop"}
+                # Each estop, stop and pause came on both connections: one copy dropped.
+                urgent = len(MAY) * len(URGENT_COMMANDS)
+                await clients["alice"].wait_for(lambda: twins.dropped == urgent, "twins")
         # The documented ACL lets the cell publish all it publishes (status, replies, audit …).
         assert not [e for e in logs if "refused" in e["event"]], logs
         rows = audit_rows(tmp_path)

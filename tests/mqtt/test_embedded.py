@@ -141,3 +141,32 @@ async def test_embedded_broker_enforces_users_and_publish_acls(tmp_path: Path) -
                 c.close()
         commands = service(app).commands
         assert commands is not None and commands.handled == 2  # mallory's and bob's dropped
+
+
+async def test_the_cli_logging_in_falls_back_to_311_at_once(tmp_path: Path) -> None:
+    """amqtt leaves an MQTT 5 CONNECT with a user name unanswered: the CLI, told by the
+    config that the broker may be the embedded one, tries 3.1.1 after a second, not after
+    its whole timeout, and its commands are answered."""
+    import argparse
+    import dataclasses
+    import time
+
+    from cellctl.cli.mqtt import EMBEDDED_ANSWER_S, Remote, target_from
+
+    port = free_port()
+    cfg = write_config(tmp_path / "cell.toml", port, devices=1, mqtt_extra="embedded = true")
+    cell = load(cfg)
+    target = target_from(argparse.Namespace(host=None, port=None, cell=None), cell.config)
+    assert target.embedded and target.mqtt5
+    target = dataclasses.replace(target, username="amy", password="pw")
+    async with running_app(cell):
+        t0 = time.monotonic()
+        remote = await asyncio.to_thread(Remote.connect, target, 10.0)
+        took = time.monotonic() - t0
+        try:
+            assert not remote.mqtt5
+            assert EMBEDDED_ANSWER_S <= took < EMBEDDED_ANSWER_S + 3, took
+            reply = await asyncio.to_thread(remote.command, "devices", {})
+            assert reply["outcome"] == "accepted", reply
+        finally:
+            remote.close()
