@@ -204,7 +204,7 @@ class PlannerDispatcher:
     ) -> None:
         """Queue a re-plan when the problem changed (or the plan is getting old)."""
         seen = (
-            frozenset(c.key for c in candidates),
+            frozenset((c.key, c.priority) for c in candidates),  # a new priority re-plans
             tuple(
                 (d, tuple(sorted(v.setup.items())), v.free, v.busy_until is not None, v.kept_for)
                 for d, v in sorted(devices.items())

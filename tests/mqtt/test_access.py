@@ -52,11 +52,22 @@ EVERYONE = {"estop"}
 MAY = {
     "alice": EVERYONE
     | {"jobs", "devices", "pause", "resume", "stop", "reset", "answer", "answer_hold"}
-    | {"resume_from"},
-    "bob": EVERYONE | {"jobs", "devices"},
-    "carol": EVERYONE | {"jobs", "devices", "submit", "reprint", "cancel", "put_program"},
+    | {"resume_from", "programs"},
+    "bob": EVERYONE | {"jobs", "devices", "programs"},
+    "carol": EVERYONE
+    | {"jobs", "devices", "programs", "submit", "reprint", "cancel", "put_program"}
+    | {"set_priority"},
     "dave": EVERYONE
-    | {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"},
+    | {
+        "jobs",
+        "devices",
+        "programs",
+        "reset",
+        "set_setup",
+        "out_of_service",
+        "into_service",
+        "maintain",
+    },
     "root": set(COMMANDS),
     "mallory": EVERYONE,
 }
