@@ -4,10 +4,14 @@ Real broker, real daemon (App), the test device."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,20 @@ from mqtt_rig import Commander, Subscriber, load, running_app, write_config
 from cellctl.telemetry.topics import Topics
 
 G = "G28\nG1 X10\n"
+
+
+async def cli(*argv: str, port: int) -> tuple[int, str, str]:
+    """`cellctl` in a subprocess, pointed at the test broker's cell (no config: the test
+    device's driver is this suite's own)."""
+    where = ["--host", "127.0.0.1", "--port", str(port), "--cell", "t1", "--timeout", "15"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cellctl", *argv, *where],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.returncode, done.stdout, done.stderr
 
 
 def db(tmp_path: Path) -> sqlite3.Connection:
@@ -50,6 +68,8 @@ async def test_a_raised_priority_runs_first(tmp_path: Path, broker: Mosquitto) -
             assert r["outcome"] == "rejected" and "nope" in r["reason"], r
             r = await cmd.send("set_priority", {"job": "j-old", "priority": 5000})
             assert r["outcome"] == "rejected" and "priority" in r["reason"], r
+            code, out, err = await cli("priority", "j-old", "2", port=broker.port)
+            assert (code, out) == (0, "job j-old: priority 2 (queued)\n"), err
             r = await cmd.send("into_service", {"device": "d1"})
             assert r["outcome"] == "accepted", r
             await sub.wait_for(
@@ -73,7 +93,8 @@ async def test_a_raised_priority_runs_first(tmp_path: Path, broker: Mosquitto) -
             audited = conn.execute(
                 "SELECT outcome FROM command_audit WHERE command='set_priority' ORDER BY id"
             ).fetchall()
-            assert audited == [("accepted",), ("rejected",), ("rejected",), ("rejected",)]
+            outcomes = [o for (o,) in audited]
+            assert outcomes == ["accepted", "rejected", "rejected", "accepted", "rejected"]
     finally:
         sub.stop()
 
@@ -127,6 +148,8 @@ async def test_programs_lists_the_store_and_a_stored_one_is_printed(
             rest = await cmd.send("programs", {"limit": 1, "after": first["page"]["after"]})
             assert [p["name"] for p in rest["result"]] == ["a.gcode"]
             assert rest["page"]["more"] is False
+            code, out, err = await cli("programs", "--json", port=broker.port)
+            assert code == 0 and json.loads(out) == r["result"], err
             r = await cmd.send("programs", {"after": "../etc"})
             assert r["outcome"] == "rejected" and "cursor" in r["reason"], r
             # One click in a library: the stored program by its hash, as a new job.
