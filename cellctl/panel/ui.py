@@ -40,6 +40,7 @@ from cellctl.panel.app import Panel
 from cellctl.panel.cell import CellClient, CellRefused, CellUnavailable
 from cellctl.panel.config import PanelSection
 from cellctl.panel.live import CellView
+from cellctl.panel.proxy import Proxies
 from cellctl.panel.sessions import RateLimit, Session, Sessions, SignInRefused
 from cellctl.panel.upload import UploadError, receive
 
@@ -106,6 +107,7 @@ class Operator:
         self.access = access
         cfg: PanelSection = panel.settings.panel
         self.limit = RateLimit(cfg.signin_attempts, cfg.signin_window_s)
+        self.proxies = Proxies.of(cfg.trusted_proxies)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.index)
@@ -126,9 +128,18 @@ class Operator:
     def _session(self, request: web.Request) -> Session | None:
         return self.sessions.get(request.cookies.get(COOKIE))
 
+    def _scheme(self, request: web.Request) -> str:
+        """The browser's scheme: behind a trusted TLS proxy, https (cellctl.panel.proxy)."""
+        forwarded = request.headers.get("X-Forwarded-Proto")
+        return self.proxies.scheme(request.remote, request.scheme, forwarded)
+
+    def _source(self, request: web.Request) -> str:
+        """The client's address, as a trusted proxy names it (cellctl.panel.proxy)."""
+        return self.proxies.client(request.remote, request.headers.get("X-Forwarded-For"))
+
     def _same_origin(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
-        return origin is None or origin == f"{request.scheme}://{request.host}"
+        return origin is None or origin == f"{self._scheme(request)}://{request.host}"
 
     def _guarded(self, request: web.Request) -> Session:
         """The session of a state-changing request, or an HTTP error: no session 401,
@@ -154,7 +165,12 @@ class Operator:
         self, request: web.Request, resp: web.StreamResponse, name: str, value: str
     ) -> None:
         resp.set_cookie(
-            name, value, httponly=True, samesite="Strict", secure=request.secure, path="/"
+            name,
+            value,
+            httponly=True,
+            samesite="Strict",
+            secure=self._scheme(request) == "https",
+            path="/",
         )
 
     # --- pages ---------------------------------------------------------
@@ -181,7 +197,7 @@ class Operator:
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not self._same_origin(request) or not secrets.compare_digest(token, pre):
             return _json_error(403, "missing or wrong CSRF token: reload the page")
-        source = request.remote or "?"
+        source = self._source(request)
         wait = self.limit.take(source)
         if wait > 0:
             log.warning("sign-in attempts over the limit", source=source)
