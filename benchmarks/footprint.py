@@ -1,6 +1,6 @@
 """The daemon's footprint: RSS and CPU of `cellctl run`, its simulators apart.
 
-    python benchmarks/footprint.py [--sizes 6,20,50] [--window-s 10] [--quick]
+    python benchmarks/footprint.py [--sizes 6,20,50] [--window-s 10] [--runs N]
 
 1. Where the memory goes: RSS after each import the daemon makes, in a fresh
    interpreter (the bare interpreter is the baseline).
@@ -8,7 +8,9 @@
    simulators as child processes, and, as the baseline in the same run, with
    `simulators = "in-process"` (the layout before issue 27): idle, then while a
    print and a milling job run.
-3. Cells of N simulated Marlin printers: idle, then while every printer
+3. With `--runs N`: the idle demo started N times, alone and with one more Marlin
+   printer: the medians, and what that printer costs the daemon.
+4. Cells of N simulated Marlin printers: idle, then while every printer
    prints; the cost per added printer is the slope between the smallest and
    the largest cell.
 
@@ -41,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.toml"
 TICK = os.sysconf("SC_CLK_TCK")
+WINDOW_S = 10.0
 
 IMPORT_STEPS = [
     ("bare interpreter", ""),
@@ -54,10 +57,19 @@ IMPORT_STEPS = [
     ("modbus driver (pymodbus)", "Registry().driver('modbus')"),
     ("opcua driver (asyncua, cryptography)", "Registry().driver('opcua')"),
     (
-        "simulator modules (config checks their options)",
-        "[Registry().simulator(n) for n in Registry().simulator_names()]",
+        "simulator options (the config's sim tables)",
+        "[Registry().simulator_options(n) for n in Registry().simulator_names()]",
+    ),
+    (
+        "command line (run builds it all)",
+        "from cellctl.cli.main import build_parser; build_parser()",
     ),
     ("amqtt (embedded broker only)", "import amqtt.broker"),
+    (
+        "(not in the daemon) simulator modules",
+        "[Registry().simulator(n) for n in Registry().simulator_names()]",
+    ),
+    ("(not in the daemon) the planner", "import cellctl.planning.planner"),
 ]
 
 PROBE = """
@@ -128,8 +140,23 @@ def _mqtt(text: str, port: int, embedded: bool = False) -> str:
     )
 
 
-def demo_config(where: Path, port: int, placement: str, embedded: bool = False) -> Path:
-    text = _mqtt(DEMO.read_text(), port, embedded)
+EXTRA_PRINTER = """
+[devices.printer-extra]
+driver = "marlin"
+backend = "sim"
+processes = ["print"]
+setup = { material = "PLA", nozzle = "0.4" }
+position_interval_s = 2.0
+deadman_s = 120
+[devices.printer-extra.sim]
+time_factor = 20
+"""
+
+
+def demo_config(
+    where: Path, port: int, placement: str, embedded: bool = False, extra: bool = False
+) -> Path:
+    text = _mqtt(DEMO.read_text(), port, embedded) + (EXTRA_PRINTER if extra else "")
     text = text.replace("[supervisor]\n", f'[supervisor]\nsimulators = "{placement}"\n', 1)
     text = text.replace('hotfolder = "state/hotfolder"', f'hotfolder = "{where}/hot"')
     text = text.replace("hotfolder_settle_s = 1.0", "hotfolder_settle_s = 0.2")
@@ -329,6 +356,19 @@ def run_demo(
     return {"idle": idle, "busy": busy}
 
 
+def run_demo_idle(port: int, runs: int, extra: bool) -> list[dict[str, float]]:
+    """The demo cell idle, started `runs` times (with one more Marlin printer: `extra`)."""
+    out = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
+            cfg = demo_config(Path(tmp), port, "process", extra=extra)
+            with daemon(cfg, 180) as (pid, ready):
+                time.sleep(3)
+                out.append(sample(pid, WINDOW_S))
+                row("demo + 1 printer, idle" if extra else "demo, idle", out[-1], ready)
+    return out
+
+
 def run_printers(port: int, n: int, window_s: float) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         where = Path(tmp)
@@ -356,7 +396,16 @@ def main() -> None:
     p.add_argument("--window-s", type=float, default=10.0)
     p.add_argument("--skip-imports", action="store_true")
     p.add_argument("--skip-demo", action="store_true")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        help="also start the idle demo RUNS times, alone and with one more Marlin printer: "
+        "medians and the cost of that printer",
+    )
     args = p.parse_args()
+    global WINDOW_S
+    WINDOW_S = args.window_s
     sizes = [int(x) for x in args.sizes.split(",") if x]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()}")
     if not args.skip_imports:
@@ -376,6 +425,19 @@ def main() -> None:
                     f"(ratio {new[state]['rss'] / old[state]['rss']:.2f}); CPU "
                     f"{new[state]['cpu']:.2f} % vs {old[state]['cpu']:.2f} %"
                 )
+        if args.runs:
+            base = run_demo_idle(port, args.runs, extra=False)
+            more = run_demo_idle(port, args.runs, extra=True)
+            b_rss = statistics.median(s["rss"] for s in base)
+            m_rss = statistics.median(s["rss"] for s in more)
+            b_cpu = statistics.median(s["cpu"] for s in base)
+            m_cpu = statistics.median(s["cpu"] for s in more)
+            print(
+                f"demo idle, median of {args.runs}: daemon {b_rss:.1f} MiB, {b_cpu:.2f} % CPU; "
+                f"with one more printer {m_rss:.1f} MiB, {m_cpu:.2f} % "
+                f"(that printer: {m_rss - b_rss:+.2f} MiB, {m_cpu - b_cpu:+.2f} %); "
+                f"load {os.getloadavg()[0]:.1f}"
+            )
         cells = {n: run_printers(port, n, args.window_s) for n in sizes}
         pairs = list(itertools.pairwise(sizes))
         if len(sizes) > 2:

@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 load_structlog_without_rich()
 
+
 def _old_cli_names() -> None:
     # `cellctl.cli_jobs` & co. import as `cellctl.cli.jobs` & co. for one release.
     from cellctl.cli_old_names import install

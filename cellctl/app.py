@@ -89,6 +89,7 @@ class App:
                 store=self.store,
                 jobs=JobBridge(self.jobs),
                 facts=JobFacts(self.jobs),
+                plans=self.jobs.plan_feed,
             )
             self.components["mqtt"] = self.mqtt.run
         self.sparkplug: SparkplugService | None = None

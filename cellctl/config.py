@@ -324,12 +324,9 @@ class CellConfig(Strict):
 
     @model_validator(mode="after")
     def _automatic_devices_exist(self) -> CellConfig:
-        unknown = self.scheduler.unknown_devices(self.devices)
-        if unknown:
-            raise ValueError(
-                f"scheduler: automatic/bed_clearing name no device {', '.join(unknown)} "
-                "in [devices]"
-            )
+        problems = self.scheduler.device_problems(self.devices)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -554,14 +551,14 @@ def _device(
             problems.append(f"{where}.sim: expected a table, got {_show(sim_raw)}")
         else:
             try:
-                sim_cls = registry.simulator(driver_cls.simulator)
-                sim = sim_cls.Options.model_validate(sim_raw or {})
+                sim_options = registry.simulator_options(driver_cls.simulator)
+                sim = sim_options.model_validate(sim_raw or {})
             except DriverNotFound as exc:
                 problems.append(
                     f"{where}.backend: no simulator for driver {common.driver!r}: {exc}"
                 )
             except ValidationError as exc:
-                problems.extend(_problems(source, exc, ("devices", dev_id, "sim"), sim_cls.Options))
+                problems.extend(_problems(source, exc, ("devices", dev_id, "sim"), sim_options))
     if len(problems) > before or options is None:
         return None
     return DeviceConfig(id=dev_id, common=common, options=options, sim=sim)

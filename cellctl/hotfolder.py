@@ -302,7 +302,9 @@ class HotFolder:
             raise Refused(f"{shown}: not UTF-8 text (byte {exc.start}: {bad})") from None
         digest = hashlib.sha256(raw).hexdigest()
         try:
-            spec = parse_job_toml(text, shown, job_id_for(Path(name).stem, digest))
+            spec = parse_job_toml(
+                text, shown, job_id_for(Path(name).stem, digest), ident.mtime_ns / 1e9
+            )
             names = spec.program_files()
         except JobRejected as exc:
             raise Refused(str(exc)) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import fnmatch
 from collections.abc import Collection
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -105,10 +106,70 @@ class CalendarConfig(BaseModel):
         )
 
 
+class Preparation(BaseModel):
+    """`[scheduler.preparation.<key>]`: what a device may do ahead of a manual change of
+    this key, idle and waiting for it (a printer heating to the loaded material's unload
+    temperature). Sent as maintenance lines (the device idle, its step lock held); only
+    while an operator is on shift (`[scheduler.calendar]`), never while it works."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The loaded value (the one to unload) → lines sent ahead: PETG = ["M104 S240"];
+    # "*" for any other value.
+    ahead: dict[str, tuple[str, ...]] = Field(min_length=1)
+    # Sent when the changeover is withdrawn before it was done (a re-plan moved it):
+    # "M104 S0", so no heater stays on for a change that is not coming.
+    undo: tuple[str, ...] = ()
+    # At most this long before the plan's changeover start.
+    lead_s: float = Field(default=600.0, ge=0)
+
+    @field_validator("ahead")
+    @classmethod
+    def _lines_present(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        empty = [k for k, lines in v.items() if not lines]
+        if empty:
+            raise ValueError(f"expected at least one line for {', '.join(empty)}")
+        return v
+
+    def lines_for(self, loaded: str | None) -> tuple[str, ...]:
+        if loaded is not None:
+            for value, lines in self.ahead.items():
+                if value.casefold() == loaded.strip().casefold():
+                    return lines
+        return self.ahead.get("*", ())
+
+
+class DeviceTemplate(BaseModel):
+    """`[scheduler.templates.<name>]`: one changeover model for many alike machines
+    (`devices`: ids or shell patterns, `prusa-*`). A device in no template goes by the
+    section's own `changeover`, then the defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    devices: tuple[str, ...] = Field(min_length=1)
+    changeover: dict[str, KeyChange] = Field(default_factory=dict)
+    # Setup keys these devices change themselves (driver `change_setup`).
+    automatic: tuple[str, ...] = ()
+    # Their bed must be confirmed clear after a print with no unload step.
+    bed_clearing: bool = False
+
+    def holds(self, device: str) -> bool:
+        return any(fnmatch.fnmatchcase(device, p) for p in self.devices)
+
+
+class DeviceRules(BaseModel):
+    """`[scheduler.devices.<id>]`: one device's own changeover times (over its template's)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    template: str | None = None  # instead of matching a template's `devices`
+    changeover: dict[str, KeyChange] = Field(default_factory=dict)
+
+
 class SchedulerSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: DispatchMethod = DispatchMethod.BASELINE
+    method: DispatchMethod = DispatchMethod.PLANNER
     # The pure planner's method for each re-plan (docs/scheduling.md, "Methods").
     planner_method: str = "anytime"
     # Wall-time bound of one re-plan (anytime search), off the event loop.
@@ -139,6 +200,12 @@ class SchedulerSection(BaseModel):
     bed_clearing: tuple[str, ...] = ()
     # How long clearing a bed takes an operator (the planner plans it after the print).
     bed_clearing_s: int = Field(default=120, ge=0)
+    # Changeover models shared by alike machines, and one device's own times: a key's
+    # time is the device's, else its template's, else `changeover`'s, else the default.
+    templates: dict[str, DeviceTemplate] = Field(default_factory=dict)
+    devices: dict[str, DeviceRules] = Field(default_factory=dict)
+    # Per setup key: what may run ahead of a manual change of it (preheating).
+    preparation: dict[str, Preparation] = Field(default_factory=dict)
     # Operator shifts: manual changeovers and bed clearing are planned inside them.
     # Unset: an operator is assumed always there.
     calendar: CalendarConfig | None = None
@@ -152,10 +219,88 @@ class SchedulerSection(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _known_templates(self) -> SchedulerSection:
+        for dev, rules in self.devices.items():
+            if rules.template is not None and rules.template not in self.templates:
+                known = ", ".join(sorted(self.templates)) or "none defined"
+                raise ValueError(
+                    f"devices.{dev}.template: expected a name in [scheduler.templates] "
+                    f"({known}), got {rules.template!r}"
+                )
+        return self
+
+    def device_problems(self, devices: Collection[str]) -> list[str]:
+        """What names no configured device, or gives one device two templates; each as
+        `scheduler.<key path>: <what was expected>` for `cellctl check`."""
+        out = []
+        named = {*self.automatic, *self.bed_clearing}
+        for d in sorted(d for d in named if d not in devices):
+            key = "automatic" if d in self.automatic else "bed_clearing"
+            out.append(f"scheduler.{key}: expected a device id in [devices], got {d!r}")
+        for d in sorted(d for d in self.devices if d not in devices):
+            out.append(f"scheduler.devices.{d}: expected a device id in [devices], got {d!r}")
+        for name, t in sorted(self.templates.items()):
+            for p in t.devices:
+                if not any(fnmatch.fnmatchcase(d, p) for d in devices):
+                    out.append(
+                        f"scheduler.templates.{name}.devices: {p!r} matches no device in "
+                        "[devices] (expected device ids or patterns such as 'prusa-*')"
+                    )
+        for d in sorted(devices):
+            held = [n for n, t in sorted(self.templates.items()) if t.holds(d)]
+            if len(held) > 1:
+                out.append(
+                    f"scheduler.templates: device {d!r} is in {len(held)} templates "
+                    f"({', '.join(held)}); expected at most one"
+                )
+        return out
+
     def unknown_devices(self, devices: Collection[str]) -> list[str]:
         named = {*self.automatic, *self.bed_clearing}
         return sorted(d for d in named if d not in devices)
 
-    def key_change(self, key: str) -> KeyChange:
+    def template_of(self, device: str) -> DeviceTemplate | None:
+        rules = self.devices.get(device)
+        if rules is not None and rules.template is not None:
+            return self.templates[rules.template]
+        return next((t for _, t in sorted(self.templates.items()) if t.holds(device)), None)
+
+    def key_change(self, key: str, device: str | None = None) -> KeyChange:
+        if device is not None:
+            rules = self.devices.get(device)
+            own = rules.changeover.get(key) if rules is not None else None
+            if own is not None:
+                return own
+            template = self.template_of(device)
+            shared = template.changeover.get(key) if template is not None else None
+            if shared is not None:
+                return shared
         found = self.changeover.get(key) or DEFAULT_CHANGES.get(key)
         return found if found is not None else KeyChange(seconds=self.unknown_key_s)
+
+    def automatic_keys(self, device: str) -> tuple[str, ...]:
+        """The keys the device changes itself: its own `automatic` entry and its template's."""
+        template = self.template_of(device)
+        shared = template.automatic if template is not None else ()
+        return tuple(dict.fromkeys((*self.automatic.get(device, ()), *shared)))
+
+    def clears_bed(self, device: str) -> bool:
+        template = self.template_of(device)
+        return device in self.bed_clearing or (template is not None and template.bed_clearing)
+
+    def model_fingerprint(self, device: str) -> tuple[object, ...]:
+        """Devices with equal fingerprints have equal changeover costs (one table each)."""
+        rules = self.devices.get(device)
+        return (
+            self.automatic_keys(device),
+            id(self.template_of(device)),
+            tuple(sorted(rules.changeover.items())) if rules is not None else (),
+        )
+
+    def on_shift(self, now: float) -> bool:
+        """An operator is there now (always, without a calendar)."""
+        if self.calendar is None:
+            return True
+        windows = self.calendar.at(now).windows(1)
+        return bool(windows) and windows[0][0] == 0

@@ -351,9 +351,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--line", type=int, default=None, help="resume from this line")
     p.set_defaults(func=cmd_answer)
 
-    p = sub.add_parser(
-        "changeover", help="answer a changeover request: what was loaded on DEVICE"
-    )
+    p = sub.add_parser("changeover", help="answer a changeover request: what was loaded on DEVICE")
     common(p)
     p.add_argument("device")
     p.add_argument("setup", nargs="+", metavar="KEY=VALUE")

@@ -90,10 +90,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_USAGE
+    from cellctl.cli import learned_view
+
+    learned = learned_view.from_store(cell)
     if json_mode():
-        print_json(describe(cell, warnings))
+        print_json({**describe(cell, warnings), "learned": learned})
         return EXIT_OK
     print(summarize(cell))
+    if learned is not None:
+        print("\n".join(learned_view.lines(learned)))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     for dev in cell.devices.values():
@@ -229,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli.plan import add_commands as add_plan_commands
 
     add_plan_commands(sub)
+    from cellctl.cli.report import add_commands as add_report_commands
+
+    add_report_commands(sub)  # the shift report
     from cellctl.cli.panel import add_commands as add_panel_commands
 
     add_panel_commands(sub)  # panel, apikey

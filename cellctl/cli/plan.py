@@ -1,4 +1,5 @@
 """`cellctl plan --problem FILE.json`: plan an offline problem, print the plan and its figures.
+Without `--problem`: the running cell's plan (`-c CONFIG`), cellctl/cli/plan_live.py.
 
 Anyone can compare the planner with the naive rules on their own data
 (`--method`). Bad input is one line per mistake and exit 2.
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cellctl.planning import METHODS, Plan, Problem, ProblemInvalid, parse_problem, plan
-from cellctl.planning.calendar import OutsideCalendar
-from cellctl.planning.gantt import gantt_svg
-from cellctl.planning.problem_format import plan_to_json
+from cellctl.cli.common import add_config
+from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, add_target_options
+from cellctl.planning.methods import METHODS
+
+if TYPE_CHECKING:
+    from cellctl.planning.model import Plan, Problem
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -22,10 +25,21 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "plan",
-        help="plan an offline problem (JSON) and print the plan and its figures",
-        description="Plan the jobs of a problem file (schema: cellctl/schemas/problem.json).",
+        help="plan an offline problem (JSON), or show the running cell's plan",
+        description="Plan the jobs of a problem file (schema: cellctl/schemas/problem.json); "
+        "without --problem, print the running cell's plan (its retained `plan` topic).",
     )
-    p.add_argument("--problem", required=True, metavar="FILE.json", help="the problem")
+    p.add_argument(
+        "--problem", metavar="FILE.json", help="the problem (without it: the running cell's)"
+    )
+    add_config(p, needed=False)
+    add_target_options(p)
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    p.add_argument(
+        "--export",
+        metavar="FILE.json",
+        help="the running cell: write its problem (replay: cellctl plan --problem FILE.json)",
+    )
     p.add_argument("--method", choices=METHODS, default="anytime")
     p.add_argument(
         "--budget-s", type=float, default=1.0, metavar="S", help="anytime: seconds (default 1)"
@@ -52,7 +66,20 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    # The planner and the drawing load here, not with the parser that `cellctl run` builds.
+    from cellctl.planning.calendar import OutsideCalendar
+    from cellctl.planning.gantt import gantt_svg
+    from cellctl.planning.planner import plan
+    from cellctl.planning.problem_format import ProblemInvalid, parse_problem, plan_to_json
+
     name = args.problem
+    if name is None:
+        from cellctl.cli.plan_live import cmd_live
+
+        return cmd_live(args)
+    if args.export:
+        print("cellctl plan: --export is for the running cell (no --problem)", file=sys.stderr)
+        return EXIT_USAGE
     if args.unpin_margin is not None and not 0 <= args.unpin_margin <= 1:
         print(
             f"cellctl plan: --unpin-margin must be in 0 … 1, got {args.unpin_margin}",

@@ -21,6 +21,8 @@ from cellctl.cli.common import add_config, add_json, json_mode, print_json
 from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
 from cellctl.config import load_settings
 from cellctl.telemetry.statusview import StatusView
+from cellctl.telemetry.worklist import COLUMNS as WORKLIST_COLUMNS
+from cellctl.telemetry.worklist import worklist_rows
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -88,8 +90,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             t.add_column(col)
         for row in view.rows():
             t.add_row(*row)
+        parts: list[Any] = [t]
+        work = view.plan.get("worklist") or []
+        if work:
+            todo = Table(title="operator worklist (cellctl changeover / bed-clear)")
+            for col in WORKLIST_COLUMNS:
+                todo.add_column(col)
+            for row in worklist_rows(work, time.time()):
+                todo.add_row(*row)
+            parts.append(todo)
         if not view.held:
-            return Group(t)
+            return Group(*parts)
         held = Table(title="held steps (cellctl answer CONFIG JOB STEP …)")
         for col in ("step", "device", "attempt", "reason"):
             held.add_column(col)
@@ -100,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 str(h.get("attempt")),
                 str(h.get("reason")),
             )
-        return Group(t, held)
+        return Group(*parts, held)
 
     def drain(until: float) -> None:
         while True:
@@ -134,6 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                         for dev_id, d in sorted(view.devices.items())
                     },
                     "held": view.held,
+                    "worklist": view.plan.get("worklist") or [],
                 }
             )
             return EXIT_OK if view.cell.get("state") == "online" else EXIT_FAIL

@@ -98,6 +98,11 @@ class Announcer:
                 self.requested += 1
                 self._out.append(self._request(new, now))
 
+    def asked(self, device: str, need: Needed) -> bool:
+        """This need is the one already requested on the device."""
+        shown = self._shown.get(device)
+        return shown is not None and shown.ident == need.ident
+
     def take(self) -> list[OperatorRequest]:
         out, self._out = self._out, []
         return out

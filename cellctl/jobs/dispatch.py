@@ -35,6 +35,12 @@ class Candidate:
     clear_s: int = 0  # operator time to clear the bed after it (the planner's `clear`)
     filament_g: float | None = None  # grams of filament it takes off the spool
     submitted: float | None = None  # when its job was accepted (epoch seconds)
+    # Only on a later route step (`PlannerDispatcher.note_later`: planned ahead, never
+    # started): the earlier step it waits for when that one is queued too, or, when
+    # that one runs, its expected end (epoch seconds). Its `reserves` may still hold
+    # `@previous` (the earlier step's device is not known yet).
+    after: str | None = None
+    ready_at: float | None = None
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -12,24 +12,29 @@ within `[scheduler] budget_s`.
 A plan older than `max_plan_age_s`, or a re-plan that raised, is not
 followed: dispatch falls back to `BaselineDispatcher` (which never needs a
 changeover) and says so in the log, once per change. Steps the plan does not
-hold (arrived after it, or reserving other devices, which the pure planner
-does not model) go to devices with nothing planned left, by the baseline rule.
+hold (arrived after it) go to devices with nothing planned left, by the
+baseline rule.
+
+The plan holds whole routes: the service tells `note_later` the later steps
+of each route (not startable yet), so a device whose next planned step is one
+of them waits for it, and its changeover is asked for ahead like any other.
+Steps that reserve other devices (a robot tending a printer) are planned with
+their reservations; one starts only when every device it reserves is free.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from cellctl import planning
 from cellctl.jobs.changeover import Announcer, Needed
 from cellctl.jobs.dispatch import (
     Assignment,
@@ -42,11 +47,14 @@ from cellctl.jobs.dispatch import (
     usable,
 )
 from cellctl.jobs.live_problem import Snapshot, build_problem
+from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.model import OperatorRequest
-from cellctl.planning import plan as run_planner
 from cellctl.planning.model import Assignment as PlanAssignment
-from cellctl.planning.model import Plan
+from cellctl.planning.model import Plan, Problem
 from cellctl.scheduler_config import PlanWorker, SchedulerSection
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = structlog.get_logger("cellctl.jobs.planner")
 
@@ -57,6 +65,7 @@ class LivePlan:
     made_at: float  # epoch seconds: problem time 0
     planned: frozenset[str]  # step keys it holds
     by_job: Mapping[str, PlanAssignment]  # step key → its place in the plan
+    problem: Problem | None = None  # what was planned: published with the plan (plan_feed.py)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class PlannerDispatcher:
         self._clock = clock
         self._baseline = BaselineDispatcher()
         self.announcer = Announcer()
+        self.preparer = Preparer()
         self.current: LivePlan | None = None
         self.stats = PlannerStats()
         self._pending: Snapshot | None = None
@@ -100,9 +110,18 @@ class PlannerDispatcher:
         self._failed = False
         self._fallback_said = False
         self._automatic: list[AutoChange] = []
+        self._later: tuple[Candidate, ...] = ()
         self.auto_failed: dict[str, str] = {}  # device → why its change_setup failed
+        # Applied to each problem before planning (learned durations, learned_times.py);
+        # picklable: it travels to the worker process with the snapshot.
+        self.adjust: ProblemAdjust | None = None
 
     # --- on the event loop -------------------------------------------------------
+
+    def note_later(self, later: Sequence[Candidate]) -> None:
+        """The later steps of the routes (each with `after` or `ready_at`), in route
+        order: planned ahead with the next `assign`, never started by it."""
+        self._later = tuple(later)
 
     def assign(
         self, candidates: Sequence[Candidate], devices: Mapping[str, DeviceView]
@@ -125,10 +144,16 @@ class PlannerDispatcher:
         needed: dict[str, Needed] = {}
         met: set[tuple[str, str]] = set()
         idle: list[str] = []  # free devices with nothing planned left
+        later = {c.key: c for c in self._later}
         for dev_id in sorted(devices):
             view = devices[dev_id]
             nxt = next(
-                (by_key[k] for k in live.plan.sequences.get(dev_id, ()) if k in by_key), None
+                (
+                    by_key.get(k) or later[k]
+                    for k in live.plan.sequences.get(dev_id, ())
+                    if k in by_key or k in later
+                ),
+                None,
             )
             if nxt is None:
                 if dev_id in free:
@@ -146,16 +171,20 @@ class PlannerDispatcher:
                     device_free_at=now if view.free else view.busy_until,
                     spool_g=short,
                 )
-                auto = (
-                    set(cfg.automatic.get(dev_id, ())) if dev_id not in self.auto_failed else set()
-                )
+                auto = set(cfg.automatic_keys(dev_id)) if dev_id not in self.auto_failed else set()
                 if not set(need.load) <= auto:
                     needed[dev_id] = need
-                elif dev_id in free and view.kept_for in (None, nxt.key):
+                elif (
+                    dev_id in free
+                    and view.kept_for in (None, nxt.key)
+                    and (nxt.key in by_key or need.changeover_start <= now)
+                ):
                     self._automatic.append(AutoChange(dev_id, nxt.key, need.load))
                     free.discard(dev_id)
                 continue
             met.add((dev_id, nxt.key))
+            if nxt.key not in by_key:
+                continue  # a later route step: the device waits for it, as planned
             if dev_id not in free or not can_run(view, nxt):
                 continue
             if any(
@@ -165,9 +194,18 @@ class PlannerDispatcher:
             out.append(Assignment(nxt.key, dev_id, nxt.reserves))
             free.discard(dev_id)
             free.difference_update(nxt.reserves)
+        # A request once made stays while the plan still needs it, also when a re-plan
+        # moves it back out of the notice window (else it is withdrawn and asked again).
         self.announcer.update(
-            {d: n for d, n in needed.items() if n.due_for_notice(now, cfg.notice_s)}, now, met
+            {
+                d: n
+                for d, n in needed.items()
+                if n.due_for_notice(now, cfg.notice_s) or self.announcer.asked(d, n)
+            },
+            now,
+            met,
         )
+        self.preparer.update(needed, free, met, now, cfg)
         rest = [d for d in idle if d in free]
         unplanned = [c for c in candidates if c.key not in live.planned] if rest else []
         if unplanned:
@@ -186,6 +224,10 @@ class PlannerDispatcher:
         """The device could not change its own setup: ask an operator from now on."""
         self.auto_failed[device] = reason
         self._seen = None  # re-plan: the request comes from the next plan followed
+
+    def take_preparations(self) -> list[PrepAction]:
+        """Preparation lines to send now (`preparation.Preparer`), each to an idle device."""
+        return self.preparer.take()
 
     def take_requests(self) -> list[OperatorRequest]:
         """Changeover requests (new, changed, withdrawn) for the service to publish."""
@@ -210,6 +252,7 @@ class PlannerDispatcher:
                 for d, v in sorted(devices.items())
             ),
             frozenset(self.announcer.pins().items()),
+            tuple((c.key, c.after, c.ready_at, c.reserves) for c in self._later),
         )
         if seen == self._seen and now - self._seen_at < cfg.max_plan_age_s / 2:
             return
@@ -219,6 +262,7 @@ class PlannerDispatcher:
             candidates=tuple(candidates),
             devices=dict(devices),
             pinned=self.announcer.pins(),
+            later=self._later,
         )
         self._dirty.set()
 
@@ -237,7 +281,10 @@ class PlannerDispatcher:
     # --- the planning task -------------------------------------------------------
 
     async def run(self) -> None:
-        """Plan the latest snapshot, one at a time, off the loop; until cancelled."""
+        """Plan the latest snapshot, one at a time, off the loop; until cancelled.
+
+        The process pool and the solver are imported with the first use, not with the
+        daemon: an idle cell pays for neither (issue 27)."""
         pool: ProcessPoolExecutor | None = None
         try:
             while True:
@@ -248,6 +295,9 @@ class PlannerDispatcher:
                     continue
                 cfg = self._settings()
                 if cfg.worker is PlanWorker.PROCESS and pool is None:
+                    import multiprocessing
+                    from concurrent.futures import ProcessPoolExecutor
+
                     pool = ProcessPoolExecutor(
                         1,
                         mp_context=multiprocessing.get_context("spawn"),
@@ -258,7 +308,7 @@ class PlannerDispatcher:
                     await self._replan(
                         snap, cfg, pool if cfg.worker is PlanWorker.PROCESS else None
                     )
-                except BrokenProcessPool:
+                except Exception:  # only a BrokenProcessPool leaves _replan
                     pool = None  # the worker died (killed, out of memory): a new one next time
         finally:
             if pool is not None:
@@ -271,10 +321,10 @@ class PlannerDispatcher:
         t0 = time.perf_counter()
         try:
             if pool is None:
-                live = await asyncio.to_thread(_plan_snapshot, snap, cfg)
+                live = await asyncio.to_thread(_plan_snapshot, snap, cfg, self.adjust)
             else:
                 loop = asyncio.get_running_loop()
-                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg)
+                live = await loop.run_in_executor(pool, _plan_snapshot, snap, cfg, self.adjust)
         except Exception as exc:  # a planner bug must not stop dispatch: fall back
             self._failed = True
             self.stats.failures += 1
@@ -282,15 +332,34 @@ class PlannerDispatcher:
             log.error("planner: re-plan failed", error=self.stats.last_error)
             self._fallback_said = False
             self._on_plan()
-            if isinstance(exc, BrokenProcessPool):
-                raise
+            if type(exc).__name__ == "BrokenProcessPool":
+                raise  # run() starts a new worker
             return
         self._failed = False
         self.current = live
+        log.debug("planner: plan", sequences={d: list(v) for d, v in live.plan.sequences.items()})
         self.stats.plans += 1
         self.stats.plan_s.append(time.perf_counter() - t0)
         del self.stats.plan_s[:-100]
         self._on_plan()
+
+
+# Moving an announced changeover must gain this fraction of the kept plan's figure, and at
+# least MOVE_MIN_S: the pinned and the free problem are planned apart, and a heuristic (or
+# a search bounded in time) can find each better than the other on alternate re-plans.
+# Without a margin the requests swapped back and forth every round (the demo's mix:
+# hundreds of request/withdraw pairs in a few seconds).
+MOVE_MARGIN = 0.1
+MOVE_MIN_S = 60
+
+
+def _clearly_better(free: tuple[int, ...], kept: tuple[int, ...]) -> bool:
+    """(weighted tardiness, changeover, …): less tardiness by the margin; or no more
+    tardiness (within the margin) and less changeover time by the margin."""
+    (ft, fc), (kt, kc) = free[:2], kept[:2]
+    if ft < kt - max(MOVE_MIN_S, MOVE_MARGIN * kt):
+        return True
+    return ft <= kt and fc < kc - max(MOVE_MIN_S, MOVE_MARGIN * kc)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -309,23 +378,32 @@ def _busy(v: DeviceView) -> DeviceView:
     return DeviceView(v.id, v.processes, v.setup, False, v.kept_for, v.busy_until)
 
 
-def _plan_snapshot(snap: Snapshot, cfg: SchedulerSection) -> LivePlan:
+class ProblemAdjust(Protocol):
+    def apply(self, problem: Problem) -> Problem: ...
+
+
+def _plan_snapshot(
+    snap: Snapshot, cfg: SchedulerSection, adjust: ProblemAdjust | None = None
+) -> LivePlan:
     """Plan the snapshot. A changeover already requested stays where it is unless a plan
-    free to move it has less tardiness or less changeover time (not merely an earlier
-    end): a request does not flap between devices on a tie."""
+    free to move it is clearly better (`_clearly_better`; not merely an earlier end): a
+    request does not flap between devices on a tie, nor on the planner's own noise."""
     problem = build_problem(snap, cfg)
+    if adjust is not None:
+        problem = adjust.apply(problem)
     method = cfg.planner_method
     budget = cfg.budget_s if method == "anytime" else None
     if problem.pinned:
         half = None if budget is None else budget / 2
-        kept = run_planner(problem, method, budget_s=half)
-        free = run_planner(replace(problem, pinned={}), method, budget_s=half)
-        result = free if free.figures.key[:2] < kept.figures.key[:2] else kept
+        kept = planning.plan(problem, method, budget_s=half)
+        free = planning.plan(replace(problem, pinned={}), method, budget_s=half)
+        result = free if _clearly_better(free.figures.key, kept.figures.key) else kept
     else:
-        result = run_planner(problem, method, budget_s=budget)
+        result = planning.plan(problem, method, budget_s=budget)
     return LivePlan(
         result,
         snap.now,
         frozenset(j.id for j in problem.jobs),
         {a.job: a for a in result.assignments},
+        problem,
     )

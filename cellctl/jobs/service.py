@@ -50,6 +50,7 @@ from cellctl.jobs.dispatch import (
     make_dispatcher,
 )
 from cellctl.jobs.gcode import GcodeInfo, cut_short, format_number
+from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.jobs.preflight import (
     PreflightFailed,
     check_content,
@@ -65,6 +66,7 @@ from cellctl.jobs.requests import apply_requests
 from cellctl.jobs.scanproc import scan
 from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec, NoSpace
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
+from cellctl.maintenance import carry_out
 from cellctl.model import (
     DeviceState,
     Event,
@@ -87,7 +89,9 @@ from cellctl.supervisor import DeviceRunner, Supervisor
 from cellctl.tasks import TaskGroup
 
 if TYPE_CHECKING:  # the planner loads only when a cell plans (its imports cost ~9 MiB)
+    from cellctl.jobs.learning import Learning
     from cellctl.jobs.planned import PlannerDispatcher
+    from cellctl.jobs.preparation import PrepAction
 
 log = structlog.get_logger("cellctl.jobs")
 
@@ -107,6 +111,8 @@ FULL_RETRY_S = 1.0
 # What `_engaged` holds for a device running an automatic changeover (+ the step key).
 AUTO_CHANGEOVER = "changeover for "
 
+# How long a device whose step lock maintenance holds is planned as busy.
+LOCKED_S = 10.0
 # Device states in which a device may be given a step.
 READY_STATES = frozenset({DeviceState.IDLE, DeviceState.COMPLETE})
 
@@ -135,6 +141,12 @@ class JobService:
 
             if isinstance(self.dispatcher, PlannerDispatcher):
                 self._planning = self.dispatcher
+        # Measured durations, for the planner's estimates (loaded only when it plans).
+        self.learning: Learning | None = None
+        if self._planning is not None:
+            from cellctl.jobs.learning import Learning
+
+            self.learning = Learning(store)
         self.programs = ProgramStore(cell().state_dir / "programs")
         self._jobs: dict[str, JobRecord] = {}
         self._devices: dict[str, repo.DeviceRow] = {}
@@ -150,6 +162,7 @@ class JobService:
         self._next_seq = 1
         self.ready = asyncio.Event()
         self.dispatch_rounds = 0
+        self.plan_feed = PlanFeed()  # the retained `plan` topic's payloads (plan_feed.py)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -172,6 +185,8 @@ class JobService:
                 planner = self._planner()
                 if planner is not None:
                     tg.create_task(planner.run(), name="jobs:planner")
+                if self.learning is not None:
+                    tg.create_task(self.learning.run(), name="jobs:learning")
                 for device_id, key in self._uncleared.items():  # still asked after a restart
                     self._publish(self._bed_request(device_id, key))
                 self.ready.set()
@@ -500,6 +515,8 @@ class JobService:
         new_setup = {str(k): str(v) for k, v in new_setup.items()}
         await self._save_device(repo.DeviceRow(row.id, new_setup, row.in_service, row.note))
         log.info("device setup changed", device=device_id, setup=new_setup)
+        if self.learning is not None:
+            self.learning.setup_recorded(device_id, new_setup, time.time())
         return self._device_info(device_id)
 
     async def set_in_service(self, device_id: str, in_service: bool, note: str = "") -> DeviceInfo:
@@ -643,14 +660,15 @@ class JobService:
                 steps[idx] = new
                 changed.append(new)
             new_job = job.replace(steps=tuple(steps), updated=now, **dict(job_changes or {}))
-            clearing = self._cell().config.scheduler.bed_clearing
+            sched = self._cell().config.scheduler
             spools = self._spools_after(changed, job)
             parts_left = [
                 (s.device, s.key)
                 for s in changed
                 if s.state == StepState.DONE
                 and job.steps[s.index].state != StepState.DONE
-                and s.device in clearing
+                and s.device is not None
+                and sched.clears_bed(s.device)
                 and beds.leaves_part(new_job, s)
             ]
             job_event: JobChanged | None = None
@@ -806,6 +824,18 @@ class JobService:
 
     def _publish(self, event: Event) -> None:
         self._bus.publish(event)
+        if self.learning is not None:
+            self.learning.saw(event, self._step_of)
+
+    def _learned_view(self) -> dict[str, Any] | None:
+        """Configured vs learned durations, for the published plan."""
+        if self.learning is None:
+            return None
+        return self.learning.compare(self._cell().config.scheduler)
+
+    def _step_of(self, job_id: str, index: int) -> StepRecord | None:
+        job = self._jobs.get(job_id)
+        return job.steps[index] if job is not None and index < len(job.steps) else None
 
     # --- devices ----------------------------------------------------------------
 
@@ -875,6 +905,11 @@ class JobService:
             return time.time() + self._cell().config.scheduler.bed_clearing_s
         key = self._engaged.get(dev_id)
         if key is None:
+            runner = self._supervisor.runners.get(dev_id)
+            if runner is not None and runner.busy and runner.state in READY_STATES:
+                # Maintenance or a preparation holds its step lock: busy a moment, not down
+                # (the planner would drop the device and withdraw its changeover).
+                return time.time() + LOCKED_S
             return None
         if key.startswith(AUTO_CHANGEOVER):
             return self._auto_until.get(dev_id)
@@ -898,12 +933,30 @@ class JobService:
             if change.device in self._engaged:
                 continue
             self._engaged[change.device] = AUTO_CHANGEOVER + change.step_key
-            seconds = sum(sched.key_change(k).seconds for k in change.setup)
+            seconds = sum(sched.key_change(k, change.device).seconds for k in change.setup)
             self._auto_until[change.device] = time.time() + seconds
             self._tg.create_task(
                 self._automatic_changeover(planner, change.device, dict(change.setup)),
                 name=f"changeover:{change.device}",
             )
+
+    def _start_preparations(self, planner: PlannerDispatcher) -> None:
+        """Send the plan's preparation lines (preheating ahead of a manual changeover) as
+        maintenance lines: the device idle, its step lock held meanwhile."""
+        assert self._tg is not None
+        for prep in planner.take_preparations():
+            runner = self._supervisor.runners.get(prep.device)
+            if runner is None or prep.device in self._engaged:
+                continue
+            self._tg.create_task(self._prepare(runner, prep), name=f"prepare:{prep.device}")
+
+    async def _prepare(self, runner: DeviceRunner, prep: PrepAction) -> None:
+        what = "undo preparation" if prep.undo else "preparation"
+        try:
+            await carry_out(runner, prep.device, prep.lines)
+            log.info(what, device=prep.device, step=prep.step_key, lines=list(prep.lines))
+        except CellError as exc:  # a refused line: the changeover is only slower
+            log.warning(f"{what} not sent", device=prep.device, error=str(exc))
 
     async def _automatic_changeover(
         self, planner: PlannerDispatcher, device_id: str, setup: dict[str, str]
@@ -918,9 +971,13 @@ class JobService:
             driver = runner.driver if runner is not None else None
             if driver is None:
                 raise LinkError(f"{device_id} is not connected")
+            before, t0 = dict(self._device_row(device_id).setup), time.monotonic()
             async with asyncio.timeout(bound):
                 await driver.change_setup(setup)
+            took = time.monotonic() - t0
             await self.set_setup(device_id, setup, merge=True)
+            if self.learning is not None:
+                self.learning.automatic_done(device_id, before, setup, took)
             log.info("automatic changeover done", device=device_id, setup=setup)
         except (CellError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
@@ -978,8 +1035,8 @@ class JobService:
         """Devices kept for one step (device → step key), taking no other work meanwhile:
         * a step held part-way, or queued to resume, keeps the device it ran on (the
           half-made part is still there);
-        * a step that reserves `@previous` keeps the device that ran its predecessor
-          (a printer waits for the robot that unloads it)."""
+        * a step that reserves `@previous` keeps the device that runs or ran its
+          predecessor (a printer waits for the robot that unloads it)."""
         out: dict[str, str] = {}
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
@@ -991,17 +1048,23 @@ class JobService:
                     out.setdefault(s.pinned, s.key)
                 if PREVIOUS in s.reserves:
                     prev = job.predecessor(s)
-                    if prev is not None and prev.state == StepState.DONE and prev.device:
+                    # Also while the predecessor runs: the planner then plans nothing
+                    # else on that device between its end and the unload.
+                    held = (StepState.DONE, StepState.STARTING, StepState.RUNNING)
+                    if prev is not None and prev.state in held and prev.device:
                         out.setdefault(prev.device, s.key)
         return out
 
     def _candidates(self) -> tuple[list[Candidate], list[tuple[str, int, str]]]:
-        """Steps that may start now, and steps no configured device could ever run."""
+        """Steps that may start now, and steps no configured device could ever run.
+        With the planner, the later steps of each route go to `note_later`."""
         devices = self._cell().devices
         offered = {p for d in devices.values() for p in d.common.processes}
         out: list[Candidate] = []
+        later: list[Candidate] = []
         never: list[tuple[str, int, str]] = []
-        planning = self._planner() is not None
+        planner = self._planner()
+        planning = planner is not None
         for job in self._jobs.values():
             if job.state.terminal or job.cancel_requested:
                 continue
@@ -1009,8 +1072,20 @@ class JobService:
                 if s.state != StepState.QUEUED:
                     continue
                 prev = job.predecessor(s)
+                ahead: dict[str, Any] = {}
                 if prev is not None and prev.state != StepState.DONE:
-                    continue
+                    if not planning:
+                        continue
+                    # Planned ahead (whole routes): after a queued predecessor, or
+                    # released at a running one's expected end; none after a held one.
+                    if prev.state == StepState.QUEUED:
+                        ahead = {"after": prev.key}
+                    elif prev.state in (StepState.STARTING, StepState.RUNNING) and prev.device:
+                        ahead = {"after": prev.key, "ready_at": self._busy_until(prev.device)}
+                    else:
+                        continue
+                if ahead and s.process not in offered:
+                    continue  # said (and failed) when it may start
                 if s.process not in offered:
                     never.append((job.id, s.index, f"no device in the cell can do {s.process!r}"))
                     continue
@@ -1018,10 +1093,14 @@ class JobService:
                     (prev.device or "") if r == PREVIOUS and prev is not None else r
                     for r in s.reserves
                 )
-                if any(r not in devices for r in reserves):
+                if ahead and prev is not None and prev.state == StepState.QUEUED:
+                    reserves = s.reserves  # its device is not known yet: `@previous`
+                if any(r not in devices and not (ahead and r == PREVIOUS) for r in reserves):
+                    if ahead:
+                        continue
                     never.append((job.id, s.index, f"reserves unknown device(s) {reserves}"))
                     continue
-                out.append(
+                (later if ahead else out).append(
                     Candidate(
                         key=s.key,
                         job_id=job.id,
@@ -1037,8 +1116,11 @@ class JobService:
                         clear_s=self._clear_s(job, s) if planning else 0,
                         filament_g=s.gcode.filament_g if s.gcode is not None else None,
                         submitted=job.created,
+                        **ahead,
                     )
                 )
+        if planner is not None:
+            planner.note_later(later)
         return out, never
 
     def _spools_after(self, changed: list[StepRecord], job: JobRecord) -> list[repo.DeviceRow]:
@@ -1065,7 +1147,9 @@ class JobService:
         sched = self._cell().config.scheduler
         devices = self._cell().devices
         clears = any(
-            step.process in devices[d].common.processes for d in sched.bed_clearing if d in devices
+            step.process in cfg.common.processes
+            for d, cfg in devices.items()
+            if sched.clears_bed(d)
         )
         return sched.bed_clearing_s if clears and beds.leaves_part(job, step) else 0
 
@@ -1092,6 +1176,10 @@ class JobService:
         if planner is not None:
             await self._changeovers(planner)
             self._start_automatic(planner)
+            self._start_preparations(planner)
+            if self.learning is not None:
+                planner.adjust = self.learning.times  # applied at the next re-plan
+            self.plan_feed.offer(planner.current, self._learned_view)
         by_key = {c.key: c for c in candidates}
         try:
             check_assignments(assignments, by_key, views)

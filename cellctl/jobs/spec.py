@@ -8,8 +8,9 @@ the job file) or by content address (`sha256:<hex>`, already stored).
 from __future__ import annotations
 
 import re
+import time
 import tomllib
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +109,28 @@ def describe_validation(exc: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def parse_job_toml(text: str, where: str, default_id: str) -> JobSpec:
-    """A TOML job file → JobSpec; `default_id` when the file names none. Raises JobRejected."""
+# A job file's due date relative to the file (`due = "+2h"`): a shipped job mix
+# (configs/demo-jobs/) keeps meaning something whenever it is dropped.
+RELATIVE_DUE = re.compile(r"^\+(\d+(?:\.\d+)?)([mhd])$")
+DUE_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_job_toml(
+    text: str, where: str, default_id: str, received: float | None = None
+) -> JobSpec:
+    """A TOML job file → JobSpec; `default_id` when the file names none. Raises JobRejected.
+    A relative `due` ("+90m", "+2h", "+1d") counts from `received` (the hot folder: the
+    file's mtime, so that reading it again gives the same job), else from now."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobRejected(f"{where}: TOML syntax error: {exc}") from None
     data.setdefault("id", default_id)
+    due = data.get("due")
+    if isinstance(due, str) and (m := RELATIVE_DUE.match(due.strip())):
+        base = time.time() if received is None else received
+        at = base + float(m.group(1)) * DUE_UNIT_S[m.group(2)]
+        data["due"] = datetime.fromtimestamp(round(at), UTC)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

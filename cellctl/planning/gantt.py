@@ -26,7 +26,8 @@ CHART_W = 1000  # pixels for the time axis
 LABEL_W = 120  # machine names
 LANE_H = 34
 TOP = 48  # title and axis
-BOTTOM = 56  # legend
+BOTTOM = 56  # legend (its first row; each further row adds LEGEND_ROW_H)
+LEGEND_ROW_H = 18
 
 
 def setup_colours(problem: Problem) -> dict[str, str]:
@@ -54,7 +55,7 @@ def gantt_svg(problem: Problem, result: Plan, now: int | None = None, title: str
     colours = setup_colours(problem)
     setups = {j.id: j.setup for j in problem.jobs}
     lanes = {m.id: i for i, m in enumerate(problem.machines)}
-    height = TOP + LANE_H * len(lanes) + BOTTOM
+    height = TOP + LANE_H * len(lanes) + BOTTOM + LEGEND_ROW_H * (len(_legend_rows(colours)) - 1)
     width = LABEL_W + CHART_W + 20
 
     def x(t: float) -> float:
@@ -166,22 +167,38 @@ def _hold(
     )
 
 
+def _legend_items(colours: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(fill, stroke, text) per legend entry: the setups, then the marks."""
+    items = [(colour, "none", setup) for setup, colour in colours.items()]
+    items += [
+        ("url(#co)", "#999", "changeover (outlined: manual)"),
+        ("#444", "#999", "bed clearing"),
+        ("#e8f4e8", "#999", "operator shift"),
+    ]
+    return items
+
+
+def _legend_rows(colours: dict[str, str]) -> list[list[tuple[str, str, str, int]]]:
+    """The legend wrapped into rows that fit the chart's width: (fill, stroke, text, x)."""
+    rows: list[list[tuple[str, str, str, int]]] = [[]]
+    cx, right = 8, LABEL_W + CHART_W
+    for fill, stroke, text in _legend_items(colours):
+        w = 24 + 7 * len(text)
+        if rows[-1] and cx + w > right:
+            rows.append([])
+            cx = 8
+        rows[-1].append((fill, stroke, text, cx))
+        cx += w
+    return rows
+
+
 def _legend(colours: dict[str, str], y: int) -> list[str]:
-    parts, cx = [], 8
-    for setup, colour in colours.items():
-        parts.append(
-            f'<rect x="{cx}" y="{y - 10}" width="12" height="12" fill="{colour}"/>'
-            f'<text x="{cx + 16}" y="{y}">{escape(setup)}</text>'
-        )
-        cx += 24 + 7 * len(setup)
-    for fill, text in (
-        ("url(#co)", "changeover (outlined: manual)"),
-        ("#444", "bed clearing"),
-        ("#e8f4e8", "operator shift"),
-    ):
-        parts.append(
-            f'<rect x="{cx}" y="{y - 10}" width="12" height="12" fill="{fill}" stroke="#999"/>'
-            f'<text x="{cx + 16}" y="{y}">{text}</text>'
-        )
-        cx += 24 + 7 * len(text)
+    parts = []
+    for k, row in enumerate(_legend_rows(colours)):
+        ry = y + k * LEGEND_ROW_H
+        for fill, stroke, text, cx in row:
+            parts.append(
+                f'<rect x="{cx}" y="{ry - 10}" width="12" height="12" fill="{fill}" '
+                f'stroke="{stroke}"/><text x="{cx + 16}" y="{ry}">{escape(text)}</text>'
+            )
     return parts

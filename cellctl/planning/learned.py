@@ -79,3 +79,7 @@ class Learned:
 
     def pairs(self) -> list[Pair]:
         return sorted(self._changeovers)
+
+    def devices(self) -> list[str]:
+        """Devices with step measurements (for their speed)."""
+        return sorted(self._speed)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Final
 
 from cellctl.planning import rules
 from cellctl.planning.calendar import BEYOND, OutsideCalendar
 from cellctl.planning.instance import Instance
+from cellctl.planning.methods import METHODS
 from cellctl.planning.model import Plan, Problem
 from cellctl.planning.search import Clock, iterated_greedy
 from cellctl.planning.solution import Solution
-
-METHODS: Final = ("fifo", "group", "greedy", "instant", "anytime")
 
 
 def plan(

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from cellctl.planning.model import Plan, Problem
+from cellctl.planning.problem_export import problem_to_json
 
 
 class _Strict(BaseModel):
@@ -53,6 +54,24 @@ class PlanFigures(_Strict):
     makespan: float  # Unix seconds of the last planned end
 
 
+class LearnedChange(_Strict):
+    device: str
+    change: str  # "from → to" over the keys that change
+    configured_s: float
+    learned_s: float | None  # None: too few measurements yet
+    samples: int
+
+
+class LearnedSpeed(_Strict):
+    factor: float | None  # actual ÷ estimated step time; None: too few steps yet
+    steps: int
+
+
+class Learned(_Strict):
+    changeovers: list[LearnedChange]
+    speed: dict[str, LearnedSpeed]
+
+
 class PlanPayload(_Strict):
     v: Literal[1]
     ts: float
@@ -61,6 +80,43 @@ class PlanPayload(_Strict):
     figures: PlanFigures
     devices: dict[str, list[PlannedStep]]
     worklist: list[WorkItem]
+    learned: Learned | None = None  # configured vs learned durations (jobs/learning.py)
+
+
+class ProblemPayload(_Strict):
+    """Retained on `plan/problem`: the problem the current plan answers, in the offline
+    format (cellctl/schemas/problem.json), its time 0 at `origin` (Unix seconds) less
+    `shift` seconds (problem_export.py). `cellctl plan --export` writes `problem`."""
+
+    v: Literal[1]
+    ts: float
+    origin: float
+    shift: int
+    problem: dict[str, Any]
+
+
+def problem_payload(problem: Problem, origin: float, ts: float) -> dict[str, Any]:
+    """The retained `plan/problem` message for this problem."""
+    doc, shift = problem_to_json(problem)
+    return {"v": 1, "ts": ts, "origin": origin, "shift": shift, "problem": doc}
+
+
+def _pairs(label: str) -> dict[str, str] | None:
+    if not label:
+        return {}
+    parts = [p.split("=", 1) for p in label.split(",")]
+    return None if any(len(p) != 2 for p in parts) else {k: v for k, v in parts}
+
+
+def change_text(before: str, after: str) -> str:
+    """ "from → to" for an operator: with live setup labels ("key=value,…") only the keys
+    that change (what the target names and differs), else the two labels."""
+    a, b = _pairs(before), _pairs(after)
+    if a is None or b is None:
+        return f"{before} → {after}"
+    keys = [k for k in b if a.get(k) != b[k]]
+    old = ",".join(f"{k}={a[k]}" for k in keys if k in a) or "(none)"
+    return f"{old} → {','.join(f'{k}={b[k]}' for k in keys)}"
 
 
 def plan_payload(
@@ -103,7 +159,7 @@ def plan_payload(
                     "job": a.job,
                     "start": at(a.changeover_start),
                     "duration_s": a.changeover * unit_s,
-                    "change": f"{a.setup_before} → {setup}",
+                    "change": change_text(a.setup_before, setup),
                 }
             )
         if a.clear_start is not None:

@@ -44,6 +44,9 @@ class Kind(enum.StrEnum):
     REPLY = "reply"
     SNAPSHOT = "snapshot"
     CELL = "cell"
+    PLAN = "plan"
+    PLAN_PROBLEM = "plan_problem"
+    REPORT = "report"
 
     @property
     def is_event(self) -> bool:

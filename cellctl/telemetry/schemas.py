@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 from cellctl.commands import COMMANDS
 from cellctl.model import DeviceState, Quality, RequestKind
-from cellctl.planning.published import PlanPayload
+from cellctl.planning.published import PlanPayload, ProblemPayload
+from cellctl.report_payload import ReportPayload
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 StateLabel = Literal[  # kept in step with DeviceState by test_schema_files_match_the_models
@@ -254,6 +255,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "audit": AuditPayload,
     "reply": Reply,
     "plan": PlanPayload,
+    "plan_problem": ProblemPayload,
+    "report": ReportPayload,
     "snapshot": DeviceSnapshotPayload,
     "cell": CellPayload,
 }

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -23,6 +25,7 @@ from cellctl.commands import CommandHandler, JobService
 from cellctl.config import Cell, MqttSection
 from cellctl.errors import ConfigError
 from cellctl.events import EventBus, Subscription
+from cellctl.jobs.plan_feed import PlanFeed
 from cellctl.model import DeviceState, MetricSpec
 from cellctl.store import Store
 from cellctl.supervisor import Supervisor
@@ -34,7 +37,15 @@ from cellctl.telemetry.broker import (
     listening,
     probe_anonymous,
 )
-from cellctl.telemetry.encoding import AuditRecord, Encoding, JobEvent, JsonEncoding, Outgoing
+from cellctl.telemetry.encoding import (
+    AuditRecord,
+    Encoding,
+    JobEvent,
+    JsonEncoding,
+    Kind,
+    Outgoing,
+    dumps,
+)
 from cellctl.telemetry.facts import CellFacts
 from cellctl.telemetry.link import LinkSettings, MqttLink
 from cellctl.telemetry.pipeline import Pipeline
@@ -48,6 +59,8 @@ log = structlog.get_logger("cellctl.mqtt")
 
 STORE_FILE = "cellctl.db"
 GOODBYE_TIMEOUT_S = 3.0
+REPORT_INTERVAL_S = 60.0  # the retained shift report, refreshed
+REPORT_WINDOW_S = 8 * 3600.0  # … covering at most this much
 GOODBYE_DEVICES_S = 1.0
 GOODBYE_DELIVERY_S = 1.5
 
@@ -62,6 +75,7 @@ class MqttService:
         store: Store | None = None,
         encoding: Encoding | None = None,
         facts: CellFacts | None = None,
+        plans: PlanFeed | None = None,
     ) -> None:
         assert cell.config.mqtt is not None
         self.cell = cell
@@ -70,6 +84,8 @@ class MqttService:
         self.supervisor = supervisor
         self.jobs = jobs
         self.facts = facts
+        self.plans = plans  # the live plan, retained on `plan` and `plan/problem`
+        self.report: dict[str, Any] | None = None  # the last one published on `report`
         self._facts_wake = asyncio.Event()
         self._shared_store = store
         self.topics = Topics(cell.name, self.cfg.topic_prefix)
@@ -241,6 +257,7 @@ class MqttService:
             sender.connected()
             publisher.publish_spool_stats(force=True)
             publisher.republish()
+            self._publish_plan(link)
 
         publisher.describe = self._metrics
         publisher.on_step_changed = self._facts_wake.set
@@ -258,6 +275,8 @@ class MqttService:
                 tg.create_task(publisher.snapshot_loop(), name="mqtt-snapshots")
                 tg.create_task(publisher.heartbeats(), name="mqtt-heartbeats")
                 tg.create_task(self._facts_loop(publisher), name="mqtt-facts")
+                tg.create_task(self._plan_loop(link), name="mqtt-plan")
+                tg.create_task(self._report_loop(link, store), name="mqtt-report")
                 tg.create_task(commands.run(), name="mqtt-commands")
                 if recheck:
                     tg.create_task(self._recheck(link, commands), name="mqtt-access-check")
@@ -306,6 +325,49 @@ class MqttService:
             for dev, setup in facts.setups.items():
                 publisher.snapshot_changed(snaps.set_setup(dev, setup))
             publisher.snapshot_changed(snaps.set_held(facts.held, facts.requests))
+
+    async def _plan_loop(self, link: MqttLink) -> None:
+        """Each plan the feed takes goes out retained (offline: the reconnect sends it)."""
+        if self.plans is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            await self.plans.changed.wait()
+            self.plans.changed.clear()
+            self._publish_plan(link)
+
+    async def _report_loop(self, link: MqttLink, store: Store) -> None:
+        """The shift report since the daemon started (at most the last REPORT_WINDOW_S),
+        retained on `report`, every REPORT_INTERVAL_S; only on a cell that plans (the
+        report re-plans with FIFO, and the planning package is loaded only there). Built
+        on a worker thread with a read-only connection of its own: the FIFO re-plan of a
+        long shift must not hold the store's thread, which the job service writes on."""
+        if self.plans is None or self.cell.config.scheduler.method != "planner":
+            await asyncio.Event().wait()
+            return
+        from cellctl import shift_report
+
+        started, cell, path = time.time(), self.cell, store.path
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            now = time.time()
+            since = max(started, now - REPORT_WINDOW_S)
+            try:
+                report = await asyncio.to_thread(shift_report.build_from, path, cell, since, now)
+            except sqlite3.Error as exc:  # the next round tries again
+                log.error("cannot build the shift report", error=str(exc))
+                continue
+            self.report = report
+            link.publish(Outgoing(self.topics.report, dumps(report), Kind.REPORT, 1, True))
+
+    def _publish_plan(self, link: MqttLink) -> None:
+        feed = self.plans
+        if feed is None or feed.plan is None or feed.problem is None:
+            return
+        # The problem first: a reader that has the plan finds the problem it answers.
+        topic = self.topics
+        link.publish(Outgoing(topic.plan_problem, dumps(feed.problem), Kind.PLAN_PROBLEM, 1, True))
+        link.publish(Outgoing(topic.plan, dumps(feed.plan), Kind.PLAN, 1, True))
 
     async def _goodbye(
         self, publisher: Publisher, spool: Spool, link: MqttLink, sub: Subscription

@@ -65,6 +65,7 @@ class StatusView:
     cell: dict[str, Any] = field(default_factory=dict)
     devices: dict[str, DeviceView] = field(default_factory=dict)
     held: list[dict[str, Any]] = field(default_factory=list)
+    plan: dict[str, Any] = field(default_factory=dict)  # payload.plan: its worklist
 
     COLUMNS: ClassVar[tuple[str, ...]] = (
         "device",
@@ -88,6 +89,8 @@ class StatusView:
             self.cell.update(body)
         elif parts == ["cell"]:
             self.held = list(body.get("held", []))
+        elif parts == ["plan"]:
+            self.plan = body
         elif parts[0] == "devices" and len(parts) == 3:
             self._device(self.devices.setdefault(parts[1], DeviceView()), parts[2], body)
 

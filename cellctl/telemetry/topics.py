@@ -12,6 +12,9 @@
 <prefix>/<cell>/devices/<device>/requests                operator requests, QoS 1, spooled
 <prefix>/<cell>/jobs/<job>/events                        job and step transitions, QoS 1, spooled
 <prefix>/<cell>/audit                                    every command and its outcome, QoS 1
+<prefix>/<cell>/plan                           retained  the live plan and the operator's worklist
+<prefix>/<cell>/plan/problem                   retained  the problem that plan answers
+<prefix>/<cell>/report                         retained  the shift report since the daemon started
 <prefix>/<cell>/cmd/<user>/<command>                     commands; <user> is the broker user
                                                          (its ACL: write only your own)
 <prefix>/<cell>/replies/<user>/<command>                 replies (MQTT 5: the response topic,
@@ -51,6 +54,18 @@ class Topics:
     @property
     def audit(self) -> str:
         return f"{self.base}/audit"
+
+    @property
+    def plan(self) -> str:
+        return f"{self.base}/plan"
+
+    @property
+    def plan_problem(self) -> str:
+        return f"{self.base}/plan/problem"
+
+    @property
+    def report(self) -> str:
+        return f"{self.base}/report"
 
     def device(self, device_id: str, kind: str) -> str:
         return f"{self.base}/devices/{device_id}/{kind}"

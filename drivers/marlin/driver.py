@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from collections import deque
@@ -260,6 +261,7 @@ class MarlinDriver:
         self._killed = False
         self.resends_total = 0
         self._last_sent_at = 0.0
+        self._sent = asyncio.Event()  # set when lines go out: wakes the ok watchdog
 
     # --- protocol bookkeeping ---
 
@@ -530,7 +532,7 @@ class MarlinDriver:
     async def _pollers(self) -> None:
         next_temp = next_pos = time.monotonic()
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(self._poll_pause(next_temp, next_pos))
             if self._killed:
                 continue
             now = time.monotonic()
@@ -552,8 +554,28 @@ class MarlinDriver:
             ):
                 self._queue_host("M105")  # keeps the M85 timer from firing while we wait
 
+    def _poll_pause(self, next_temp: float, next_pos: float) -> float:
+        """Until the next poll is due, 0.1–1 s: an idle printer's loop wakes once a second
+        or at its position interval, not ten times a second (issue 27: idle CPU)."""
+        longest = 1.0
+        due: list[float] = []  # monotonic times
+        if not self.info.caps.get("AUTOREPORT_TEMP"):
+            due.append(next_temp)
+        if self.opt.position_interval_s > 0:
+            due.append(next_pos)
+        if self.opt.deadman_s > 0:
+            longest = min(longest, self.opt.deadman_s / 6)  # a job may start meanwhile
+            if self._job is not None:
+                due.append(self._last_sent_at + self.opt.deadman_s / 3)
+        soonest = min(due, default=math.inf) - time.monotonic()
+        return max(0.1, min(longest, soonest))
+
     async def _watchdog(self) -> None:
         while True:
+            if self.in_flight <= 0 and not self._killed:
+                # Nothing awaits an answer: wait for the next line out, not 4 looks a second.
+                self._sent.clear()
+                await self._sent.wait()
             await asyncio.sleep(0.25)
             if self._killed or self.in_flight <= 0:
                 continue
@@ -622,6 +644,7 @@ class MarlinDriver:
                 self._last_sent_at = now
             if out:
                 link.write_nowait(b"".join(out))
+                self._sent.set()
         except LinkError as exc:
             self._link_lost(exc)
 

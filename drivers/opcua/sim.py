@@ -56,9 +56,9 @@ from asyncua.ua.status_codes import StatusCodes
 from cellctl_drivers.opcua.certs import fingerprint, make_certificate, trusted_fingerprints
 from cellctl_drivers.opcua.quiet import quiet_asyncua
 from cellctl_drivers.opcua.robot import Robot, RobotState
-from pydantic import Field
+from cellctl_drivers.opcua.simoptions import RobotSimOptions
 
-from cellctl.driver import SimOptions, TaskGroup
+from cellctl.driver import TaskGroup
 
 SIM_APP_URI = "urn:cellctl:sim:robot-server"
 
@@ -90,7 +90,6 @@ _TAGS: dict[str, tuple[ua.VariantType, Any, bool]] = {
     "SpeedOverride": (_V.Double, 100.0, True),
 }
 _FLOATS = ("Progress", "CycleTime", *(f"J{i}" for i in range(1, 7)), "SpeedOverride")
-IntType = Literal["SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64"]
 _COMMAND_BITS = ("PauseRequest", "ResumeRequest", "StopRequest", "ResetRequest", "EStopRequest")
 
 
@@ -102,33 +101,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-class RobotSimOptions(SimOptions):
-    host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535)  # 0: a free port
-    namespace_uri: str = "urn:cellctl:sim:robot"
-    # Which endpoints the server offers. "none" only NoSecurity; the others only
-    # Basic256Sha256 with that mode.
-    security: Literal["none", "sign", "sign_and_encrypt"] = "none"
-    certificate: Path | None = None  # server certificate; made in a temp dir if missing
-    private_key: Path | None = None
-    trusted_clients: tuple[Path, ...] = ()  # files/dirs; when set, other client certs are refused
-    # user → password; when set, anonymous sessions are refused. Kept out of repr (logs).
-    users: dict[str, str] = Field(default_factory=dict, repr=False)
-    programs: dict[int, float] = Field(
-        default_factory=lambda: {1: 2.0, 2: 4.0, 3: 8.0, 10: 60.0, 99: 2.0}
-    )
-    failing_programs: dict[int, int] = Field(default_factory=lambda: {99: 42})
-    heartbeat_timeout_s: float = Field(default=3.0, ge=0)  # 0: no watchdog
-    tick_s: float = Field(default=0.02, gt=0)
-    bulk_tags: int = Field(default=0, ge=0)
-    bulk_rate_hz: float = Field(default=10.0, gt=0)
-    slow_s: float = Field(default=0.0, ge=0)
-    fail_start_status: str = ""  # e.g. "BadResourceUnavailable"
-    heartbeat_type: IntType | Literal["Boolean"] = "Int32"
-    program_number_type: IntType = "Int32"
-    float_type: Literal["Double", "Float"] = "Double"
 
 
 def tag_types(o: RobotSimOptions) -> dict[str, ua.VariantType]:

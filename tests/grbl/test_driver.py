@@ -384,9 +384,7 @@ async def test_latin1_comments_run_and_non_ascii_code_is_refused() -> None:
     the code itself would, since GRBL's serial interrupt acts on such bytes."""
     commented = gcode_step(["G0X1"], "commented")
     assert commented.program.path is not None
-    commented.program.path.write_bytes(
-        b"(Fr\xe4sen: Tasche \xbd)\nG0X1 ; \xc3\xbcber\nG0X2\n"
-    )
+    commented.program.path.write_bytes(b"(Fr\xe4sen: Tasche \xbd)\nG0X1 ; \xc3\xbcber\nG0X2\n")
     code = gcode_step(["G0X1"], "code")
     assert code.program.path is not None
     code.program.path.write_bytes(b"G0X1\nG0X\x852\n")

@@ -22,7 +22,7 @@ id = "cube-1"
 [[route]]
 process = "print"
 program = "parts/cube.gcode"
-setup = { material = "PLA" }
+setup = { material = "PLA", colour = "black" }  # printer-1's (printer-2 has red)
 
 [[route]]
 process = "tend"
@@ -75,7 +75,7 @@ def test_demo_cell_runs_dropped_jobs_on_every_simulated_device(tmp_path: Path) -
     )
     try:
         ready = notify.wait_for("READY=1", bound=60)
-        assert "STATUS=4 devices:" in ready
+        assert "STATUS=6 devices:" in ready
         hot = tmp_path / "state" / "hotfolder"
         (hot / "parts").mkdir(parents=True, exist_ok=True)
         (hot / "parts" / "cube.gcode").write_text(CUBE_GCODE)

@@ -206,7 +206,9 @@ async def main():
         await asyncio.sleep(0.1)
     connects = {i: r.connects for i, r in app.supervisor.runners.items()}
     heavy = sorted(m for m in ("asyncua", "pymodbus", "amqtt", "cryptography", "rich",
-                               "google.protobuf", "cellctl.jobs.planned")
+                               "google.protobuf", "aiohttp",
+                               "cellctl.planning.planner", "multiprocessing",
+                               "concurrent.futures.process", "cellctl_drivers.marlin.sim")
                    if m in sys.modules)
     app.request_stop()
     await run

@@ -49,12 +49,14 @@ def make_cell(
     devices: dict[str, Any],
     jobs: dict[str, Any] | None = None,
     store: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
 ) -> Cell:
     data = {
         "cell": {"name": "jobtest"},
         "supervisor": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "stable_after_s": 0},
         "jobs": {"dispatch_interval_s": 0.2, "progress_flush_s": 0.1, **(jobs or {})},
         "store": store or {},
+        "scheduler": scheduler or {},
         "devices": devices,
     }
     return parse(tmp_path / "cell.toml", data, REGISTRY)

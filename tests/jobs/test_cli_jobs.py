@@ -45,7 +45,8 @@ async def test_cli_round_trip(
     # The CLI reads the config to find the store; it must know the in-test driver too.
     monkeypatch.setattr(cli_jobs, "load", lambda path: load(path, REGISTRY))
     cfg = tmp_path / "cell.toml"
-    cfg.write_text(CONFIG)
+    # The baseline: its pre-flight holds the PETG file (the planner would ask for PETG).
+    cfg.write_text(CONFIG.replace("[jobs]", '[scheduler]\nmethod = "baseline"\n\n[jobs]'))
     part = tmp_path / "part.gcode"
     part.write_text(gcode(30))
     (tmp_path / "petg.gcode").write_text(gcode(10, material="PETG"))

@@ -53,6 +53,11 @@ backoff_initial_s = 0.05
 backoff_max_s = 0.2
 shutdown_timeout_s = 5.0
 
+# The baseline: the mix's PETG file is held by pre-flight and failed (the planner
+# would ask for a changeover; its crash points are in test_crash_changeover.py).
+[scheduler]
+method = "baseline"
+
 [jobs]
 hotfolder = "hot"
 hotfolder_settle_s = 0.1

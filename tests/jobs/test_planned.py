@@ -147,8 +147,9 @@ def test_problem_from_the_cell() -> None:
     assert problem.changeover("p1", pla, petg) == 300 and problem.is_manual("p1", pla, petg)
 
 
-def test_baseline_stays_the_default() -> None:
-    assert SchedulerSection().method is DispatchMethod.BASELINE
+def test_the_planner_is_the_default() -> None:
+    assert SchedulerSection().method is DispatchMethod.PLANNER
+    assert SchedulerSection(method="baseline").method is DispatchMethod.BASELINE
     with pytest.raises(ValueError, match="planner_method"):
         SchedulerSection(planner_method="magic")
 

@@ -81,7 +81,13 @@ async def test_same_job_id_twice_is_one_job(tmp_path: Path) -> None:
 
 
 async def test_petg_file_on_pla_printer_is_held_with_the_reason(tmp_path: Path) -> None:
-    cell = make_cell(tmp_path, {"p1": printer({"material": "PLA", "nozzle": "0.4"})})
+    # The baseline's pre-flight hold; the planner asks for a changeover instead
+    # (test_planner_live.test_bare_file_for_an_unloaded_material_asks_for_a_changeover).
+    cell = make_cell(
+        tmp_path,
+        {"p1": printer({"material": "PLA", "nozzle": "0.4"})},
+        scheduler={"method": "baseline"},
+    )
     petg = write(tmp_path, "petg.gcode", gcode(20, material="PETG"))
     async with running(cell) as app:
         events = app.bus.subscribe("test", lossless=True)
@@ -110,7 +116,8 @@ async def test_petg_file_on_pla_printer_is_held_with_the_reason(tmp_path: Path) 
 
 
 async def test_preflight_names_nozzle_bed_and_device_check(tmp_path: Path) -> None:
-    cell = make_cell(tmp_path, {"p1": printer()})
+    # The nozzle hold is the baseline's: the planner would ask for a nozzle changeover.
+    cell = make_cell(tmp_path, {"p1": printer()}, scheduler={"method": "baseline"})
     files = {
         "nozzle.gcode": gcode(10, nozzle=0.6),
         "bed.gcode": gcode(10, bed="0x0,300x0,300x300,0x300"),

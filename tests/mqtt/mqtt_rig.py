@@ -242,12 +242,14 @@ def schema_for(m: Message, topics: Topics) -> str:
     tail = t[len(topics.base) + 1 :].split("/")
     if tail[0] == "replies":
         return "reply"
-    if tail[0] in ("status", "spool", "audit", "cell"):
+    if tail[0] in ("status", "spool", "audit", "cell", "report"):
         return tail[0]
     if tail[0] == "devices":
         return {"alarms": "alarm", "requests": "request"}.get(tail[2], tail[2])
     if tail[0] == "jobs":
         return "job"
+    if tail[0] == "plan":
+        return "plan" if len(tail) == 1 else "plan_problem"
     if tail[0] == "cmd":
         return "command." + tail[2]
     raise AssertionError(f"unexpected topic {t}")

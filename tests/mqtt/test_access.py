@@ -443,3 +443,23 @@ async def test_an_open_broker_found_after_start_leaves_only_what_everyone_may(
                 sub.stop()
         finally:
             late.stop()
+
+
+async def test_only_the_cell_writes_the_plan_and_report_and_everyone_reads_them(
+    tmp_path: Path, secured: Mosquitto
+) -> None:
+    """The retained `plan`, `plan/problem` and `report` under the documented ACL."""
+    topics = Topics("t1")
+    body = {"v": 1}
+    mine = {topics.plan, topics.plan_problem, topics.report}
+    async with RawClient(secured.port, "bob") as bob:
+        await bob.subscribe(f"{topics.plan}/#")
+        await bob.subscribe(topics.report)
+        async with RawClient(secured.port, CELL_USER) as cell:
+            for topic in sorted(mine):
+                assert not refused(await cell.publish(topic, body)), topic
+        async with asyncio.timeout(BOUND):
+            got = {(await bob.got.get()).topic for _ in range(3)}
+        assert got == mine
+        async with RawClient(secured.port, "root") as root:
+            assert refused(await root.publish(topics.plan, {"v": 1, "forged": True}))

@@ -209,6 +209,9 @@ async def test_submit_jobs_and_done_over_mqtt(
 
 async def test_hold_setup_answer_cancel_and_rejections(tmp_path: Path, broker: Mosquitto) -> None:
     cfg = write_cell(tmp_path / "cell.toml", broker.port)
+    # The baseline's pre-flight hold (the planner would ask for a PETG changeover instead).
+    with cfg.open("a") as f:
+        f.write('\n[scheduler]\nmethod = "baseline"\n')
     c = str(cfg)
     (tmp_path / "petg.gcode").write_text(gcode(10, material="PETG"))
     # No setup asked for: dispatch gives it to p1, whose pre-flight holds it (PLA loaded).

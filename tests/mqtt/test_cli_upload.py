@@ -11,7 +11,8 @@ import pytest
 from mqtt_broker import Mosquitto
 from test_cli_remote_jobs import cellctl, online_cell, write_cell
 
-# A few MB hashed and sent in chunks by a fresh interpreter: slow on a loaded machine.
+# A few MB hashed, sent in chunks and scanned by the cell: slow on a loaded machine, so
+# the CLI waits longer for its reply than its 10 s default.
 BIG_BOUND = 90.0
 
 
@@ -27,7 +28,7 @@ async def test_large_gcode_goes_in_chunks_and_jobs_pages(tmp_path: Path, broker:
     small.write_text("G28\nG1 X1\n")
     c = str(cfg)
     async with online_cell(cfg, broker.port, tmp_path / "daemon.log"):
-        rc, out, err = cellctl("submit", c, str(big), bound=BIG_BOUND)
+        rc, out, err = cellctl("submit", c, str(big), "--timeout", "60", bound=BIG_BOUND)
         assert rc == 0, (out, err)
         assert "uploading big.gcode" in err and "in chunks" in err
         sha = hashlib.sha256(big.read_bytes()).hexdigest()
@@ -43,5 +44,5 @@ async def test_large_gcode_goes_in_chunks_and_jobs_pages(tmp_path: Path, broker:
         assert len(listed) == 4
         assert listed[0]["steps"][0]["program"]["sha256"] == sha
         # Sent again: the cell has the program, so one chunk answers `complete`.
-        rc, out, err = cellctl("submit", c, str(big), bound=BIG_BOUND)
+        rc, out, err = cellctl("submit", c, str(big), "--timeout", "60", bound=BIG_BOUND)
         assert rc == 0, (out, err)

@@ -84,7 +84,11 @@ async def late_subscriber_agrees(app: App, port: int, topics: Topics, what: str)
 async def test_late_subscribers_after_hold_device_reconnect_and_broker_restart(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    cell = load(write_config(tmp_path / "cell.toml", broker.port))
+    path = write_config(tmp_path / "cell.toml", broker.port)
+    # The baseline's pre-flight hold (the planner would ask for a PLA changeover instead).
+    with path.open("a") as f:
+        f.write('\n[scheduler]\nmethod = "baseline"\n')
+    cell = load(path)
     topics = Topics(cell.name)
     watcher = await Subscriber(broker.port, [topics.everything]).start()
     subs = [watcher]
