@@ -252,7 +252,7 @@ class PlannerDispatcher:
                 for d, v in sorted(devices.items())
             ),
             frozenset(self.announcer.pins().items()),
-            tuple((c.key, c.after, c.ready_at, c.reserves) for c in self._later),
+            tuple((c.key, c.priority, c.after, c.ready_at, c.reserves) for c in self._later),
         )
         if seen == self._seen and now - self._seen_at < cfg.max_plan_age_s / 2:
             return
