@@ -1,5 +1,6 @@
 """The operator panel in a real browser: Debian's chromium (apt) driven by selenium through
-Debian's chromedriver, against the demo cell (real daemon, simulated devices) on a real
+Debian's chromedriver, against the demo cell (real daemon, simulated devices; printer-1
+alone of its three printers, so that an upload prints there) on a real
 Mosquitto that checks passwords. One broker, one daemon, one panel and one browser for the
 whole module; the tests run in order, each from the state the one before left.
 
@@ -178,6 +179,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     broker.start()
     cfg = demo_config(where, broker.port, signin_attempts=6)
     text = cfg.read_text()
+    # One printer of the demo's three: an upload prints on printer-1, deterministically.
+    text = re.sub(
+        r"(?ms)^\[devices\.printer-[23][^\n]*\n.*?(?=^\[(?!devices\.printer-[23]))", "", text
+    )
     text = re.sub(r"(?ms)^\[access\].*?(?=^\[mqtt\])", ACCESS, text)
     text = text.replace(
         "embedded = false\n",
