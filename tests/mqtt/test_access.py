@@ -452,14 +452,14 @@ async def test_only_the_cell_writes_the_plan_and_report_and_everyone_reads_them(
     topics = Topics("t1")
     body = {"v": 1}
     mine = {topics.plan, topics.plan_problem, topics.report}
-    async with RawClient(secured.port, "bob") as bob:
+    async with raw(secured.port, "bob") as bob:
         await bob.subscribe(f"{topics.plan}/#")
         await bob.subscribe(topics.report)
-        async with RawClient(secured.port, CELL_USER) as cell:
+        async with raw(secured.port, CELL_USER) as cell:
             for topic in sorted(mine):
                 assert not refused(await cell.publish(topic, body)), topic
         async with asyncio.timeout(BOUND):
             got = {(await bob.got.get()).topic for _ in range(3)}
         assert got == mine
-        async with RawClient(secured.port, "root") as root:
+        async with raw(secured.port, "root") as root:
             assert refused(await root.publish(topics.plan, {"v": 1, "forged": True}))
