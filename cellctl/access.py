@@ -48,6 +48,8 @@ COMMAND_NAMES: frozenset[str] = frozenset(
         "put_program",
         "maintain",
         "devices",
+        "set_priority",
+        "programs",
     }
 )
 ALL = "*"
@@ -68,11 +70,12 @@ ROLE_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 # Roles a config may use without defining them; a role of the same name in
 # [access.roles] replaces the built-in one.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
-    "viewer": frozenset({"jobs", "devices"}),
+    "viewer": frozenset({"jobs", "devices", "programs"}),
     "operator": frozenset(
         {
             "jobs",
             "devices",
+            "programs",
             "pause",
             "resume",
             "stop",
@@ -82,9 +85,29 @@ BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
             "resume_from",
         }
     ),
-    "planner": frozenset({"jobs", "devices", "submit", "reprint", "cancel", "put_program"}),
+    "planner": frozenset(
+        {
+            "jobs",
+            "devices",
+            "programs",
+            "submit",
+            "reprint",
+            "cancel",
+            "set_priority",
+            "put_program",
+        }
+    ),
     "maintenance": frozenset(
-        {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"}
+        {
+            "jobs",
+            "devices",
+            "programs",
+            "reset",
+            "set_setup",
+            "out_of_service",
+            "into_service",
+            "maintain",
+        }
     ),
     "admin": COMMAND_NAMES,
     "frontend": frozenset({FRONTEND}),

@@ -24,7 +24,7 @@ from typing import Any
 
 from cellctl.store import Store, transaction
 
-NOT_KEPT = frozenset({"estop", "jobs", "put_program"})
+NOT_KEPT = frozenset({"estop", "jobs", "programs", "put_program"})
 PRUNE_EVERY_S = 600.0
 
 

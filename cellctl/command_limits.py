@@ -33,7 +33,7 @@ class Lane(enum.StrEnum):
     CONTROL = "control"  # stop, pause, resume, reset: a device action now
     JOBS = "jobs"  # everything that changes jobs, setups, service state
     UPLOADS = "uploads"  # put_program chunks
-    QUERIES = "queries"  # jobs (read-only)
+    QUERIES = "queries"  # jobs, devices, programs (read-only)
 
 
 LANE_OF: Mapping[str, Lane] = {
@@ -45,6 +45,8 @@ LANE_OF: Mapping[str, Lane] = {
     "put_program": Lane.UPLOADS,
     "jobs": Lane.QUERIES,
     "devices": Lane.QUERIES,
+    "programs": Lane.QUERIES,
+    "set_priority": Lane.JOBS,
 }
 
 

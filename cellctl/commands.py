@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from cellctl import maintenance, memtrim
+from cellctl import maintenance, memtrim, program_list
 from cellctl.access import COMMAND_NAMES, FRONTEND, USER_PATTERN, Access, AccessDenied
 from cellctl.command_ids import CommandIds
 from cellctl.command_limits import BoundedLane, CommandsSection, Lane, RateLimiter, lane_of
@@ -184,6 +184,14 @@ class Cancel(Command):
     reason: Annotated[str, Field(max_length=500)] = ""
 
 
+class SetPriority(Command):
+    """Change an unfinished job's priority (larger runs first): its steps not yet
+    started are dispatched by it, and a planning cell re-plans."""
+
+    job: Name
+    priority: Annotated[int, Field(ge=-1000, le=1000)]
+
+
 class Reprint(Command):
     """Run a job again, in any state: a new job `<first id>-r<n>` with its programs."""
 
@@ -256,8 +264,16 @@ class PutProgram(Command):
     name: Annotated[str, Field(max_length=256)] | None = None
 
 
+class ListPrograms(Command):
+    """The cell's program store (`sha256:<hex>` a submit may name): newest first, a page
+    at a time: `limit` programs after the cursor `after` (the reply's `page.after`)."""
+
+    limit: Annotated[int, Field(ge=1)] | None = None
+    after: Annotated[str, Field(max_length=128)] | None = None
+
+
 # Commands that change nothing: answered without an audit row (docs/mqtt.md).
-READ_ONLY = frozenset({"jobs", "devices"})
+READ_ONLY = frozenset({"jobs", "devices", "programs"})
 
 
 class ListDevices(Command):
@@ -302,6 +318,8 @@ COMMANDS: dict[str, type[Command]] = {
     "put_program": PutProgram,
     "maintain": Maintain,
     "devices": ListDevices,
+    "set_priority": SetPriority,
+    "programs": ListPrograms,
 }
 assert set(COMMANDS) == COMMAND_NAMES, "cellctl.access.COMMAND_NAMES is out of date"
 
@@ -319,6 +337,7 @@ class JobService(Protocol):
     async def submit(self, cmd: Submit) -> Mapping[str, Any]: ...
     async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]: ...
     async def reprint(self, job_id: str) -> Mapping[str, Any]: ...
+    async def set_priority(self, job_id: str, priority: int) -> Mapping[str, Any]: ...
     async def answer(self, cmd: Answer) -> Mapping[str, Any]: ...
     async def set_setup(
         self, device_id: str, setup: Mapping[str, str], merge: bool
@@ -342,6 +361,9 @@ class NoJobService:
         raise NotSupported(self.REASON)
 
     async def reprint(self, job_id: str) -> Mapping[str, Any]:
+        raise NotSupported(self.REASON)
+
+    async def set_priority(self, job_id: str, priority: int) -> Mapping[str, Any]:
         raise NotSupported(self.REASON)
 
     async def answer(self, cmd: Answer) -> Mapping[str, Any]:
@@ -868,6 +890,8 @@ class CommandHandler:
             return await self._list_jobs(cmd)  # a query: not audited (READ_ONLY)
         if isinstance(cmd, ListDevices):
             return await self._devices()  # a query: not audited (READ_ONLY)
+        if isinstance(cmd, ListPrograms):
+            return await self._programs(cmd)  # a query: not audited (READ_ONLY)
         if isinstance(cmd, Pause):
             return await self._device_action(name, cmd, msg, PAUSABLE, lambda d: d.pause())
         if isinstance(cmd, Resume):
@@ -895,6 +919,8 @@ class CommandHandler:
             result = await self.jobs.cancel(cmd.job, cmd.reason)
         elif isinstance(cmd, Reprint):
             result = await self.jobs.reprint(cmd.job)
+        elif isinstance(cmd, SetPriority):
+            result = await self.jobs.set_priority(cmd.job, cmd.priority)
         elif isinstance(cmd, Answer):
             self._check_devices([cmd.device])
             result = await self.jobs.answer(cmd)
@@ -923,6 +949,18 @@ class CommandHandler:
         last = jobs[-1].get("seq") if jobs else None
         return Paged(jobs, {"limit": limit, "more": more, "after": last if more else None})
 
+    async def _programs(self, cmd: ListPrograms) -> Paged:
+        if self.uploads is None:
+            raise NotSupported("the program store is not available in this build")
+        lim = self.limits
+        limit = min(cmd.limit or lim.jobs_page, lim.jobs_page_max)
+        stored = await asyncio.to_thread(program_list.scan, self.uploads.programs)
+        rest = program_list.after(stored, cmd.after)
+        page, more = rest[:limit], len(rest) > limit
+        rows = await self.store.call(lambda conn: program_list.describe(conn, page))
+        last = program_list.cursor(rows[-1]) if rows and more else None
+        return Paged(list(rows), {"limit": limit, "more": more, "after": last})
+
     async def _put_program(self, cmd: PutProgram, msg: Incoming) -> Mapping[str, Any]:
         if self.uploads is None:
             raise NotSupported("program uploads are not available in this build")
@@ -932,7 +970,12 @@ class CommandHandler:
             raise Rejected(f"data: not base64: {exc}") from None
         user = self.topics.parse_command(msg.topic)
         who = user.user if user is not None and user.user is not None else ""
-        return await self.uploads.put(who, cmd.sha256, cmd.size, cmd.offset, data, cmd.name or "")
+        result = await self.uploads.put(who, cmd.sha256, cmd.size, cmd.offset, data, cmd.name or "")
+        if result.get("complete") and cmd.name:  # the library lists it by this name
+            await self.store.call(
+                lambda conn: program_list.name(conn, cmd.sha256, cmd.name or "", who)
+            )
+        return result
 
     def _check_devices(self, ids: Any) -> None:
         runners = self.runners()

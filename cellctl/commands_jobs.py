@@ -85,6 +85,9 @@ class JobBridge:
     async def reprint(self, job_id: str) -> Mapping[str, Any]:
         return _json((await self.jobs.reprint(job_id, source="mqtt")).as_dict())
 
+    async def set_priority(self, job_id: str, priority: int) -> Mapping[str, Any]:
+        return _json((await self.jobs.set_priority(job_id, priority, who="MQTT")).as_dict())
+
     async def cancel(self, job_id: str, reason: str) -> Mapping[str, Any]:
         record = await self.jobs.cancel(job_id, reason or "cancelled over MQTT")
         return _json(record.as_dict())

@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cellctl.cli.devices import add_commands as add_device_commands
 
     add_device_commands(sub)
+    from cellctl.cli.queue import add_commands as add_queue_commands
+
+    add_queue_commands(sub)  # priority, programs
     from cellctl.cli.completion import add_commands as add_completion
 
     add_completion(sub)

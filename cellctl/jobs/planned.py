@@ -246,13 +246,13 @@ class PlannerDispatcher:
     ) -> None:
         """Queue a re-plan when the problem changed (or the plan is getting old)."""
         seen = (
-            frozenset(c.key for c in candidates),
+            frozenset((c.key, c.priority) for c in candidates),  # a new priority re-plans
             tuple(
                 (d, tuple(sorted(v.setup.items())), v.free, v.busy_until is not None, v.kept_for)
                 for d, v in sorted(devices.items())
             ),
             frozenset(self.announcer.pins().items()),
-            tuple((c.key, c.after, c.ready_at, c.reserves) for c in self._later),
+            tuple((c.key, c.priority, c.after, c.ready_at, c.reserves) for c in self._later),
         )
         if seen == self._seen and now - self._seen_at < cfg.max_plan_age_s / 2:
             return

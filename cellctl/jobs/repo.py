@@ -196,6 +196,10 @@ def update_job(conn: sqlite3.Connection, job: JobRecord) -> None:
     )
 
 
+def set_priority(conn: sqlite3.Connection, job_id: str, priority: int, at: float) -> None:
+    conn.execute("UPDATE jobs SET priority=?, updated=? WHERE id=?", (priority, at, job_id))
+
+
 def save_acked_lines(conn: sqlite3.Connection, lines: Iterable[tuple[str, int, int]]) -> None:
     conn.executemany(
         "UPDATE steps SET last_acked_line=? WHERE job_id=? AND idx=? AND state='running'",

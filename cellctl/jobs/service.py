@@ -417,6 +417,35 @@ class JobService:
             await self._stop_step(s)
         return job
 
+    async def set_priority(self, job_id: str, priority: int, who: str = "operator") -> JobRecord:
+        """Change an unfinished job's priority. Steps not yet started are dispatched by it
+        from the next round on; a planning cell re-plans (the problem changed)."""
+        job = await self.get(job_id)
+        if job.state.terminal or job.cancel_requested:
+            raise InvalidRequest(f"job {job_id} is {job.state}: its priority cannot change")
+        if job.priority == priority:
+            return job
+        async with self._lock:
+            job = self._jobs[job_id]
+            now = time.time()
+            new = job.replace(priority=priority, updated=now)
+            why = f"priority {job.priority} -> {priority} by {who}"
+
+            def write(conn: Any) -> None:
+                with transaction(conn):
+                    repo.set_priority(conn, job_id, priority, now)
+                    repo.add_transition(conn, job_id, None, job.state, job.state, None, why, now)
+
+            try:
+                await self._store.call(write)
+            except asyncio.CancelledError:  # the write still completes on the store's thread
+                self._jobs[job_id] = new
+                raise
+            self._jobs[job_id] = new
+        log.info("job priority changed", job=job_id, priority=priority, was=job.priority, by=who)
+        self._wake.set()
+        return new
+
     async def answer_hold(
         self,
         job_id: str,

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cellctl.access import USER_PATTERN
 from cellctl.driver import Secret
+from cellctl.panel.proxy import network
 
 MIB = 1 << 20
 
@@ -53,6 +54,10 @@ class PanelSection(BaseModel):
     session_idle_h: float = Field(default=12.0, gt=0)
     # Where uploads are spooled while they are checked and sent (default: the system's).
     spool_dir: Path | None = None
+    # Reverse proxies (addresses or networks) whose X-Forwarded-Proto and X-Forwarded-For
+    # the operator page believes: the Secure cookie and the sign-in rate limit per client.
+    # From any other address those headers are ignored (cellctl.panel.proxy).
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -61,6 +66,18 @@ class PanelSection(BaseModel):
     @property
     def inline_max_bytes(self) -> int:
         return int(self.inline_max_mb * MIB)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            try:
+                network(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r}: expected an IP address or network (10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        return v
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> PanelSection:

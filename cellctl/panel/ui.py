@@ -9,9 +9,11 @@ Routes (beside the OctoPrint API of cellctl.panel.app):
 - `POST /ui/login`, `POST /ui/logout`;
 - `GET /ui/events` server-sent events: the whole view on every (re)connect, then
   each change (cellctl.panel.live);
-- `GET /ui/jobs` the queue, asked of the cell as the user;
-- `POST /ui/command` one MQTT command as the user, `POST /ui/reset-all`, and
-  `POST /ui/upload` a program to the library (stored, or submitted).
+- `GET /ui/jobs` the queue and `GET /ui/programs` the cell's program store (the
+  library), asked of the cell as the user;
+- `POST /ui/command` one MQTT command as the user, `POST /ui/reset-all`,
+  `POST /ui/upload` a program to the library (stored, or submitted), and
+  `POST /ui/print` a stored program (`sha256`) as a job.
 
 Every POST needs the `X-CSRF-Token` header with the session's token (sign-in:
 the token of its cookie), and a matching `Origin` when the browser sends one.
@@ -24,18 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from cellctl.access import Access
+from cellctl.jobs.jobfiles import job_id_for
 from cellctl.panel.app import Panel
 from cellctl.panel.cell import CellClient, CellRefused, CellUnavailable
 from cellctl.panel.config import PanelSection
 from cellctl.panel.live import CellView
+from cellctl.panel.proxy import Proxies
 from cellctl.panel.sessions import RateLimit, Session, Sessions, SignInRefused
 from cellctl.panel.upload import UploadError, receive
 
@@ -46,9 +51,21 @@ COOKIE = "cellctl_session"
 PRE_COOKIE = "cellctl_signin"
 # What the page may send; the cell checks the user's roles again.
 PAGE_COMMANDS = frozenset(
-    {"estop", "reset", "pause", "resume", "stop", "answer", "answer_hold", "cancel", "reprint"}
+    {
+        "estop",
+        "reset",
+        "pause",
+        "resume",
+        "stop",
+        "answer",
+        "answer_hold",
+        "cancel",
+        "reprint",
+        "set_priority",
+    }
 )
-SHOWN = sorted(PAGE_COMMANDS | {"submit", "put_program", "jobs"})
+SHOWN = sorted(PAGE_COMMANDS | {"submit", "put_program", "jobs", "programs"})
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RESETTABLE = {"aborted", "stopped"}
 QUERY_S = 5.0  # the queue is asked again every 5 s: a slow answer is not worth waiting for
 HEADERS = {
@@ -90,6 +107,7 @@ class Operator:
         self.access = access
         cfg: PanelSection = panel.settings.panel
         self.limit = RateLimit(cfg.signin_attempts, cfg.signin_window_s)
+        self.proxies = Proxies.of(cfg.trusted_proxies)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.index)
@@ -99,6 +117,8 @@ class Operator:
         app.router.add_post("/ui/logout", self.logout)
         app.router.add_get("/ui/events", self.events)
         app.router.add_get("/ui/jobs", self.jobs)
+        app.router.add_get("/ui/programs", self.programs)
+        app.router.add_post("/ui/print", self.print_stored)
         app.router.add_post("/ui/command", self.command)
         app.router.add_post("/ui/reset-all", self.reset_all)
         app.router.add_post("/ui/upload", self.upload)
@@ -108,9 +128,18 @@ class Operator:
     def _session(self, request: web.Request) -> Session | None:
         return self.sessions.get(request.cookies.get(COOKIE))
 
+    def _scheme(self, request: web.Request) -> str:
+        """The browser's scheme: behind a trusted TLS proxy, https (cellctl.panel.proxy)."""
+        forwarded = request.headers.get("X-Forwarded-Proto")
+        return self.proxies.scheme(request.remote, request.scheme, forwarded)
+
+    def _source(self, request: web.Request) -> str:
+        """The client's address, as a trusted proxy names it (cellctl.panel.proxy)."""
+        return self.proxies.client(request.remote, request.headers.get("X-Forwarded-For"))
+
     def _same_origin(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
-        return origin is None or origin == f"{request.scheme}://{request.host}"
+        return origin is None or origin == f"{self._scheme(request)}://{request.host}"
 
     def _guarded(self, request: web.Request) -> Session:
         """The session of a state-changing request, or an HTTP error: no session 401,
@@ -136,7 +165,12 @@ class Operator:
         self, request: web.Request, resp: web.StreamResponse, name: str, value: str
     ) -> None:
         resp.set_cookie(
-            name, value, httponly=True, samesite="Strict", secure=request.secure, path="/"
+            name,
+            value,
+            httponly=True,
+            samesite="Strict",
+            secure=self._scheme(request) == "https",
+            path="/",
         )
 
     # --- pages ---------------------------------------------------------
@@ -163,7 +197,7 @@ class Operator:
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not self._same_origin(request) or not secrets.compare_digest(token, pre):
             return _json_error(403, "missing or wrong CSRF token: reload the page")
-        source = request.remote or "?"
+        source = self._source(request)
         wait = self.limit.take(source)
         if wait > 0:
             log.warning("sign-in attempts over the limit", source=source)
@@ -231,6 +265,43 @@ class Operator:
         if session is None:
             return _json_error(401, "not signed in")
         reply = await self.sessions.command(session, "jobs", {"limit": 200}, QUERY_S)
+        return _reply(reply)
+
+    async def programs(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if session is None:
+            return _json_error(401, "not signed in")
+        if not self.access.allowed(session.user, "programs"):
+            return _json_error(403, f"user {session.user!r} may not list programs")
+        reply = await self.sessions.command(session, "programs", {"limit": 200}, QUERY_S)
+        return _reply(reply)
+
+    async def print_stored(self, request: web.Request) -> web.Response:
+        """A stored program as a job, as its upload would have made it: the same program
+        again is the same job while that job is unfinished, a reprint once it has ended."""
+        session = self._guarded(request)
+        if not self.access.allowed(session.user, "submit"):
+            return _json_error(403, f"user {session.user!r} may not submit jobs")
+        try:
+            form = await request.json()
+            sha, name = str(form["sha256"]), str(form.get("name") or "")
+            setup = {str(k): str(v) for k, v in dict(form.get("setup") or {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _json_error(400, "send JSON {sha256, name?, setup?}")
+        if not SHA256.match(sha):
+            return _json_error(400, "sha256: 64 lowercase hex digits")
+        jobs = self.panel.settings.jobs
+        suffix = PurePosixPath(name).suffix.lower()
+        process = jobs.hotfolder_suffix_process.get(suffix, jobs.hotfolder_process)
+        stem = PurePosixPath(name).stem or "program"
+        body = {
+            "job": job_id_for(stem, sha),
+            "steps": [{"process": process, "file": f"sha256:{sha}", "setup": setup}],
+            "repeat": "ended",
+        }
+        reply = await self.sessions.command(session, "submit", body)
+        log.info("stored program printed from the page", user=session.user, program=sha[:12],
+                 outcome=reply.get("outcome"))  # fmt: skip
         return _reply(reply)
 
     async def command(self, request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ when the plan is stale or the re-plan failed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -272,3 +273,17 @@ def test_a_request_is_updated_when_its_changeover_moves_and_withdrawn_when_it_go
     [gone] = a.take()
     assert gone.details["withdrawn"] and gone.details["why"] == "the plan changed"
     assert a.requested == 1 and a.withdrawn == 1 and a.pins() == {}
+
+
+def test_a_new_priority_is_a_new_problem() -> None:
+    """`set_priority` changes no step and no device: the planner still plans again."""
+    clock = Clock()
+    d = PlannerDispatcher(lambda: settings(), clock=clock)
+    devs = {"p1": dev("p1", "PLA", free=False, busy_until=clock.t + 600)}
+    d.assign([cand(1, "PLA"), cand(2, "PLA")], devs)
+    d._dirty.clear()
+    d.assign([cand(1, "PLA"), cand(2, "PLA")], devs)
+    assert not d._dirty.is_set()  # the same problem: no re-plan
+    d.assign([cand(1, "PLA"), dataclasses.replace(cand(2, "PLA"), priority=5)], devs)
+    assert d._dirty.is_set() and d._pending is not None
+    assert [c.priority for c in d._pending.candidates] == [0, 5]

@@ -53,11 +53,22 @@ EVERYONE = {"estop"}
 MAY = {
     "alice": EVERYONE
     | {"jobs", "devices", "pause", "resume", "stop", "reset", "answer", "answer_hold"}
-    | {"resume_from"},
-    "bob": EVERYONE | {"jobs", "devices"},
-    "carol": EVERYONE | {"jobs", "devices", "submit", "reprint", "cancel", "put_program"},
+    | {"resume_from", "programs"},
+    "bob": EVERYONE | {"jobs", "devices", "programs"},
+    "carol": EVERYONE
+    | {"jobs", "devices", "programs", "submit", "reprint", "cancel", "put_program"}
+    | {"set_priority"},
     "dave": EVERYONE
-    | {"jobs", "devices", "reset", "set_setup", "out_of_service", "into_service", "maintain"},
+    | {
+        "jobs",
+        "devices",
+        "programs",
+        "reset",
+        "set_setup",
+        "out_of_service",
+        "into_service",
+        "maintain",
+    },
     "root": set(COMMANDS),
     "mallory": EVERYONE,
 }
@@ -452,14 +463,14 @@ async def test_only_the_cell_writes_the_plan_and_report_and_everyone_reads_them(
     topics = Topics("t1")
     body = {"v": 1}
     mine = {topics.plan, topics.plan_problem, topics.report}
-    async with RawClient(secured.port, "bob") as bob:
+    async with raw(secured.port, "bob") as bob:
         await bob.subscribe(f"{topics.plan}/#")
         await bob.subscribe(topics.report)
-        async with RawClient(secured.port, CELL_USER) as cell:
+        async with raw(secured.port, CELL_USER) as cell:
             for topic in sorted(mine):
                 assert not refused(await cell.publish(topic, body)), topic
         async with asyncio.timeout(BOUND):
             got = {(await bob.got.get()).topic for _ in range(3)}
         assert got == mine
-        async with RawClient(secured.port, "root") as root:
+        async with raw(secured.port, "root") as root:
             assert refused(await root.publish(topics.plan, {"v": 1, "forged": True}))

@@ -130,7 +130,10 @@ def test_cellctl_check_prints_who_may_do_what(
     assert cli.main(["check", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "everyone       estop\n" in out
-    assert "mes            + cancel, devices, jobs, put_program, reprint, submit  [planner]" in out
+    assert (
+        "mes            + cancel, devices, jobs, programs, put_program, reprint, set_priority,"
+        " submit  [planner]"
+    ) in out
     assert "nobody         (nothing more)  [no role]" in out
     cfg.write_text('[cell]\nname = "c"\n[access.users]\n"alice/submit" = ["admin"]\n')
     assert cli.main(["check", "-c", str(cfg)]) == 2

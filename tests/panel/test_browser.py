@@ -1,5 +1,6 @@
 """The operator panel in a real browser: Debian's chromium (apt) driven by selenium through
-Debian's chromedriver, against the demo cell (real daemon, simulated devices) on a real
+Debian's chromedriver, against the demo cell (real daemon, simulated devices; printer-1
+alone of its three printers, so that an upload prints there) on a real
 Mosquitto that checks passwords. One broker, one daemon, one panel and one browser for the
 whole module; the tests run in order, each from the state the one before left.
 
@@ -178,6 +179,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     broker.start()
     cfg = demo_config(where, broker.port, signin_attempts=6)
     text = cfg.read_text()
+    # One printer of the demo's three: an upload prints on printer-1, deterministically.
+    text = re.sub(
+        r"(?ms)^\[devices\.printer-[23][^\n]*\n.*?(?=^\[(?!devices\.printer-[23]))", "", text
+    )
     text = re.sub(r"(?ms)^\[access\].*?(?=^\[mqtt\])", ACCESS, text)
     text = text.replace(
         "embedded = false\n",
@@ -270,6 +275,11 @@ def test_upload_and_print_from_the_library_shows_the_printer_running(rig: Rig) -
         "the program in the library",
         lambda: rig.attr('#library [data-program="bracket.gcode"]', "data-program"),
     )
+    # The library is the cell's program store: one click prints a stored program by its
+    # hash; while its job is unfinished that is the same job (as an upload again would be).
+    job = rig.attr('#queue tr[data-job^="bracket-"]', "data-job")
+    rig.click('#library [data-program="bracket.gcode"] [data-action="print"]')
+    rig.until("the cell's answer", lambda: f"bracket.gcode: job {job}" in rig.text("#toast"))
     # The artifact (and docs/panel-operator.png): the page while the printer runs, all of it.
     rig.until(
         "printer-1's progress", lambda: rig.attr('[data-device="printer-1"] progress', "value")
@@ -300,6 +310,21 @@ def test_a_held_step_is_answered_from_the_worklist(rig: Rig) -> None:
         lambda: rig.job_state(job) == "failed",
     )
     rig.until("the hold gone from the worklist", lambda: rig.attr(held, "data-held") is None)
+
+
+def test_a_planner_sets_a_priority_from_the_queue(rig: Rig) -> None:
+    # A setup no device has: the job waits in the queue while its priority changes.
+    step = {"process": "print", "gcode": "G28\n", "setup": {"material": "unobtainium"}}
+    assert rig.ask("olga", "submit", {"job": "waits", "steps": [step]})["outcome"] == "accepted"
+    rig.b.execute_script("refreshJobs()")
+    field = '#queue tr[data-job="waits"] [data-priority]'
+    rig.until("the priority field", lambda: rig.attr(field, "value") == "0")
+    rig.b.find_element(By.CSS_SELECTOR, field).clear()
+    rig.b.find_element(By.CSS_SELECTOR, field).send_keys("9")
+    rig.click('#queue tr[data-job="waits"] [data-action="priority"]')
+    rig.until("priority 9 in the cell", lambda: rig.ask("olga", "jobs", {"job": "waits"})[
+        "result"][0]["priority"] == 9)  # fmt: skip
+    assert rig.ask("olga", "cancel", {"job": "waits"})["outcome"] == "accepted"
 
 
 def test_the_stop_button_stops_every_device_and_the_reset_brings_them_back(rig: Rig) -> None:
@@ -333,14 +358,25 @@ def test_a_viewer_sees_no_cancel_and_cannot_use_it(rig: Rig) -> None:
     row = f'#queue tr[data-job="{job}"]'
     rig.until("bob's queue", lambda: rig.attr(row, "data-job"))
     assert rig.attr(f"{row} button", "data-action") is None  # no cancel, no button at all
+    assert rig.attr(f"{row} [data-priority]", "value") is None  # no priority field either
+    program = '#library [data-program="queued.gcode"]'
+    sha = rig.until("bob's library", lambda: rig.attr(program, "data-sha256"))
+    assert rig.attr('#library [data-action="print"]', "type") is None  # a viewer prints nothing
     assert not b.find_element(By.ID, "upload").is_displayed()
     assert b.find_element(By.ID, "estop").is_displayed()  # everyone may stop the cell
     token = b.execute_script("return me.csrf")
     refused = rig.fetch("/ui/command", {"command": "cancel", "body": {"job": job}}, token)
     assert refused["status"] == 403 and "may not cancel" in refused["body"], refused
+    body = {"command": "set_priority", "body": {"job": job, "priority": 5}}
+    refused = rig.fetch("/ui/command", body, token)
+    assert refused["status"] == 403 and "may not set_priority" in refused["body"], refused
+    refused = rig.fetch("/ui/print", {"sha256": sha, "name": "queued.gcode"}, token)
+    assert refused["status"] == 403 and "may not submit" in refused["body"], refused
     # The cell itself refuses bob too (his own connection, his own name).
     reply = rig.ask("bob", "cancel", {"job": job})
     assert reply["outcome"] == "rejected" and "lacks permission 'cancel'" in reply["reason"]
+    reply = rig.ask("bob", "set_priority", {"job": job, "priority": 5})
+    assert reply["outcome"] == "rejected" and "lacks permission 'set_priority'" in reply["reason"]
     assert rig.job_state(job) != "cancelled"
 
 

@@ -49,6 +49,8 @@ GRAMMAR: dict[str, tuple[str | None, list[str]]] = {
     "changeover": ("legacy", ["p1", "material=PETG"]),
     "panel": ("option", []),
     "apikey": ("option", ["list"]),
+    "priority": ("option", ["j1", "5"]),
+    "programs": ("option", []),
 }
 
 

@@ -8,6 +8,7 @@ const HOUR = 3600;
 let me = null;            // {user, csrf, may, cell}
 let view = null;          // {online, devices, cell, plan, history}
 let jobs = [];
+let programs = [];        // the cell's program store (the `programs` query), newest first
 let stream = null;
 let jobsTimer = null;
 
@@ -63,7 +64,7 @@ function showSignIn() {
   if (stream) { stream.close(); stream = null; }
   clearInterval(jobsTimer);
   // Nothing of the last user's page stays behind for the next one.
-  view = null; jobs = []; drawn.clear();
+  view = null; jobs = []; programs = []; drawn.clear();
   for (const id of ["devices", "worklist", "library", "gantt", "chart", "series"]) $(id).replaceChildren();
   $("queue").tBodies[0].replaceChildren();
   $("app-view").hidden = true; $("signin-view").hidden = false;
@@ -287,10 +288,18 @@ async function refreshJobs() {
   if (!r.ok) { toast(`queue: ${data.reason || data.error}`); return; }
   const res = data.result;
   jobs = Array.isArray(res) ? res : (res && res.jobs) || [];
-  renderQueue(); renderLibrary();
+  renderQueue();
+  if (may("programs")) {
+    const p = await fetch("/ui/programs", { credentials: "same-origin" });
+    const got = await p.json();
+    if (p.ok) programs = got.result || [];
+    else toast(`library: ${got.reason || got.error}`);
+  }
+  renderLibrary();
 }
 
 const ENDED = new Set(["done", "failed", "cancelled"]);
+const typedPriority = new Map();  // job → the priority typed, not yet sent
 
 function renderQueue() {
   const body = $("queue").tBodies[0];
@@ -299,6 +308,19 @@ function renderQueue() {
   body.replaceChildren(...shown.map((j) => {
     const steps = j.steps.map((s) => `${s.process}${s.device ? "@" + s.device : ""}: ${s.state}`).join(", ");
     const acts = el("td", { class: "actions" });
+    if (may("set_priority") && !ENDED.has(j.state)) {
+      // What the user typed survives the queue's redraws until it is sent.
+      const prio = el("input", { type: "number", min: "-1000", max: "1000",
+                                 value: typedPriority.get(j.id) ?? String(j.priority),
+                                 "data-priority": j.id, "aria-label": `priority of ${j.id}`,
+                                 oninput: (e) => typedPriority.set(j.id, e.target.value) });
+      acts.append(prio, button("Set priority", () => {
+        const n = parseInt(prio.value, 10);
+        if (!(n >= -1000 && n <= 1000)) { toast("a priority from -1000 to 1000"); prio.focus(); return; }
+        typedPriority.delete(j.id);
+        command("set_priority", { job: j.id, priority: n }, `priority of ${j.id}`);
+      }, { "data-action": "priority", "aria-label": `set the priority of ${j.id}` }));
+    }
     if (may("cancel") && !ENDED.has(j.state)) {
       acts.append(button("Cancel", () => {
         if (confirm(`Cancel job ${j.id}?`)) command("cancel", { job: j.id, reason: "cancelled from the panel" }, `cancel ${j.id}`);
@@ -312,25 +334,29 @@ function renderQueue() {
 }
 
 function renderLibrary() {
-  const seen = new Map();  // a program's hash → the newest job that ran it
-  for (const j of jobs) {
-    for (const s of j.steps) {
-      const p = s.program || {};
-      const key = p.sha256 || p.name;
-      if (key && p.kind === "gcode") seen.set(key, { name: p.name || p.file || key.slice(0, 12), job: j });
-    }
-  }
-  if (!changed("library", [[...seen.entries()].map(([k, v]) => [k, v.job.id, v.job.state]), me.may])) return;
-  const items = [...seen.values()].map(({ name, job }) => {
-    const li = el("li", { "data-program": name }, el("strong", { text: name }),
-                  el("div", { class: "meta", text: `last as ${job.id} (${job.state})` }));
-    if (may("reprint")) {
-      li.append(el("div", { class: "actions" },
-        button("Reprint", () => command("reprint", { job: job.id }, `reprint ${job.id}`), { "data-action": "reprint" })));
+  if (!changed("library", [programs, me.may])) return;
+  const items = programs.map((p) => {
+    const name = p.name || `sha256:${p.sha256.slice(0, 12)}…`;
+    const when = new Date(p.stored * 1000).toLocaleString();
+    const last = p.last_job ? `, last as ${p.last_job}` : "";
+    const li = el("li", { "data-program": name, "data-sha256": p.sha256 }, el("strong", { text: name }),
+                  el("div", { class: "meta", text: `${size(p.size)}, stored ${when}${last}` }));
+    if (may("submit")) {
+      li.append(el("div", { class: "actions" }, button("Print", async () => {
+        const r = await post("/ui/print", { sha256: p.sha256, name: p.name, setup: p.setup || {} });
+        const job = r.data.result && r.data.result.id;
+        toast(r.ok ? `${name}: job ${job}` : `print refused: ${r.data.reason || r.data.error || r.status}`);
+        refreshJobs();
+      }, { "data-action": "print", "aria-label": `print ${name}` })));
     }
     return li;
   });
   $("library").replaceChildren(...(items.length ? items : [el("li", { class: "empty", text: "no programs yet" })]));
+}
+
+function size(n) {
+  for (const unit of ["B", "kB", "MB"]) { if (n < 1000) return `${n} ${unit}`; n = Math.floor(n / 1000); }
+  return `${n} GB`;
 }
 
 $("upload").addEventListener("submit", async (ev) => {
