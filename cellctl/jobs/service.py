@@ -964,12 +964,10 @@ class JobService:
 
     async def _changeovers(self, planner: PlannerDispatcher) -> None:
         """Publish the planner's changeover requests; a step waiting for one says so."""
+        # No request here can ask for a setup already loaded: the dispatcher built each
+        # from the stored setups of this very round (`Needed.load` holds only the keys
+        # `unmet` finds), and nothing awaits between `assign` and here.
         for request in planner.take_requests():
-            if self._already_loaded(request):
-                # Planned from a snapshot taken before the operator's answer was stored:
-                # the next plan sees the setup; asking for it again would be wrong.
-                log.debug("changeover request dropped: loaded", device=request.device_id)
-                continue
             self._publish(request)
             log.info("changeover request", device=request.device_id, text=request.text)
         reasons = planner.waiting_reasons()
@@ -984,16 +982,6 @@ class JobService:
             step = job.steps[int(index)]
             if step.state == StepState.QUEUED and step.reason != reason:
                 await self._change(job_id, {step.index: {"reason": reason}})
-
-    def _already_loaded(self, request: OperatorRequest) -> bool:
-        details = request.details or {}
-        load = details.get("load")
-        if details.get("withdrawn") or not isinstance(load, Mapping) or not load:
-            return False
-        if request.device_id not in self._cell().devices:
-            return False
-        have = self._device_row(request.device_id).setup
-        return all(have.get(k) == v for k, v in load.items())
 
     async def _watch_devices(self, events: Any) -> None:
         async for ev in events:
