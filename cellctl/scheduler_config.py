@@ -110,7 +110,8 @@ class Preparation(BaseModel):
     """`[scheduler.preparation.<key>]`: what a device may do ahead of a manual change of
     this key, idle and waiting for it (a printer heating to the loaded material's unload
     temperature). Sent as maintenance lines (the device idle, its step lock held); only
-    while an operator is on shift (`[scheduler.calendar]`), never while it works."""
+    while an operator is on shift (`[scheduler.calendar]`); while the device works only
+    when `while_working` says so."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -122,6 +123,12 @@ class Preparation(BaseModel):
     undo: tuple[str, ...] = ()
     # At most this long before the plan's changeover start.
     lead_s: float = Field(default=600.0, ge=0)
+    # Also while the device runs a step: the lines go in between the job's own (drivers
+    # with `lines_while_working`: Marlin). Off by default: a printer's preheat to the
+    # unload temperature sets the temperature of the print running now. Only for lines
+    # that leave the running job alone: a second tool's heater (`M104 T1 S240`), a
+    # chamber (`M141`).
+    while_working: bool = False
 
     @field_validator("ahead")
     @classmethod

@@ -66,7 +66,7 @@ from cellctl.jobs.requests import apply_requests
 from cellctl.jobs.scanproc import scan
 from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec, NoSpace
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
-from cellctl.maintenance import carry_out
+from cellctl.maintenance import carry_out, send_while_working
 from cellctl.model import (
     DeviceState,
     Event,
@@ -917,14 +917,22 @@ class JobService:
         assert self._tg is not None
         for prep in planner.take_preparations():
             runner = self._supervisor.runners.get(prep.device)
-            if runner is None or prep.device in self._engaged:
+            engaged = self._engaged.get(prep.device)
+            if runner is None or (
+                engaged is not None
+                and (not prep.while_working or engaged.startswith(AUTO_CHANGEOVER))
+            ):
                 continue
             self._tg.create_task(self._prepare(runner, prep), name=f"prepare:{prep.device}")
 
     async def _prepare(self, runner: DeviceRunner, prep: PrepAction) -> None:
         what = "undo preparation" if prep.undo else "preparation"
         try:
-            await carry_out(runner, prep.device, prep.lines)
+            if prep.while_working and prep.device in self._engaged:
+                # Between the running step's own lines; the step goes on.
+                await send_while_working(runner, prep.device, prep.lines)
+            else:
+                await carry_out(runner, prep.device, prep.lines)
             log.info(what, device=prep.device, step=prep.step_key, lines=list(prep.lines))
         except CellError as exc:  # a refused line: the changeover is only slower
             log.warning(f"{what} not sent", device=prep.device, error=str(exc))

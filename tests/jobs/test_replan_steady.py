@@ -62,9 +62,7 @@ def test_a_plan_made_for_older_requests_does_not_move_the_standing_ones() -> Non
     # A plan for the requests the other way round lands now (made from a snapshot
     # taken while they changed).
     swapped = {"p1": (asked["p2"],), "p2": (asked["p1"],)}
-    d.current = planned._plan_snapshot(
-        Snapshot(clock.t, tuple(cands), devs, pinned=swapped), cfg
-    )
+    d.current = planned._plan_snapshot(Snapshot(clock.t, tuple(cands), devs, pinned=swapped), cfg)
     assert d.current.plan.sequences["p1"][0] == asked["p2"]  # it keeps its own pins
     changes = []
     for _ in range(20):
