@@ -30,7 +30,7 @@ import structlog
 from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
 from cellctl.events import EventBus
-from cellctl.jobs import beds, repo
+from cellctl.jobs import beds, repo, robot_prep
 from cellctl.jobs.api import (
     DeviceInfo,
     HoldAction,
@@ -155,6 +155,7 @@ class JobService:
         self._aborting: set[str] = set()  # step keys being stopped because their job ended
         self._acked: dict[str, tuple[str, int, int]] = {}
         self._waiting: set[str] = set()  # step keys whose reason names their changeover
+        self._robot_preps: set[str] = set()  # preparation jobs submitted (robot_prep.py)
         self._auto_until: dict[str, float] = {}  # device → end estimate of its changeover
         self._uncleared: dict[str, str] = {}  # device → the step whose part is on its bed
         self._lock = asyncio.Lock()
@@ -970,6 +971,30 @@ class JobService:
             self._auto_until.pop(device_id, None)
             self._wake.set()
 
+    async def _robot_preparations(self, planner: PlannerDispatcher) -> None:
+        """Submit the robot preparations the announced changeovers call for (robot_prep.py,
+        planned like any step); cancel one not started once its changeover is asked no
+        more (withdrawn, or done without it)."""
+        cfg = self._cell().config.scheduler
+        if not self._robot_preps and not any(p.robot for p in cfg.preparation.values()):
+            return
+        want = robot_prep.wanted(planner.announcer.shown(), cfg, time.time())
+        for jid, spec in want.items():
+            if jid in self._robot_preps:
+                continue
+            self._robot_preps.add(jid)  # tried once per announcement, also when refused
+            try:
+                await self.submit(spec, source="preparation")
+            except JobRejected as exc:
+                log.warning("robot preparation not submitted", job=jid, error=str(exc))
+                continue
+            log.info("robot preparation", job=jid)
+        for jid in self._robot_preps - set(want):
+            self._robot_preps.discard(jid)
+            job = self._jobs.get(jid)
+            if job is not None and all(s.state == StepState.QUEUED for s in job.steps):
+                await self.cancel(jid, "its changeover is asked no more")
+
     async def _changeovers(self, planner: PlannerDispatcher) -> None:
         """Publish the planner's changeover requests; a step waiting for one says so."""
         # No request here can ask for a setup already loaded: the dispatcher built each
@@ -1144,6 +1169,7 @@ class JobService:
             await self._changeovers(planner)
             self._start_automatic(planner)
             self._start_preparations(planner)
+            await self._robot_preparations(planner)
             if self.learning is not None:
                 planner.adjust = self.learning.times  # applied at the next re-plan
             self.plan_feed.offer(planner.current, self._learned_view)
