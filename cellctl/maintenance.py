@@ -80,3 +80,33 @@ async def carry_out(runner: DeviceRunner, device: str, lines: Sequence[str]) -> 
         "lines": [{"line": ln, "answer": a} for ln, a in zip(lines, answers, strict=False)],
         "state": runner.state.label,
     }
+
+
+@runtime_checkable
+class SupportsLinesWhileWorking(Protocol):
+    """A driver that can send lines in between a running job's own (a preparation
+    declared `while_working`: a second tool's heater, a chamber)."""
+
+    async def lines_while_working(self, lines: Sequence[str]) -> list[str]:
+        """As `maintenance`, but the device may be running a step; the step goes on."""
+        ...
+
+
+async def send_while_working(runner: DeviceRunner, device: str, lines: Sequence[str]) -> None:
+    """Send the lines to a device that may be running a step (its step lock is not
+    taken: the step holds it)."""
+    driver = runner.driver
+    if driver is None or runner.state == DeviceState.UNAVAILABLE:
+        raise MaintenanceRefused(f"device {device!r} is not connected")
+    if not isinstance(driver, SupportsLinesWhileWorking):
+        raise MaintenanceRefused(
+            f"device {device!r}: driver {getattr(driver, 'name', '?')!r} takes no lines "
+            "while it works (Marlin does)"
+        )
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            await driver.lines_while_working(list(lines))
+    except TimeoutError:
+        raise MaintenanceRefused(
+            f"device {device!r}: no answer to all lines within {TIMEOUT_S:.0f} s"
+        ) from None

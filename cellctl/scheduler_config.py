@@ -106,22 +106,51 @@ class CalendarConfig(BaseModel):
         )
 
 
+class RobotPreparation(BaseModel):
+    """`[scheduler.preparation.<key>.robot]`: a robot program run ahead of a manual change
+    of the key (fetching the next spool or fixture to the device), as a job step the
+    planner plans like any other (robot_prep.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    program: str = Field(min_length=1, max_length=64)  # the robot's program name
+    process: str = Field(default="tend", min_length=1, max_length=64)  # who may run it
+    estimated_s: float = Field(default=30.0, gt=0)
+    reserves: tuple[str, ...] = ()  # devices it holds while it runs (a shared gripper)
+
+
 class Preparation(BaseModel):
     """`[scheduler.preparation.<key>]`: what a device may do ahead of a manual change of
     this key, idle and waiting for it (a printer heating to the loaded material's unload
     temperature). Sent as maintenance lines (the device idle, its step lock held); only
-    while an operator is on shift (`[scheduler.calendar]`), never while it works."""
+    while an operator is on shift (`[scheduler.calendar]`); while the device works only
+    when `while_working` says so."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # The loaded value (the one to unload) → lines sent ahead: PETG = ["M104 S240"];
     # "*" for any other value.
-    ahead: dict[str, tuple[str, ...]] = Field(min_length=1)
+    ahead: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     # Sent when the changeover is withdrawn before it was done (a re-plan moved it):
     # "M104 S0", so no heater stays on for a change that is not coming.
     undo: tuple[str, ...] = ()
     # At most this long before the plan's changeover start.
     lead_s: float = Field(default=600.0, ge=0)
+    # Also while the device runs a step: the lines go in between the job's own (drivers
+    # with `lines_while_working`: Marlin). Off by default: a printer's preheat to the
+    # unload temperature sets the temperature of the print running now. Only for lines
+    # that leave the running job alone: a second tool's heater (`M104 T1 S240`), a
+    # chamber (`M141`).
+    while_working: bool = False
+    # A robot program run ahead (planned, with its reservations), beside or instead of
+    # `ahead`: it never touches the device that works.
+    robot: RobotPreparation | None = None
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Preparation:
+        if not self.ahead and self.robot is None:
+            raise ValueError("expected `ahead` lines or a `robot` program")
+        return self
 
     @field_validator("ahead")
     @classmethod

@@ -66,6 +66,8 @@ class LivePlan:
     planned: frozenset[str]  # step keys it holds
     by_job: Mapping[str, PlanAssignment]  # step key → its place in the plan
     problem: Problem | None = None  # what was planned: published with the plan (plan_feed.py)
+    # The announced changeovers its snapshot saw (`Announcer.pins`); None: not known.
+    pins: Mapping[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,18 +196,26 @@ class PlannerDispatcher:
             out.append(Assignment(nxt.key, dev_id, nxt.reserves))
             free.discard(dev_id)
             free.difference_update(nxt.reserves)
-        # A request once made stays while the plan still needs it, also when a re-plan
-        # moves it back out of the notice window (else it is withdrawn and asked again).
-        self.announcer.update(
-            {
-                d: n
-                for d, n in needed.items()
-                if n.due_for_notice(now, cfg.notice_s) or self.announcer.asked(d, n)
-            },
-            now,
-            met,
-        )
-        self.preparer.update(needed, free, met, now, cfg)
+        # Requests follow only a plan made for the requests standing now. A plan from a
+        # snapshot taken before the last change of requests (planned while they changed)
+        # pinned the old ones; followed, it moved them back, the next plan (pinning
+        # those) moved them again: two printers swapped their requests every round, and
+        # the mill flapped after an answer (the demo mix, issue 20). The plan made for
+        # the current requests is queued already (`_note` saw them change).
+        if live.pins is None or dict(live.pins) == self.announcer.pins():
+            # A request once made stays while the plan still needs it, also when a
+            # re-plan moves it back out of the notice window (else it is withdrawn and
+            # asked again).
+            self.announcer.update(
+                {
+                    d: n
+                    for d, n in needed.items()
+                    if n.due_for_notice(now, cfg.notice_s) or self.announcer.asked(d, n)
+                },
+                now,
+                met,
+            )
+            self.preparer.update(needed, free, met, now, cfg)
         rest = [d for d in idle if d in free]
         unplanned = [c for c in candidates if c.key not in live.planned] if rest else []
         if unplanned:
@@ -413,4 +423,5 @@ def _plan_snapshot(
         frozenset(j.id for j in problem.jobs),
         {a.job: a for a in result.assignments},
         problem,
+        dict(snap.pinned),
     )

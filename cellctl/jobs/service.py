@@ -30,7 +30,7 @@ import structlog
 from cellctl.config import Cell, DeviceConfig, RecoveryPolicy
 from cellctl.errors import CellError, DeviceFault, LinkError, StepFailed
 from cellctl.events import EventBus
-from cellctl.jobs import beds, repo
+from cellctl.jobs import beds, repo, robot_prep
 from cellctl.jobs.api import (
     DeviceInfo,
     HoldAction,
@@ -66,7 +66,7 @@ from cellctl.jobs.requests import apply_requests
 from cellctl.jobs.scanproc import scan
 from cellctl.jobs.spec import PREVIOUS, SHA_REF, JobRejected, JobSpec, NoSpace
 from cellctl.jobs.states import derive_job_state, job_transition, step_transition
-from cellctl.maintenance import carry_out
+from cellctl.maintenance import carry_out, send_while_working
 from cellctl.model import (
     DeviceState,
     Event,
@@ -155,6 +155,7 @@ class JobService:
         self._aborting: set[str] = set()  # step keys being stopped because their job ended
         self._acked: dict[str, tuple[str, int, int]] = {}
         self._waiting: set[str] = set()  # step keys whose reason names their changeover
+        self._robot_preps: set[str] = set()  # preparation jobs submitted (robot_prep.py)
         self._auto_until: dict[str, float] = {}  # device → end estimate of its changeover
         self._uncleared: dict[str, str] = {}  # device → the step whose part is on its bed
         self._lock = asyncio.Lock()
@@ -946,14 +947,22 @@ class JobService:
         assert self._tg is not None
         for prep in planner.take_preparations():
             runner = self._supervisor.runners.get(prep.device)
-            if runner is None or prep.device in self._engaged:
+            engaged = self._engaged.get(prep.device)
+            if runner is None or (
+                engaged is not None
+                and (not prep.while_working or engaged.startswith(AUTO_CHANGEOVER))
+            ):
                 continue
             self._tg.create_task(self._prepare(runner, prep), name=f"prepare:{prep.device}")
 
     async def _prepare(self, runner: DeviceRunner, prep: PrepAction) -> None:
         what = "undo preparation" if prep.undo else "preparation"
         try:
-            await carry_out(runner, prep.device, prep.lines)
+            if prep.while_working and prep.device in self._engaged:
+                # Between the running step's own lines; the step goes on.
+                await send_while_working(runner, prep.device, prep.lines)
+            else:
+                await carry_out(runner, prep.device, prep.lines)
             log.info(what, device=prep.device, step=prep.step_key, lines=list(prep.lines))
         except CellError as exc:  # a refused line: the changeover is only slower
             log.warning(f"{what} not sent", device=prep.device, error=str(exc))
@@ -991,14 +1000,36 @@ class JobService:
             self._auto_until.pop(device_id, None)
             self._wake.set()
 
+    async def _robot_preparations(self, planner: PlannerDispatcher) -> None:
+        """Submit the robot preparations the announced changeovers call for (robot_prep.py,
+        planned like any step); cancel one not started once its changeover is asked no
+        more (withdrawn, or done without it)."""
+        cfg = self._cell().config.scheduler
+        if not self._robot_preps and not any(p.robot for p in cfg.preparation.values()):
+            return
+        want = robot_prep.wanted(planner.announcer.shown(), cfg, time.time())
+        for jid, spec in want.items():
+            if jid in self._robot_preps:
+                continue
+            self._robot_preps.add(jid)  # tried once per announcement, also when refused
+            try:
+                await self.submit(spec, source="preparation")
+            except JobRejected as exc:
+                log.warning("robot preparation not submitted", job=jid, error=str(exc))
+                continue
+            log.info("robot preparation", job=jid)
+        for jid in self._robot_preps - set(want):
+            self._robot_preps.discard(jid)
+            job = self._jobs.get(jid)
+            if job is not None and all(s.state == StepState.QUEUED for s in job.steps):
+                await self.cancel(jid, "its changeover is asked no more")
+
     async def _changeovers(self, planner: PlannerDispatcher) -> None:
         """Publish the planner's changeover requests; a step waiting for one says so."""
+        # No request here can ask for a setup already loaded: the dispatcher built each
+        # from the stored setups of this very round (`Needed.load` holds only the keys
+        # `unmet` finds), and nothing awaits between `assign` and here.
         for request in planner.take_requests():
-            if self._already_loaded(request):
-                # Planned from a snapshot taken before the operator's answer was stored:
-                # the next plan sees the setup; asking for it again would be wrong.
-                log.debug("changeover request dropped: loaded", device=request.device_id)
-                continue
             self._publish(request)
             log.info("changeover request", device=request.device_id, text=request.text)
         reasons = planner.waiting_reasons()
@@ -1013,16 +1044,6 @@ class JobService:
             step = job.steps[int(index)]
             if step.state == StepState.QUEUED and step.reason != reason:
                 await self._change(job_id, {step.index: {"reason": reason}})
-
-    def _already_loaded(self, request: OperatorRequest) -> bool:
-        details = request.details or {}
-        load = details.get("load")
-        if details.get("withdrawn") or not isinstance(load, Mapping) or not load:
-            return False
-        if request.device_id not in self._cell().devices:
-            return False
-        have = self._device_row(request.device_id).setup
-        return all(have.get(k) == v for k, v in load.items())
 
     async def _watch_devices(self, events: Any) -> None:
         async for ev in events:
@@ -1177,6 +1198,7 @@ class JobService:
             await self._changeovers(planner)
             self._start_automatic(planner)
             self._start_preparations(planner)
+            await self._robot_preparations(planner)
             if self.learning is not None:
                 planner.adjust = self.learning.times  # applied at the next re-plan
             self.plan_feed.offer(planner.current, self._learned_view)

@@ -1336,6 +1336,25 @@ class MarlinDriver:
         the rest."""
         from cellctl.maintenance import MaintenanceRefused
 
+        self._check_privileged(lines)
+        if self._killed or self._lost is not None or self._job is not None:
+            raise MaintenanceRefused("the printer is not idle and connected")
+        return await self._send_privileged(lines)
+
+    async def lines_while_working(self, lines: Sequence[str]) -> list[str]:
+        """Lines in between a running job's own (host lines go first into the window,
+        as OctoPrint sends a command during a print); the job goes on. For a
+        preparation declared `while_working` (a second tool's heater)."""
+        from cellctl.maintenance import MaintenanceRefused
+
+        self._check_privileged(lines)
+        if self._killed or self._lost is not None:
+            raise MaintenanceRefused("the printer is not connected")
+        return await self._send_privileged(lines)
+
+    def _check_privileged(self, lines: Sequence[str]) -> None:
+        from cellctl.maintenance import MaintenanceRefused
+
         for i, line in enumerate(lines, 1):
             code = code_of(line)
             if code in _NOT_MAINTENANCE:
@@ -1345,8 +1364,10 @@ class MarlinDriver:
                 raise MaintenanceRefused(
                     f"line {i} is {framed} characters as sent, over max_line {self.opt.max_line}"
                 )
-        if self._killed or self._lost is not None or self._job is not None:
-            raise MaintenanceRefused("the printer is not idle and connected")
+
+    async def _send_privileged(self, lines: Sequence[str]) -> list[str]:
+        from cellctl.maintenance import MaintenanceRefused
+
         answers: list[str] = []
         for i, line in enumerate(lines, 1):
             self._firmware_error = ""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cellctl_drivers.marlin.sim import MarlinSim, MarlinSimOptions
-from jobs.conftest import BOUND, gcode, running, wait_for
+from jobs.conftest import BOUND, gcode, running, wait_for, wait_job
 from jobs.test_planned import cand, settings
 from jobs.test_planner_live import next_request, planner_cell
 
@@ -18,6 +18,7 @@ from cellctl.jobs.changeover import Needed
 from cellctl.jobs.planned import PlannerDispatcher
 from cellctl.jobs.preparation import PrepAction, Preparer
 from cellctl.jobs.spec import JobSpec
+from cellctl.model import JobState, StepState
 
 PREHEAT = {
     "material": {
@@ -26,6 +27,10 @@ PREHEAT = {
         "lead_s": 600,
     }
 }
+
+
+# A preparation that leaves the running print alone (a heated chamber), declared so.
+CHAMBER = {"material": {"ahead": {"*": ["M141 S40"]}, "undo": ["M141 S0"], "while_working": True}}
 
 
 def off_shift_calendar(now: float) -> dict[str, Any]:
@@ -63,6 +68,16 @@ def test_preparer_rules() -> None:
     off = settings(preparation=PREHEAT, calendar=off_shift_calendar(now))
     p.update(need(now), {"p1"}, (), now, off)
     assert p.take() == [] and p.prepared == 2
+
+    # Declared `while_working`: sent to a working device too, marked so (the service
+    # sends it between the running job's lines); undone while it works, too.
+    ahead = {"material": {**CHAMBER["material"], "lead_s": 600}}
+    working = settings(preparation=ahead)
+    w = Preparer()
+    w.update(need(now + 300), set(), (), now, working)
+    assert w.take() == [PrepAction("p1", "j1/0", ("M141 S40",), while_working=True)]
+    w.update({}, set(), (), now, working)
+    assert w.take() == [PrepAction("p1", "j1/0", ("M141 S0",), undo=True, while_working=True)]
 
 
 def marlin(sim: MarlinSim) -> dict[str, Any]:
@@ -121,3 +136,29 @@ async def test_off_shift_nothing_heats(tmp_path: Path) -> None:
             planner = app.jobs.dispatcher
             assert isinstance(planner, PlannerDispatcher) and planner.preparer.prepared == 0
             assert sim.hotend.target == 0
+
+
+async def test_a_preparation_declared_while_working_goes_in_between_the_print(
+    tmp_path: Path,
+) -> None:
+    """The printer prints PLA and a PETG job waits for its changeover after it: the
+    chamber preparation (`while_working = true`) is sent while the print runs, between
+    its lines, and the print goes on to the end (Marlin simulator, time_factor 50)."""
+    async with MarlinSim(MarlinSimOptions(time_factor=50, emulate_link=False)) as sim:
+        cell = planner_cell(tmp_path, {"p1": marlin(sim)}, preparation=CHAMBER)
+        async with running(cell) as app:
+            await app.jobs.set_in_service("p1", False, "loading")  # one plan for both
+            path = tmp_path / "pla.gcode"
+            path.write_text(gcode(150, material="PLA"))
+            spec = {"id": "pla", "route": [{"process": "print", "program": path.name}]}
+            await app.jobs.submit(JobSpec.model_validate(spec), {path.name: path})
+            await submit_petg(app, tmp_path)
+            await app.jobs.set_in_service("p1", True)
+            await wait_for(lambda: "M141 S40" in sim.executed, "the chamber preparation sent")
+            at = sim.executed.index("M141 S40")
+            assert app.jobs._jobs["pla"].steps[0].state == StepState.RUNNING
+            done = await wait_job(app, "pla", JobState.DONE, JobState.FAILED, JobState.HELD)
+            assert done.state == JobState.DONE, done.reason
+            moves = [i for i, c in enumerate(sim.executed) if c.startswith("G1 ")]
+            assert moves[0] < at < moves[-1], "sent between the print's own lines"
+            await app.jobs.cancel("petg")
