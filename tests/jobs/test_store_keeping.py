@@ -106,7 +106,9 @@ def test_cellctl_backup_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 async def test_retention_bounds_finished_jobs_and_audit_rows(tmp_path: Path) -> None:
-    store = {"retention_max_jobs": 2, "retention_interval_s": 0.1}
+    # The running component's own age limit is far off: the 40-day-old audit row below is
+    # for the explicit prune to delete (the component's 0.1 s pass took it first, once).
+    store = {"retention_max_jobs": 2, "retention_interval_s": 0.1, "retention_days": 3650}
     cell = make_cell(tmp_path, {"p1": printer()}, store=store)
     part = tmp_path / "part.gcode"
     part.write_text(gcode(10))
