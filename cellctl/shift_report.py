@@ -31,8 +31,9 @@ from typing import Any
 
 from cellctl.config import Cell
 from cellctl.jobs import repo
-from cellctl.jobs.learning import change_pair, configured_s, label
+from cellctl.jobs.learning import change_pair, configured_s
 from cellctl.jobs.records import JobRecord, StepRecord
+from cellctl.jobs.setup_labels import label, parse_label
 from cellctl.model import JobState, StepState
 
 NO_SETUP = "(none)"
@@ -226,11 +227,11 @@ def recorded_problem(
         table: dict[str, dict[str, int]] = {}
         for a in labels:
             row: dict[str, int] = {}
-            have = _parse(a)
+            have = parse_label(a)
             for b in labels:
                 if a == b:
                     continue
-                row[b] = round(configured_s(sched, change_pair(have, _parse(b))[1]))
+                row[b] = round(configured_s(sched, change_pair(have, parse_label(b))[1]))
             table[a] = row
         times[m.id] = table
     return Problem(
@@ -240,12 +241,6 @@ def recorded_problem(
         jobs=tuple(jobs),
         time_unit="s",
     )
-
-
-def _parse(lab: str) -> dict[str, str]:
-    if lab == NO_SETUP:
-        return {}
-    return dict(p.split("=", 1) for p in lab.split(",")) if lab else {}
 
 
 def render(report: dict[str, Any]) -> str:

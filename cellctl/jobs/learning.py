@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cellctl.jobs.setup_labels import label, norm, parse_label
 from cellctl.model import OperatorRequest, RequestKind, StepChanged, StepState
 from cellctl.planning.learned import Learned
 from cellctl.store import StoreError, transaction
@@ -42,23 +43,6 @@ log = structlog.get_logger("cellctl.jobs.learning")
 
 WINDOW = 20  # recent measurements an estimate uses
 HISTORY = 2000  # rows read back at start (the newest)
-
-
-def norm(value: str) -> str:
-    """One spelling per value, as live_problem.norm (case, 0.40 = 0.4)."""
-    v = value.strip()
-    try:
-        return repr(float(v))
-    except ValueError:
-        return v.casefold()
-
-
-def label(setup: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={norm(setup[k])}" for k in sorted(setup))
-
-
-def parse(lab: str) -> dict[str, str]:
-    return dict(p.split("=", 1) for p in lab.split(",")) if lab else {}
 
 
 def change_pair(before: Mapping[str, str], load: Mapping[str, str]) -> tuple[str, str]:
@@ -82,10 +66,10 @@ class LearnedTimes:
         for m, rows in problem.setup_times.items():
             times[m] = {}
             for a, row in rows.items():
-                have = parse(a)
+                have = parse_label(a)
                 out: dict[str, int] = {}
                 for b, t in row.items():
-                    pair = change_pair(have, parse(b))
+                    pair = change_pair(have, parse_label(b))
                     learned = self.changeovers.get((m, *pair))
                     out[b] = t if learned is None or not pair[1] else max(0, round(learned))
                 times[m][a] = out
@@ -103,7 +87,7 @@ class LearnedTimes:
 
 def configured_s(sched: SchedulerSection, to: str) -> float:
     """The configured time of a change to the keys of label `to` (their sum)."""
-    return float(sum(sched.key_change(k).seconds for k in parse(to)))
+    return float(sum(sched.key_change(k).seconds for k in parse_label(to)))
 
 
 def compare(learned: Learned, sched: SchedulerSection) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from cellctl.jobs.dispatch import Candidate, DeviceView
+from cellctl.jobs.setup_labels import label, parse_label
 from cellctl.planning.model import PREVIOUS, Job, Machine, Objective, Problem
 from cellctl.scheduler_config import SchedulerSection
 
@@ -44,23 +45,6 @@ class Snapshot:
     later: tuple[Candidate, ...] = ()
 
 
-def norm(value: str) -> str:
-    """One spelling per value, as `dispatch.unmet` compares them (case, 0.40 = 0.4)."""
-    v = value.strip()
-    try:
-        return repr(float(v))
-    except ValueError:
-        return v.casefold()
-
-
-def label(setup: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={norm(setup[k])}" for k in sorted(setup))
-
-
-def _parse(lab: str) -> dict[str, str]:
-    return dict(p.split("=", 1) for p in lab.split(",")) if lab else {}
-
-
 def change_cost(
     cfg: SchedulerSection,
     a: str,
@@ -71,7 +55,7 @@ def change_cost(
     """(seconds, manual) to go from setup label a to b on `device` (its own times, its
     template's, or the section's): the keys b names that differ. A key in `automatic`
     the device changes itself (its driver's `change_setup`)."""
-    have, need = _parse(a), _parse(b)
+    have, need = parse_label(a), parse_label(b)
     total, manual = 0, False
     for key, value in need.items():
         if have.get(key) == value:
