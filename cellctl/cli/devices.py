@@ -18,12 +18,14 @@ from cellctl.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_USAGE,
-    add_config,
-    add_json,
     json_mode,
     print_json,
 )
-from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
+from cellctl.cli.mqtt import (
+    Remote,
+    add_remote_options,
+    target_from,
+)
 from cellctl.config import load_settings
 
 # What `reset` makes each driver do (the drivers' reset(); docs/recovery.md).
@@ -189,11 +191,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Hook for cellctl.cli: the device commands."""
 
-    def common(p: argparse.ArgumentParser) -> None:
-        add_config(p, needed=False)
-        add_target_options(p)
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
-        add_json(p)
+    common = add_remote_options
 
     p = sub.add_parser("devices", help="every device: state, what is loaded, its step")
     common(p)

@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cellctl.cli.common import add_config, add_json
 from cellctl.config import CellConfig, MqttTls
 from cellctl.errors import CellError
 from cellctl.telemetry.topics import DEFAULT_PREFIX, Topics
@@ -59,6 +60,15 @@ class Target:
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def add_remote_options(p: argparse.ArgumentParser) -> None:
+    """What every command sent to a running cell takes: the config (optional), the
+    broker and cell overrides, the reply timeout and --json."""
+    add_config(p, needed=False)
+    add_target_options(p)
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
+    add_json(p)
 
 
 def add_target_options(p: argparse.ArgumentParser) -> None:

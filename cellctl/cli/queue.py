@@ -8,9 +8,9 @@ import sys
 import time
 from typing import Any
 
-from cellctl.cli.common import EXIT_FAIL, EXIT_OK, add_config, add_json, json_mode, print_json
+from cellctl.cli.common import EXIT_FAIL, EXIT_OK, json_mode, print_json
 from cellctl.cli.devices import connect
-from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, add_target_options
+from cellctl.cli.mqtt import add_remote_options
 
 PAGE = 500  # programs asked for per command (the cell allows up to [commands] jobs_page_max)
 
@@ -84,11 +84,7 @@ def _size(n: int) -> str:
 
 
 def add_commands(sub: Any) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        add_config(p, needed=False)
-        add_target_options(p)
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
-        add_json(p)
+    common = add_remote_options
 
     p = sub.add_parser("priority", help="change an unfinished job's priority (larger runs first)")
     common(p)

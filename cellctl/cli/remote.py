@@ -17,8 +17,12 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from cellctl.cli.common import add_config, add_json, json_mode, print_json
-from cellctl.cli.mqtt import DEFAULT_TIMEOUT_S, Remote, add_target_options, target_from
+from cellctl.cli.common import json_mode, print_json
+from cellctl.cli.mqtt import (
+    Remote,
+    add_remote_options,
+    target_from,
+)
 from cellctl.config import load_settings
 from cellctl.telemetry.statusview import StatusView
 from cellctl.telemetry.worklist import COLUMNS as WORKLIST_COLUMNS
@@ -165,11 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Hook for cellctl.cli: adds the remote commands to its subparsers."""
 
-    def common(p: argparse.ArgumentParser) -> None:
-        add_config(p, needed=False)
-        add_target_options(p)
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
-        add_json(p)
+    common = add_remote_options
 
     st = sub.add_parser("status", help="devices, states, jobs and requests of a running cell")
     common(st)
