@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cellctl.errors import CellError
 
-# Every command the cell understands (cellctl.commands.COMMANDS holds their schemas;
+# Every command the cell understands (cellctl.command_payloads.COMMANDS holds their schemas;
 # a test keeps the two equal). Here so that the config can be checked without it.
 COMMAND_NAMES: frozenset[str] = frozenset(
     {

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cellctl.commands import Answer, AnswerHold, Submit
+from cellctl.command_payloads import Answer, AnswerHold, Submit
 from cellctl.errors import CellError
 from cellctl.jobs.service import JobService, Repeat
 from cellctl.jobs.spec import JobSpec, ProgramSpec, StepSpec

@@ -24,7 +24,7 @@ from cellctl.errors import CellError
 from cellctl.model import DeviceState
 from cellctl.supervisor import DeviceRunner
 
-# The command's schema (`Maintain`) is in cellctl/commands.py with the others.
+# The command's schema (`Maintain`) is in cellctl/command_payloads.py with the others.
 MAX_LINES = 24
 MAX_LINE = 96
 # A line may take long (homing `$H`, `M500` on a slow EEPROM); the whole batch has this.

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from cellctl.commands import COMMANDS
+from cellctl.command_payloads import COMMANDS
 from cellctl.model import DeviceState, Quality, RequestKind
 from cellctl.planning.published import PlanPayload, ProblemPayload
 from cellctl.report_payload import ReportPayload

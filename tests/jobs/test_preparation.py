@@ -156,7 +156,9 @@ async def test_a_preparation_declared_while_working_goes_in_between_the_print(
             await app.jobs.set_in_service("p1", True)
             await wait_for(lambda: "M141 S40" in sim.executed, "the chamber preparation sent")
             at = sim.executed.index("M141 S40")
-            assert app.jobs._jobs["pla"].steps[0].state == StepState.RUNNING
+            # The print is under way (its stored state may still say starting: the
+            # driver's first progress comes later); the lines below prove the placement.
+            assert app.jobs._jobs["pla"].steps[0].state in (StepState.STARTING, StepState.RUNNING)
             done = await wait_job(app, "pla", JobState.DONE, JobState.FAILED, JobState.HELD)
             assert done.state == JobState.DONE, done.reason
             moves = [i for i, c in enumerate(sim.executed) if c.startswith("G1 ")]

@@ -22,8 +22,8 @@ from mqtt_raw import RawClient
 from mqtt_rig import Commander, Subscriber, load, running_app, service, sims, write_config
 from paho.mqtt.properties import Properties
 
+from cellctl.command_payloads import COMMANDS
 from cellctl.command_twins import URGENT_COMMANDS, Channel
-from cellctl.commands import COMMANDS
 from cellctl.errors import ConfigError
 from cellctl.telemetry.broker import Anonymous, probe_anonymous
 from cellctl.telemetry.link import LinkSettings

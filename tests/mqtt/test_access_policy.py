@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellctl.access import BUILTIN_ROLES, COMMAND_NAMES, Access, AccessDenied, AccessSection
-from cellctl.commands import COMMANDS
+from cellctl.command_payloads import COMMANDS
 from cellctl.config import parse
 from cellctl.errors import ConfigError
 

@@ -17,7 +17,7 @@ from mqtt_rig import Subscriber, load, running_app, service, write_config
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
-from cellctl.commands import COMMANDS
+from cellctl.command_payloads import COMMANDS
 from cellctl.telemetry.topics import Topics
 
 json_values = st.recursive(
