@@ -205,7 +205,13 @@ async def test_pause_resume_stop_a_print_from_the_command_line(
             moves = "".join(f"G1 X{10 + i % 2 * 40} F1200\n" for i in range(600))
             part = tmp_path / "long.gcode"
             part.write_text("G28\n" + moves)
-            rc, out, err = await run("submit", "-c", c, str(part), "--json")
+            # On printer-1: the demo has three printers and a bare file would fit any.
+            spec = tmp_path / "long.toml"
+            spec.write_text(
+                'id = "long-1"\n[[route]]\nprocess = "print"\nprogram = "long.gcode"\n'
+                'device = "printer-1"\n'
+            )
+            rc, out, err = await run("submit", "-c", c, str(spec), "--json")
             assert rc == 0, err
             job = json.loads(out)["id"]
             await printer_is("execute")
