@@ -17,7 +17,7 @@ refused before anything is sent (`SupportsMaintenance` below).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cellctl.errors import CellError
@@ -50,9 +50,7 @@ class SupportsMaintenance(Protocol):
 
 async def carry_out(runner: DeviceRunner, device: str, lines: Sequence[str]) -> Mapping[str, Any]:
     """Send the lines while holding the device's step lock; the reply's result."""
-    driver = runner.driver
-    if driver is None or runner.state == DeviceState.UNAVAILABLE:
-        raise MaintenanceRefused(f"device {device!r} is not connected")
+    driver = _connected(runner, device)
     if not isinstance(driver, SupportsMaintenance):
         raise MaintenanceRefused(
             f"device {device!r}: driver {getattr(driver, 'name', '?')!r} takes no "
@@ -68,13 +66,7 @@ async def carry_out(runner: DeviceRunner, device: str, lines: Sequence[str]) -> 
             raise MaintenanceRefused(
                 f"device {device!r} is {runner.state.label}; maintenance needs it idle"
             )
-        try:
-            async with asyncio.timeout(TIMEOUT_S):
-                answers = await driver.maintenance(list(lines))
-        except TimeoutError:
-            raise MaintenanceRefused(
-                f"device {device!r}: no answer to all lines within {TIMEOUT_S:.0f} s"
-            ) from None
+        answers = await _answered(driver.maintenance(list(lines)), device)
     return {
         "device": device,
         "lines": [{"line": ln, "answer": a} for ln, a in zip(lines, answers, strict=False)],
@@ -95,17 +87,27 @@ class SupportsLinesWhileWorking(Protocol):
 async def send_while_working(runner: DeviceRunner, device: str, lines: Sequence[str]) -> None:
     """Send the lines to a device that may be running a step (its step lock is not
     taken: the step holds it)."""
-    driver = runner.driver
-    if driver is None or runner.state == DeviceState.UNAVAILABLE:
-        raise MaintenanceRefused(f"device {device!r} is not connected")
+    driver = _connected(runner, device)
     if not isinstance(driver, SupportsLinesWhileWorking):
         raise MaintenanceRefused(
             f"device {device!r}: driver {getattr(driver, 'name', '?')!r} takes no lines "
             "while it works (Marlin does)"
         )
+    await _answered(driver.lines_while_working(list(lines)), device)
+
+
+def _connected(runner: DeviceRunner, device: str) -> object:
+    driver = runner.driver
+    if driver is None or runner.state == DeviceState.UNAVAILABLE:
+        raise MaintenanceRefused(f"device {device!r} is not connected")
+    return driver
+
+
+async def _answered(sending: Awaitable[list[str]], device: str) -> list[str]:
+    """The device's answers to every line, or a refusal after TIMEOUT_S."""
     try:
         async with asyncio.timeout(TIMEOUT_S):
-            await driver.lines_while_working(list(lines))
+            return await sending
     except TimeoutError:
         raise MaintenanceRefused(
             f"device {device!r}: no answer to all lines within {TIMEOUT_S:.0f} s"
